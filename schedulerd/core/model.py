@@ -1,0 +1,184 @@
+"""The core's vocabulary: frozen values in, a plan out (ARCHITECTURE.md).
+
+Nothing here imports grpc, sqlite or protobuf, and nothing reads the clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NewType
+
+JobId = NewType("JobId", int)
+NodeName = NewType("NodeName", str)
+ConsumerPath = NewType("ConsumerPath", str)
+
+ROOT = ConsumerPath("/")
+
+
+class Order(enum.Enum):
+    """How a leaf consumer orders its own waiting jobs (SEMANTICS: the cycle, step 2)."""
+
+    PRIORITY = "priority"  # higher priority first, then submit order
+    FIFO = "fifo"  # submit order only
+    FAIRSHARE = "fairshare"  # the user with the least (decayed) usage first
+
+
+@dataclass(frozen=True)
+class ConsumerPolicy:
+    """One node of the consumer tree, as the policy file sets it."""
+
+    path: ConsumerPath
+    owned: int = 0
+    share: float = 1.0
+    limit: int | None = None  # None: no limit
+    lend: bool = True
+    borrow: bool = True
+    grace_s: float = 30.0
+    min_runtime_s: float = 0.0
+    order: Order = Order.PRIORITY
+    # Users allowed to submit here; None inherits the parent's list. "*" is everyone.
+    users: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The whole consumer tree. `consumers` holds every node, the root "/" included,
+    parents before children (so iteration order is a valid top-down walk)."""
+
+    consumers: Mapping[ConsumerPath, ConsumerPolicy]
+
+    def children(self, path: ConsumerPath) -> tuple[ConsumerPath, ...]:
+        return _children_index(self).get(path, ())
+
+    def is_leaf(self, path: ConsumerPath) -> bool:
+        return path in self.consumers and not self.children(path)
+
+    def leaves(self) -> tuple[ConsumerPath, ...]:
+        return tuple(p for p in self.consumers if self.is_leaf(p))
+
+    def ancestors(self, path: ConsumerPath) -> tuple[ConsumerPath, ...]:
+        """The path itself and every ancestor up to the root, nearest first."""
+        chain = [path]
+        while chain[-1] != ROOT:
+            chain.append(parent_of(chain[-1]))
+        return tuple(chain)
+
+    def allowed_users(self, path: ConsumerPath) -> frozenset[str]:
+        for p in self.ancestors(path):
+            users = self.consumers[p].users
+            if users is not None:
+                return users
+        return frozenset({"*"})
+
+
+_CHILDREN_CACHE: dict[int, tuple[Policy, dict[ConsumerPath, tuple[ConsumerPath, ...]]]] = {}
+
+
+def _children_index(policy: Policy) -> dict[ConsumerPath, tuple[ConsumerPath, ...]]:
+    # Policies are immutable, so the index is computed once per policy object.
+    cached = _CHILDREN_CACHE.get(id(policy))
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    index: dict[ConsumerPath, list[ConsumerPath]] = {}
+    for p in policy.consumers:
+        if p != ROOT:
+            index.setdefault(parent_of(p), []).append(p)
+    frozen = {k: tuple(sorted(v)) for k, v in index.items()}
+    if len(_CHILDREN_CACHE) > 64:
+        _CHILDREN_CACHE.clear()
+    _CHILDREN_CACHE[id(policy)] = (policy, frozen)
+    return frozen
+
+
+def parent_of(path: ConsumerPath) -> ConsumerPath:
+    if path == ROOT:
+        raise ValueError("the root has no parent")
+    head = path.rsplit("/", 1)[0]
+    return ConsumerPath(head or "/")
+
+
+def is_within(path: str, subtree: str) -> bool:
+    """True when `path` is `subtree` or lies under it."""
+    if subtree in ("", "/"):
+        return True
+    return path == subtree or path.startswith(subtree.rstrip("/") + "/")
+
+
+@dataclass(frozen=True, order=True)
+class GpuSlot:
+    node: NodeName
+    index: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """A GPU node as the core sees it. `schedulable` is false when the node is
+    drained or its agent is not connected: nothing new lands there, but jobs that
+    already hold its GPUs keep them."""
+
+    name: NodeName
+    gpus: tuple[int, ...]
+    schedulable: bool = True
+
+
+class JobPhase(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job that is waiting or running; ended jobs never reach the core."""
+
+    id: JobId
+    consumer: ConsumerPath
+    user: str
+    gpus_min: int
+    gpus_max: int
+    priority: int
+    submit_seq: int  # queue order: the job's place, kept across restarts
+    phase: JobPhase
+    held: tuple[GpuSlot, ...] = ()
+    started_at: float | None = None
+
+    @property
+    def gpus(self) -> int:
+        """GPUs this job needs to start (its gang)."""
+        return self.gpus_min
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    nodes: tuple[Node, ...]
+    jobs: tuple[Job, ...]
+    # Decayed GPU-seconds per (consumer, user), for the fairshare order.
+    user_usage: Mapping[tuple[ConsumerPath, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Start:
+    job_id: JobId
+    slots: tuple[GpuSlot, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConsumerState:
+    """Per consumer, the numbers behind every decision (shown by `schedctl consumers`)."""
+
+    path: ConsumerPath
+    demand: int
+    entitlement: float
+    reserved: float  # owned GPUs held back for a `lend: false` consumer
+    allocation: int  # after this plan's starts
+    pending_jobs: int
+    running_jobs: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    starts: tuple[Start, ...]
+    pending_reasons: Mapping[JobId, str]
+    consumers: Mapping[ConsumerPath, ConsumerState]
