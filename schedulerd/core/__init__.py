@@ -1,0 +1,49 @@
+"""The pure decision core: snapshot and policy in, plan with reasons out."""
+
+from schedulerd.core.decide import decide
+from schedulerd.core.entitlement import Division, divide
+from schedulerd.core.model import (
+    ROOT,
+    ConsumerPath,
+    ConsumerPolicy,
+    ConsumerState,
+    GpuSlot,
+    Job,
+    JobId,
+    JobPhase,
+    Node,
+    NodeName,
+    Order,
+    Plan,
+    Policy,
+    Snapshot,
+    Start,
+    is_within,
+    parent_of,
+)
+from schedulerd.core.submission import ClusterShape, check_submission
+
+__all__ = [
+    "ROOT",
+    "ClusterShape",
+    "ConsumerPath",
+    "ConsumerPolicy",
+    "ConsumerState",
+    "Division",
+    "GpuSlot",
+    "Job",
+    "JobId",
+    "JobPhase",
+    "Node",
+    "NodeName",
+    "Order",
+    "Plan",
+    "Policy",
+    "Snapshot",
+    "Start",
+    "check_submission",
+    "decide",
+    "divide",
+    "is_within",
+    "parent_of",
+]

@@ -1,0 +1,70 @@
+"""The admission checks of one cycle and the state they read (SEMANTICS: the cycle,
+steps 2-3): allocations up the tree, free GPUs, limits, borrow, reservations."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from schedulerd.core.entitlement import Division
+from schedulerd.core.model import ROOT, ConsumerPath, GpuSlot, Job, Policy
+from schedulerd.core.placement import FreeGpus
+
+_EPS = 1e-9
+
+
+class Admission:
+    def __init__(self, policy: Policy, division: Division, free: FreeGpus) -> None:
+        self.policy = policy
+        self.division = division
+        self.free = free
+        self.allocation: dict[ConsumerPath, int] = defaultdict(int)
+
+    def count_running(self, job: Job) -> None:
+        for p in self.chain(job.consumer):
+            self.allocation[p] += len(job.held)
+
+    def ratio(self, path: ConsumerPath) -> float:
+        ent = self.division.entitlement.get(path, 0.0)
+        alloc = self.allocation[path]
+        # A consumer entitled to nothing only ever borrows: it comes last.
+        return alloc / ent if ent > _EPS else float("inf")
+
+    def starvation_key(self, path: ConsumerPath) -> tuple[float, int, str]:
+        """Most starved first: lowest allocation/entitlement, then fewest GPUs
+        held (orders the pure borrowers, whose entitlement is 0), then path."""
+        return (self.ratio(path), self.allocation[path], path)
+
+    def usable_free(self, leaf: ConsumerPath) -> float:
+        """Free GPUs this leaf may take: all free ones minus reservations of
+        `lend: false` consumers outside its own chain."""
+        chain = set(self.policy.ancestors(leaf))
+        others = sum(r for p, r in self.division.reserved.items() if p not in chain)
+        return self.free.total - others
+
+    def blocker(self, job: Job) -> str | None:
+        """Why the job cannot start now, as a short code, or None if it can."""
+        n = job.gpus
+        for p in self.policy.ancestors(job.consumer):
+            spec = self.policy.consumers[p]
+            if spec.limit is not None and self.allocation[p] + n > spec.limit:
+                return f"limit:{p}"
+            ent = self.division.entitlement.get(p, 0.0)
+            if not spec.borrow and p != ROOT and self.allocation[p] + n > ent + _EPS:
+                return f"borrow:{p}"
+        if self.usable_free(job.consumer) + _EPS < n:
+            return "reserved" if self.free.total >= n else "capacity"
+        if not self.free.can_place(n):
+            return "fragmented"
+        return None
+
+    def start(self, job: Job) -> tuple[GpuSlot, ...]:
+        slots = self.free.place(job.gpus)
+        assert slots is not None, "start() after blocker() said yes"
+        for p in self.policy.ancestors(job.consumer):
+            self.allocation[p] += len(slots)
+        return slots
+
+    def chain(self, path: ConsumerPath) -> tuple[ConsumerPath, ...]:
+        # Running jobs of a consumer that the policy in force dropped still
+        # count at the root, so capacity and allocations stay whole.
+        return self.policy.ancestors(path) if path in self.policy.consumers else (ROOT,)

@@ -1,0 +1,70 @@
+"""Refusal at submit time of jobs that can never run (SEMANTICS: the cycle, step 2:
+"rejected at submit time with a clear error, not queued forever")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from schedulerd.core.model import ConsumerPath, Policy
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """Every node the daemon knows, in any state: drained and unreachable nodes
+    may come back, so they count toward what could ever fit."""
+
+    node_gpus: Sequence[int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.node_gpus)
+
+
+def check_submission(
+    policy: Policy,
+    shape: ClusterShape,
+    consumer: str,
+    user: str,
+    gpus_min: int,
+    gpus_max: int,
+) -> str | None:
+    """None when the job may be queued, else the reason it is refused."""
+    path = ConsumerPath(consumer)
+    if path not in policy.consumers:
+        leaves = ", ".join(policy.leaves())
+        return f"consumer {consumer!r} does not exist; submit to one of: {leaves}"
+    if not policy.is_leaf(path):
+        kids = ", ".join(policy.children(path))
+        return f"consumer {consumer} is a parent; jobs go to its leaves: {kids}"
+    allowed = policy.allowed_users(path)
+    if "*" not in allowed and user not in allowed:
+        return f"user {user!r} may not submit to {consumer} (allowed: {', '.join(sorted(allowed))})"
+    if gpus_min < 1:
+        return "a job needs at least 1 GPU"
+    if gpus_max < gpus_min:
+        return f"GPU range {gpus_min}:{gpus_max} is empty (max below min)"
+    if gpus_max != gpus_min:
+        return "elastic jobs (min < max GPUs) are not supported yet; ask for a fixed count"
+    for p in policy.ancestors(path):
+        limit = policy.consumers[p].limit
+        if limit is not None and gpus_min > limit:
+            return f"can never fit: {p} has a limit of {limit} GPUs and the job needs {gpus_min}"
+    if _never_entitled(policy, path):
+        return (
+            f"can never run: {consumer} (or a parent) owns no GPUs, has share 0 and may not borrow"
+        )
+    if shape.node_gpus and gpus_min > shape.total:
+        return (
+            f"can never fit: the cluster has {shape.total} GPUs on {len(shape.node_gpus)} "
+            f"node(s) and the job needs {gpus_min}"
+        )
+    return None
+
+
+def _never_entitled(policy: Policy, path: ConsumerPath) -> bool:
+    for p in policy.ancestors(path):
+        spec = policy.consumers[p]
+        if p != "/" and spec.owned == 0 and spec.share == 0 and not spec.borrow:
+            return True
+    return False
