@@ -1,0 +1,126 @@
+"""Plain-text tables and JSON for `schedctl`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from schedulerd.api.v1 import admin_pb2, jobs_pb2
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def as_json(messages: Message | Sequence[Message]) -> str:
+    def one(m: Message) -> dict[str, object]:
+        return MessageToDict(m, preserving_proto_field_name=True)
+
+    data = [one(m) for m in messages] if isinstance(messages, Sequence) else one(messages)
+    return json.dumps(data, indent=2)
+
+
+def state_name(job: jobs_pb2.Job) -> str:
+    return jobs_pb2.JobState.Name(job.state)
+
+
+def gpus_text(job: jobs_pb2.Job) -> str:
+    by_node: dict[str, list[str]] = {}
+    for g in job.gpus:
+        by_node.setdefault(g.node, []).append(str(g.index))
+    return " ".join(f"{n}:{','.join(ix)}" for n, ix in by_node.items())
+
+
+def _ago(ts_seconds: float) -> str:
+    if not ts_seconds:
+        return "-"
+    s = max(0, int(time.time() - ts_seconds))
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+
+
+def jobs_table(jobs: Sequence[jobs_pb2.Job]) -> str:
+    rows = []
+    for j in jobs:
+        count = j.spec.gpus.min
+        rows.append([
+            j.id,
+            state_name(j),
+            j.spec.consumer,
+            j.spec.user,
+            count,
+            _ago(j.submit_time.seconds),
+            j.spec.name[:24],
+            gpus_text(j) if j.gpus else (j.reason[:70] if j.state == jobs_pb2.PENDING else ""),
+        ])
+    return table(["ID", "STATE", "CONSUMER", "USER", "GPUS", "AGE", "NAME", "WHERE / WHY"], rows)
+
+
+def job_detail(j: jobs_pb2.Job) -> str:
+    def when(ts: object) -> str:
+        seconds = getattr(ts, "seconds", 0)
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+
+    lines = [
+        f"Job {j.id}: {j.spec.name}",
+        f"  state:      {state_name(j)}" + (" (cancel requested)" if j.cancel_requested else ""),
+        f"  consumer:   {j.spec.consumer}   user: {j.spec.user}   priority: {j.spec.priority}",
+        f"  gpus:       {j.spec.gpus.min}" + (f"  on {gpus_text(j)}" if j.gpus else ""),
+        f"  command:    {' '.join(j.spec.command)}",
+        f"  submitted:  {when(j.submit_time)}   started: {when(j.start_time)}"
+        f"   ended: {when(j.end_time)}",
+    ]
+    if j.HasField("exit_code"):
+        lines.append(f"  exit code:  {j.exit_code}")
+    lines.append(f"  {'why waiting' if j.state == jobs_pb2.PENDING else 'reason'}: {j.reason}")
+    if j.history:
+        lines.append("  history:")
+        for e in j.history:
+            stamp = time.strftime("%H:%M:%S", time.localtime(e.time.seconds))
+            lines.append(f"    {stamp}  {e.kind:<17} {e.message}")
+    return "\n".join(lines)
+
+
+def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
+    rows = []
+    for c in resp.consumers:
+        depth = 0 if c.path == "/" else c.path.count("/")
+        name = "/" if c.path == "/" else "  " * (depth - 1) + c.path.rsplit("/", 1)[1]
+        rows.append([
+            name,
+            c.owned,
+            f"{c.share:g}",
+            c.limit if c.HasField("limit") else "-",
+            c.demand,
+            f"{c.entitlement:.1f}",
+            c.allocation,
+            c.pending_jobs,
+            c.running_jobs,
+            ("" if c.lend else "no-lend ") + ("" if c.borrow else "no-borrow"),
+        ])
+    headers = ["CONSUMER", "OWNED", "SHARE", "LIMIT", "DEMAND", "ENTITLED", "ALLOC", "PENDING",
+               "RUNNING", "FLAGS"]
+    return f"{resp.total_gpus} schedulable GPUs\n" + table(headers, rows)
+
+
+def nodes_table(nodes: Sequence[admin_pb2.Node]) -> str:
+    rows = []
+    for n in nodes:
+        used = [g for g in n.gpus if g.job_id]
+        jobs = sorted({g.job_id for g in used})
+        state = admin_pb2.NodeState.Name(n.state) + (" DRAINED" if n.drained else "")
+        rows.append([
+            n.name,
+            state,
+            n.pool,
+            f"{len(used)}/{len(n.gpus)}",
+            (n.gpus[0].model if n.gpus else "-") + (" (fake)" if n.fake_gpus else ""),
+            ",".join(map(str, jobs)) or "-",
+        ])
+    return table(["NODE", "STATE", "POOL", "GPUS USED", "MODEL", "JOBS"], rows)

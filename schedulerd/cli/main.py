@@ -1,0 +1,239 @@
+"""`schedctl`: the schedulerd command line.
+
+    schedctl submit --consumer /research/vision --gpus 2 -- python train.py
+    schedctl jobs | show JOB | cancel JOB | logs JOB
+    schedctl consumers | nodes | drain NODE | undrain NODE
+    schedctl policy validate FILE | policy apply FILE [--dry-run] | policy show
+
+The daemon address comes from --daemon or $SCHEDULERD_ADDRESS (default 127.0.0.1:50051).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from schedulerd.api.v1 import jobs_pb2
+from schedulerd.cli import format as fmt
+from schedulerd.client import DEFAULT_ADDRESS, Client, ClientError
+from schedulerd.policy import PolicyError, load_policy
+
+ACTIVE = ["PENDING", "RUNNING"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="schedctl", description="Submit and watch GPU jobs; administer schedulerd.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
+    )
+    p.add_argument("--daemon", default=os.environ.get("SCHEDULERD_ADDRESS", DEFAULT_ADDRESS))
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("submit", help="submit a job: schedctl submit --consumer /a -- CMD ...")
+    s.add_argument("--consumer", required=True, help="leaf consumer path, e.g. /team/project")
+    s.add_argument("--gpus", default="1", help="GPU count (a fixed count: N)")
+    s.add_argument("--name", default="")
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--user", default=None, help="default: you")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--workdir", default="", help="working directory on the node")
+    s.add_argument("--wait", action="store_true", help="wait for the end; exit with its code")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its args")
+
+    j = sub.add_parser("jobs", help="list jobs (waiting and running; --all for ended too)")
+    j.add_argument("--consumer", default="")
+    j.add_argument("--state", action="append", default=[], choices=[
+        "pending", "running", "succeeded", "failed", "cancelled"])
+    j.add_argument("--user", default="")
+    j.add_argument("--all", action="store_true", help="include ended jobs")
+    j.add_argument("--limit", type=int, default=0, help="only the newest N")
+    j.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="one job, with its pending reason and history")
+    sh.add_argument("job", type=int)
+    sh.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("cancel", help="cancel jobs")
+    c.add_argument("jobs", type=int, nargs="+")
+
+    lg = sub.add_parser("logs", help="a job's output; follows until the job ends")
+    lg.add_argument("job", type=int)
+    lg.add_argument("--no-follow", action="store_true", help="print what is there and stop")
+
+    cs = sub.add_parser("consumers", help="the consumer tree: owned, share, entitlement, ...")
+    cs.add_argument("--json", action="store_true")
+
+    n = sub.add_parser("nodes", help="nodes, their GPUs and the jobs on them")
+    n.add_argument("--json", action="store_true")
+    d = sub.add_parser("drain", help="no new jobs on a node; running ones finish")
+    d.add_argument("node")
+    d.add_argument("--reason", default="")
+    u = sub.add_parser("undrain", help="let a drained node take jobs again")
+    u.add_argument("node")
+
+    pol = sub.add_parser("policy", help="validate, apply or show the policy")
+    psub = pol.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
+    v = psub.add_parser("validate", help="check a policy file locally (no daemon needed)")
+    v.add_argument("file", type=Path)
+    a = psub.add_parser("apply", help="apply a policy file (--dry-run: show entitlements only)")
+    a.add_argument("file", type=Path)
+    a.add_argument("--dry-run", action="store_true")
+    a.add_argument("--json", action="store_true")
+    psub.add_parser("show", help="print the policy in force")
+    return p
+
+
+def _gpus(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise SystemExit(f"schedctl: --gpus {text!r}: give a whole number of GPUs, 1 or more")
+    return int(text)
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"schedctl: --env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.cmd == "policy" and args.policy_cmd == "validate":
+        return _validate(args.file)
+    with Client(args.daemon) as client:
+        return COMMANDS[args.cmd](client, args)
+
+
+def _validate(path: Path) -> int:
+    try:
+        policy = load_policy(path.read_text(), str(path))
+    except OSError as e:
+        print(f"schedctl: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 2
+    except PolicyError as e:
+        print(e, file=sys.stderr)
+        return 1
+    leaves = policy.leaves()
+    print(f"{path}: valid, {len(policy.consumers) - 1} consumers, {len(leaves)} leaves")
+    return 0
+
+
+def _submit(client: Client, args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SystemExit("schedctl submit: give the command after --, e.g. -- python train.py")
+    job = client.submit(
+        args.consumer, command, _gpus(args.gpus), user=args.user, name=args.name,
+        env=_env(args.env), working_dir=args.workdir, priority=args.priority,
+    )
+    print(fmt.as_json(job) if args.json else f"submitted job {job.id} to {job.spec.consumer}")
+    if not args.wait:
+        return 0
+    for update in client.watch(ids=[job.id]):
+        if update.state not in (jobs_pb2.PENDING, jobs_pb2.RUNNING):
+            print(f"job {job.id} {fmt.state_name(update)}: {update.reason}", file=sys.stderr)
+            return update.exit_code if update.HasField("exit_code") else 1
+    return 1
+
+
+def _jobs(client: Client, args: argparse.Namespace) -> int:
+    states = [s.upper() for s in args.state] or ([] if args.all else ACTIVE)
+    jobs = client.list_jobs(args.consumer, states, args.user, args.limit)
+    print(fmt.as_json(jobs) if args.json else fmt.jobs_table(jobs))
+    return 0
+
+
+def _show(client: Client, args: argparse.Namespace) -> int:
+    job = client.get_job(args.job)
+    print(fmt.as_json(job) if args.json else fmt.job_detail(job))
+    return 0
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    for job_id in args.jobs:
+        job = client.cancel(job_id)
+        print(f"job {job.id}: {fmt.state_name(job)}: {job.reason}")
+    return 0
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    for data in client.logs(args.job, follow=not args.no_follow):
+        out.write(data)
+        out.flush()
+    return 0
+
+
+def _consumers(client: Client, args: argparse.Namespace) -> int:
+    resp = client.consumers()
+    print(fmt.as_json(list(resp.consumers)) if args.json else fmt.consumers_table(resp))
+    return 0
+
+
+def _nodes(client: Client, args: argparse.Namespace) -> int:
+    nodes = client.nodes()
+    print(fmt.as_json(nodes) if args.json else fmt.nodes_table(nodes))
+    return 0
+
+
+def _drain(client: Client, args: argparse.Namespace) -> int:
+    node = client.drain(args.node, args.reason)
+    print(f"node {node.name} drained: no new jobs land there; running ones finish")
+    return 0
+
+
+def _undrain(client: Client, args: argparse.Namespace) -> int:
+    node = client.undrain(args.node)
+    print(f"node {node.name} takes jobs again")
+    return 0
+
+
+def _policy(client: Client, args: argparse.Namespace) -> int:
+    if args.policy_cmd == "show":
+        pol = client.get_policy()
+        print(f"# version {pol.version} from {pol.source_name}\n{pol.text}", end="")
+        return 0
+    resp = client.apply_policy(args.file.read_text(), str(args.file), args.dry_run)
+    if args.json:
+        print(fmt.as_json(resp))
+        return 0
+    head = "dry run: nothing applied" if args.dry_run else f"applied as version {resp.version}"
+    listing = fmt.consumers_table(_as_list(resp)).split("\n", 1)[1]
+    print(f"{head}; entitlements under {args.file}:\n{listing}")
+    return 0
+
+
+def _as_list(resp: object) -> object:
+    from schedulerd.api.v1 import admin_pb2
+
+    return admin_pb2.ListConsumersResponse(consumers=resp.consumers)  # type: ignore[attr-defined]
+
+
+COMMANDS = {
+    "submit": _submit, "jobs": _jobs, "show": _show, "cancel": _cancel, "logs": _logs,
+    "consumers": _consumers, "nodes": _nodes, "drain": _drain, "undrain": _undrain,
+    "policy": _policy,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = run(args)
+    except ClientError as e:
+        print(f"schedctl: {e.details}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""A small client library for schedulerd, used by `schedctl` and by any program
+that wants to submit or watch jobs.
+
+    from schedulerd.client import Client
+    with Client("127.0.0.1:50051") as c:
+        job = c.submit("/research/vision", ["python", "train.py"], gpus=2)
+        print(c.get_job(job.id).reason)
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+
+import grpc
+
+from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+class ClientError(RuntimeError):
+    """The daemon refused or failed a call; `code` is the gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args, **kwargs)
+    except grpc.RpcError as e:
+        raise ClientError(e.code(), e.details() or str(e.code())) from None
+
+
+class Client:
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(address)
+        self.jobs = jobs_pb2_grpc.SchedulerStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- jobs ---------------------------------------------------------------
+
+    def submit(
+        self,
+        consumer: str,
+        command: Sequence[str],
+        gpus: int = 1,
+        *,
+        gpus_max: int | None = None,
+        user: str | None = None,
+        name: str = "",
+        env: Mapping[str, str] | None = None,
+        working_dir: str = "",
+        priority: int = 0,
+    ) -> jobs_pb2.Job:
+        spec = jobs_pb2.JobSpec(
+            consumer=consumer,
+            user=user or getpass.getuser(),
+            name=name,
+            command=list(command),
+            env=dict(env or {}),
+            working_dir=working_dir,
+            gpus=jobs_pb2.GpuRequest(min=gpus, max=gpus_max or gpus),
+            priority=priority,
+        )
+        req = jobs_pb2.SubmitJobRequest(spec=spec)
+        return _call(self.jobs.SubmitJob, req, timeout=self.timeout_s).job
+
+    def get_job(self, job_id: int) -> jobs_pb2.Job:
+        return _call(self.jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id), timeout=self.timeout_s)
+
+    def list_jobs(
+        self,
+        consumer: str = "",
+        states: Sequence[str] = (),
+        user: str = "",
+        limit: int = 0,
+    ) -> list[jobs_pb2.Job]:
+        req = jobs_pb2.ListJobsRequest(
+            consumer=consumer,
+            states=[jobs_pb2.JobState.Value(s.upper()) for s in states],
+            user=user,
+            limit=limit,
+        )
+        return list(_call(self.jobs.ListJobs, req, timeout=self.timeout_s).jobs)
+
+    def cancel(self, job_id: int, user: str | None = None) -> jobs_pb2.Job:
+        req = jobs_pb2.CancelJobRequest(id=job_id, user=user or getpass.getuser())
+        return _call(self.jobs.CancelJob, req, timeout=self.timeout_s)
+
+    def watch(
+        self, consumer: str = "", ids: Sequence[int] = (), include_current: bool = True
+    ) -> Iterator[jobs_pb2.Job]:
+        """Job updates as they happen; iterate, and `close()` the client to stop."""
+        req = jobs_pb2.WatchJobsRequest(
+            consumer=consumer, ids=list(ids), include_current=include_current
+        )
+        try:
+            for update in self.jobs.WatchJobs(req):
+                yield update.job
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise ClientError(e.code(), e.details() or "") from None
+
+    def logs(self, job_id: int, follow: bool = True, offset: int = 0) -> Iterator[bytes]:
+        req = jobs_pb2.StreamLogsRequest(id=job_id, follow=follow, offset=offset)
+        try:
+            for chunk in self.jobs.StreamLogs(req):
+                yield chunk.data
+        except grpc.RpcError as e:
+            raise ClientError(e.code(), e.details() or "") from None
+
+    # -- admin --------------------------------------------------------------
+
+    def get_policy(self) -> admin_pb2.Policy:
+        return _call(self.admin.GetPolicy, admin_pb2.GetPolicyRequest(), timeout=self.timeout_s)
+
+    def apply_policy(
+        self, text: str, source_name: str = "", dry_run: bool = False
+    ) -> admin_pb2.ApplyPolicyResponse:
+        req = admin_pb2.ApplyPolicyRequest(text=text, source_name=source_name, dry_run=dry_run)
+        return _call(self.admin.ApplyPolicy, req, timeout=self.timeout_s)
+
+    def consumers(self) -> admin_pb2.ListConsumersResponse:
+        req = admin_pb2.ListConsumersRequest()
+        return _call(self.admin.ListConsumers, req, timeout=self.timeout_s)
+
+    def nodes(self) -> list[admin_pb2.Node]:
+        req = admin_pb2.ListNodesRequest()
+        return list(_call(self.admin.ListNodes, req, timeout=self.timeout_s).nodes)
+
+    def drain(self, node: str, reason: str = "") -> admin_pb2.Node:
+        req = admin_pb2.DrainNodeRequest(node=node, reason=reason)
+        return _call(self.admin.DrainNode, req, timeout=self.timeout_s)
+
+    def undrain(self, node: str) -> admin_pb2.Node:
+        req = admin_pb2.UndrainNodeRequest(node=node)
+        return _call(self.admin.UndrainNode, req, timeout=self.timeout_s)

@@ -1,0 +1,3 @@
+from schedulerd.daemon.main import main
+
+main()

@@ -1,0 +1,32 @@
+"""What the daemon tells agents, before it becomes protobuf (rpc layer only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schedulerd.store import JobRecord, PartRecord
+
+
+@dataclass(frozen=True)
+class StartPart:
+    job: JobRecord
+    part: PartRecord
+
+
+@dataclass(frozen=True)
+class StopPart:
+    job_id: int
+    attempt: int
+    grace_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class AckPart:
+    job_id: int
+    attempt: int
+
+
+Command = StartPart | StopPart | AckPart
+# Commands addressed to nodes: (node name, command).
+Outbox = list[tuple[str, Command]]

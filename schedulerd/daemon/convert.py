@@ -1,0 +1,215 @@
+"""Records and core values to protobuf and back: the only place, with the
+servicers, that touches generated types (ARCHITECTURE: API)."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from schedulerd import core
+from schedulerd.api.v1 import admin_pb2, agent_pb2, jobs_pb2
+from schedulerd.daemon.commands import AckPart, Command, StartPart, StopPart
+from schedulerd.daemon.links import ReadLogRequest
+from schedulerd.daemon.nodes import PartReport
+from schedulerd.store import (
+    EventRecord,
+    GpuRecord,
+    JobRecord,
+    JobState,
+    NodeRecord,
+    PolicyRecord,
+)
+
+_STATES = {s: jobs_pb2.JobState.Value(s.value) for s in JobState}
+_PHASES = {
+    agent_pb2.PHASE_RUNNING: "running",
+    agent_pb2.PHASE_EXITED: "exited",
+    agent_pb2.PHASE_START_FAILED: "start_failed",
+}
+
+
+def timestamp(t: float | None) -> Timestamp | None:
+    if t is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def job_state_from_pb(value: int) -> JobState:
+    return JobState(jobs_pb2.JobState.Name(value))
+
+
+def job_to_pb(job: JobRecord, history: list[EventRecord] | None = None) -> jobs_pb2.Job:
+    msg = jobs_pb2.Job(
+        id=job.id,
+        spec=jobs_pb2.JobSpec(
+            consumer=job.consumer,
+            user=job.user,
+            name=job.name,
+            command=job.command,
+            env=job.env,
+            working_dir=job.working_dir,
+            gpus=jobs_pb2.GpuRequest(min=job.gpus_min, max=job.gpus_max),
+            priority=job.priority,
+        ),
+        state=_STATES[job.state],
+        submit_time=timestamp(job.submit_time),
+        start_time=timestamp(job.start_time),
+        end_time=timestamp(job.end_time),
+        reason=job.reason,
+        attempt=job.attempt,
+        cancel_requested=job.cancel_requested,
+    )
+    if job.exit_code is not None:
+        msg.exit_code = job.exit_code
+    if job.state is JobState.RUNNING or job.state.ended:
+        for part in job.parts:
+            for index, uuid in zip(part.gpu_indices, part.gpu_uuids, strict=True):
+                msg.gpus.add(node=part.node, index=index, uuid=uuid)
+    for e in history or []:
+        msg.history.add(time=timestamp(e.time), kind=e.kind, message=e.message)
+    return msg
+
+
+def job_from_spec(spec: jobs_pb2.JobSpec) -> JobRecord:
+    gpus_min = spec.gpus.min
+    gpus_max = spec.gpus.max or spec.gpus.min
+    return JobRecord(
+        id=0,
+        consumer=spec.consumer,
+        user=spec.user,
+        name=spec.name or (spec.command[0] if spec.command else ""),
+        command=list(spec.command),
+        env=dict(spec.env),
+        working_dir=spec.working_dir,
+        gpus_min=gpus_min,
+        gpus_max=gpus_max,
+        priority=spec.priority,
+        state=JobState.PENDING,
+        submit_time=0.0,
+    )
+
+
+def consumer_to_pb(
+    spec: core.ConsumerPolicy, state: core.ConsumerState | None, leaf: bool
+) -> admin_pb2.ConsumerStatus:
+    msg = admin_pb2.ConsumerStatus(
+        path=spec.path,
+        owned=spec.owned,
+        share=spec.share,
+        lend=spec.lend,
+        borrow=spec.borrow,
+        order=spec.order.value,
+        leaf=leaf,
+    )
+    if spec.limit is not None:
+        msg.limit = spec.limit
+    if state is not None:
+        msg.demand = state.demand
+        msg.entitlement = state.entitlement
+        msg.allocation = state.allocation
+        msg.pending_jobs = state.pending_jobs
+        msg.running_jobs = state.running_jobs
+    return msg
+
+
+def node_to_pb(
+    node: NodeRecord, connected: bool, holders: dict[tuple[str, int], int]
+) -> admin_pb2.Node:
+    if node.down:
+        state = admin_pb2.DOWN
+    elif connected:
+        state = admin_pb2.UP
+    else:
+        state = admin_pb2.UNREACHABLE
+    return admin_pb2.Node(
+        name=node.name,
+        pool=node.pool,
+        state=state,
+        drained=node.drained,
+        drain_reason=node.drain_reason,
+        last_seen=timestamp(node.last_seen),
+        fake_gpus=node.fake_gpus,
+        agent_version=node.agent_version,
+        gpus=[
+            admin_pb2.Gpu(
+                index=g.index,
+                uuid=g.uuid,
+                model=g.model,
+                memory_bytes=g.memory_bytes,
+                job_id=holders.get((node.name, g.index), 0),
+            )
+            for g in node.gpus
+        ],
+    )
+
+
+def policy_to_pb(record: PolicyRecord) -> admin_pb2.Policy:
+    return admin_pb2.Policy(
+        text=record.text,
+        source_name=record.source,
+        version=record.version,
+        applied_at=timestamp(record.applied_at),
+    )
+
+
+def node_from_register(reg: agent_pb2.Register) -> NodeRecord:
+    return NodeRecord(
+        name=reg.node,
+        pool=reg.pool or "default",
+        gpus=[GpuRecord(g.index, g.uuid, g.model, g.memory_bytes) for g in reg.gpus],
+        fake_gpus=reg.fake_gpus,
+        agent_version=reg.agent_version,
+    )
+
+
+def report_from_pb(r: agent_pb2.JobReport) -> PartReport:
+    return PartReport(
+        job_id=r.job_id,
+        attempt=r.attempt,
+        phase=_PHASES.get(r.phase, "exited"),
+        exit_code=r.exit_code,
+        pid=r.pid,
+        message=r.message,
+    )
+
+
+def command_to_pb(command: Command | ReadLogRequest) -> agent_pb2.DaemonMessage:
+    if isinstance(command, StartPart):
+        job, part = command.job, command.part
+        return agent_pb2.DaemonMessage(
+            start=agent_pb2.StartJob(
+                job_id=job.id,
+                attempt=job.attempt,
+                command=job.command,
+                env=job.env,
+                working_dir=job.working_dir,
+                gpu_indices=part.gpu_indices,
+                consumer=job.consumer,
+                user=job.user,
+                name=job.name,
+                node_rank=part.node_rank,
+                num_nodes=len(job.parts),
+            )
+        )
+    if isinstance(command, StopPart):
+        return agent_pb2.DaemonMessage(
+            stop=agent_pb2.StopJob(
+                job_id=command.job_id,
+                attempt=command.attempt,
+                grace_seconds=command.grace_s,
+                reason=command.reason,
+            )
+        )
+    if isinstance(command, AckPart):
+        return agent_pb2.DaemonMessage(
+            ack=agent_pb2.AckReport(job_id=command.job_id, attempt=command.attempt)
+        )
+    return agent_pb2.DaemonMessage(
+        read_log=agent_pb2.ReadLog(
+            request_id=command.request_id,
+            job_id=command.job_id,
+            offset=command.offset,
+            max_bytes=command.max_bytes,
+        )
+    )

@@ -1,0 +1,76 @@
+"""Open agent streams: one outgoing queue per connected node, and the log reads
+waiting for an agent's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from schedulerd.daemon.commands import Command, Outbox
+
+
+class NodeNotConnected(RuntimeError):
+    pass
+
+
+class ReadLogRequest:
+    def __init__(self, request_id: int, job_id: int, offset: int, max_bytes: int) -> None:
+        self.request_id = request_id
+        self.job_id = job_id
+        self.offset = offset
+        self.max_bytes = max_bytes
+
+
+class AgentLinks:
+    def __init__(self) -> None:
+        self._queues: dict[str, asyncio.Queue[Command | ReadLogRequest | None]] = {}
+        self._pending_logs: dict[int, asyncio.Future[tuple[bytes, bool, int]]] = {}
+        self._ids = itertools.count(1)
+
+    def attach(self, node: str) -> asyncio.Queue[Command | ReadLogRequest | None]:
+        """A new stream for `node`; an older one still open is told to end."""
+        old = self._queues.get(node)
+        if old is not None:
+            old.put_nowait(None)
+        queue: asyncio.Queue[Command | ReadLogRequest | None] = asyncio.Queue()
+        self._queues[node] = queue
+        return queue
+
+    def detach(self, node: str, queue: asyncio.Queue[Command | ReadLogRequest | None]) -> bool:
+        """True when `queue` was the node's current stream (so the node is now gone)."""
+        if self._queues.get(node) is queue:
+            del self._queues[node]
+            return True
+        return False
+
+    def send(self, node: str, command: Command) -> None:
+        # A command for a node that is not connected is dropped on purpose: when
+        # the agent reconnects, registration compares what it runs with what the
+        # store says and sends what is still owed (nodes.register).
+        queue = self._queues.get(node)
+        if queue is not None:
+            queue.put_nowait(command)
+
+    def send_all(self, outbox: Outbox) -> None:
+        for node, command in outbox:
+            self.send(node, command)
+
+    async def read_log(
+        self, node: str, job_id: int, offset: int, max_bytes: int, timeout_s: float = 10.0
+    ) -> tuple[bytes, bool, int]:
+        queue = self._queues.get(node)
+        if queue is None:
+            raise NodeNotConnected(node)
+        request = ReadLogRequest(next(self._ids), job_id, offset, max_bytes)
+        future: asyncio.Future[tuple[bytes, bool, int]] = asyncio.get_running_loop().create_future()
+        self._pending_logs[request.request_id] = future
+        queue.put_nowait(request)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._pending_logs.pop(request.request_id, None)
+
+    def log_answer(self, request_id: int, data: bytes, found: bool, next_offset: int) -> None:
+        future = self._pending_logs.get(request_id)
+        if future is not None and not future.done():
+            future.set_result((data, found, next_offset))

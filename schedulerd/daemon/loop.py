@@ -1,0 +1,78 @@
+"""The scheduling loop: the only author of decisions (ARCHITECTURE: the shell).
+
+Each cycle: expire lost nodes, take a snapshot, run the pure `decide` in a worker
+thread (it can take tens of milliseconds on a big cluster and must not stall
+the agents' streams), commit the plan, hand the starts to the agents."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from schedulerd import core
+from schedulerd.daemon.commands import StartPart
+from schedulerd.daemon.links import AgentLinks
+from schedulerd.daemon.nodes import expire_nodes
+from schedulerd.daemon.state import ClusterState
+
+log = logging.getLogger("schedulerd.loop")
+
+
+class SchedulingLoop:
+    def __init__(
+        self,
+        state: ClusterState,
+        links: AgentLinks,
+        tick_s: float = 1.0,
+        node_timeout_s: float = 120.0,
+    ) -> None:
+        self.state = state
+        self.links = links
+        self.tick_s = tick_s
+        self.node_timeout_s = node_timeout_s
+        self.cycles = 0
+        self.last_cycle_ms = 0.0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something changed (a submission, a report, a node): decide soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.cycle()
+            except Exception:  # a bad cycle must not kill the daemon; the next one retries
+                log.exception("scheduling cycle failed")
+
+    async def cycle(self) -> None:
+        self.links.send_all(expire_nodes(self.state, self.node_timeout_s))
+        policy = self.state.policy
+        if policy is None:
+            return
+        snapshot = self.state.snapshot()
+        began = time.perf_counter()
+        plan = await asyncio.to_thread(core.decide, snapshot, policy, self.state.clock())
+        self.last_cycle_ms = (time.perf_counter() - began) * 1000
+        self.cycles += 1
+        if policy is not self.state.policy:
+            self.wake()  # a new policy came in meanwhile: this plan is stale
+            return
+        started = self.state.apply_plan(plan)
+        for job in started:
+            log.info("job %d started on %s: %s", job.id, _where(job), job.reason)
+            for part in job.parts:
+                self.links.send(part.node, StartPart(job, part))
+        if len(started) < len(plan.starts):
+            self.wake()  # some starts went stale: decide again with the new facts
+
+
+def _where(job: object) -> str:
+    parts = getattr(job, "parts", [])
+    return ", ".join(f"{p.node}:{','.join(map(str, p.gpu_indices))}" for p in parts)

@@ -1,0 +1,91 @@
+"""`schedulerd`: the daemon's command line.
+
+`schedulerd --local-agent` is the one-machine setup of the Quick start: the
+daemon plus an agent child process on this machine, using real GPUs when NVML
+finds them and otherwise 4 fake ones (the agent says so in its log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from schedulerd.daemon.server import Daemon, DaemonConfig
+from schedulerd.policy import PolicyError
+
+log = logging.getLogger("schedulerd")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="schedulerd", description=__doc__.split("\n")[0])
+    p.add_argument("--listen", default="127.0.0.1:50051", help="address:port to serve gRPC on")
+    p.add_argument("--db", type=Path, default=Path("var/schedulerd.db"), help="SQLite file")
+    p.add_argument("--policy", type=Path, help="policy file (default: last applied, else built-in)")
+    p.add_argument("--tick", type=float, default=1.0, help="seconds between idle cycles")
+    p.add_argument("--node-timeout", type=float, default=120.0, help="seconds before a node is down")
+    p.add_argument("--local-agent", action="store_true", help="also run an agent on this machine")
+    p.add_argument("--local-agent-fake-gpus", type=int, default=4,
+                   help="fake GPUs for the local agent when NVML finds none (default 4)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    config = DaemonConfig(
+        listen=args.listen,
+        db_path=args.db,
+        policy_path=args.policy,
+        tick_s=args.tick,
+        node_timeout_s=args.node_timeout,
+    )
+    daemon = Daemon(config)
+    try:
+        await daemon.start()
+    except PolicyError as e:
+        print(f"schedulerd: cannot start: {e}", file=sys.stderr)
+        return 2
+    agent = _start_local_agent(args, daemon.port) if args.local_agent else None
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    if agent is not None:
+        agent.terminate()
+        await asyncio.to_thread(agent.wait)
+    await daemon.stop()
+    return 0
+
+
+def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+    host = args.listen.rsplit(":", 1)[0]
+    node = f"{socket.gethostname()}-local"
+    cmd = [
+        sys.executable, "-m", "agent",
+        "--daemon", f"{host}:{port}",
+        "--node", node,
+        "--fake-gpus-fallback", str(args.local_agent_fake_gpus),
+        "--state-dir", str(args.db.parent / "agent"),
+        "--log-level", args.log_level,
+    ]
+    log.info("starting local agent %s", node)
+    return subprocess.Popen(cmd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

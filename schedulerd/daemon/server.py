@@ -1,0 +1,113 @@
+"""The daemon put together: store, state, loop and the gRPC services on one port,
+with the standard health service and server reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
+from schedulerd.api.v1 import jobs_pb2, jobs_pb2_grpc
+from schedulerd.daemon.links import AgentLinks
+from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.services.admin import AdminService
+from schedulerd.daemon.services.agent_link import AgentLinkService
+from schedulerd.daemon.services.scheduler import SchedulerService
+from schedulerd.daemon.state import ClusterState
+from schedulerd.policy import default_policy_text, load_policy
+from schedulerd.store import Store
+
+log = logging.getLogger("schedulerd")
+
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+)
+
+
+@dataclass
+class DaemonConfig:
+    listen: str = "127.0.0.1:50051"
+    db_path: Path = Path("var/schedulerd.db")
+    policy_path: Path | None = None  # None: the stored policy, else the embedded default
+    tick_s: float = 1.0
+    node_timeout_s: float = 120.0
+    heartbeat_s: float = 2.0
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = Store(config.db_path)
+        self.state = ClusterState(self.store, clock)
+        self.links = AgentLinks()
+        self.loop = SchedulingLoop(self.state, self.links, config.tick_s, config.node_timeout_s)
+        self.server = grpc.aio.server()
+        self.port = 0
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def _load_policy(self) -> None:
+        """Startup policy: the file given on the command line, else the last one
+        applied (kept in the store), else the embedded default."""
+        self.state.load()
+        stored = self.state.policy_record
+        if self.config.policy_path is not None:
+            text, source = self.config.policy_path.read_text(), str(self.config.policy_path)
+        elif stored is not None:
+            text, source = stored.text, stored.source
+        else:
+            text, source = default_policy_text(), "embedded default"
+        policy = load_policy(text, source)  # PolicyError: refuse to start, say why
+        orphans = self.state.orphaned_consumers(policy)
+        if orphans:
+            raise SystemExit(
+                f"policy {source} has no leaf for consumers with waiting or running jobs: "
+                f"{', '.join(sorted(orphans))}"
+            )
+        if stored is None or (stored.text, stored.source) != (text, source):
+            stored = self.store.save_policy(text, source, self.state.clock())
+        self.state.set_policy(policy, stored)
+        log.info("policy %s (version %d) in force", source, stored.version)
+
+    async def start(self) -> None:
+        self._load_policy()
+        jobs_pb2_grpc.add_SchedulerServicer_to_server(
+            SchedulerService(self.state, self.links, self.loop), self.server
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.state, self.loop), self.server)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentLinkService(self.state, self.links, self.loop, self.config.heartbeat_s),
+            self.server,
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise SystemExit(f"cannot listen on {self.config.listen}")
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._loop_task = asyncio.create_task(self.loop.run())
+        active = len(self.state.jobs)
+        log.info(
+            "schedulerd listening on %s (port %d), store %s, %d active jobs",
+            self.config.listen, self.port, self.config.db_path, active,
+        )
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        await self.server.stop(grace_s)
+        self.store.close()

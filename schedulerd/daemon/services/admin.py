@@ -1,0 +1,115 @@
+"""The Admin service: the policy, the consumer tree and the nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+
+from schedulerd import core
+from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc
+from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb
+from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.state import ClusterState
+from schedulerd.policy import PolicyError, load_policy
+from schedulerd.store import EventRecord
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, state: ClusterState, loop: SchedulingLoop) -> None:
+        self.state = state
+        self.loop = loop
+
+    async def GetPolicy(
+        self, request: admin_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Policy:
+        assert self.state.policy_record is not None
+        return policy_to_pb(self.state.policy_record)
+
+    async def ApplyPolicy(
+        self, request: admin_pb2.ApplyPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ApplyPolicyResponse:
+        source = request.source_name or "<api>"
+        try:
+            policy = load_policy(request.text, source)
+        except PolicyError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        orphans = self.state.orphaned_consumers(policy)
+        if orphans:
+            listed = ", ".join(f"{c} ({n} jobs)" for c, n in sorted(orphans.items()))
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"policy {source} refused: it has no leaf consumer for jobs that are waiting "
+                f"or running: {listed}; keep those consumers or cancel their jobs first",
+            )
+        # Entitlements under the new policy, from the same pure core the loop runs.
+        plan = core.decide(self.state.snapshot(), policy, self.state.clock())
+        consumers = _statuses(policy, plan.consumers)
+        if request.dry_run:
+            return admin_pb2.ApplyPolicyResponse(applied=False, consumers=consumers)
+        record = self.state.store.save_policy(request.text, source, self.state.clock())
+        self.state.set_policy(policy, record)
+        self.loop.wake()
+        return admin_pb2.ApplyPolicyResponse(
+            applied=True, version=record.version, consumers=consumers
+        )
+
+    async def ListConsumers(
+        self, request: admin_pb2.ListConsumersRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListConsumersResponse:
+        policy = self.state.policy
+        assert policy is not None
+        states = self.state.consumer_states
+        total = sum(len(n.gpus) for n in self.state.nodes.values() if self.state.schedulable(n))
+        return admin_pb2.ListConsumersResponse(consumers=_statuses(policy, states), total_gpus=total)
+
+    async def ListNodes(
+        self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListNodesResponse:
+        holders = {
+            (p.node, i): job.id
+            for job in self.state.jobs.values()
+            for p in job.parts
+            for i in p.gpu_indices
+        }
+        return admin_pb2.ListNodesResponse(
+            nodes=[
+                node_to_pb(n, n.name in self.state.connected, holders)
+                for n in self.state.nodes.values()
+            ]
+        )
+
+    async def DrainNode(
+        self, request: admin_pb2.DrainNodeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Node:
+        return await self._set_drain(request.node, True, request.reason or "drained", context)
+
+    async def UndrainNode(
+        self, request: admin_pb2.UndrainNodeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Node:
+        return await self._set_drain(request.node, False, "", context)
+
+    async def _set_drain(
+        self, name: str, drained: bool, reason: str, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Node:
+        """Draining stops new placements; jobs already there run to their end."""
+        node = self.state.nodes.get(name)
+        if node is None:
+            known = ", ".join(self.state.nodes) or "none"
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {name!r} (known: {known})")
+        node.drained, node.drain_reason = drained, reason
+        self.state.store.save_node(node)
+        self.state.store.add_event(
+            EventRecord(self.state.clock(), 0, "drain" if drained else "undrain", name)
+        )
+        self.loop.wake()
+        return node_to_pb(node, name in self.state.connected, {})
+
+
+def _statuses(
+    policy: core.Policy, states: Mapping[core.ConsumerPath, core.ConsumerState]
+) -> list[admin_pb2.ConsumerStatus]:
+    return [
+        consumer_to_pb(spec, states.get(path), policy.is_leaf(path))
+        for path, spec in policy.consumers.items()
+    ]

@@ -1,0 +1,199 @@
+"""The admin's policy file → a validated core `Policy`, or every problem at once.
+
+Two passes over the composed YAML: here `_read_*` turn nodes into drafts, checking each
+value on its own (fields.py); then tree.py checks what spans several consumers (owned sums,
+limits) and applies inheritance. Problems are collected, never raised one by one (errors.py).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+from schedulerd.core.model import ROOT, ConsumerPath, ConsumerPolicy, Policy
+from schedulerd.policy import fields
+from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue
+from schedulerd.policy.nodes import (
+    INT,
+    compose,
+    describe,
+    entries,
+    is_null,
+    join,
+    unknown_key,
+)
+from schedulerd.policy.tree import Draft, Inherited, or_, resolve
+
+VERSION = 1
+TOP_KEYS = ("version", "users", "defaults", "consumers")
+DEFAULT_KEYS = ("grace", "min_runtime", "order")
+CONSUMER_KEYS = (
+    *("owned", "share", "limit", "lend", "borrow"),
+    *("grace", "min_runtime", "order", "users", "consumers"),
+)
+# Lowercase so that paths are unambiguous in CLIs, logs and URLs; no "/" since it separates.
+NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+NAME_RULE = "lowercase letters, digits, '_', '.' and '-', starting with a letter or digit"
+
+
+def load_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse and validate policy text; raise PolicyError listing every problem."""
+    issues = Issues(source)
+    doc = compose(text, issues)
+    policy = _read_document(doc, issues) if not issues else None
+    issues.raise_if_any()
+    if policy is None:  # unreachable: no issues means the document was read in full
+        raise AssertionError("policy not read, yet no issue was reported")
+    return policy
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([PolicyIssue(source, 0, "", "policy file not found")]) from None
+    except UnicodeDecodeError as e:
+        message = f"not UTF-8 text (bad byte at offset {e.start})"
+        raise PolicyError([PolicyIssue(source, 0, "", message)]) from None
+    except OSError as e:
+        message = f"cannot read the policy file: {e.strerror or e}"
+        raise PolicyError([PolicyIssue(source, 0, "", message)]) from None
+    return load_policy(text, source)
+
+
+def default_policy_text() -> str:
+    """The embedded default policy: one consumer, /default, for a single workstation."""
+    return resources.files("schedulerd.policy").joinpath("default.yaml").read_text("utf-8")
+
+
+def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
+    if doc is None:
+        issues.add(1, "", "the policy is empty; it needs 'version: 1' and 'consumers'")
+        return None
+    if not isinstance(doc, MappingNode):
+        want = "the policy must be a mapping with 'version' and 'consumers'"
+        issues.add(doc, "", f"{want}, got {describe(doc)}")
+        return None
+    seen: set[str] = set()
+    root_users: frozenset[str] | None = None
+    inherited = Inherited()
+    tops: list[Draft] = []
+    for name, k, v in entries(doc, "", issues):  # a repeated key: reported, the last wins
+        seen.add(name)
+        if name == "version":
+            _check_version(v, issues)
+        elif name == "users":
+            root_users = fields.users(v, "users", issues)
+        elif name == "defaults":
+            inherited = _read_defaults(v, issues)
+        elif name == "consumers":
+            tops = _read_children(v, "consumers", ROOT, issues, ())
+            if is_null(v) or (isinstance(v, MappingNode) and not v.value):
+                issues.add(v, "consumers", "must name at least one consumer")
+        else:
+            issues.add(k, name, unknown_key(name, TOP_KEYS))
+    for required in ("version", "consumers"):
+        if required not in seen:
+            issues.add(doc, required, "missing; a policy needs 'version: 1' and 'consumers'")
+    everyone = frozenset({"*"})
+    root = ConsumerPolicy(path=ROOT, users=everyone if root_users is None else root_users)
+    return resolve(root, tops, inherited, issues)
+
+
+def _check_version(node: Node, issues: Issues) -> None:
+    if isinstance(node, ScalarNode) and node.tag == INT and node.value.strip() == str(VERSION):
+        return
+    message = f"unsupported version {describe(node)}; this schedulerd reads version {VERSION}"
+    issues.add(node, "version", message)
+
+
+def _read_defaults(node: Node, issues: Issues) -> Inherited:
+    d = Inherited()
+    if is_null(node):
+        return d
+    if not isinstance(node, MappingNode):
+        issues.add(node, "defaults", f"must be a mapping, got {describe(node)}")
+        return d
+    for name, k, v in entries(node, "defaults", issues):
+        key = join("defaults", name)
+        if name == "grace":
+            d.grace_s = or_(fields.duration(v, key, issues), d.grace_s)
+        elif name == "min_runtime":
+            d.min_runtime_s = or_(fields.duration(v, key, issues), d.min_runtime_s)
+        elif name == "order":
+            d.order = or_(fields.order(v, key, issues), d.order)
+        elif name in CONSUMER_KEYS:
+            allowed = ", ".join(DEFAULT_KEYS)
+            message = f"'{name}' has no default; set it on each consumer (defaults: {allowed})"
+            issues.add(k, key, message)
+        else:
+            issues.add(k, key, unknown_key(name, DEFAULT_KEYS))
+    return d
+
+
+def _read_children(
+    node: Node, key: str, parent: ConsumerPath, issues: Issues, seen: tuple[int, ...]
+) -> list[Draft]:
+    """The consumers under `key`. Null means none (a leaf); the caller decides if that is ok."""
+    if is_null(node):
+        return []
+    if not isinstance(node, MappingNode):
+        want = "must be a mapping of consumer names to their settings"
+        issues.add(node, key, f"{want}, got {describe(node)}")
+        return []
+    drafts = []
+    for name, k, v in entries(node, key, issues):
+        ckey = join(key, name)
+        if not NAME.fullmatch(name):
+            hint = f"; did you mean '{name.lower()}'?" if NAME.fullmatch(name.lower()) else ""
+            message = f"consumer name '{name}' is not allowed: names use {NAME_RULE}{hint}"
+            issues.add(k, ckey, message)
+        path = ConsumerPath(f"{parent.rstrip('/')}/{name}")
+        drafts.append(_read_consumer(v, ckey, path, issues, seen))
+    return drafts
+
+
+def _read_consumer(
+    node: Node, key: str, path: ConsumerPath, issues: Issues, seen: tuple[int, ...]
+) -> Draft:
+    d = Draft(path=path)
+    if is_null(node):  # `batch:` with nothing: a leaf with every default
+        return d
+    if not isinstance(node, MappingNode):
+        issues.add(node, key, f"must be a mapping of settings, got {describe(node)}")
+        return d
+    if id(node) in seen:  # an alias to an enclosing consumer would nest forever
+        issues.add(node, key, "a YAML alias makes this consumer contain itself")
+        return d
+    for name, k, v in entries(node, key, issues):
+        vkey = join(key, name)
+        if name == "owned":
+            d.owned, d.owned_node = fields.gpus(v, vkey, issues, minimum=0), v
+        elif name == "share":
+            d.share = or_(fields.share(v, vkey, issues), d.share)
+        elif name == "limit":
+            d.limit, d.limit_node = fields.limit(v, vkey, issues), v
+        elif name == "lend":
+            d.lend = or_(fields.flag(v, vkey, issues), d.lend)
+        elif name == "borrow":
+            d.borrow = or_(fields.flag(v, vkey, issues), d.borrow)
+        elif name == "grace":
+            d.grace_s = fields.duration(v, vkey, issues)
+        elif name == "min_runtime":
+            d.min_runtime_s = fields.duration(v, vkey, issues)
+        elif name == "order":
+            d.order = fields.order(v, vkey, issues)
+        elif name == "users":
+            d.users = fields.users(v, vkey, issues)
+        elif name == "consumers":
+            d.children = _read_children(v, vkey, path, issues, (*seen, id(node)))
+        else:
+            message = unknown_key(name, CONSUMER_KEYS)
+            if isinstance(v, MappingNode) and "did you mean" not in message:
+                message += f"; to make '{name}' a child consumer, put it under 'consumers:'"
+            issues.add(k, vkey, message)
+    return d

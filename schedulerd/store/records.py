@@ -1,0 +1,104 @@
+"""The shell's records of jobs, job parts and nodes: what the store keeps.
+
+Mutable on purpose: the daemon holds one live copy of each (write-through, see
+daemon/state.py) and the core gets frozen snapshots built from them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class JobState(enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+
+class PartPhase(enum.Enum):
+    """One job's processes on one node."""
+
+    ASSIGNED = "assigned"  # committed by the plan; the agent has not confirmed yet
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass
+class PartRecord:
+    job_id: int
+    attempt: int
+    node: str
+    node_rank: int
+    gpu_indices: list[int]
+    gpu_uuids: list[str]
+    phase: PartPhase = PartPhase.ASSIGNED
+    exit_code: int | None = None
+    pid: int | None = None
+    message: str = ""
+
+
+@dataclass
+class JobRecord:
+    id: int
+    consumer: str
+    user: str
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    working_dir: str
+    gpus_min: int
+    gpus_max: int
+    priority: int
+    state: JobState
+    submit_time: float
+    start_time: float | None = None
+    end_time: float | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    attempt: int = 0
+    cancel_requested: bool = False
+    parts: list[PartRecord] = field(default_factory=list)
+
+
+@dataclass
+class GpuRecord:
+    index: int
+    uuid: str
+    model: str
+    memory_bytes: int
+
+
+@dataclass
+class NodeRecord:
+    name: str
+    pool: str
+    gpus: list[GpuRecord]
+    drained: bool = False
+    drain_reason: str = ""
+    last_seen: float = 0.0
+    fake_gpus: bool = False
+    agent_version: str = ""
+    down: bool = False  # past the node timeout: its jobs were failed
+
+
+@dataclass
+class PolicyRecord:
+    version: int
+    text: str
+    source: str
+    applied_at: float
+
+
+@dataclass
+class EventRecord:
+    time: float
+    job_id: int
+    kind: str
+    message: str

@@ -1,0 +1,69 @@
+"""Numbered migrations. Each runs once, in order, inside one transaction; the
+applied number is kept in `PRAGMA user_version`."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- also the queue order
+        consumer TEXT NOT NULL,
+        user TEXT NOT NULL,
+        name TEXT NOT NULL,
+        command TEXT NOT NULL,                 -- JSON argv
+        env TEXT NOT NULL,                     -- JSON object
+        working_dir TEXT NOT NULL,
+        gpus_min INTEGER NOT NULL,
+        gpus_max INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        submit_time REAL NOT NULL,
+        start_time REAL,
+        end_time REAL,
+        exit_code INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        attempt INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_by_state ON jobs(state);
+    CREATE TABLE job_parts (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        node_rank INTEGER NOT NULL,
+        gpu_indices TEXT NOT NULL,             -- JSON list
+        gpu_uuids TEXT NOT NULL,               -- JSON list
+        phase TEXT NOT NULL,
+        exit_code INTEGER,
+        pid INTEGER,
+        message TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (job_id, attempt, node)
+    );
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        gpus TEXT NOT NULL,                    -- JSON list of {index, uuid, model, memory_bytes}
+        drained INTEGER NOT NULL DEFAULT 0,
+        drain_reason TEXT NOT NULL DEFAULT '',
+        last_seen REAL NOT NULL DEFAULT 0,
+        fake_gpus INTEGER NOT NULL DEFAULT 0,
+        agent_version TEXT NOT NULL DEFAULT '',
+        down INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE policies (
+        version INTEGER PRIMARY KEY AUTOINCREMENT,
+        text TEXT NOT NULL,
+        source TEXT NOT NULL,
+        applied_at REAL NOT NULL
+    );
+    CREATE TABLE events (                      -- append-only decision log
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        job_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_by_job ON events(job_id);
+    """,
+]
