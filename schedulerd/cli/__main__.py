@@ -1,0 +1,3 @@
+from schedulerd.cli.main import main
+
+main()
