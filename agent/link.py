@@ -1,0 +1,260 @@
+"""The daemon link: one grpc.aio `AgentService.Connect` stream, reconnected forever.
+
+A session: open a channel, send Register (with every part the runner still has: running ones
+and ended ones the daemon has not acked), wait for Registered, send a Heartbeat every
+interval, send a JobReport whenever a part changes phase, and execute what the daemon sends
+(through `reconcile`, so a resent StartJob never starts a second process).
+
+When the stream breaks or the daemon is not there, the link waits (exponential backoff with
+jitter, see agent.backoff) and tries again, forever. Jobs keep running meanwhile: the runner
+is polled whether or not a daemon is connected, and a report that could not be sent stays in
+the runner until acked, so the next Register carries it. Nothing that ended while the daemon
+was away is lost. Messages queued for a broken stream are dropped for the same reason: the
+next Register supersedes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from agent import wire
+from agent.backoff import backoff_delay
+from agent.gpus import GpuDevice
+from agent.model import JobSpec, StopRequest
+from agent.reconcile import Ignore, Report, StartPart, StopPart, reconcile
+from agent.runner import Runner
+from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.1  # seconds between looks at the job processes
+DEFAULT_HEARTBEAT = 5.0  # used when the daemon's Registered says 0
+MIN_HEARTBEAT = 0.05
+
+# A dead daemon host (no RST, e.g. powered off) would leave the stream hanging forever; HTTP/2
+# keepalive pings find out. A gRPC server by default refuses pings more often than every 5
+# minutes (and answers with GOAWAY "too_many_pings"), so stay above that.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 330_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+
+Outbox = asyncio.Queue[agent_pb2.AgentMessage | None]  # None: end the request stream
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this agent is, as told in every Register."""
+
+    node: str
+    pool: str
+    gpus: tuple[GpuDevice, ...]
+    fake_gpus: bool
+    hostname: str
+    agent_version: str
+
+
+class Link:
+    def __init__(
+        self,
+        target: str,
+        identity: Identity,
+        runner: Runner,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.identity = identity
+        self.runner = runner
+        self._rng = rng or random.Random()
+        self._out: Outbox | None = None  # the live session's outbox, if any
+        self._stopping = asyncio.Event()
+        self._registered = False
+
+    async def run(self) -> None:
+        """Poll the jobs and keep a session with the daemon, until `request_stop`."""
+        poller = asyncio.create_task(self._poll_forever())
+        try:
+            await self._connect_forever()
+        finally:
+            poller.cancel()
+
+    def request_stop(self) -> None:
+        """End the stream politely (half-close); `run` returns when the daemon ends its side."""
+        self._stopping.set()
+        if self._out is not None:
+            self._out.put_nowait(None)
+
+    def poll_once(self) -> None:
+        """Look at the job processes and report what changed (if a daemon is connected)."""
+        for report in self.runner.poll():
+            self._send(wire.report_message(report))
+
+    # --- connection -----------------------------------------------------------------------
+
+    async def _connect_forever(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            # The first try at INFO; the retries are logged by the warning below.
+            log.log(
+                logging.DEBUG if failures else logging.INFO,
+                "connecting to the daemon at %s (try %d)",
+                self.target,
+                failures + 1,
+            )
+            self._registered = False
+            try:
+                await self._session()
+                reason = "the daemon ended the stream"
+            except grpc.aio.AioRpcError as e:
+                reason = f"{e.code().name}: {e.details()}"
+            except Exception as e:
+                # A bug here must not end the agent: its jobs still run, so keep trying.
+                log.exception("daemon link failed unexpectedly")
+                reason = f"{type(e).__name__}: {e}"
+            if self._stopping.is_set():
+                break
+            if self._registered:
+                failures = 0  # it worked for a while: start the backoff over
+            delay = backoff_delay(failures, self._rng)
+            failures += 1
+            log.warning(
+                "daemon link %s (%s); retrying in %.2f s",
+                "lost" if self._registered else "failed",
+                reason,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):  # woken early by request_stop
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _session(self) -> None:
+        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+            out: Outbox = asyncio.Queue()
+            self.runner.poll()  # fresh state; what changed goes in the Register below
+            out.put_nowait(
+                wire.register(
+                    node=self.identity.node,
+                    pool=self.identity.pool,
+                    gpus=self.identity.gpus,
+                    fake_gpus=self.identity.fake_gpus,
+                    agent_version=self.identity.agent_version,
+                    hostname=self.identity.hostname,
+                    jobs=self.runner.reports(),
+                )
+            )
+            self._out = out
+            if self._stopping.is_set():  # request_stop came while we were connecting
+                out.put_nowait(None)
+            heartbeats: asyncio.Task[None] | None = None
+            call = stub.Connect(_drain(out))
+            try:
+                async for msg in call:
+                    if msg.WhichOneof("msg") == "registered":
+                        interval = _heartbeat_interval(msg.registered.heartbeat_interval)
+                        log.info(
+                            "registered with the daemon at %s as node %r (%d jobs reported), "
+                            "heartbeat every %.2f s",
+                            self.target,
+                            self.identity.node,
+                            len(self.runner.reports()),
+                            interval,
+                        )
+                        self._registered = True
+                        if heartbeats is not None:
+                            heartbeats.cancel()
+                        heartbeats = asyncio.create_task(_heartbeats(out, interval))
+                    else:
+                        await self._handle(msg)
+            finally:
+                self._out = None
+                if heartbeats is not None:
+                    heartbeats.cancel()
+                call.cancel()
+
+    # --- what the daemon says -------------------------------------------------------------
+
+    async def _handle(self, msg: agent_pb2.DaemonMessage) -> None:
+        kind = msg.WhichOneof("msg")
+        try:
+            if kind == "start":
+                self._apply(wire.job_spec(msg.start))
+            elif kind == "stop":
+                self._apply(wire.stop_request(msg.stop))
+            elif kind == "ack":
+                if not self.runner.ack(msg.ack.job_id, msg.ack.attempt):
+                    log.debug(
+                        "ack for job %d attempt %d: nothing to forget",
+                        msg.ack.job_id,
+                        msg.ack.attempt,
+                    )
+            elif kind == "read_log":
+                await self._read_log(msg.read_log)
+            else:
+                log.warning("ignoring a daemon message of unknown kind %r", kind)
+        except Exception:
+            # One bad command must not take the link (and the node) down.
+            log.exception("failed to handle a %r message from the daemon", kind)
+
+    def _apply(self, command: JobSpec | StopRequest) -> None:
+        for action in reconcile(command, self.runner.reports()):
+            if isinstance(action, StartPart):
+                self._send(wire.report_message(self.runner.start(action.spec)))
+            elif isinstance(action, StopPart):
+                self.runner.stop(action.request)  # the EXITED report comes from the poller
+            elif isinstance(action, Report):
+                report = self.runner.report(action.key)
+                if report is not None:
+                    self._send(wire.report_message(report))
+            elif isinstance(action, Ignore):
+                log.warning("%s", action.reason)
+
+    async def _read_log(self, req: agent_pb2.ReadLog) -> None:
+        data, found, next_offset = await asyncio.to_thread(
+            self.runner.read_log, req.job_id, req.offset, req.max_bytes
+        )
+        self._send(
+            agent_pb2.AgentMessage(
+                log_data=agent_pb2.LogData(
+                    request_id=req.request_id, data=data, found=found, next_offset=next_offset
+                )
+            )
+        )
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _send(self, msg: agent_pb2.AgentMessage) -> None:
+        if self._out is not None:
+            self._out.put_nowait(msg)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("polling the job processes failed")
+            await asyncio.sleep(POLL_INTERVAL)
+
+
+async def _drain(out: Outbox) -> AsyncIterator[agent_pb2.AgentMessage]:
+    while (msg := await out.get()) is not None:
+        yield msg
+
+
+async def _heartbeats(out: Outbox, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        out.put_nowait(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat()))
+
+
+def _heartbeat_interval(asked: float) -> float:
+    if not asked > 0:  # 0 (unset), negative or NaN
+        return DEFAULT_HEARTBEAT
+    return max(MIN_HEARTBEAT, asked)

@@ -1,0 +1,183 @@
+"""schedulerd-agent: the node agent's command line.
+
+    schedulerd-agent --daemon 10.0.0.1:50051 --pool a100
+    schedulerd-agent --node n1 --fake-gpus 4        # no GPU here: 4 clearly labelled fakes
+
+Several agents can share one machine under different --node names: each gets its own state
+directory, <--state-dir, default ./var/agent>/<node>, holding the job logs and default working
+directories.
+
+Shutdown on SIGTERM/SIGINT: by default the agent stops its jobs (SIGTERM to each process group,
+SIGKILL after --shutdown-grace), sends their final reports if the daemon is there, ends the
+stream and exits 0. Why stop them: the agent keeps what it knows of its jobs in memory only, so
+a restarted agent could not see them exit, and jobs left behind would hold GPUs that the
+scheduler no longer accounts for. --keep-jobs-on-exit leaves them running instead (each job is
+its own session, so the agent's signal does not reach it), for an operator who knows better;
+the next agent's Register will not list them, and the daemon must treat them as lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.gpus import NoGpusFound, choose_backend
+from agent.link import Identity, Link
+from agent.runner import Runner
+
+log = logging.getLogger("agent")
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # it names a directory too
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="schedulerd-agent", description="The schedulerd agent of one GPU node."
+    )
+    p.add_argument("--daemon", default="127.0.0.1:50051", metavar="HOST:PORT")
+    p.add_argument("--node", default=None, metavar="NAME", help="default: the hostname")
+    p.add_argument("--pool", default="default")
+    fake = p.add_mutually_exclusive_group()
+    fake.add_argument(
+        "--fake-gpus",
+        type=_non_negative_int,
+        metavar="N",
+        help="use N fake GPUs and no NVIDIA hardware at all",
+    )
+    fake.add_argument(
+        "--fake-gpus-fallback",
+        type=_non_negative_int,
+        metavar="N",
+        help="use N fake GPUs if NVML finds none",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("var/agent"),
+        help="the agent's files go in STATE_DIR/NODE (default: ./var/agent)",
+    )
+    p.add_argument(
+        "--keep-jobs-on-exit",
+        action="store_true",
+        help="leave jobs running when the agent is stopped (default: stop them)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on agent shutdown, SIGKILL jobs this long after SIGTERM (default: 10)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = p.parse_args(argv)
+    args.node = args.node or socket.gethostname()
+    if not _NODE_NAME.fullmatch(args.node):
+        p.error(f"--node {args.node!r}: use letters, digits, '.', '_' and '-'")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
+    )
+    # --log-level DEBUG is for the agent; grpc's own debug lines (cancelled request
+    # iterators on every reconnect) would bury it.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLevelName(args.log_level)))
+    try:
+        backend, gpus = choose_backend(args.fake_gpus, args.fake_gpus_fallback, args.node)
+    except NoGpusFound as e:
+        log.error("%s", e)
+        return 2
+    state_dir: Path = args.state_dir / args.node
+    state_dir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(state_dir.resolve(), args.node, gpu_indices=[g.index for g in gpus])
+    identity = Identity(
+        node=args.node,
+        pool=args.pool,
+        gpus=tuple(gpus),
+        fake_gpus=backend.is_fake,
+        hostname=socket.gethostname(),
+        agent_version=__version__,
+    )
+    log.info(
+        "agent %s: node %r, pool %r, %d %s GPUs, state in %s, daemon %s",
+        __version__,
+        args.node,
+        args.pool,
+        len(gpus),
+        backend.name,
+        state_dir,
+        args.daemon,
+    )
+    link = Link(args.daemon, identity, runner)
+    return asyncio.run(_serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace))
+
+
+async def _serve(link: Link, runner: Runner, keep_jobs: bool, grace: float) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("%s: already shutting down", sig.name)
+        else:
+            log.info("%s: shutting down", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    link_task = asyncio.create_task(link.run())
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    if link_task.done():  # run() only returns on request; this is a bug, let it show
+        link_task.result()
+        return 1
+
+    if keep_jobs:
+        if runner.any_running():
+            log.warning("leaving the running jobs alone (--keep-jobs-on-exit)")
+    elif runner.any_running():
+        runner.stop_all(grace, "agent shutting down")
+        # The link stays up meanwhile, so the EXITED reports reach the daemon if it is there.
+        deadline = loop.time() + grace + 5.0
+        while runner.any_running() and loop.time() < deadline:
+            link.poll_once()
+            await asyncio.sleep(0.05)
+    link.request_stop()
+    try:
+        await asyncio.wait_for(link_task, 3.0)  # the daemon ends its side, or we cancel
+    except TimeoutError:
+        log.info("the daemon did not close the stream; closed it ourselves")
+    log.info("agent stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

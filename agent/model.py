@@ -1,0 +1,91 @@
+"""The agent's own value types: what a job part is asked to be and what it is.
+
+The daemon speaks protobuf; everything inside the agent speaks these frozen dataclasses, so
+that the runner and `reconcile` can be tested without gRPC. `agent.wire` converts between the
+two at the edge (ARCHITECTURE: only the link touches generated types).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# A job part is one job's processes on this node, named by (job_id, attempt): a retried job
+# gets a new attempt number, so an old attempt's late report never looks like the new one's.
+PartKey = tuple[int, int]
+
+
+class Phase(enum.Enum):
+    """Where a job part is in its life (mirrors agent.proto's JobPhase)."""
+
+    RUNNING = "running"  # the process group is alive
+    EXITED = "exited"  # it ended; exit_code is set (negative: killed by signal -N)
+    START_FAILED = "start_failed"  # it could not be started (bad command, bad working dir)
+
+    @property
+    def ended(self) -> bool:
+        return self is not Phase.RUNNING
+
+
+def _frozen_env(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(env or {}))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the daemon asks this node to run (a StartJob message)."""
+
+    job_id: int
+    attempt: int
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)  # a dict is unhashable
+    working_dir: str = ""
+    gpu_indices: tuple[int, ...] = ()
+    consumer: str = ""
+    user: str = ""
+    name: str = ""
+    node_rank: int = 0
+    num_nodes: int = 1
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a spec is a value, never edited after it arrives.
+        object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "gpu_indices", tuple(self.gpu_indices))
+        object.__setattr__(self, "env", _frozen_env(self.env))
+
+    @property
+    def key(self) -> PartKey:
+        return (self.job_id, self.attempt)
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """The daemon asks for a part to end (a StopJob message)."""
+
+    job_id: int
+    attempt: int
+    grace_seconds: float
+    reason: str = ""
+
+    @property
+    def key(self) -> PartKey:
+        return (self.job_id, self.attempt)
+
+
+@dataclass(frozen=True)
+class PartReport:
+    """What the agent knows of one job part (a JobReport message)."""
+
+    job_id: int
+    attempt: int
+    phase: Phase
+    exit_code: int = 0
+    pid: int = 0
+    message: str = ""
+    time: float = 0.0  # unix seconds when the phase was reached
+
+    @property
+    def key(self) -> PartKey:
+        return (self.job_id, self.attempt)

@@ -1,0 +1,83 @@
+"""Converters between agent.proto's generated types and the agent's own types.
+
+Kept apart so that the runner and reconcile never see protobuf (ARCHITECTURE: only the link
+touches generated types).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from agent.gpus import GpuDevice
+from agent.model import JobSpec, PartReport, Phase, StopRequest
+from schedulerd.api.v1 import agent_pb2
+
+_PHASES = {
+    Phase.RUNNING: agent_pb2.PHASE_RUNNING,
+    Phase.EXITED: agent_pb2.PHASE_EXITED,
+    Phase.START_FAILED: agent_pb2.PHASE_START_FAILED,
+}
+
+
+def job_spec(msg: agent_pb2.StartJob) -> JobSpec:
+    return JobSpec(
+        job_id=msg.job_id,
+        attempt=msg.attempt,
+        command=tuple(msg.command),
+        env=dict(msg.env),
+        working_dir=msg.working_dir,
+        gpu_indices=tuple(msg.gpu_indices),
+        consumer=msg.consumer,
+        user=msg.user,
+        name=msg.name,
+        node_rank=msg.node_rank,
+        # proto3 has no "unset": 0 nodes cannot be meant, a single-node job is.
+        num_nodes=msg.num_nodes or 1,
+    )
+
+
+def stop_request(msg: agent_pb2.StopJob) -> StopRequest:
+    return StopRequest(msg.job_id, msg.attempt, msg.grace_seconds, msg.reason)
+
+
+def job_report(r: PartReport) -> agent_pb2.JobReport:
+    return agent_pb2.JobReport(
+        job_id=r.job_id,
+        attempt=r.attempt,
+        phase=_PHASES[r.phase],
+        exit_code=r.exit_code,
+        pid=r.pid,
+        message=r.message,
+        time=r.time,
+    )
+
+
+def gpu_info(d: GpuDevice) -> agent_pb2.GpuInfo:
+    return agent_pb2.GpuInfo(index=d.index, uuid=d.uuid, model=d.model, memory_bytes=d.memory_bytes)
+
+
+def register(
+    *,
+    node: str,
+    pool: str,
+    gpus: Iterable[GpuDevice],
+    fake_gpus: bool,
+    agent_version: str,
+    hostname: str,
+    jobs: Iterable[PartReport],
+) -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(
+        register=agent_pb2.Register(
+            node=node,
+            pool=pool,
+            gpus=[gpu_info(d) for d in gpus],
+            fake_gpus=fake_gpus,
+            agent_version=agent_version,
+            hostname=hostname,
+            jobs=[job_report(r) for r in jobs],
+        )
+    )
+
+
+def report_message(r: PartReport) -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(report=job_report(r))

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The two Quick start commands (README.md):
+#   ./dev.sh run    install everything, then run the daemon with a local agent
+#   ./dev.sh test   install everything, then lint, type-check and run the tests
+# Other uses: ./dev.sh install | ./dev.sh lint | ./dev.sh bench
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+install() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+}
+
+lint() {
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy" schedulerd agent
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  install) install ;;
+  run)
+    install
+    exec "$VENV/bin/schedulerd" --local-agent "$@"
+    ;;
+  test)
+    install
+    lint
+    exec "$VENV/bin/python" -m pytest -q "$@"
+    ;;
+  lint) lint ;;
+  bench)
+    install
+    exec "$VENV/bin/python" bench/decide_bench.py "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh run | test | install | lint | bench" >&2
+    exit 2
+    ;;
+esac
