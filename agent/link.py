@@ -136,7 +136,7 @@ class Link:
 
     async def _session(self) -> None:
         async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
             out: Outbox = asyncio.Queue()
             self.runner.poll()  # fresh state; what changed goes in the Register below
             out.put_nowait(

@@ -10,8 +10,9 @@ that wants to submit or watch jobs.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -29,7 +30,8 @@ class ClientError(RuntimeError):
         self.details = details
 
 
-def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One unary call; gRPC errors become ClientError with the daemon's words."""
     try:
         return fn(*args, **kwargs)
     except grpc.RpcError as e:
@@ -81,10 +83,14 @@ class Client:
             priority=priority,
         )
         req = jobs_pb2.SubmitJobRequest(spec=spec)
-        return _call(self.jobs.SubmitJob, req, timeout=self.timeout_s).job
+        result: jobs_pb2.Job = _call(self.jobs.SubmitJob, req, timeout=self.timeout_s).job
+        return result
 
     def get_job(self, job_id: int) -> jobs_pb2.Job:
-        return _call(self.jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id), timeout=self.timeout_s)
+        result: jobs_pb2.Job = _call(
+            self.jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id), timeout=self.timeout_s
+        )
+        return result
 
     def list_jobs(
         self,
@@ -103,7 +109,8 @@ class Client:
 
     def cancel(self, job_id: int, user: str | None = None) -> jobs_pb2.Job:
         req = jobs_pb2.CancelJobRequest(id=job_id, user=user or getpass.getuser())
-        return _call(self.jobs.CancelJob, req, timeout=self.timeout_s)
+        result: jobs_pb2.Job = _call(self.jobs.CancelJob, req, timeout=self.timeout_s)
+        return result
 
     def watch(
         self, consumer: str = "", ids: Sequence[int] = (), include_current: bool = True
@@ -130,17 +137,26 @@ class Client:
     # -- admin --------------------------------------------------------------
 
     def get_policy(self) -> admin_pb2.Policy:
-        return _call(self.admin.GetPolicy, admin_pb2.GetPolicyRequest(), timeout=self.timeout_s)
+        result: admin_pb2.Policy = _call(
+            self.admin.GetPolicy, admin_pb2.GetPolicyRequest(), timeout=self.timeout_s
+        )
+        return result
 
     def apply_policy(
         self, text: str, source_name: str = "", dry_run: bool = False
     ) -> admin_pb2.ApplyPolicyResponse:
         req = admin_pb2.ApplyPolicyRequest(text=text, source_name=source_name, dry_run=dry_run)
-        return _call(self.admin.ApplyPolicy, req, timeout=self.timeout_s)
+        result: admin_pb2.ApplyPolicyResponse = _call(
+            self.admin.ApplyPolicy, req, timeout=self.timeout_s
+        )
+        return result
 
     def consumers(self) -> admin_pb2.ListConsumersResponse:
         req = admin_pb2.ListConsumersRequest()
-        return _call(self.admin.ListConsumers, req, timeout=self.timeout_s)
+        result: admin_pb2.ListConsumersResponse = _call(
+            self.admin.ListConsumers, req, timeout=self.timeout_s
+        )
+        return result
 
     def nodes(self) -> list[admin_pb2.Node]:
         req = admin_pb2.ListNodesRequest()
@@ -148,8 +164,10 @@ class Client:
 
     def drain(self, node: str, reason: str = "") -> admin_pb2.Node:
         req = admin_pb2.DrainNodeRequest(node=node, reason=reason)
-        return _call(self.admin.DrainNode, req, timeout=self.timeout_s)
+        result: admin_pb2.Node = _call(self.admin.DrainNode, req, timeout=self.timeout_s)
+        return result
 
     def undrain(self, node: str) -> admin_pb2.Node:
         req = admin_pb2.UndrainNodeRequest(node=node)
-        return _call(self.admin.UndrainNode, req, timeout=self.timeout_s)
+        result: admin_pb2.Node = _call(self.admin.UndrainNode, req, timeout=self.timeout_s)
+        return result

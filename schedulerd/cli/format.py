@@ -21,14 +21,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def as_json(messages: Message | Sequence[Message]) -> str:
     def one(m: Message) -> dict[str, object]:
-        return MessageToDict(m, preserving_proto_field_name=True)
+        data: dict[str, object] = MessageToDict(m, preserving_proto_field_name=True)
+        return data
 
     data = [one(m) for m in messages] if isinstance(messages, Sequence) else one(messages)
     return json.dumps(data, indent=2)
 
 
 def state_name(job: jobs_pb2.Job) -> str:
-    return jobs_pb2.JobState.Name(job.state)
+    name: str = jobs_pb2.JobState.Name(job.state)
+    return name
 
 
 def gpus_text(job: jobs_pb2.Job) -> str:
@@ -49,16 +51,18 @@ def jobs_table(jobs: Sequence[jobs_pb2.Job]) -> str:
     rows = []
     for j in jobs:
         count = j.spec.gpus.min
-        rows.append([
-            j.id,
-            state_name(j),
-            j.spec.consumer,
-            j.spec.user,
-            count,
-            _ago(j.submit_time.seconds),
-            j.spec.name[:24],
-            gpus_text(j) if j.gpus else (j.reason[:70] if j.state == jobs_pb2.PENDING else ""),
-        ])
+        rows.append(
+            [
+                j.id,
+                state_name(j),
+                j.spec.consumer,
+                j.spec.user,
+                count,
+                _ago(j.submit_time.seconds),
+                j.spec.name[:24],
+                gpus_text(j) if j.gpus else (j.reason[:70] if j.state == jobs_pb2.PENDING else ""),
+            ]
+        )
     return table(["ID", "STATE", "CONSUMER", "USER", "GPUS", "AGE", "NAME", "WHERE / WHY"], rows)
 
 
@@ -92,20 +96,32 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
     for c in resp.consumers:
         depth = 0 if c.path == "/" else c.path.count("/")
         name = "/" if c.path == "/" else "  " * (depth - 1) + c.path.rsplit("/", 1)[1]
-        rows.append([
-            name,
-            c.owned,
-            f"{c.share:g}",
-            c.limit if c.HasField("limit") else "-",
-            c.demand,
-            f"{c.entitlement:.1f}",
-            c.allocation,
-            c.pending_jobs,
-            c.running_jobs,
-            ("" if c.lend else "no-lend ") + ("" if c.borrow else "no-borrow"),
-        ])
-    headers = ["CONSUMER", "OWNED", "SHARE", "LIMIT", "DEMAND", "ENTITLED", "ALLOC", "PENDING",
-               "RUNNING", "FLAGS"]
+        rows.append(
+            [
+                name,
+                c.owned,
+                f"{c.share:g}",
+                c.limit if c.HasField("limit") else "-",
+                c.demand,
+                f"{c.entitlement:.1f}",
+                c.allocation,
+                c.pending_jobs,
+                c.running_jobs,
+                ("" if c.lend else "no-lend ") + ("" if c.borrow else "no-borrow"),
+            ]
+        )
+    headers = [
+        "CONSUMER",
+        "OWNED",
+        "SHARE",
+        "LIMIT",
+        "DEMAND",
+        "ENTITLED",
+        "ALLOC",
+        "PENDING",
+        "RUNNING",
+        "FLAGS",
+    ]
     return f"{resp.total_gpus} schedulable GPUs\n" + table(headers, rows)
 
 
@@ -115,12 +131,14 @@ def nodes_table(nodes: Sequence[admin_pb2.Node]) -> str:
         used = [g for g in n.gpus if g.job_id]
         jobs = sorted({g.job_id for g in used})
         state = admin_pb2.NodeState.Name(n.state) + (" DRAINED" if n.drained else "")
-        rows.append([
-            n.name,
-            state,
-            n.pool,
-            f"{len(used)}/{len(n.gpus)}",
-            (n.gpus[0].model if n.gpus else "-") + (" (fake)" if n.fake_gpus else ""),
-            ",".join(map(str, jobs)) or "-",
-        ])
+        rows.append(
+            [
+                n.name,
+                state,
+                n.pool,
+                f"{len(used)}/{len(n.gpus)}",
+                (n.gpus[0].model if n.gpus else "-") + (" (fake)" if n.fake_gpus else ""),
+                ",".join(map(str, jobs)) or "-",
+            ]
+        )
     return table(["NODE", "STATE", "POOL", "GPUS USED", "MODEL", "JOBS"], rows)

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from schedulerd.api.v1 import jobs_pb2
+from schedulerd.api.v1 import admin_pb2, jobs_pb2
 from schedulerd.cli import format as fmt
 from schedulerd.client import DEFAULT_ADDRESS, Client, ClientError
 from schedulerd.policy import PolicyError, load_policy
@@ -25,8 +25,10 @@ ACTIVE = ["PENDING", "RUNNING"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="schedctl", description="Submit and watch GPU jobs; administer schedulerd.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
+        prog="schedctl",
+        description="Submit and watch GPU jobs; administer schedulerd.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
     )
     p.add_argument("--daemon", default=os.environ.get("SCHEDULERD_ADDRESS", DEFAULT_ADDRESS))
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -45,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     j = sub.add_parser("jobs", help="list jobs (waiting and running; --all for ended too)")
     j.add_argument("--consumer", default="")
-    j.add_argument("--state", action="append", default=[], choices=[
-        "pending", "running", "succeeded", "failed", "cancelled"])
+    j.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=["pending", "running", "succeeded", "failed", "cancelled"],
+    )
     j.add_argument("--user", default="")
     j.add_argument("--all", action="store_true", help="include ended jobs")
     j.add_argument("--limit", type=int, default=0, help="only the newest N")
@@ -128,8 +134,14 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if not command:
         raise SystemExit("schedctl submit: give the command after --, e.g. -- python train.py")
     job = client.submit(
-        args.consumer, command, _gpus(args.gpus), user=args.user, name=args.name,
-        env=_env(args.env), working_dir=args.workdir, priority=args.priority,
+        args.consumer,
+        command,
+        _gpus(args.gpus),
+        user=args.user,
+        name=args.name,
+        env=_env(args.env),
+        working_dir=args.workdir,
+        priority=args.priority,
     )
     print(fmt.as_json(job) if args.json else f"submitted job {job.id} to {job.spec.consumer}")
     if not args.wait:
@@ -208,15 +220,20 @@ def _policy(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_list(resp: object) -> object:
-    from schedulerd.api.v1 import admin_pb2
-
-    return admin_pb2.ListConsumersResponse(consumers=resp.consumers)  # type: ignore[attr-defined]
+def _as_list(resp: admin_pb2.ApplyPolicyResponse) -> admin_pb2.ListConsumersResponse:
+    return admin_pb2.ListConsumersResponse(consumers=resp.consumers)
 
 
 COMMANDS = {
-    "submit": _submit, "jobs": _jobs, "show": _show, "cancel": _cancel, "logs": _logs,
-    "consumers": _consumers, "nodes": _nodes, "drain": _drain, "undrain": _undrain,
+    "submit": _submit,
+    "jobs": _jobs,
+    "show": _show,
+    "cancel": _cancel,
+    "logs": _logs,
+    "consumers": _consumers,
+    "nodes": _nodes,
+    "drain": _drain,
+    "undrain": _undrain,
     "policy": _policy,
 }
 

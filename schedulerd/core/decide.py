@@ -123,7 +123,7 @@ def _admit(policy: Policy, adm: Admission, queues: Mapping[ConsumerPath, list[Jo
     def admit_one(node: ConsumerPath) -> Start | None:
         if node in queues:
             return _admit_from_leaf(adm, node, queues[node], cursor)
-        heap = heaps[node]
+        heap = heaps.get(node, [])  # no heap: nothing waits below (an idle queue)
         while heap:
             child = ConsumerPath(heap[0][2])
             start = admit_one(child)

@@ -79,7 +79,13 @@ def _divide_children(
     if promised > available + _EPS and promised > 0:
         scale = available / promised
         guaranteed = {p: g * scale for p, g in guaranteed.items()}
-        held_back = {p: r * scale for p, r in held_back.items()}
+        # A lend:false child's use and reservation are one promise, its owned:
+        # the shrunk owned covers its demand first and only the rest is reserved
+        # (scaling both would leave its entitlement below what its children get).
+        for p, r in held_back.items():
+            whole = guaranteed[p] + r * scale
+            guaranteed[p] = min(whole, float(demand[p]))
+            held_back[p] = whole - guaranteed[p]
     if record_reserved:
         # Inside a reserving parent, a child's reservation is part of the
         # parent's; count it once.
@@ -117,5 +123,8 @@ def _divide_children(
             demand,
             entitlement,
             reserved,
-            record_reserved and s.path not in held_back,
+            # Inside a parent that reserves GPUs, its children's reservations are
+            # part of the parent's: count them once. A lend:false parent that uses
+            # all it owns reserves nothing, so its children's still count.
+            record_reserved and held_back.get(s.path, 0.0) <= _EPS,
         )

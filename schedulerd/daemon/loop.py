@@ -7,6 +7,7 @@ the agents' streams), commit the plan, hand the starts to the agents."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -41,10 +42,8 @@ class SchedulingLoop:
 
     async def run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.cycle()

@@ -28,10 +28,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db", type=Path, default=Path("var/schedulerd.db"), help="SQLite file")
     p.add_argument("--policy", type=Path, help="policy file (default: last applied, else built-in)")
     p.add_argument("--tick", type=float, default=1.0, help="seconds between idle cycles")
-    p.add_argument("--node-timeout", type=float, default=120.0, help="seconds before a node is down")
+    p.add_argument(
+        "--node-timeout", type=float, default=120.0, help="seconds before a node is down"
+    )
     p.add_argument("--local-agent", action="store_true", help="also run an agent on this machine")
-    p.add_argument("--local-agent-fake-gpus", type=int, default=4,
-                   help="fake GPUs for the local agent when NVML finds none (default 4)")
+    p.add_argument(
+        "--local-agent-fake-gpus",
+        type=int,
+        default=4,
+        help="fake GPUs for the local agent when NVML finds none (default 4)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -67,12 +73,19 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
     host = args.listen.rsplit(":", 1)[0]
     node = f"{socket.gethostname()}-local"
     cmd = [
-        sys.executable, "-m", "agent",
-        "--daemon", f"{host}:{port}",
-        "--node", node,
-        "--fake-gpus-fallback", str(args.local_agent_fake_gpus),
-        "--state-dir", str(args.db.parent / "agent"),
-        "--log-level", args.log_level,
+        sys.executable,
+        "-m",
+        "agent",
+        "--daemon",
+        f"{host}:{port}",
+        "--node",
+        node,
+        "--fake-gpus-fallback",
+        str(args.local_agent_fake_gpus),
+        "--state-dir",
+        str(args.db.parent / "agent"),
+        "--log-level",
+        args.log_level,
     ]
     log.info("starting local agent %s", node)
     return subprocess.Popen(cmd)

@@ -14,8 +14,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
-from schedulerd.api.v1 import jobs_pb2, jobs_pb2_grpc
+from schedulerd.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+)
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.admin import AdminService
@@ -103,7 +109,10 @@ class Daemon:
         active = len(self.state.jobs)
         log.info(
             "schedulerd listening on %s (port %d), store %s, %d active jobs",
-            self.config.listen, self.port, self.config.db_path, active,
+            self.config.listen,
+            self.port,
+            self.config.db_path,
+            active,
         )
 
     async def stop(self, grace_s: float = 2.0) -> None:

@@ -105,7 +105,10 @@ class Store:
 
     def load_jobs(self, active_only: bool = False) -> list[JobRecord]:
         where = "state IN ('PENDING', 'RUNNING')" if active_only else None
-        jobs = {r["id"]: _job_from_row(r) for r in self.db.table("jobs").rows_where(where, order_by="id")}
+        jobs = {
+            r["id"]: _job_from_row(r)
+            for r in self.db.table("jobs").rows_where(where, order_by="id")
+        }
         for r in self.db.table("job_parts").rows_where(order_by="job_id, node_rank"):
             job = jobs.get(r["job_id"])
             if job is not None and r["attempt"] == job.attempt:
@@ -188,9 +191,11 @@ class Store:
 
     def save_policy(self, text: str, source: str, applied_at: float) -> PolicyRecord:
         with self.transaction():
-            pk = self.db.table("policies").insert(
-                {"text": text, "source": source, "applied_at": applied_at}
-            ).last_pk
+            pk = (
+                self.db.table("policies")
+                .insert({"text": text, "source": source, "applied_at": applied_at})
+                .last_pk
+            )
         return PolicyRecord(_pk(pk), text, source, applied_at)
 
     def latest_policy(self) -> PolicyRecord | None:

@@ -10,6 +10,7 @@ from schedulerd import core
 from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc
 from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb
 from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState
 from schedulerd.policy import PolicyError, load_policy
 from schedulerd.store import EventRecord
@@ -33,11 +34,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             policy = load_policy(request.text, source)
         except PolicyError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         orphans = self.state.orphaned_consumers(policy)
         if orphans:
             listed = ", ".join(f"{c} ({n} jobs)" for c, n in sorted(orphans.items()))
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"policy {source} refused: it has no leaf consumer for jobs that are waiting "
                 f"or running: {listed}; keep those consumers or cancel their jobs first",
@@ -61,7 +63,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         assert policy is not None
         states = self.state.consumer_states
         total = sum(len(n.gpus) for n in self.state.nodes.values() if self.state.schedulable(n))
-        return admin_pb2.ListConsumersResponse(consumers=_statuses(policy, states), total_gpus=total)
+        return admin_pb2.ListConsumersResponse(
+            consumers=_statuses(policy, states), total_gpus=total
+        )
 
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
@@ -96,7 +100,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         node = self.state.nodes.get(name)
         if node is None:
             known = ", ".join(self.state.nodes) or "none"
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {name!r} (known: {known})")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no node {name!r} (known: {known})")
         node.drained, node.drain_reason = drained, reason
         self.state.store.save_node(node)
         self.state.store.add_event(

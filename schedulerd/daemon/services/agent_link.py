@@ -12,9 +12,11 @@ import grpc
 
 from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 from schedulerd.daemon import nodes
+from schedulerd.daemon.commands import Command
 from schedulerd.daemon.convert import command_to_pb, node_from_register, report_from_pb
-from schedulerd.daemon.links import AgentLinks
+from schedulerd.daemon.links import AgentLinks, ReadLogRequest
 from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState
 
 log = logging.getLogger("schedulerd.agents")
@@ -40,8 +42,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.DaemonMessage]:
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "send Register first")
-            return
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "send Register first")
         reg = first.register
         name = reg.node
         queue = self.links.attach(name)
@@ -73,7 +74,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         self,
         name: str,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
-        queue: asyncio.Queue[object],
+        queue: asyncio.Queue[Command | ReadLogRequest | None],
     ) -> None:
         try:
             async for msg in request_iterator:

@@ -13,6 +13,7 @@ from schedulerd.core import is_within
 from schedulerd.daemon.convert import job_from_spec, job_state_from_pb, job_to_pb
 from schedulerd.daemon.links import AgentLinks, NodeNotConnected
 from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState, SubmitError
 from schedulerd.store import JobRecord
 
@@ -31,11 +32,11 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         spec = request.spec
         problem = _spec_problem(spec)
         if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             job = self.state.submit(job_from_spec(spec))
         except SubmitError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {e}")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {e}")
         self.loop.wake()
         return jobs_pb2.SubmitJobResponse(job=job_to_pb(job))
 
@@ -44,7 +45,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
     ) -> jobs_pb2.Job:
         job = self._job(request.id)
         if job is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
         return job_to_pb(job, self.state.store.events(job.id))
 
     async def ListJobs(
@@ -62,7 +63,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         try:
             job, stops = self.state.cancel(request.id, request.user)
         except KeyError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
         self.links.send_all(stops)
         self.loop.wake()
         return job_to_pb(job)
@@ -102,7 +103,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         while True:
             job = self._job(request.id)
             if job is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
             ended = job.state.ended
             if job.parts:
                 node = job.parts[0].node
@@ -111,7 +112,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                         node, job.id, offset, _LOG_CHUNK
                     )
                 except (NodeNotConnected, TimeoutError):
-                    await context.abort(
+                    await abort(
+                        context,
                         grpc.StatusCode.UNAVAILABLE,
                         f"the log of job {job.id} is on node {node}, whose agent is not connected",
                     )
@@ -119,7 +121,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                     yield jobs_pb2.LogChunk(node=node, data=data)
                     continue  # there may be more right away
                 if not found and ended:
-                    await context.abort(grpc.StatusCode.NOT_FOUND, f"no log for job {job.id}")
+                    await abort(context, grpc.StatusCode.NOT_FOUND, f"no log for job {job.id}")
             elif ended:
                 return  # cancelled before it ever ran: no log
             if ended or not request.follow:
