@@ -60,10 +60,24 @@ class Cluster:
     def start_daemon(self) -> None:
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - lives with the process
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "schedulerd.daemon", "--listen", self.address,
-             "--db", str(self.db), "--policy", str(self.policy), "--tick", str(self.tick_s),
-             "--log-level", "DEBUG"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            [
+                sys.executable,
+                "-m",
+                "schedulerd.daemon",
+                "--listen",
+                self.address,
+                "--db",
+                str(self.db),
+                "--policy",
+                str(self.policy),
+                "--tick",
+                str(self.tick_s),
+                "--log-level",
+                "DEBUG",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
         )
         self.wait_healthy()
 
@@ -89,10 +103,24 @@ class Cluster:
     def start_agent(self, node: str, gpus: int = 4) -> None:
         log = open(self.root / f"agent-{node}.log", "ab")  # noqa: SIM115
         self.agents[node] = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--daemon", self.address, "--node", node,
-             "--fake-gpus", str(gpus), "--state-dir", str(self.root / "agents"),
-             "--log-level", "DEBUG"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--daemon",
+                self.address,
+                "--node",
+                node,
+                "--fake-gpus",
+                str(gpus),
+                "--state-dir",
+                str(self.root / "agents"),
+                "--log-level",
+                "DEBUG",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
         )
 
     def wait_nodes_up(self, count: int) -> None:
@@ -124,9 +152,7 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(
-    root: Path, policy_text: str, agents: dict[str, int]
-) -> Iterator[Cluster]:
+def running_cluster(root: Path, policy_text: str, agents: dict[str, int]) -> Iterator[Cluster]:
     cluster = Cluster(root, policy_text)
     try:
         cluster.start_daemon()

@@ -48,17 +48,24 @@ def test_health_and_reflection_are_served(cluster: Cluster) -> None:
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
         names = {s.name for s in reply.list_services_response.service}
-    assert {"schedulerd.api.v1.Scheduler", "schedulerd.api.v1.Admin",
-            "schedulerd.api.v1.AgentService", "grpc.health.v1.Health"} <= names
+    assert {
+        "schedulerd.api.v1.Scheduler",
+        "schedulerd.api.v1.Admin",
+        "schedulerd.api.v1.AgentService",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 def test_cancel_running_job_sends_sigterm_and_ends_cancelled(cluster: Cluster) -> None:
-    trap = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True),"
-            " sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    trap = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True),"
+        " sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    )
     job = cluster.client.submit("/lab/x", [sys.executable, "-c", trap])
-    wait_for("it to print ready", lambda: b"ready" in b"".join(
-        cluster.client.logs(job.id, follow=False)))
+    wait_for(
+        "it to print ready", lambda: b"ready" in b"".join(cluster.client.logs(job.id, follow=False))
+    )
     cancelled = cluster.client.cancel(job.id)
     assert cancelled.cancel_requested
     done = wait_for("the cancel to finish", lambda: _ended(cluster, job.id))
@@ -69,11 +76,15 @@ def test_cancel_running_job_sends_sigterm_and_ends_cancelled(cluster: Cluster) -
 
 
 def test_cancel_of_a_job_ignoring_sigterm_kills_it_after_the_grace(cluster: Cluster) -> None:
-    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                "print('ready', flush=True)\ntime.sleep(60)")
+    stubborn = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\ntime.sleep(60)"
+    )
     job = cluster.client.submit("/lab/x", [sys.executable, "-c", stubborn])
-    wait_for("it to ignore SIGTERM", lambda: b"ready" in b"".join(
-        cluster.client.logs(job.id, follow=False)))
+    wait_for(
+        "it to ignore SIGTERM",
+        lambda: b"ready" in b"".join(cluster.client.logs(job.id, follow=False)),
+    )
     cluster.client.cancel(job.id)
     done = wait_for("SIGKILL after the 2 s grace", lambda: _ended(cluster, job.id), timeout_s=20)
     assert done.state == jobs_pb2.CANCELLED and done.exit_code == -9
@@ -94,8 +105,10 @@ def test_pending_job_cancelled_at_once_and_watch_streams_changes(cluster: Cluste
     blocker = cluster.client.submit("/lab/y", sleep_job(30), gpus=4)
     ready.wait(10)
     waiting = cluster.client.submit("/lab/y", sleep_job(1), gpus=2)
-    wait_for("a reason", lambda: "waiting for 2 GPUs on one node" in
-             cluster.client.get_job(waiting.id).reason)
+    wait_for(
+        "a reason",
+        lambda: "waiting for 2 GPUs on one node" in cluster.client.get_job(waiting.id).reason,
+    )
     assert cluster.client.cancel(waiting.id).state == jobs_pb2.CANCELLED
     cluster.client.cancel(blocker.id)
     wait_for("the blocker to end", lambda: _ended(cluster, blocker.id))
@@ -168,13 +181,26 @@ def test_policy_dropping_a_consumer_with_jobs_is_refused(cluster: Cluster) -> No
 def _schedctl(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "schedulerd.cli", "--daemon", cluster.address, *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_schedctl_submit_show_jobs_consumers_nodes(cluster: Cluster) -> None:
-    out = _schedctl(cluster, "submit", "--consumer", "/lab/x", "--gpus", "1", "--wait", "--",
-                    sys.executable, "-c", "raise SystemExit(4)")
+    out = _schedctl(
+        cluster,
+        "submit",
+        "--consumer",
+        "/lab/x",
+        "--gpus",
+        "1",
+        "--wait",
+        "--",
+        sys.executable,
+        "-c",
+        "raise SystemExit(4)",
+    )
     assert out.returncode == 4, out.stderr
     job_id = int(out.stdout.split()[2])
     shown = _schedctl(cluster, "show", str(job_id))
@@ -193,11 +219,19 @@ def test_schedctl_submit_show_jobs_consumers_nodes(cluster: Cluster) -> None:
 def test_schedctl_policy_validate_points_at_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
     bad.write_text("version: 1\nconsumers:\n  a:\n    owned: -1\n")
-    out = subprocess.run([sys.executable, "-m", "schedulerd.cli", "policy", "validate", str(bad)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "schedulerd.cli", "policy", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert f"{bad}:4: consumers.a.owned" in out.stderr
     good = Path(__file__).parent.parent / "policies" / "multi-team.yaml"
-    ok = subprocess.run([sys.executable, "-m", "schedulerd.cli", "policy", "validate", str(good)],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "schedulerd.cli", "policy", "validate", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "valid" in ok.stdout

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from harness import running_cluster, sleep_job, wait_for
 
 from schedulerd.client import ClientError
-from harness import running_cluster, sleep_job, wait_for
 
 POLICY = """
 version: 1
@@ -35,8 +35,10 @@ def test_shares_1_to_3_converge_to_2_and_6(tmp_path: Path) -> None:
         for _ in range(40):
             cluster.client.submit("/b", sleep_job(3), name="b-backlog")
 
-        wait_for("the 2:6 split", lambda: cluster.allocation().get("/a") == 2
-                 and cluster.allocation().get("/b") == 6)
+        wait_for(
+            "the 2:6 split",
+            lambda: cluster.allocation().get("/a") == 2 and cluster.allocation().get("/b") == 6,
+        )
         # Through two generations of 3-second jobs, while both still have
         # backlogs: never above the entitled 2 and 6, and back at 2:6 each time.
         samples = []
@@ -65,8 +67,10 @@ def test_owner_submitting_late_gets_its_owned_gpus_as_they_free_up(tmp_path: Pat
             cluster.client.submit("/a", sleep_job(2))
         for _ in range(30):
             cluster.client.submit("/b", sleep_job(2))
-        wait_for("a and b to fill the cluster", lambda: sum(
-            cluster.allocation().get(p, 0) for p in ("/a", "/b")) == 8)
+        wait_for(
+            "a and b to fill the cluster",
+            lambda: sum(cluster.allocation().get(p, 0) for p in ("/a", "/b")) == 8,
+        )
 
         late = [cluster.client.submit("/c", sleep_job(60), name="owner").id for _ in range(4)]
         # Nobody is preempted (reclaim is a later release): /c, the most starved
@@ -76,8 +80,10 @@ def test_owner_submitting_late_gets_its_owned_gpus_as_they_free_up(tmp_path: Pat
         assert consumers["/c"].entitlement == pytest.approx(4.0)
         assert consumers["/c"].allocation == 4
         # Then a and b share the other 4 by 1:3.
-        wait_for("a:b at 1:3 beside c", lambda: (cluster.allocation()["/a"],
-                                                 cluster.allocation()["/b"]) == (1, 3))
+        wait_for(
+            "a:b at 1:3 beside c",
+            lambda: (cluster.allocation()["/a"], cluster.allocation()["/b"]) == (1, 3),
+        )
         for job_id in late:
             assert cluster.client.get_job(job_id).state == 2  # RUNNING
 

@@ -41,12 +41,16 @@ def test_sigkill_mid_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path) ->
     with running_cluster(tmp_path, POLICY, {"n1": 4, "n2": 4}) as cluster:
         c = cluster.client
         # 8 long jobs fill the cluster (exit codes 0..7), 6 short ones wait behind them.
-        long_ids = [c.submit("/team", _job(runs, 8, code), name=f"long-{code}").id
-                    for code in range(8)]
-        queued_ids = [c.submit("/team", _job(runs, 0.5, 0), name=f"queued-{i}").id
-                      for i in range(6)]
-        wait_for("all long jobs running and started", lambda: all(
-            (runs / str(i)).exists() for i in long_ids))
+        long_ids = [
+            c.submit("/team", _job(runs, 8, code), name=f"long-{code}").id for code in range(8)
+        ]
+        queued_ids = [
+            c.submit("/team", _job(runs, 0.5, 0), name=f"queued-{i}").id for i in range(6)
+        ]
+        wait_for(
+            "all long jobs running and started",
+            lambda: all((runs / str(i)).exists() for i in long_ids),
+        )
         before = {j.id: j.state for j in c.list_jobs()}
         assert all(before[i] == jobs_pb2.RUNNING for i in long_ids)
         assert all(before[i] == jobs_pb2.PENDING for i in queued_ids)
@@ -62,9 +66,11 @@ def test_sigkill_mid_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path) ->
         assert [j.id for j in after] == [*long_ids, *queued_ids]
         assert {j.id: j.state for j in after} == before
 
-        wait_for("every job to end", lambda: all(
-            j.state not in (jobs_pb2.PENDING, jobs_pb2.RUNNING) for j in c.list_jobs()),
-            timeout_s=60)
+        wait_for(
+            "every job to end",
+            lambda: all(j.state not in (jobs_pb2.PENDING, jobs_pb2.RUNNING) for j in c.list_jobs()),
+            timeout_s=60,
+        )
         for code, job_id in enumerate(long_ids):
             job = c.get_job(job_id)
             assert job.HasField("exit_code") and job.exit_code == code, job
