@@ -24,7 +24,8 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert fresh, "protoc generated nothing"
     stale = [
-        str(rel) for rel in fresh
+        str(rel)
+        for rel in fresh
         if not (ROOT / rel).exists() or (ROOT / rel).read_bytes() != (tmp_path / rel).read_bytes()
     ]
     assert not stale, f"regenerate with `python scripts/gen_proto.py`: stale {stale}"

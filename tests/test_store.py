@@ -11,8 +11,9 @@ from schedulerd.store import EventRecord, JobRecord, JobState, PartPhase, PartRe
 
 
 def _job(consumer: str = "/a") -> JobRecord:
-    return JobRecord(0, consumer, "u", "n", ["true"], {"K": "V"}, "", 1, 1, 0,
-                     JobState.PENDING, 1.0)
+    return JobRecord(
+        0, consumer, "u", "n", ["true"], {"K": "V"}, "", 1, 1, 0, JobState.PENDING, 1.0
+    )
 
 
 def test_wal_and_full_sync_and_migrations(tmp_path: Path) -> None:
