@@ -105,15 +105,8 @@ class Store:
 
     def load_jobs(self, active_only: bool = False) -> list[JobRecord]:
         where = "state IN ('PENDING', 'RUNNING')" if active_only else None
-        jobs = {
-            r["id"]: _job_from_row(r)
-            for r in self.db.table("jobs").rows_where(where, order_by="id")
-        }
-        for r in self.db.table("job_parts").rows_where(order_by="job_id, node_rank"):
-            job = jobs.get(r["job_id"])
-            if job is not None and r["attempt"] == job.attempt:
-                job.parts.append(_part_from_row(r))
-        return list(jobs.values())
+        rows = self.db.table("jobs").rows_where(where, order_by="id")
+        return self._with_parts([_job_from_row(r) for r in rows])
 
     def load_job(self, job_id: int) -> JobRecord | None:
         rows = list(self.db.table("jobs").rows_where("id = ?", [job_id]))
@@ -147,11 +140,21 @@ class Store:
         jobs = [_job_from_row(r) for r in rows]
         if limit:
             jobs.reverse()
-        for job in jobs:
-            for r in self.db.table("job_parts").rows_where(
-                "job_id = ? AND attempt = ?", [job.id, job.attempt], order_by="node_rank"
-            ):
-                job.parts.append(_part_from_row(r))
+        return self._with_parts(jobs)
+
+    def _with_parts(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        """Attach each job's parts of its current attempt, in a few queries."""
+        by_id = {j.id: j for j in jobs}
+        ids = list(by_id)
+        for i in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[i : i + 500]
+            rows = self.db.table("job_parts").rows_where(
+                f"job_id IN ({','.join('?' * len(chunk))})", chunk, order_by="job_id, node_rank"
+            )
+            for r in rows:
+                job = by_id[r["job_id"]]
+                if r["attempt"] == job.attempt:
+                    job.parts.append(_part_from_row(r))
         return jobs
 
     def events(self, job_id: int) -> list[EventRecord]:
