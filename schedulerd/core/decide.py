@@ -88,7 +88,7 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
         for place, j in enumerate(waiting, start=1):
             reasons[j.id] = pending_reason(j, place, len(waiting), adm)
     for j in pending:
-        if j not in known:
+        if not policy.is_leaf(j.consumer):  # the jobs left out of `known`
             reasons[j.id] = (
                 f"consumer {j.consumer} is not a leaf of the policy in force; "
                 "apply a policy that has it, or cancel the job"

@@ -2,7 +2,7 @@
 
 From the root down, a parent's entitlement E is divided among its children:
 1. each child first gets g = min(owned, demand); owned GPUs that a `lend: false`
-   child does not use stay reserved for it;
+   child does not use stay reserved for it (also inside a parent that lends);
 2. the rest goes to children with unmet demand in proportion to their share, each
    capped by min(demand, limit), re-handing what a capped child cannot take;
 3. recurse.
@@ -46,65 +46,91 @@ def subtree_demand(
     return demand
 
 
+def locked_owned(policy: Policy, demand: Mapping[ConsumerPath, int]) -> dict[ConsumerPath, float]:
+    """Owned GPUs each subtree leaves unused and will not lend (SEMANTICS: step 1).
+
+    A `lend: false` consumer keeps what it owns but does not use; a consumer that
+    lends still keeps its `lend: false` descendants' reservations, which nobody
+    outside them may use: max(locked inside, owned - demand) and locked inside.
+    Computed bottom-up, so that a parent hands out only what is really lendable
+    (otherwise a reservation under a lending parent that wants nothing is lost)."""
+    locked: dict[ConsumerPath, float] = {}
+    for path in reversed(list(policy.consumers)):
+        spec = policy.consumers[path]
+        inner = sum(locked[c] for c in policy.children(path))
+        locked[path] = inner if spec.lend else max(inner, float(spec.owned - demand[path]))
+    return locked
+
+
 def divide(policy: Policy, capacity: int, leaf_demand: Mapping[ConsumerPath, int]) -> Division:
     demand = subtree_demand(policy, leaf_demand)
+    locked = locked_owned(policy, demand)
     entitlement: dict[ConsumerPath, float] = {ROOT: float(min(capacity, demand[ROOT]))}
     reserved: dict[ConsumerPath, float] = {}
-    # The root may also hold reservations of its lend:false subtree, so divide
+    # The root also holds the reservations of its lend:false subtrees, so divide
     # the whole capacity at the top, not only the root's demand.
-    _divide_children(policy, ROOT, float(capacity), demand, entitlement, reserved, True)
+    _divide_children(policy, ROOT, float(capacity), 0.0, demand, locked, entitlement, reserved)
     return Division(demand=demand, entitlement=entitlement, reserved=reserved)
 
 
 def _divide_children(
     policy: Policy,
     parent: ConsumerPath,
-    available: float,
+    grant: float,
+    held: float,
     demand: Mapping[ConsumerPath, int],
+    locked: Mapping[ConsumerPath, float],
     entitlement: dict[ConsumerPath, float],
     reserved: dict[ConsumerPath, float],
-    record_reserved: bool,
 ) -> None:
+    """Divide a parent's entitlement `grant` among its children; `held` is what the
+    parent's subtree keeps reserved. Children's reservations come out of `held`
+    (so each reserved GPU is recorded once, by the consumer that keeps it), and
+    what they are entitled to comes out of `grant`."""
     children = policy.children(parent)
     if not children:
+        if held > _EPS:
+            reserved[parent] = held
         return
     specs = [policy.consumers[c] for c in children]
 
-    # Step 1: owned GPUs first, capped by demand. When the owned GPUs promised
-    # exceed what this level has (a smaller cluster than the policy assumed, or
-    # nodes down), everyone's guarantee shrinks in proportion.
-    guaranteed = {s.path: float(min(s.owned, demand[s.path])) for s in specs}
-    held_back = {s.path: float(max(0, s.owned - demand[s.path])) for s in specs if not s.lend}
-    promised = sum(guaranteed.values()) + sum(held_back.values())
+    # Step 1: owned GPUs first, capped by demand; a child's locked GPUs are held
+    # back for it. When what is promised exceeds what this level has (a smaller
+    # cluster than the policy assumed, or nodes down), every child's owned shrinks
+    # in proportion, and the shrunk owned covers the child's use before its
+    # reservation.
+    guaranteed = {
+        s.path: max(0.0, min(s.owned - locked[s.path], float(demand[s.path]))) for s in specs
+    }
+    lock = {s.path: locked[s.path] for s in specs}
+    available = grant + held
+    promised = sum(guaranteed.values()) + sum(lock.values())
     if promised > available + _EPS and promised > 0:
         scale = available / promised
-        guaranteed = {p: g * scale for p, g in guaranteed.items()}
-        # A lend:false child's use and reservation are one promise, its owned:
-        # the shrunk owned covers its demand first and only the rest is reserved
-        # (scaling both would leave its entitlement below what its children get).
-        for p, r in held_back.items():
-            whole = guaranteed[p] + r * scale
-            guaranteed[p] = min(whole, float(demand[p]))
-            held_back[p] = whole - guaranteed[p]
-    if record_reserved:
-        # Inside a reserving parent, a child's reservation is part of the
-        # parent's; count it once.
-        reserved.update({p: r for p, r in held_back.items() if r > _EPS})
+        for p, g in guaranteed.items():
+            whole = (g + lock[p]) * scale
+            guaranteed[p] = min(whole, g)
+            lock[p] = whole - guaranteed[p]
+    # What the parent's subtree holds back beyond its children's reservations is
+    # the parent's own (a lend:false parent's unused owned).
+    own = max(0.0, held - sum(lock.values()))
+    if own > _EPS and parent != ROOT:
+        reserved[parent] = own
 
     # Step 2: water-fill the rest by share, each child capped by its demand
     # (demand is already capped by limit, see subtree_demand).
-    grant = dict(guaranteed)
-    rest = available - sum(guaranteed.values()) - sum(held_back.values())
-    open_ = [s for s in specs if s.share > 0 and demand[s.path] - grant[s.path] > _EPS]
+    share = dict(guaranteed)
+    rest = available - sum(guaranteed.values()) - sum(lock.values()) - own
+    open_ = [s for s in specs if s.share > 0 and demand[s.path] - share[s.path] > _EPS]
     while rest > _EPS and open_:
         weight = sum(s.share for s in open_)
         capped = []
         handed = 0.0
         for s in open_:
-            room = demand[s.path] - grant[s.path]
+            room = demand[s.path] - share[s.path]
             offer = rest * s.share / weight
             take = min(offer, room)
-            grant[s.path] += take
+            share[s.path] += take
             handed += take
             if room - take <= _EPS:
                 capped.append(s)
@@ -114,17 +140,8 @@ def _divide_children(
         open_ = [s for s in open_ if s not in capped]
 
     for s in specs:
-        entitlement[s.path] = grant[s.path]
-        # Step 3: recurse. A lend:false child's reservation is its own to divide.
+        entitlement[s.path] = share[s.path]
+        # Step 3: recurse with the child's entitlement and its reservations.
         _divide_children(
-            policy,
-            s.path,
-            grant[s.path] + held_back.get(s.path, 0.0),
-            demand,
-            entitlement,
-            reserved,
-            # Inside a parent that reserves GPUs, its children's reservations are
-            # part of the parent's: count them once. A lend:false parent that uses
-            # all it owns reserves nothing, so its children's still count.
-            record_reserved and held_back.get(s.path, 0.0) <= _EPS,
+            policy, s.path, share[s.path], lock[s.path], demand, locked, entitlement, reserved
         )

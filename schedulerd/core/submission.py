@@ -50,10 +50,9 @@ def check_submission(
         limit = policy.consumers[p].limit
         if limit is not None and gpus_min > limit:
             return f"can never fit: {p} has a limit of {limit} GPUs and the job needs {gpus_min}"
-    if _never_entitled(policy, path):
-        return (
-            f"can never run: {consumer} (or a parent) owns no GPUs, has share 0 and may not borrow"
-        )
+    never = _never_entitled(policy, path, gpus_min)
+    if never is not None:
+        return never
     if shape.node_gpus and gpus_min > shape.total:
         return (
             f"can never fit: the cluster has {shape.total} GPUs on {len(shape.node_gpus)} "
@@ -62,9 +61,20 @@ def check_submission(
     return None
 
 
-def _never_entitled(policy: Policy, path: ConsumerPath) -> bool:
+def _never_entitled(policy: Policy, path: ConsumerPath, gpus: int) -> str | None:
+    """A consumer with share 0 that may not borrow is entitled to its owned GPUs at
+    most (no surplus, no borrowing), and so is everything below it: a job larger
+    than that waits forever."""
     for p in policy.ancestors(path):
         spec = policy.consumers[p]
-        if p != "/" and spec.owned == 0 and spec.share == 0 and not spec.borrow:
-            return True
-    return False
+        if p == "/" or spec.share != 0 or spec.borrow or gpus <= spec.owned:
+            continue
+        if spec.owned == 0:
+            return (
+                f"can never run: {path} (or a parent) owns no GPUs, has share 0 and may not borrow"
+            )
+        return (
+            f"can never run: {p} owns {spec.owned} GPUs, has share 0 and may not borrow; "
+            f"the job needs {gpus}"
+        )
+    return None
