@@ -18,6 +18,7 @@ class Admission:
         self.division = division
         self.free = free
         self.allocation: dict[ConsumerPath, int] = defaultdict(int)
+        self._reserved_outside: dict[ConsumerPath, float] = {}
 
     def count_running(self, job: Job) -> None:
         for p in self.chain(job.consumer):
@@ -37,21 +38,23 @@ class Admission:
     def usable_free(self, leaf: ConsumerPath) -> float:
         """Free GPUs this leaf may take: all free ones minus reservations of
         `lend: false` consumers outside its own chain."""
-        chain = set(self.policy.ancestors(leaf))
-        others = sum(r for p, r in self.division.reserved.items() if p not in chain)
+        others = self._reserved_outside.get(leaf)
+        if others is None:  # reservations are fixed for the cycle: compute once per leaf
+            chain = set(self.policy.ancestors(leaf))
+            others = sum(r for p, r in self.division.reserved.items() if p not in chain)
+            self._reserved_outside[leaf] = others
         return self.free.total - others
 
-    def blocker(self, job: Job) -> str | None:
-        """Why the job cannot start now, as a short code, or None if it can."""
-        n = job.gpus
-        for p in self.policy.ancestors(job.consumer):
+    def blocker(self, leaf: ConsumerPath, n: int) -> str | None:
+        """Why a job of n GPUs in `leaf` cannot start now, as a short code, or None."""
+        for p in self.policy.ancestors(leaf):
             spec = self.policy.consumers[p]
             if spec.limit is not None and self.allocation[p] + n > spec.limit:
                 return f"limit:{p}"
             ent = self.division.entitlement.get(p, 0.0)
             if not spec.borrow and p != ROOT and self.allocation[p] + n > ent + _EPS:
                 return f"borrow:{p}"
-        if self.usable_free(job.consumer) + _EPS < n:
+        if self.usable_free(leaf) + _EPS < n:
             return "reserved" if self.free.total >= n else "capacity"
         if not self.free.can_place(n):
             return "fragmented"

@@ -35,7 +35,7 @@ from schedulerd.core.model import (
 )
 from schedulerd.core.ordering import queue_order
 from schedulerd.core.placement import FreeGpus
-from schedulerd.core.reasons import pending_reason, start_reason
+from schedulerd.core.reasons import queue_place, start_reason, why_waiting
 
 _INF = float("inf")
 
@@ -69,12 +69,12 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     pending_by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
     for j in known:
         pending_by_leaf[j.consumer].append(j)
+    usage_by_leaf: dict[ConsumerPath, dict[str, float]] = defaultdict(dict)
+    for (leaf, user), used in snapshot.user_usage.items():
+        usage_by_leaf[leaf][user] = used
     queues = {
         leaf: queue_order(
-            policy.consumers[leaf].order,
-            jobs,
-            running_by_leaf[leaf],
-            {u: v for (c, u), v in snapshot.user_usage.items() if c == leaf},
+            policy.consumers[leaf].order, jobs, running_by_leaf[leaf], usage_by_leaf[leaf]
         )
         for leaf, jobs in pending_by_leaf.items()
     }
@@ -83,10 +83,14 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     # Step 6. Reasons.
     started = {s.job_id for s in starts}
     reasons = {}
-    for queue in queues.values():
+    why: dict[tuple[ConsumerPath, int], str] = {}  # shared by jobs of one leaf and size
+    for leaf, queue in queues.items():
         waiting = [j for j in queue if j.id not in started]
         for place, j in enumerate(waiting, start=1):
-            reasons[j.id] = pending_reason(j, place, len(waiting), adm)
+            key = (leaf, j.gpus)
+            if key not in why:
+                why[key] = why_waiting(leaf, j.gpus, adm)
+            reasons[j.id] = why[key] + queue_place(leaf, place, len(waiting))
     for j in pending:
         if not policy.is_leaf(j.consumer):  # the jobs left out of `known`
             reasons[j.id] = (
@@ -145,7 +149,7 @@ def _admit_from_leaf(
     while cursor[leaf] < len(queue):
         job = queue[cursor[leaf]]
         cursor[leaf] += 1
-        if adm.blocker(job) is None:
+        if adm.blocker(leaf, job.gpus) is None:
             ratio_before = adm.ratio(leaf)
             slots = adm.start(job)
             return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))

@@ -48,22 +48,35 @@ class Policy:
     parents before children (so iteration order is a valid top-down walk)."""
 
     consumers: Mapping[ConsumerPath, ConsumerPolicy]
+    # Indexes built once: the core asks for children and ancestors in its hot loops.
+    _children: Mapping[ConsumerPath, tuple[ConsumerPath, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    _chains: Mapping[ConsumerPath, tuple[ConsumerPath, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        children: dict[ConsumerPath, list[ConsumerPath]] = {}
+        for p in self.consumers:
+            if p != ROOT:
+                children.setdefault(parent_of(p), []).append(p)
+        object.__setattr__(self, "_children", {k: tuple(sorted(v)) for k, v in children.items()})
+        object.__setattr__(self, "_chains", {p: _chain(p) for p in self.consumers})
 
     def children(self, path: ConsumerPath) -> tuple[ConsumerPath, ...]:
-        return _children_index(self).get(path, ())
+        return self._children.get(path, ())
 
     def is_leaf(self, path: ConsumerPath) -> bool:
-        return path in self.consumers and not self.children(path)
+        return path in self.consumers and path not in self._children
 
     def leaves(self) -> tuple[ConsumerPath, ...]:
         return tuple(p for p in self.consumers if self.is_leaf(p))
 
     def ancestors(self, path: ConsumerPath) -> tuple[ConsumerPath, ...]:
         """The path itself and every ancestor up to the root, nearest first."""
-        chain = [path]
-        while chain[-1] != ROOT:
-            chain.append(parent_of(chain[-1]))
-        return tuple(chain)
+        chain = self._chains.get(path)
+        return chain if chain is not None else _chain(path)
 
     def allowed_users(self, path: ConsumerPath) -> frozenset[str]:
         for p in self.ancestors(path):
@@ -73,23 +86,11 @@ class Policy:
         return frozenset({"*"})
 
 
-_CHILDREN_CACHE: dict[int, tuple[Policy, dict[ConsumerPath, tuple[ConsumerPath, ...]]]] = {}
-
-
-def _children_index(policy: Policy) -> dict[ConsumerPath, tuple[ConsumerPath, ...]]:
-    # Policies are immutable, so the index is computed once per policy object.
-    cached = _CHILDREN_CACHE.get(id(policy))
-    if cached is not None and cached[0] is policy:
-        return cached[1]
-    index: dict[ConsumerPath, list[ConsumerPath]] = {}
-    for p in policy.consumers:
-        if p != ROOT:
-            index.setdefault(parent_of(p), []).append(p)
-    frozen = {k: tuple(sorted(v)) for k, v in index.items()}
-    if len(_CHILDREN_CACHE) > 64:
-        _CHILDREN_CACHE.clear()
-    _CHILDREN_CACHE[id(policy)] = (policy, frozen)
-    return frozen
+def _chain(path: ConsumerPath) -> tuple[ConsumerPath, ...]:
+    chain = [path]
+    while chain[-1] != ROOT:
+        chain.append(parent_of(chain[-1]))
+    return tuple(chain)
 
 
 def parent_of(path: ConsumerPath) -> ConsumerPath:

@@ -26,28 +26,26 @@ def start_reason(job: Job, leaf: ConsumerPath, ratio_before: float, adm: Admissi
     return f"started on {_gpus(job.gpus)}: {leaf} held {held} of its entitlement {ent:.1f}, {why}"
 
 
-def pending_reason(job: Job, place: int, waiting: int, adm: Admission) -> str:
-    n = job.gpus
-    leaf = job.consumer
-    queue = f" ({_ordinal(place)} of {waiting} waiting in {leaf})"
-    code = adm.blocker(job) or "next-cycle"
+def queue_place(leaf: ConsumerPath, place: int, waiting: int) -> str:
+    return f" ({_ordinal(place)} of {waiting} waiting in {leaf})"
+
+
+def why_waiting(leaf: ConsumerPath, n: int, adm: Admission) -> str:
+    """Why a job of `n` GPUs in `leaf` waits, once admission is over. It depends
+    on the leaf and the size only, so the caller can share it between jobs."""
+    code = adm.blocker(leaf, n) or "next-cycle"
     kind, _, where = code.partition(":")
     path = ConsumerPath(where)
     if kind == "limit":
         limit = adm.policy.consumers[path].limit
-        return (
-            f"waiting for {_gpus(n)}: {path} holds {adm.allocation[path]} of its limit "
-            f"{limit}{queue}"
-        )
+        return f"waiting for {_gpus(n)}: {path} holds {adm.allocation[path]} of its limit {limit}"
     if kind == "borrow":
-        return (
-            f"waiting for {_gpus(n)}: {_holds(adm, path)} and may not borrow (borrow: false){queue}"
-        )
+        return f"waiting for {_gpus(n)}: {_holds(adm, path)} and may not borrow (borrow: false)"
     free = adm.free
     if n > free.capacity:
         return (
             f"waiting for {_gpus(n)}: only {_gpus(free.capacity)} are schedulable now "
-            f"(other nodes are drained or unreachable){queue}"
+            f"(other nodes are drained or unreachable)"
         )
     if free.total == 0:
         state = "no GPU is free"
@@ -63,7 +61,7 @@ def pending_reason(job: Job, place: int, waiting: int, adm: Admission) -> str:
         text += f"; reserved (lend: false): {names}"
     if adm.ratio(leaf) < 1:
         text += "; below its entitlement, it is served first as GPUs free up"
-    return text + queue
+    return text
 
 
 def _ordinal(n: int) -> str:
