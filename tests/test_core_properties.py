@@ -165,7 +165,7 @@ def allocation_after(world: World, plan: Plan) -> dict[ConsumerPath, int]:
     for j in world.snapshot.jobs:
         for p in chain_of(world.policy, j.consumer):
             alloc[p] += len(j.held)
-    for s in plan.starts:
+    for s in (*plan.starts, *plan.grows):
         for p in chain_of(world.policy, jobs[s.job_id].consumer):
             alloc[p] += len(s.slots)
     return alloc
@@ -173,7 +173,9 @@ def allocation_after(world: World, plan: Plan) -> dict[ConsumerPath, int]:
 
 def free_after(world: World, plan: Plan) -> dict[NodeName, int]:
     taken = {s for j in world.snapshot.jobs for s in j.held}
-    taken |= {s for st_ in plan.starts for s in st_.slots}
+    taken |= {s for st_ in (*plan.starts, *plan.grows) for s in st_.slots}
+    # Held for a reclaim in progress: idle on purpose (SEMANTICS: the cycle, step 3).
+    taken |= set(plan.held)
     return {
         n.name: sum(1 for i in n.gpus if GpuSlot(n.name, i) not in taken)
         for n in world.snapshot.nodes
@@ -198,7 +200,7 @@ def test_plan_keeps_the_gpu_invariants(world: World) -> None:
     plan = decide(world.snapshot, world.policy, NOW)
     jobs = {j.id: j for j in world.snapshot.jobs}
     held = [s for j in world.snapshot.jobs for s in j.held]
-    given_ = [s for st_ in plan.starts for s in st_.slots]
+    given_ = [s for st_ in (*plan.starts, *plan.grows) for s in st_.slots]
     # No GPU held by two jobs after the plan.
     assert len(set(held) | set(given_)) == len(held) + len(given_)
     gpus_of = {n.name: set(n.gpus) for n in world.snapshot.nodes if n.schedulable}

@@ -19,6 +19,9 @@ class Admission:
         self.free = free
         self.allocation: dict[ConsumerPath, int] = defaultdict(int)
         self._reserved_outside: dict[ConsumerPath, float] = {}
+        # The fair pass admits only consumers below their entitlement (all the way
+        # up the tree); the borrowing pass, after reclaim has held its GPUs, all.
+        self.fair_only = False
 
     def count_running(self, job: Job) -> None:
         for p in self.chain(job.consumer):
@@ -54,6 +57,8 @@ class Admission:
             ent = self.division.entitlement.get(p, 0.0)
             if not spec.borrow and p != ROOT and self.allocation[p] + n > ent + _EPS:
                 return f"borrow:{p}"
+            if self.fair_only and p != ROOT and self.allocation[p] >= ent - _EPS:
+                return f"fair:{p}"
         if self.usable_free(leaf) + _EPS < n:
             return "reserved" if self.free.total >= n else "capacity"
         if not self.free.can_place(n):
@@ -63,9 +68,13 @@ class Admission:
     def start(self, job: Job) -> tuple[GpuSlot, ...]:
         slots = self.free.place(job.gpus)
         assert slots is not None, "start() after blocker() said yes"
-        for p in self.policy.ancestors(job.consumer):
-            self.allocation[p] += len(slots)
+        self.add(job.consumer, len(slots))
         return slots
+
+    def add(self, leaf: ConsumerPath, n: int) -> None:
+        """Count n more (or, negative, fewer) GPUs held by `leaf` and its ancestors."""
+        for p in self.chain(leaf):
+            self.allocation[p] += n
 
     def chain(self, path: ConsumerPath) -> tuple[ConsumerPath, ...]:
         # Running jobs of a consumer that the policy in force dropped still

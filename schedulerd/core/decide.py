@@ -1,14 +1,17 @@
 """The cycle: `decide(snapshot, policy, now) -> plan` (SEMANTICS: "The cycle").
 
-Steps, in order:
+Steps, as the code runs them:
 1. entitlements by hierarchical water-filling (entitlement.py);
-2. admission, most-starved consumer first, each leaf in its own order, gang
-   (all of a job's `min` or nothing), within limits and `borrow`;
-3. work conservation: the same loop goes on past entitlements for consumers that
-   may borrow, so no GPU idles beside a job that fits it (unless reserved);
-4-5. reclaim and priority preemption: not in this release (the plan has no
-   stops yet; the Plan type grows `shrinks` and `preemptions` for them);
-6. a reason for every start and every job left waiting (reasons.py).
+2. the fair pass: admission, most-starved consumer first, each leaf in its own
+   order, gang (all of a job's `min` or nothing), within limits and `borrow`,
+   for consumers below their entitlement;
+4. reclaim (reclaim.py) for consumers still below their entitlement: GPUs on
+   their way back, then shrinks, then preemptions; the GPUs it counts on are held;
+3. work conservation: the same admission for everyone who may borrow, then idle
+   GPUs grow elastic jobs, so no GPU idles beside a job that fits it unless it
+   is reserved or held for a reclaim;
+5. priority preemption inside consumers that allow it (reclaim.py);
+6. a reason for every start, grow, shrink, preemption and waiting job.
 
 Pure: no I/O, no clock (`now` is an argument), no logging.
 """
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from schedulerd.core.admission import Admission
 from schedulerd.core.entitlement import divide
@@ -25,6 +29,8 @@ from schedulerd.core.model import (
     ROOT,
     ConsumerPath,
     ConsumerState,
+    GpuSlot,
+    Grow,
     Job,
     JobId,
     JobPhase,
@@ -35,13 +41,13 @@ from schedulerd.core.model import (
 )
 from schedulerd.core.ordering import queue_order
 from schedulerd.core.placement import FreeGpus
-from schedulerd.core.reasons import queue_place, start_reason, why_waiting
+from schedulerd.core.reasons import grow_reason, queue_place, start_reason, why_waiting
+from schedulerd.core.reclaim import Planner
 
 _INF = float("inf")
 
 
 def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
-    del now  # reclaim (grace, min_runtime) will read it; admission does not
     running = [j for j in snapshot.jobs if j.phase is JobPhase.RUNNING]
     pending = [j for j in snapshot.jobs if j.phase is JobPhase.PENDING]
     known = [j for j in pending if policy.is_leaf(j.consumer)]
@@ -78,19 +84,41 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
         )
         for leaf, jobs in pending_by_leaf.items()
     }
-    starts = _admit(policy, adm, queues)
+    # Step 2: the fair pass, consumers below their entitlement only.
+    adm.fair_only = True
+    starts = _serve(policy, adm, queues, _admit_job(adm))
+    started = {s.job_id for s in starts}
+    waiting = {leaf: [j for j in q if j.id not in started] for leaf, q in queues.items()}
+
+    # Step 4: reclaim for consumers still below their entitlement; the GPUs it
+    # counts on are held, so the borrowing pass cannot take them back.
+    planner = Planner(adm, running, now)
+    planner.reclaim(waiting)
+    adm.free.hold(planner.result.held)
+
+    # Step 3: work conservation: borrowing, then growing elastic jobs.
+    adm.fair_only = False
+    starts += _serve(policy, adm, waiting, _admit_job(adm))
+    started = {s.job_id for s in starts}
+    shrinking = {sh.job_id for sh in planner.result.shrinks}
+    victims = shrinking | {p.job_id for p in planner.result.preemptions}
+    grows = _grow(policy, adm, [j for j in running if j.id not in victims])
+
+    # Step 5: priority preemption inside consumers that allow it.
+    planner.by_priority(waiting, started)
 
     # Step 6. Reasons.
-    started = {s.job_id for s in starts}
     reasons = {}
     why: dict[tuple[ConsumerPath, int], str] = {}  # shared by jobs of one leaf and size
     for leaf, queue in queues.items():
-        waiting = [j for j in queue if j.id not in started]
-        for place, j in enumerate(waiting, start=1):
+        still = [j for j in queue if j.id not in started]
+        for place, j in enumerate(still, start=1):
             key = (leaf, j.gpus)
             if key not in why:
                 why[key] = why_waiting(leaf, j.gpus, adm)
-            reasons[j.id] = why[key] + queue_place(leaf, place, len(waiting))
+            note = planner.result.notes.get(j.id)
+            text = why[key] + (f"; {note}" if note else "")
+            reasons[j.id] = text + queue_place(leaf, place, len(still))
     for j in pending:
         if not policy.is_leaf(j.consumer):  # the jobs left out of `known`
             reasons[j.id] = (
@@ -101,18 +129,32 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
         starts=tuple(starts),
         pending_reasons=reasons,
         consumers=_consumer_states(policy, adm, running, known, started),
+        grows=grows,
+        shrinks=tuple(planner.result.shrinks),
+        preemptions=tuple(planner.result.preemptions),
+        held=tuple(planner.result.held),
     )
 
 
-def _admit(policy: Policy, adm: Admission, queues: Mapping[ConsumerPath, list[Job]]) -> list[Start]:
-    """Hierarchical most-starved-first admission.
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _serve(
+    policy: Policy,
+    adm: Admission,
+    queues: Mapping[ConsumerPath, list[T]],
+    try_one: Callable[[ConsumerPath, T], R | None],
+) -> list[R]:
+    """Hierarchical most-starved-first service.
 
     From the root, descend into the child with the lowest allocation/entitlement
-    (ties by path) that may still admit something, down to a leaf, and start that
-    leaf's first job that passes every check. A leaf whose remaining jobs all
-    fail is exhausted for the rest of the cycle: free GPUs only shrink and
-    allocations only grow within a cycle, so a job that failed cannot pass later.
-    One heap per parent; only the chosen path's keys change after a start.
+    (ties by path) that may still be served, down to a leaf, and serve that
+    leaf's first item (a job to start, a GPU to grow) that passes every check. A
+    leaf whose remaining items all fail is exhausted for the rest of the pass:
+    free GPUs only shrink and allocations only grow within a pass, so an item
+    that failed cannot pass later. One heap per parent; only the chosen path's
+    keys change after a success.
     """
     cursor = dict.fromkeys(queues, 0)
     live: set[ConsumerPath] = set()
@@ -124,36 +166,80 @@ def _admit(policy: Policy, adm: Admission, queues: Mapping[ConsumerPath, list[Jo
         heaps[parent] = [adm.starvation_key(c) for c in children]
         heapq.heapify(heaps[parent])
 
-    def admit_one(node: ConsumerPath) -> Start | None:
+    def serve_leaf(leaf: ConsumerPath) -> R | None:
+        queue = queues[leaf]
+        while cursor[leaf] < len(queue):
+            item = queue[cursor[leaf]]
+            cursor[leaf] += 1
+            result = try_one(leaf, item)
+            if result is not None:
+                return result
+        return None
+
+    def serve_one(node: ConsumerPath) -> R | None:
         if node in queues:
-            return _admit_from_leaf(adm, node, queues[node], cursor)
+            return serve_leaf(node)
         heap = heaps.get(node, [])  # no heap: nothing waits below (an idle queue)
         while heap:
             child = ConsumerPath(heap[0][2])
-            start = admit_one(child)
+            result = serve_one(child)
             heapq.heappop(heap)
-            if start is not None:
+            if result is not None:
                 heapq.heappush(heap, adm.starvation_key(child))
-                return start
+                return result
         return None
 
-    starts = []
-    while (start := admit_one(ROOT)) is not None:
-        starts.append(start)
-    return starts
+    served = []
+    while (result := serve_one(ROOT)) is not None:
+        served.append(result)
+    return served
 
 
-def _admit_from_leaf(
-    adm: Admission, leaf: ConsumerPath, queue: list[Job], cursor: dict[ConsumerPath, int]
-) -> Start | None:
-    while cursor[leaf] < len(queue):
-        job = queue[cursor[leaf]]
-        cursor[leaf] += 1
-        if adm.blocker(leaf, job.gpus) is None:
-            ratio_before = adm.ratio(leaf)
-            slots = adm.start(job)
-            return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))
-    return None
+def _admit_job(adm: Admission) -> Callable[[ConsumerPath, Job], Start | None]:
+    def admit(leaf: ConsumerPath, job: Job) -> Start | None:
+        if adm.blocker(leaf, job.gpus) is not None:
+            return None
+        ratio_before = adm.ratio(leaf)
+        slots = adm.start(job)
+        return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))
+
+    return admit
+
+
+def _grow(policy: Policy, adm: Admission, running: list[Job]) -> tuple[Grow, ...]:
+    """Idle GPUs go to running elastic jobs, one GPU at a time, most-starved
+    consumer first, round-robin over a consumer's jobs, oldest first; a new GPU
+    lands next to the job's workers when it can (SEMANTICS: the cycle, steps 2-3)."""
+    by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
+    for j in sorted(running, key=lambda j: (j.started_at or 0.0, j.id)):
+        growable = j.elastic and not j.stopping and not j.releasing and len(j.held) < j.gpus_max
+        if growable and policy.is_leaf(j.consumer):
+            by_leaf[j.consumer].append(j)
+    if not by_leaf or adm.free.total == 0:
+        return ()
+    tokens: dict[ConsumerPath, list[Job]] = {}
+    for leaf, jobs in by_leaf.items():
+        room = max(j.gpus_max - len(j.held) for j in jobs)
+        rounds = [j for k in range(room) for j in jobs if j.gpus_max - len(j.held) > k]
+        tokens[leaf] = rounds[: adm.free.total]
+    added: dict[JobId, list[GpuSlot]] = defaultdict(list)
+
+    def grow(leaf: ConsumerPath, job: Job) -> GpuSlot | None:
+        if adm.blocker(leaf, 1) is not None:
+            return None
+        near = sorted({s.node for s in (*job.held, *added[job.id])})
+        slot = adm.free.place_near(near)
+        if slot is not None:
+            adm.add(leaf, 1)
+            added[job.id].append(slot)
+        return slot
+
+    _serve(policy, adm, tokens, grow)
+    by_id = {j.id: j for j in running}
+    return tuple(
+        Grow(job_id, tuple(slots), grow_reason(by_id[job_id], len(slots), adm))
+        for job_id, slots in added.items()
+    )
 
 
 def _consumer_states(

@@ -38,6 +38,9 @@ class ConsumerPolicy:
     grace_s: float = 30.0
     min_runtime_s: float = 0.0
     order: Order = Order.PRIORITY
+    # A waiting job may preempt lower-priority jobs of this same consumer (SEMANTICS:
+    # the cycle, step 5).
+    priority_preemption: bool = False
     # Users allowed to submit here; None inherits the parent's list. "*" is everyone.
     users: frozenset[str] | None = None
 
@@ -143,11 +146,27 @@ class Job:
     phase: JobPhase
     held: tuple[GpuSlot, ...] = ()
     started_at: float | None = None
+    # An elastic job's first worker hosts its rendezvous: a shrink never takes it.
+    anchor: GpuSlot | None = None
+    # Reclaim already under way: GPUs a shrink is giving back, or the whole job
+    # being stopped (preemption or cancel), and when its grace ends.
+    releasing: tuple[GpuSlot, ...] = ()
+    stopping: bool = False
+    release_deadline: float | None = None
 
     @property
     def gpus(self) -> int:
         """GPUs this job needs to start (its gang)."""
         return self.gpus_min
+
+    @property
+    def elastic(self) -> bool:
+        return self.gpus_max > self.gpus_min
+
+    @property
+    def incoming(self) -> tuple[GpuSlot, ...]:
+        """GPUs held now that are on their way back (stop or shrink in progress)."""
+        return self.held if self.stopping else self.releasing
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,32 @@ class Snapshot:
 class Start:
     job_id: JobId
     slots: tuple[GpuSlot, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Grow:
+    """Add GPUs to a running elastic job (new workers join at a step boundary)."""
+
+    job_id: JobId
+    slots: tuple[GpuSlot, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """Take GPUs above `min` from a running elastic job, without stopping it."""
+
+    job_id: JobId
+    slots: tuple[GpuSlot, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Preempt:
+    """Stop a running job (SIGTERM, grace, SIGKILL) and put it back in the queue."""
+
+    job_id: JobId
     reason: str
 
 
@@ -183,3 +228,9 @@ class Plan:
     starts: tuple[Start, ...]
     pending_reasons: Mapping[JobId, str]
     consumers: Mapping[ConsumerPath, ConsumerState]
+    grows: tuple[Grow, ...] = ()
+    shrinks: tuple[Shrink, ...] = ()
+    preemptions: tuple[Preempt, ...] = ()
+    # Free GPUs left idle on purpose, held for a waiting job whose reclaim is under
+    # way (SEMANTICS: the cycle, step 3: the one exception besides reservations).
+    held: tuple[GpuSlot, ...] = ()

@@ -73,6 +73,38 @@ class FreeGpus:
                 remaining = 0
         return tuple(slots)
 
+    def free_on(self, node: NodeName) -> list[int]:
+        return list(self._free.get(node, ()))
+
+    def nodes(self) -> list[NodeName]:
+        """Schedulable nodes, by name."""
+        return list(self._free)
+
+    def hold(self, slots: list[GpuSlot]) -> None:
+        """Take these free GPUs out of play for the rest of the cycle (held for a
+        reclaim in progress: SEMANTICS: the cycle, step 3)."""
+        for slot in slots:
+            free = self._free[slot.node]
+            if slot.index in free:
+                before = len(free)
+                free.remove(slot.index)
+                self._move(slot.node, before, before - 1)
+                self.total -= 1
+
+    def place_near(self, nodes: list[NodeName]) -> GpuSlot | None:
+        """One GPU, on the first of `nodes` that has one free (a growing job stays
+        close to its workers), else best fit."""
+        for node in nodes:
+            if self._free.get(node):
+                return self._take(node, 1)[0]
+        target = self._best_fit(1)
+        return None if target is None else self._take(target, 1)[0]
+
+    def _move(self, node: NodeName, before: int, after: int) -> None:
+        del self._buckets[before][node]
+        if after:
+            self._buckets.setdefault(after, {})[node] = None
+
     def _best_fit(self, n: int) -> NodeName | None:
         for k in sorted(self._buckets):
             if k >= n and self._buckets[k]:
@@ -83,8 +115,6 @@ class FreeGpus:
         free = self._free[node]
         before = len(free)
         taken, self._free[node] = free[:n], free[n:]
-        del self._buckets[before][node]
-        if before - n:
-            self._buckets.setdefault(before - n, {})[node] = None
+        self._move(node, before, before - n)
         self.total -= n
         return tuple(GpuSlot(node, i) for i in taken)

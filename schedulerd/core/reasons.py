@@ -26,6 +26,14 @@ def start_reason(job: Job, leaf: ConsumerPath, ratio_before: float, adm: Admissi
     return f"started on {_gpus(job.gpus)}: {leaf} held {held} of its entitlement {ent:.1f}, {why}"
 
 
+def grow_reason(job: Job, added: int, adm: Admission) -> str:
+    leaf = job.consumer
+    return (
+        f"grown by {_gpus(added)} to {len(job.held) + added} (max {job.gpus_max}): idle GPUs "
+        f"(work conservation); {_holds(adm, leaf)}"
+    )
+
+
 def queue_place(leaf: ConsumerPath, place: int, waiting: int) -> str:
     return f" ({_ordinal(place)} of {waiting} waiting in {leaf})"
 
