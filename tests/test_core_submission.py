@@ -76,14 +76,6 @@ REFUSED = [
         "/batch", "alice", 4, 2, "GPU range 4:2 is empty (max below min)", id="max-below-min"
     ),
     pytest.param(
-        "/batch",
-        "alice",
-        2,
-        4,
-        "elastic jobs (min < max GPUs) are not supported yet; ask for a fixed count",
-        id="elastic-not-yet",
-    ),
-    pytest.param(
         "/research/vision",
         "alice",
         9,
@@ -153,6 +145,13 @@ ACCEPTED = [
 @pytest.mark.parametrize(("consumer", "user", "gpus", "shape"), ACCEPTED)
 def test_accepted(consumer: str, user: str, gpus: int, shape: ClusterShape) -> None:
     assert check_submission(POLICY, shape, consumer, user, gpus, gpus) is None
+
+
+def test_elastic_range_is_accepted_and_its_min_is_what_must_fit() -> None:
+    shape = ClusterShape((4, 4))
+    assert check_submission(POLICY, shape, "/batch", "alice", 2, 64) is None
+    refused = check_submission(POLICY, shape, "/batch", "alice", 9, 12)
+    assert refused is not None and "the job needs 9" in refused
 
 
 def test_everyone_may_submit_when_no_list_is_set() -> None:

@@ -44,8 +44,6 @@ def check_submission(
         return "a job needs at least 1 GPU"
     if gpus_max < gpus_min:
         return f"GPU range {gpus_min}:{gpus_max} is empty (max below min)"
-    if gpus_max != gpus_min:
-        return "elastic jobs (min < max GPUs) are not supported yet; ask for a fixed count"
     for p in policy.ancestors(path):
         limit = policy.consumers[p].limit
         if limit is not None and gpus_min > limit:

@@ -11,6 +11,19 @@ from schedulerd.store import JobRecord, PartRecord
 class StartPart:
     job: JobRecord
     part: PartRecord
+    join: bool = False  # elastic: workers that join a running job
+
+
+@dataclass(frozen=True)
+class ResizePart:
+    """Shrink (release workers) or grow (add workers) an elastic job's part."""
+
+    job_id: int
+    attempt: int
+    release: tuple[int, ...]  # GPU indices
+    grace_s: float
+    add: tuple[tuple[int, int], ...]  # (worker id, GPU index)
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,6 @@ class AckPart:
     attempt: int
 
 
-Command = StartPart | StopPart | AckPart
+Command = StartPart | StopPart | AckPart | ResizePart
 # Commands addressed to nodes: (node name, command).
 Outbox = list[tuple[str, Command]]

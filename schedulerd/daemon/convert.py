@@ -7,7 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from schedulerd import core
 from schedulerd.api.v1 import admin_pb2, agent_pb2, jobs_pb2
-from schedulerd.daemon.commands import AckPart, Command, StartPart, StopPart
+from schedulerd.daemon.commands import AckPart, Command, ResizePart, StartPart, StopPart
 from schedulerd.daemon.links import ReadLogRequest
 from schedulerd.daemon.nodes import PartReport
 from schedulerd.store import (
@@ -16,6 +16,7 @@ from schedulerd.store import (
     JobRecord,
     JobState,
     NodeRecord,
+    PartRecord,
     PolicyRecord,
 )
 
@@ -160,6 +161,7 @@ def node_from_register(reg: agent_pb2.Register) -> NodeRecord:
         gpus=[GpuRecord(g.index, g.uuid, g.model, g.memory_bytes) for g in reg.gpus],
         fake_gpus=reg.fake_gpus,
         agent_version=reg.agent_version,
+        address=reg.address,
     )
 
 
@@ -171,6 +173,24 @@ def report_from_pb(r: agent_pb2.JobReport) -> PartReport:
         exit_code=r.exit_code,
         pid=r.pid,
         message=r.message,
+        gpu_indices=tuple(r.gpu_indices),
+    )
+
+
+def _elastic_spec(job: JobRecord, part: PartRecord, join: bool) -> agent_pb2.ElasticSpec:
+    # Generation 0 is the workers the job started with: ids 0..min-1 or more, all
+    # assigned at the start (plans.apply_plan), before any joiner.
+    initial = sorted(w for p in job.parts for w in p.workers.values()) if not join else []
+    return agent_pb2.ElasticSpec(
+        store_address=job.store_address,
+        min=job.gpus_min,
+        max=job.gpus_max,
+        initial_worker_ids=initial,
+        workers=[
+            agent_pb2.ElasticWorker(worker_id=w, gpu_index=g)
+            for g, w in sorted(part.workers.items())
+        ],
+        join=join,
     )
 
 
@@ -190,6 +210,18 @@ def command_to_pb(command: Command | ReadLogRequest) -> agent_pb2.DaemonMessage:
                 name=job.name,
                 node_rank=part.node_rank,
                 num_nodes=len(job.parts),
+                elastic=_elastic_spec(job, part, command.join) if job.elastic else None,
+            )
+        )
+    if isinstance(command, ResizePart):
+        return agent_pb2.DaemonMessage(
+            resize=agent_pb2.ResizeJob(
+                job_id=command.job_id,
+                attempt=command.attempt,
+                release_gpus=command.release,
+                grace_seconds=command.grace_s,
+                add=[agent_pb2.ElasticWorker(worker_id=w, gpu_index=g) for w, g in command.add],
+                reason=command.reason,
             )
         )
     if isinstance(command, StopPart):

@@ -12,9 +12,9 @@ import logging
 import time
 
 from schedulerd import core
-from schedulerd.daemon.commands import StartPart
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.nodes import expire_nodes
+from schedulerd.daemon.plans import DEFAULT_STORE_PORTS, apply_plan
 from schedulerd.daemon.state import ClusterState
 
 log = logging.getLogger("schedulerd.loop")
@@ -27,7 +27,9 @@ class SchedulingLoop:
         links: AgentLinks,
         tick_s: float = 1.0,
         node_timeout_s: float = 120.0,
+        store_ports: range = DEFAULT_STORE_PORTS,
     ) -> None:
+        self.store_ports = store_ports
         self.state = state
         self.links = links
         self.tick_s = tick_s
@@ -63,11 +65,16 @@ class SchedulingLoop:
         if policy is not self.state.policy:
             self.wake()  # a new policy came in meanwhile: this plan is stale
             return
-        started = self.state.apply_plan(plan)
+        started, commands = apply_plan(self.state, plan, self.store_ports)
         for job in started:
             log.info("job %d started on %s: %s", job.id, _where(job), job.reason)
-            for part in job.parts:
-                self.links.send(part.node, StartPart(job, part))
+        for p in plan.preemptions:
+            log.info("preempting job %d: %s", p.job_id, p.reason)
+        for sh in plan.shrinks:
+            log.info("shrinking job %d by %d GPUs: %s", sh.job_id, len(sh.slots), sh.reason)
+        for g in plan.grows:
+            log.info("growing job %d by %d GPUs: %s", g.job_id, len(g.slots), g.reason)
+        self.links.send_all(commands)
         if len(started) < len(plan.starts):
             self.wake()  # some starts went stale: decide again with the new facts
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schedulerd.daemon.commands import AckPart, Outbox, StartPart, StopPart
+from schedulerd.daemon.plans import requeue
 from schedulerd.daemon.state import ClusterState
 from schedulerd.store import EventRecord, JobRecord, JobState, NodeRecord, PartPhase, PartRecord
 
@@ -19,6 +20,7 @@ class PartReport:
     exit_code: int = 0
     pid: int = 0
     message: str = ""
+    gpu_indices: tuple[int, ...] = ()  # elastic parts: GPUs whose workers are alive
 
 
 def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -> Outbox:
@@ -66,6 +68,10 @@ def report(state: ClusterState, node: str, r: PartReport) -> Outbox:
         if part.phase is PartPhase.ASSIGNED:
             part.phase, part.pid = PartPhase.RUNNING, r.pid
             state.store.save_job(job)
+        if job.elastic and part.releasing:
+            gone = [i for i in part.releasing if i not in r.gpu_indices]
+            if gone:
+                _released(state, job, part, gone)
         failing = any(p.phase is PartPhase.EXITED and p.exit_code != 0 for p in job.parts)
         if job.cancel_requested or failing:
             # A stop may have been lost with an earlier connection: repeat it.
@@ -110,11 +116,30 @@ def _part(job: JobRecord, node: str, attempt: int) -> PartRecord | None:
     return next((p for p in job.parts if p.node == node), None)
 
 
+def _released(state: ClusterState, job: JobRecord, part: PartRecord, gone: list[int]) -> None:
+    """A shrink is done on this part: its released workers have left, their GPUs
+    are free (SEMANTICS: reclaim with grace: the job confirms at its next step)."""
+    keep = [k for k, i in enumerate(part.gpu_indices) if i not in gone]
+    part.gpu_indices = [part.gpu_indices[k] for k in keep]
+    part.gpu_uuids = [part.gpu_uuids[k] for k in keep]
+    part.workers = {gpu: w for gpu, w in part.workers.items() if gpu not in gone}
+    part.releasing = [i for i in part.releasing if i not in gone]
+    if not any(p.releasing for p in job.parts):
+        job.release_deadline = None
+    size = sum(len(p.gpu_indices) for p in job.parts if p.phase is not PartPhase.EXITED)
+    text = f"shrunk to {size} GPUs: released {part.node}:{','.join(map(str, gone))}"
+    state.store.save_job(job, EventRecord(state.clock(), job.id, "shrunk", text))
+    state.notify(job)
+
+
 def _part_ended(
     state: ClusterState, job: JobRecord, part: PartRecord, code: int | None, why: str
 ) -> Outbox:
     part.phase, part.exit_code, part.message = PartPhase.EXITED, code, why
     live = [p for p in job.parts if p.phase is not PartPhase.EXITED]
+    if live and job.elastic and code == 0 and not (job.preempting or job.cancel_requested):
+        # All of this node's workers left (released) and the job goes on elsewhere.
+        _released(state, job, part, list(part.gpu_indices))
     if not live:
         _finish(state, job)
         return []
@@ -128,6 +153,9 @@ def _part_ended(
 
 
 def _finish(state: ClusterState, job: JobRecord) -> None:
+    if job.preempting and not job.cancel_requested:
+        requeue(state, job)
+        return
     failed = next((p for p in job.parts if p.exit_code != 0), None)
     code = 0 if failed is None else failed.exit_code
     if job.cancel_requested:

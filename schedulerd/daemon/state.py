@@ -20,7 +20,6 @@ from schedulerd.store import (
     JobState,
     NodeRecord,
     PartPhase,
-    PartRecord,
     PolicyRecord,
     Store,
 )
@@ -128,7 +127,7 @@ class ClusterState:
                 raise KeyError(job_id)
             return ended, []  # already ended: nothing to do
         who = f"by {user}" if user else ""
-        if job.state is JobState.PENDING:
+        if job.state.waiting:
             self.finish(job, JobState.CANCELLED, None, f"cancelled {who} while waiting".strip())
             return job, []
         job.cancel_requested = True
@@ -150,52 +149,6 @@ class ClusterState:
         if self.policy is None or job.consumer not in self.policy.consumers:
             return 30.0
         return self.policy.consumers[ConsumerPath(job.consumer)].grace_s
-
-    # -- the loop's plan ----------------------------------------------------
-
-    def apply_plan(self, plan: core.Plan) -> list[JobRecord]:
-        """Commit a plan's starts in one transaction. Starts that went stale while
-        the plan was computed (job cancelled, node gone, GPU taken) are dropped;
-        the next cycle sees the new facts."""
-        now = self.clock()
-        held = self.held_slots()
-        started: list[tuple[JobRecord, EventRecord]] = []
-        for start in plan.starts:
-            job = self.jobs.get(start.job_id)
-            if job is None or job.state is not JobState.PENDING:
-                continue
-            if any(s in held for s in start.slots) or not all(
-                s.node in self.nodes and self.schedulable(self.nodes[s.node]) for s in start.slots
-            ):
-                continue
-            held.update(start.slots)
-            job.parts = self._parts(job, start.slots)
-            job.state = JobState.RUNNING
-            job.start_time = now
-            job.reason = start.reason
-            started.append((job, EventRecord(now, job.id, "started", start.reason)))
-        if started:
-            self.store.save_jobs(started)
-        for job_id, reason in plan.pending_reasons.items():
-            job = self.jobs.get(job_id)
-            if job is not None and job.state is JobState.PENDING:
-                job.reason = reason
-        self.consumer_states = dict(plan.consumers)
-        for job, _ in started:
-            self.notify(job)
-        return [job for job, _ in started]
-
-    def _parts(self, job: JobRecord, slots: tuple[GpuSlot, ...]) -> list[PartRecord]:
-        by_node: dict[str, list[int]] = {}
-        for s in slots:
-            by_node.setdefault(s.node, []).append(s.index)
-        parts = []
-        for rank, (node, indices) in enumerate(by_node.items()):
-            uuids = {g.index: g.uuid for g in self.nodes[node].gpus}
-            parts.append(
-                PartRecord(job.id, job.attempt, node, rank, indices, [uuids[i] for i in indices])
-            )
-        return parts
 
     # -- endings ------------------------------------------------------------
 
@@ -219,6 +172,16 @@ def _slots(job: JobRecord) -> list[GpuSlot]:
 
 def _core_job(job: JobRecord) -> core.Job:
     running = job.state is JobState.RUNNING
+    anchor = next(
+        (
+            GpuSlot(NodeName(p.node), gpu)
+            for p in job.parts
+            for gpu, w in p.workers.items()
+            if w == 0
+        ),
+        None,
+    )
+    failing = any(p.phase is PartPhase.EXITED and p.exit_code != 0 for p in job.parts)
     return core.Job(
         id=JobId(job.id),
         consumer=ConsumerPath(job.consumer),
@@ -230,4 +193,8 @@ def _core_job(job: JobRecord) -> core.Job:
         phase=core.JobPhase.RUNNING if running else core.JobPhase.PENDING,
         held=tuple(_slots(job)) if running else (),
         started_at=job.start_time,
+        anchor=anchor,
+        releasing=tuple(GpuSlot(NodeName(p.node), i) for p in job.parts for i in p.releasing),
+        stopping=running and (job.cancel_requested or job.preempting or failing),
+        release_deadline=job.release_deadline,
     )

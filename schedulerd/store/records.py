@@ -16,10 +16,15 @@ class JobState(enum.Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"  # back in the queue after a preemption; waits like PENDING
 
     @property
     def ended(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING)
+        return self not in (JobState.PENDING, JobState.RUNNING, JobState.PREEMPTED)
+
+    @property
+    def waiting(self) -> bool:
+        return self in (JobState.PENDING, JobState.PREEMPTED)
 
 
 class PartPhase(enum.Enum):
@@ -42,6 +47,9 @@ class PartRecord:
     exit_code: int | None = None
     pid: int | None = None
     message: str = ""
+    # Elastic parts: the worker on each GPU, and GPUs a shrink is taking back.
+    workers: dict[int, int] = field(default_factory=dict)
+    releasing: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -64,7 +72,18 @@ class JobRecord:
     reason: str = ""
     attempt: int = 0
     cancel_requested: bool = False
+    # A stop for preemption is under way: when the parts have exited the job goes
+    # back to the queue instead of ending.
+    preempting: bool = False
+    # When the grace of the stop or shrink under way ends (unix seconds).
+    release_deadline: float | None = None
+    store_address: str = ""  # elastic: host:port of the store worker 0 hosts
+    next_worker_id: int = 0  # elastic: worker ids are never reused within an attempt
     parts: list[PartRecord] = field(default_factory=list)
+
+    @property
+    def elastic(self) -> bool:
+        return self.gpus_max > self.gpus_min
 
 
 @dataclass
@@ -86,6 +105,7 @@ class NodeRecord:
     fake_gpus: bool = False
     agent_version: str = ""
     down: bool = False  # past the node timeout: its jobs were failed
+    address: str = ""  # where workers on other nodes reach it
 
 
 @dataclass

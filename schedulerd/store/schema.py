@@ -66,4 +66,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_job ON events(job_id);
     """,
+    # 2: reclaim and elastic jobs.
+    """
+    ALTER TABLE jobs ADD COLUMN preempting INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN release_deadline REAL;
+    ALTER TABLE jobs ADD COLUMN store_address TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN next_worker_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job_parts ADD COLUMN workers TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE job_parts ADD COLUMN releasing TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE nodes ADD COLUMN address TEXT NOT NULL DEFAULT '';
+    """,
 ]

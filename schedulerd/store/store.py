@@ -104,7 +104,7 @@ class Store:
                 self.save_job(job, event)
 
     def load_jobs(self, active_only: bool = False) -> list[JobRecord]:
-        where = "state IN ('PENDING', 'RUNNING')" if active_only else None
+        where = "state IN ('PENDING', 'RUNNING', 'PREEMPTED')" if active_only else None
         rows = self.db.table("jobs").rows_where(where, order_by="id")
         return self._with_parts([_job_from_row(r) for r in rows])
 
@@ -221,6 +221,7 @@ def _job_row(job: JobRecord) -> dict[str, object]:
     row["env"] = json.dumps(job.env)
     row["state"] = job.state.value
     row["cancel_requested"] = int(job.cancel_requested)
+    row["preempting"] = int(job.preempting)
     return row
 
 
@@ -230,6 +231,7 @@ def _job_from_row(r: dict[str, object]) -> JobRecord:
     r["env"] = json.loads(str(r["env"]))
     r["state"] = JobState(r["state"])
     r["cancel_requested"] = bool(r["cancel_requested"])
+    r["preempting"] = bool(r["preempting"])
     return JobRecord(**r)  # type: ignore[arg-type]
 
 
@@ -238,6 +240,8 @@ def _part_row(part: PartRecord) -> dict[str, object]:
     row["gpu_indices"] = json.dumps(part.gpu_indices)
     row["gpu_uuids"] = json.dumps(part.gpu_uuids)
     row["phase"] = part.phase.value
+    row["workers"] = json.dumps({str(k): v for k, v in part.workers.items()})
+    row["releasing"] = json.dumps(part.releasing)
     return row
 
 
@@ -246,4 +250,6 @@ def _part_from_row(r: dict[str, object]) -> PartRecord:
     r["gpu_indices"] = json.loads(str(r["gpu_indices"]))
     r["gpu_uuids"] = json.loads(str(r["gpu_uuids"]))
     r["phase"] = PartPhase(r["phase"])
+    r["workers"] = {int(k): v for k, v in json.loads(str(r["workers"])).items()}
+    r["releasing"] = json.loads(str(r["releasing"]))
     return PartRecord(**r)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class JobReport(_message.Message):
-    __slots__ = ("job_id", "attempt", "phase", "exit_code", "pid", "message", "time")
+    __slots__ = ("job_id", "attempt", "phase", "exit_code", "pid", "message", "time", "gpu_indices")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class JobReport(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     phase: JobPhase
@@ -46,10 +47,11 @@ class JobReport(_message.Message):
     pid: int
     message: str
     time: float
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
+    gpu_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[float] = ..., gpu_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node", "pool", "gpus", "fake_gpus", "agent_version", "hostname", "jobs")
+    __slots__ = ("node", "pool", "gpus", "fake_gpus", "agent_version", "hostname", "jobs", "address")
     NODE_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +59,7 @@ class Register(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node: str
     pool: str
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
@@ -64,7 +67,8 @@ class Register(_message.Message):
     agent_version: str
     hostname: str
     jobs: _containers.RepeatedCompositeFieldContainer[JobReport]
-    def __init__(self, node: _Optional[str] = ..., pool: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., fake_gpus: _Optional[bool] = ..., agent_version: _Optional[str] = ..., hostname: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ...) -> None: ...
+    address: str
+    def __init__(self, node: _Optional[str] = ..., pool: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., fake_gpus: _Optional[bool] = ..., agent_version: _Optional[str] = ..., hostname: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()
@@ -100,8 +104,32 @@ class Registered(_message.Message):
     heartbeat_interval: float
     def __init__(self, heartbeat_interval: _Optional[float] = ...) -> None: ...
 
+class ElasticWorker(_message.Message):
+    __slots__ = ("worker_id", "gpu_index")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    GPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    gpu_index: int
+    def __init__(self, worker_id: _Optional[int] = ..., gpu_index: _Optional[int] = ...) -> None: ...
+
+class ElasticSpec(_message.Message):
+    __slots__ = ("store_address", "min", "max", "initial_worker_ids", "workers", "join")
+    STORE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    store_address: str
+    min: int
+    max: int
+    initial_worker_ids: _containers.RepeatedScalarFieldContainer[int]
+    workers: _containers.RepeatedCompositeFieldContainer[ElasticWorker]
+    join: bool
+    def __init__(self, store_address: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., initial_worker_ids: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[ElasticWorker, _Mapping]]] = ..., join: _Optional[bool] = ...) -> None: ...
+
 class StartJob(_message.Message):
-    __slots__ = ("job_id", "attempt", "command", "env", "working_dir", "gpu_indices", "consumer", "user", "name", "node_rank", "num_nodes")
+    __slots__ = ("job_id", "attempt", "command", "env", "working_dir", "gpu_indices", "consumer", "user", "name", "node_rank", "num_nodes", "elastic")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +148,7 @@ class StartJob(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
+    ELASTIC_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -131,7 +160,24 @@ class StartJob(_message.Message):
     name: str
     node_rank: int
     num_nodes: int
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ...) -> None: ...
+    elastic: ElasticSpec
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., elastic: _Optional[_Union[ElasticSpec, _Mapping]] = ...) -> None: ...
+
+class ResizeJob(_message.Message):
+    __slots__ = ("job_id", "attempt", "release_gpus", "grace_seconds", "add", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_GPUS_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: int
+    attempt: int
+    release_gpus: _containers.RepeatedScalarFieldContainer[int]
+    grace_seconds: float
+    add: _containers.RepeatedCompositeFieldContainer[ElasticWorker]
+    reason: str
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., release_gpus: _Optional[_Iterable[int]] = ..., grace_seconds: _Optional[float] = ..., add: _Optional[_Iterable[_Union[ElasticWorker, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class StopJob(_message.Message):
     __slots__ = ("job_id", "attempt", "grace_seconds", "reason")
@@ -166,15 +212,17 @@ class ReadLog(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[int] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class DaemonMessage(_message.Message):
-    __slots__ = ("registered", "start", "stop", "ack", "read_log")
+    __slots__ = ("registered", "start", "stop", "ack", "read_log", "resize")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     READ_LOG_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     start: StartJob
     stop: StopJob
     ack: AckReport
     read_log: ReadLog
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start: _Optional[_Union[StartJob, _Mapping]] = ..., stop: _Optional[_Union[StopJob, _Mapping]] = ..., ack: _Optional[_Union[AckReport, _Mapping]] = ..., read_log: _Optional[_Union[ReadLog, _Mapping]] = ...) -> None: ...
+    resize: ResizeJob
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start: _Optional[_Union[StartJob, _Mapping]] = ..., stop: _Optional[_Union[StopJob, _Mapping]] = ..., ack: _Optional[_Union[AckReport, _Mapping]] = ..., read_log: _Optional[_Union[ReadLog, _Mapping]] = ..., resize: _Optional[_Union[ResizeJob, _Mapping]] = ...) -> None: ...
