@@ -59,6 +59,7 @@ class Identity:
     fake_gpus: bool
     hostname: str
     agent_version: str
+    address: str = ""  # where workers on other nodes reach this node
 
 
 class Link:
@@ -148,6 +149,7 @@ class Link:
                     agent_version=self.identity.agent_version,
                     hostname=self.identity.hostname,
                     jobs=self.runner.reports(),
+                    address=self.identity.address,
                 )
             )
             self._out = out
@@ -188,6 +190,10 @@ class Link:
                 self._apply(wire.job_spec(msg.start))
             elif kind == "stop":
                 self._apply(wire.stop_request(msg.stop))
+            elif kind == "resize":
+                report = self.runner.resize(wire.resize_request(msg.resize))
+                if report is not None:
+                    self._send(wire.report_message(report))
             elif kind == "ack":
                 if not self.runner.ack(msg.ack.job_id, msg.ack.attempt):
                     log.debug(

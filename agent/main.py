@@ -59,6 +59,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--daemon", default="127.0.0.1:50051", metavar="HOST:PORT")
     p.add_argument("--node", default=None, metavar="NAME", help="default: the hostname")
     p.add_argument("--pool", default="default")
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="HOST",
+        help="where workers on other nodes reach this node (default: the local address "
+        "that reaches the daemon)",
+    )
     fake = p.add_mutually_exclusive_group()
     fake.add_argument(
         "--fake-gpus",
@@ -123,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fake_gpus=backend.is_fake,
         hostname=socket.gethostname(),
         agent_version=__version__,
+        address=args.address or _local_address(args.daemon),
     )
     log.info(
         "agent %s: node %r, pool %r, %d %s GPUs, state in %s, daemon %s",
@@ -177,6 +185,18 @@ async def _serve(link: Link, runner: Runner, keep_jobs: bool, grace: float) -> i
         log.info("the daemon did not close the stream; closed it ourselves")
     log.info("agent stopped")
     return 0
+
+
+def _local_address(daemon: str) -> str:
+    """The address this machine uses to reach the daemon: peers of this node's
+    workers most likely reach it there too. A UDP connect sends nothing."""
+    host = daemon.rsplit(":", 1)[0].strip("[]")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 if __name__ == "__main__":

@@ -34,6 +34,18 @@ def _frozen_env(env: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 @dataclass(frozen=True)
+class ElasticSpec:
+    """An elastic job's part: one worker process per GPU (docs/elastic.md)."""
+
+    store_address: str
+    min: int
+    max: int
+    initial_worker_ids: tuple[int, ...] = ()
+    workers: tuple[tuple[int, int], ...] = ()  # (worker id, GPU index)
+    join: bool = False
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What the daemon asks this node to run (a StartJob message)."""
 
@@ -48,6 +60,7 @@ class JobSpec:
     name: str = ""
     node_rank: int = 0
     num_nodes: int = 1
+    elastic: ElasticSpec | None = None
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a spec is a value, never edited after it arrives.
@@ -75,6 +88,22 @@ class StopRequest:
 
 
 @dataclass(frozen=True)
+class ResizeRequest:
+    """Shrink or grow a running elastic part in place (a ResizeJob message)."""
+
+    job_id: int
+    attempt: int
+    release: tuple[int, ...] = ()  # GPU indices whose workers are asked to leave
+    grace_seconds: float = 0.0
+    add: tuple[tuple[int, int], ...] = ()  # joiners: (worker id, GPU index)
+    reason: str = ""
+
+    @property
+    def key(self) -> PartKey:
+        return (self.job_id, self.attempt)
+
+
+@dataclass(frozen=True)
 class PartReport:
     """What the agent knows of one job part (a JobReport message)."""
 
@@ -85,6 +114,7 @@ class PartReport:
     pid: int = 0
     message: str = ""
     time: float = 0.0  # unix seconds when the phase was reached
+    gpu_indices: tuple[int, ...] = ()  # GPUs whose processes are alive
 
     @property
     def key(self) -> PartKey:

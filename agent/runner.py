@@ -17,6 +17,12 @@ as it reads EXITED, and a straggler must not still hold them.
 
 Ended parts are remembered until the daemon acks them (`ack`), so a report made while the
 daemon was away is resent in the next Register (see agent.link).
+
+A part is one or more worker processes, each its own process group: a rigid part has one
+process holding all of the part's GPUs; an elastic part has one per GPU (docs/elastic.md),
+so that one worker can be released (SIGUSR1, then SIGKILL after the grace) or added without
+touching the others. The part is RUNNING while any worker lives; its report lists the GPUs
+of the live workers, so the daemon sees a release complete.
 """
 
 from __future__ import annotations
@@ -28,11 +34,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from agent.model import JobSpec, PartKey, PartReport, Phase, StopRequest
+from agent.model import JobSpec, PartKey, PartReport, Phase, ResizeRequest, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +48,28 @@ MAX_LOG_READ = 1024 * 1024  # well under gRPC's default 4 MiB message limit
 
 
 @dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    gpus: tuple[int, ...]
+    worker_id: int = 0
+    released: bool = False  # asked to leave (SIGUSR1): its exit does not end the job
+    kill_at: float | None = None  # monotonic time to SIGKILL its group
+    killed: bool = False
+    exit_code: int | None = None
+
+
+@dataclass
 class _Part:
     spec: JobSpec
-    proc: subprocess.Popen[bytes] | None  # None when it never started
+    workers: list[_Worker]  # empty when it never started
     report: PartReport
-    kill_at: float | None = None  # monotonic time to SIGKILL the group; set by stop()
-    killed: bool = False
     stop_reason: str = ""
+
+    def live(self) -> list[_Worker]:
+        return [w for w in self.workers if w.exit_code is None]
+
+    def live_gpus(self) -> tuple[int, ...]:
+        return tuple(sorted(g for w in self.live() for g in w.gpus))
 
 
 def describe_exit(code: int) -> str:
@@ -107,24 +128,76 @@ class Runner:
                 return self._failed(spec, problem, logfile)
             try:
                 cwd = self._working_dir(spec)
-                proc = subprocess.Popen(
-                    list(spec.command),
-                    start_new_session=True,  # its own process group: killpg reaches all of it
-                    stdin=subprocess.DEVNULL,
-                    stdout=logfile,
-                    stderr=subprocess.STDOUT,
-                    cwd=cwd,
-                    env=self._env(spec),
-                )
+                workers = [
+                    self._spawn(spec, logfile, cwd, wid, gpus) for wid, gpus in _worker_plan(spec)
+                ]
             except (OSError, ValueError, subprocess.SubprocessError) as e:
                 return self._failed(spec, f"cannot start {spec.command[0]!r}: {e}", logfile)
         self._warn_if_shared(spec)
+        pid = workers[0].proc.pid
         report = PartReport(
-            spec.job_id, spec.attempt, Phase.RUNNING, pid=proc.pid, time=self._wall()
+            spec.job_id,
+            spec.attempt,
+            Phase.RUNNING,
+            pid=pid,
+            time=self._wall(),
+            gpu_indices=tuple(sorted(spec.gpu_indices)),
         )
-        self._parts[spec.key] = _Part(spec, proc, report)
-        log.info("job %d attempt %d started, pid %d", spec.job_id, spec.attempt, proc.pid)
+        self._parts[spec.key] = _Part(spec, workers, report)
+        log.info("job %d attempt %d started, pid %d", spec.job_id, spec.attempt, pid)
         return report
+
+    def _spawn(
+        self,
+        spec: JobSpec,
+        logfile: IO[bytes],
+        cwd: Path,
+        worker_id: int,
+        gpus: tuple[int, ...],
+        join: bool = False,
+    ) -> _Worker:
+        proc = subprocess.Popen(
+            list(spec.command),
+            start_new_session=True,  # its own process group: killpg reaches all of it
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=self._env(spec, gpus, worker_id, join),
+        )
+        return _Worker(proc, gpus, worker_id)
+
+    def resize(self, req: ResizeRequest) -> PartReport | None:
+        """Release workers (SIGUSR1 now, SIGKILL when the grace ends) and start
+        joiners, in place. Unknown or ended part: nothing (None or its report)."""
+        part = self._parts.get(req.key)
+        if part is None or part.report.phase.ended or part.spec.elastic is None:
+            return None if part is None else part.report
+        deadline = self._mono() + max(0.0, req.grace_seconds)
+        for worker in part.live():
+            if set(worker.gpus) & set(req.release) and not worker.released:
+                worker.released = True
+                worker.kill_at = deadline
+                log.info(
+                    "job %d: releasing worker %d (GPU %s): %s",
+                    req.job_id,
+                    worker.worker_id,
+                    worker.gpus,
+                    req.reason or "shrink",
+                )
+                _signal_group(worker, signal.SIGUSR1, part.spec.job_id)
+        if req.add:
+            with open(self.log_path(req.job_id), "ab") as logfile:
+                cwd = self._working_dir(part.spec)
+                for wid, gpu in req.add:
+                    try:
+                        part.workers.append(
+                            self._spawn(part.spec, logfile, cwd, wid, (gpu,), join=True)
+                        )
+                    except (OSError, ValueError, subprocess.SubprocessError) as e:
+                        log.warning("job %d: cannot start joiner %d: %s", req.job_id, wid, e)
+            part.report = replace(part.report, gpu_indices=part.live_gpus())
+        return part.report
 
     def stop(self, req: StopRequest) -> PartReport | None:
         """SIGTERM the group now and SIGKILL it when the grace ends (checked by `poll`).
@@ -138,7 +211,8 @@ class Runner:
         grace = req.grace_seconds if math.isfinite(req.grace_seconds) else 0.0
         grace = max(0.0, grace)
         deadline = self._mono() + grace
-        if part.kill_at is None:
+        first = not part.stop_reason
+        if first:
             part.stop_reason = req.reason or "stop requested"
             log.info(
                 "stopping job %d attempt %d (%s), grace %.1f s",
@@ -147,12 +221,11 @@ class Runner:
                 part.stop_reason,
                 grace,
             )
-            if grace > 0:
-                self._signal_group(part, signal.SIGTERM)
-            part.kill_at = deadline
-        else:
-            part.kill_at = min(part.kill_at, deadline)
-        self._kill_if_due(part)
+        for worker in part.live():
+            if first and grace > 0 and not worker.released:
+                _signal_group(worker, signal.SIGTERM, req.job_id)
+            worker.kill_at = deadline if worker.kill_at is None else min(worker.kill_at, deadline)
+            self._kill_if_due(part, worker)
         return part.report
 
     def stop_all(self, grace_seconds: float, reason: str) -> None:
@@ -174,16 +247,22 @@ class Runner:
         """Notice exits and due SIGKILLs; return the reports that changed since the last poll."""
         changed = []
         for part in list(self._parts.values()):
-            if part.proc is None or part.report.phase.ended:
+            if not part.workers or part.report.phase.ended:
                 continue
-            if _leader_exited(part.proc):
-                # Kill stragglers before reaping: the zombie leader keeps the pgid ours.
-                self._signal_group(part, signal.SIGKILL)
-                code = part.proc.wait()
-                part.report = self._exited(part, code)
+            before = part.live_gpus()
+            for worker in part.live():
+                if _leader_exited(worker.proc):
+                    # Kill stragglers before reaping: the zombie leader keeps the pgid ours.
+                    _signal_group(worker, signal.SIGKILL, part.spec.job_id)
+                    worker.exit_code = worker.proc.wait()
+                else:
+                    self._kill_if_due(part, worker)
+            if not part.live():
+                part.report = self._exited(part, _part_exit_code(part))
                 changed.append(part.report)
-            else:
-                self._kill_if_due(part)
+            elif part.live_gpus() != before:  # a released worker left: say which GPUs remain
+                part.report = replace(part.report, gpu_indices=part.live_gpus(), time=self._wall())
+                changed.append(part.report)
         return changed
 
     def reports(self) -> list[PartReport]:
@@ -251,14 +330,16 @@ class Runner:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _env(self, spec: JobSpec) -> dict[str, str]:
+    def _env(
+        self, spec: JobSpec, gpus: tuple[int, ...], worker_id: int, join: bool
+    ) -> dict[str, str]:
         # The job's env may add to the agent's, but not override the GPU assignment or the
         # identity: those are the scheduler's word, so they are applied last.
         env = dict(os.environ)
         env.update(spec.env)
         env.update(
             {
-                "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.gpu_indices)),
+                "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
                 # CUDA's default order (fastest first) may differ from NVML's (PCI bus), and
                 # the indices we hand out are NVML's.
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
@@ -270,9 +351,22 @@ class Runner:
                 "SCHEDULERD_NODE": self.node,
                 "SCHEDULERD_NODE_RANK": str(spec.node_rank),
                 "SCHEDULERD_NUM_NODES": str(spec.num_nodes),
-                "SCHEDULERD_GPUS": str(len(spec.gpu_indices)),
+                "SCHEDULERD_GPUS": str(len(gpus)),
             }
         )
+        elastic = spec.elastic
+        if elastic is not None:  # docs/elastic.md: the contract with the workers
+            env.update(
+                {
+                    "SCHEDULERD_ELASTIC": "1",
+                    "SCHEDULERD_WORKER_ID": str(worker_id),
+                    "SCHEDULERD_ELASTIC_INITIAL": ",".join(map(str, elastic.initial_worker_ids)),
+                    "SCHEDULERD_ELASTIC_JOIN": "1" if join or elastic.join else "0",
+                    "SCHEDULERD_ELASTIC_STORE": elastic.store_address,
+                    "SCHEDULERD_ELASTIC_MIN": str(elastic.min),
+                    "SCHEDULERD_ELASTIC_MAX": str(elastic.max),
+                }
+            )
         return env
 
     def _failed(self, spec: JobSpec, message: str, logfile: IO[bytes] | None) -> PartReport:
@@ -287,7 +381,7 @@ class Runner:
             message=message,
             time=self._wall(),
         )
-        self._parts[spec.key] = _Part(spec, None, report)
+        self._parts[spec.key] = _Part(spec, [], report)
         return report
 
     def _exited(self, part: _Part, code: int) -> PartReport:
@@ -314,22 +408,47 @@ class Runner:
             time=self._wall(),
         )
 
-    def _kill_if_due(self, part: _Part) -> None:
-        if part.kill_at is not None and not part.killed and self._mono() >= part.kill_at:
-            part.killed = True
-            log.info("job %d attempt %d: grace over, SIGKILL", part.spec.job_id, part.spec.attempt)
-            self._signal_group(part, signal.SIGKILL)
+    def _kill_if_due(self, part: _Part, worker: _Worker) -> None:
+        if worker.kill_at is not None and not worker.killed and self._mono() >= worker.kill_at:
+            worker.killed = True
+            log.info(
+                "job %d attempt %d worker %d: grace over, SIGKILL",
+                part.spec.job_id,
+                part.spec.attempt,
+                worker.worker_id,
+            )
+            _signal_group(worker, signal.SIGKILL, part.spec.job_id)
 
-    def _signal_group(self, part: _Part, sig: signal.Signals) -> None:
-        # Only while the leader is unreaped (see the module docstring).
-        if part.proc is None or part.proc.returncode is not None:
-            return
-        try:
-            os.killpg(part.proc.pid, sig)
-        except ProcessLookupError:
-            pass  # the whole group is gone already
-        except PermissionError:
-            log.warning("not allowed to send %s to job %d", sig.name, part.spec.job_id)
+
+def _signal_group(worker: _Worker, sig: signal.Signals, job_id: int) -> None:
+    # Only while the leader is unreaped (see the module docstring).
+    if worker.proc.returncode is not None:
+        return
+    try:
+        os.killpg(worker.proc.pid, sig)
+    except ProcessLookupError:
+        pass  # the whole group is gone already
+    except PermissionError:
+        log.warning("not allowed to send %s to job %d", sig.name, job_id)
+
+
+def _worker_plan(spec: JobSpec) -> list[tuple[int, tuple[int, ...]]]:
+    """(worker id, GPUs) of each process to start: one per GPU for an elastic
+    part, one with all the part's GPUs otherwise."""
+    if spec.elastic is None:
+        return [(0, tuple(spec.gpu_indices))]
+    return [(wid, (gpu,)) for wid, gpu in spec.elastic.workers]
+
+
+def _part_exit_code(part: _Part) -> int:
+    """The first non-zero exit of a worker that was not released, else 0: released
+    workers leave on purpose (docs/elastic.md: ending)."""
+    for w in sorted(part.workers, key=lambda w: w.worker_id):
+        if not w.released and w.exit_code:
+            return w.exit_code
+    if all(w.released for w in part.workers):
+        return 0
+    return next(w.exit_code or 0 for w in part.workers if not w.released)
 
 
 def _leader_exited(proc: subprocess.Popen[bytes]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agent.gpus import GpuDevice
-from agent.model import JobSpec, PartReport, Phase, StopRequest
+from agent.model import ElasticSpec, JobSpec, PartReport, Phase, ResizeRequest, StopRequest
 from schedulerd.api.v1 import agent_pb2
 
 _PHASES = {
@@ -20,6 +20,17 @@ _PHASES = {
 
 
 def job_spec(msg: agent_pb2.StartJob) -> JobSpec:
+    elastic = None
+    if msg.HasField("elastic"):
+        e = msg.elastic
+        elastic = ElasticSpec(
+            store_address=e.store_address,
+            min=e.min,
+            max=e.max,
+            initial_worker_ids=tuple(e.initial_worker_ids),
+            workers=tuple((w.worker_id, w.gpu_index) for w in e.workers),
+            join=e.join,
+        )
     return JobSpec(
         job_id=msg.job_id,
         attempt=msg.attempt,
@@ -33,6 +44,18 @@ def job_spec(msg: agent_pb2.StartJob) -> JobSpec:
         node_rank=msg.node_rank,
         # proto3 has no "unset": 0 nodes cannot be meant, a single-node job is.
         num_nodes=msg.num_nodes or 1,
+        elastic=elastic,
+    )
+
+
+def resize_request(msg: agent_pb2.ResizeJob) -> ResizeRequest:
+    return ResizeRequest(
+        job_id=msg.job_id,
+        attempt=msg.attempt,
+        release=tuple(msg.release_gpus),
+        grace_seconds=msg.grace_seconds,
+        add=tuple((w.worker_id, w.gpu_index) for w in msg.add),
+        reason=msg.reason,
     )
 
 
@@ -49,6 +72,7 @@ def job_report(r: PartReport) -> agent_pb2.JobReport:
         pid=r.pid,
         message=r.message,
         time=r.time,
+        gpu_indices=r.gpu_indices,
     )
 
 
@@ -65,6 +89,7 @@ def register(
     agent_version: str,
     hostname: str,
     jobs: Iterable[PartReport],
+    address: str = "",
 ) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(
         register=agent_pb2.Register(
@@ -75,6 +100,7 @@ def register(
             agent_version=agent_version,
             hostname=hostname,
             jobs=[job_report(r) for r in jobs],
+            address=address,
         )
     )
 
