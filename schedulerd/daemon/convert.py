@@ -178,14 +178,13 @@ def report_from_pb(r: agent_pb2.JobReport) -> PartReport:
 
 
 def _elastic_spec(job: JobRecord, part: PartRecord, join: bool) -> agent_pb2.ElasticSpec:
-    # Generation 0 is the workers the job started with: ids 0..min-1 or more, all
-    # assigned at the start (plans.apply_plan), before any joiner.
-    initial = sorted(w for p in job.parts for w in p.workers.values()) if not join else []
+    # Generation 0: a job starts on exactly `min` GPUs, whose workers get the first
+    # ids (plans.apply_plan), before any joiner.
     return agent_pb2.ElasticSpec(
         store_address=job.store_address,
         min=job.gpus_min,
         max=job.gpus_max,
-        initial_worker_ids=initial,
+        initial_worker_ids=range(job.gpus_min),
         workers=[
             agent_pb2.ElasticWorker(worker_id=w, gpu_index=g)
             for g, w in sorted(part.workers.items())

@@ -129,6 +129,11 @@ def _released(state: ClusterState, job: JobRecord, part: PartRecord, gone: list[
     size = sum(len(p.gpu_indices) for p in job.parts if p.phase is not PartPhase.EXITED)
     text = f"shrunk to {size} GPUs: released {part.node}:{','.join(map(str, gone))}"
     state.store.save_job(job, EventRecord(state.clock(), job.id, "shrunk", text))
+    if part.phase is PartPhase.EXITED and not part.gpu_indices:
+        # Every worker here left: the part is over. Growing onto this node later
+        # starts a new part of joiners (the agent has forgotten this one by then:
+        # the ack for its exit goes out first on the same ordered stream).
+        job.parts.remove(part)
     state.notify(job)
 
 

@@ -11,7 +11,7 @@ from schedulerd import core
 from schedulerd.core import GpuSlot, NodeName
 from schedulerd.daemon.commands import Outbox, ResizePart, StartPart
 from schedulerd.daemon.state import ClusterState
-from schedulerd.store import EventRecord, JobRecord, JobState, PartRecord
+from schedulerd.store import EventRecord, JobRecord, JobState, PartPhase, PartRecord
 
 DEFAULT_STORE_PORTS = range(29400, 30000)
 
@@ -59,6 +59,7 @@ def apply_plan(
             continue
         grace = state.grace_of(job)
         by_node = _by_node(shrink.slots)
+        size = sum(len(p.gpu_indices) - len(p.releasing) for p in job.parts)
         for part in job.parts:
             release = [i for i in by_node.get(part.node, []) if i in part.gpu_indices]
             if release:
@@ -70,7 +71,6 @@ def apply_plan(
                     )
                 )
         job.release_deadline = now + grace
-        size = sum(len(p.gpu_indices) for p in job.parts)
         text = f"shrinking {size} -> {size - len(shrink.slots)} GPUs: {shrink.reason}"
         changed.append((job, EventRecord(now, job.id, "shrink-requested", text)))
 
@@ -81,10 +81,12 @@ def apply_plan(
         held.update(grow.slots)
         size = sum(len(p.gpu_indices) for p in job.parts)
         for node, indices in _by_node(grow.slots).items():
-            existing = next((p for p in job.parts if p.node == node), None)
+            existing = next(
+                (p for p in job.parts if p.node == node and p.phase is not PartPhase.EXITED), None
+            )
             if existing is None:  # the job reaches a new node: a new part of joiners
                 part = _parts(state, job, tuple(GpuSlot(NodeName(node), i) for i in indices))[0]
-                part.node_rank = len(job.parts)
+                part.node_rank = 1 + max((p.node_rank for p in job.parts), default=-1)
                 job.parts.append(part)
                 _assign_workers(job, [part], indices)
                 out.append((node, StartPart(job, part, join=True)))
