@@ -28,6 +28,9 @@ def as_json(messages: Message | Sequence[Message]) -> str:
     return json.dumps(data, indent=2)
 
 
+WAITING = (jobs_pb2.PENDING, jobs_pb2.PREEMPTED)
+
+
 def state_name(job: jobs_pb2.Job) -> str:
     name: str = jobs_pb2.JobState.Name(job.state)
     return name
@@ -60,10 +63,18 @@ def jobs_table(jobs: Sequence[jobs_pb2.Job]) -> str:
                 count,
                 _ago(j.submit_time.seconds),
                 j.spec.name[:24],
-                gpus_text(j) if j.gpus else (j.reason[:70] if j.state == jobs_pb2.PENDING else ""),
+                gpus_text(j) if j.gpus else (j.reason[:70] if j.state in WAITING else ""),
             ]
         )
     return table(["ID", "STATE", "CONSUMER", "USER", "GPUS", "AGE", "NAME", "WHERE / WHY"], rows)
+
+
+def _range(j: jobs_pb2.Job) -> str:
+    low, high = j.spec.gpus.min, j.spec.gpus.max
+    text = f"{low}:{high}" if high > low else str(low)
+    if high > low and j.gpus:
+        text += f" (now {len(j.gpus)})"
+    return text
 
 
 def job_detail(j: jobs_pb2.Job) -> str:
@@ -75,14 +86,17 @@ def job_detail(j: jobs_pb2.Job) -> str:
         f"Job {j.id}: {j.spec.name}",
         f"  state:      {state_name(j)}" + (" (cancel requested)" if j.cancel_requested else ""),
         f"  consumer:   {j.spec.consumer}   user: {j.spec.user}   priority: {j.spec.priority}",
-        f"  gpus:       {j.spec.gpus.min}" + (f"  on {gpus_text(j)}" if j.gpus else ""),
+        f"  gpus:       {_range(j)}" + (f"  on {gpus_text(j)}" if j.gpus else ""),
         f"  command:    {' '.join(j.spec.command)}",
         f"  submitted:  {when(j.submit_time)}   started: {when(j.start_time)}"
         f"   ended: {when(j.end_time)}",
     ]
+    if j.attempt:
+        lines.append(f"  restarts:   {j.attempt} (preempted and run again)")
     if j.HasField("exit_code"):
         lines.append(f"  exit code:  {j.exit_code}")
-    lines.append(f"  {'why waiting' if j.state == jobs_pb2.PENDING else 'reason'}: {j.reason}")
+    waiting = j.state in (jobs_pb2.PENDING, jobs_pb2.PREEMPTED)
+    lines.append(f"  {'why waiting' if waiting else 'reason'}: {j.reason}")
     if j.history:
         lines.append("  history:")
         for e in j.history:

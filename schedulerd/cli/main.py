@@ -20,7 +20,7 @@ from schedulerd.cli import format as fmt
 from schedulerd.client import DEFAULT_ADDRESS, Client, ClientError
 from schedulerd.policy import PolicyError, load_policy
 
-ACTIVE = ["PENDING", "RUNNING"]
+ACTIVE = ["PENDING", "PREEMPTED", "RUNNING"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="submit a job: schedctl submit --consumer /a -- CMD ...")
     s.add_argument("--consumer", required=True, help="leaf consumer path, e.g. /team/project")
-    s.add_argument("--gpus", default="1", help="GPU count (a fixed count: N)")
+    s.add_argument(
+        "--gpus", default="1", help="N GPUs, or MIN:MAX for an elastic job (docs/elastic.md)"
+    )
     s.add_argument("--name", default="")
     s.add_argument("--priority", type=int, default=0)
     s.add_argument("--user", default=None, help="default: you")
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--state",
         action="append",
         default=[],
-        choices=["pending", "running", "succeeded", "failed", "cancelled"],
+        choices=["pending", "preempted", "running", "succeeded", "failed", "cancelled"],
     )
     j.add_argument("--user", default="")
     j.add_argument("--all", action="store_true", help="include ended jobs")
@@ -92,10 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _gpus(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise SystemExit(f"schedctl: --gpus {text!r}: give a whole number of GPUs, 1 or more")
-    return int(text)
+def _gpus(text: str) -> tuple[int, int]:
+    """`N` (rigid) or `MIN:MAX` (elastic)."""
+    low, sep, high = text.partition(":")
+    if not low.isdigit() or (sep and not high.isdigit()):
+        raise SystemExit(
+            f"schedctl: --gpus {text!r}: give N, or MIN:MAX for an elastic job (e.g. 1:4)"
+        )
+    gmin = int(low)
+    gmax = int(high) if sep else gmin
+    if gmin < 1 or gmax < gmin:
+        raise SystemExit(f"schedctl: --gpus {text!r}: need 1 <= MIN <= MAX")
+    return gmin, gmax
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -133,10 +143,12 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("schedctl submit: give the command after --, e.g. -- python train.py")
+    gmin, gmax = _gpus(args.gpus)
     job = client.submit(
         args.consumer,
         command,
-        _gpus(args.gpus),
+        gmin,
+        gpus_max=gmax,
         user=args.user,
         name=args.name,
         env=_env(args.env),
@@ -147,7 +159,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     for update in client.watch(ids=[job.id]):
-        if update.state not in (jobs_pb2.PENDING, jobs_pb2.RUNNING):
+        if update.state not in (*fmt.WAITING, jobs_pb2.RUNNING):
             print(f"job {job.id} {fmt.state_name(update)}: {update.reason}", file=sys.stderr)
             return update.exit_code if update.HasField("exit_code") else 1
     return 1
