@@ -14,7 +14,9 @@ install() {
     "$PYTHON" -m venv "$VENV"
   fi
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  # The pinned torch first (a local CPU wheel on these machines), then the rest.
+  "$VENV/bin/python" -m pip install --quiet torch==2.13.0 numpy
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev,train]'
 }
 
 lint() {
