@@ -573,3 +573,13 @@ def test_multi_team_example_shows_the_format() -> None:
         kids = policy.children(path)
         if path != ROOT and kids:
             assert cs[path].owned >= sum(cs[k].owned for k in kids)
+
+
+def test_priority_preemption_is_a_per_consumer_flag() -> None:
+    text = "version: 1\nconsumers:\n  a: {priority_preemption: true}\n  b: {}\n"
+    policy = load_policy(text, "p.yaml")
+    assert policy.consumers[ConsumerPath("/a")].priority_preemption is True
+    assert policy.consumers[ConsumerPath("/b")].priority_preemption is False
+    with pytest.raises(PolicyError) as err:
+        load_policy("version: 1\nconsumers:\n  a: {priority_preemption: 2}\n", "p.yaml")
+    assert "p.yaml:3: consumers.a.priority_preemption" in str(err.value)

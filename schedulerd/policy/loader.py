@@ -32,7 +32,7 @@ TOP_KEYS = ("version", "users", "defaults", "consumers")
 DEFAULT_KEYS = ("grace", "min_runtime", "order")
 CONSUMER_KEYS = (
     *("owned", "share", "limit", "lend", "borrow"),
-    *("grace", "min_runtime", "order", "users", "consumers"),
+    *("grace", "min_runtime", "order", "priority_preemption", "users", "consumers"),
 )
 # Lowercase so that paths are unambiguous in CLIs, logs and URLs; no "/" since it separates.
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
@@ -181,6 +181,8 @@ def _read_consumer(
             d.lend = or_(fields.flag(v, vkey, issues), d.lend)
         elif name == "borrow":
             d.borrow = or_(fields.flag(v, vkey, issues), d.borrow)
+        elif name == "priority_preemption":
+            d.priority_preemption = or_(fields.flag(v, vkey, issues), d.priority_preemption)
         elif name == "grace":
             d.grace_s = fields.duration(v, vkey, issues)
         elif name == "min_runtime":

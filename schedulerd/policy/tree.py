@@ -39,6 +39,7 @@ class Draft:
     limit_node: Node | None = None
     lend: bool = ConsumerPolicy.lend
     borrow: bool = ConsumerPolicy.borrow
+    priority_preemption: bool = ConsumerPolicy.priority_preemption
     grace_s: float | None = None
     min_runtime_s: float | None = None
     order: Order | None = None
@@ -96,6 +97,7 @@ def _emit(
         limit=d.limit,
         lend=d.lend,
         borrow=d.borrow,
+        priority_preemption=d.priority_preemption,
         grace_s=here.grace_s,
         min_runtime_s=here.min_runtime_s,
         order=here.order,
