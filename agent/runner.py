@@ -42,6 +42,7 @@ from agent.model import JobSpec, PartKey, PartReport, Phase, ResizeRequest, Stop
 
 log = logging.getLogger(__name__)
 
+FAILED_PEER_GRACE_S = 5.0  # workers of a part whose worker failed: time to save and leave
 START_FAILED_EXIT_CODE = 127  # what a shell says for "command not found"
 DEFAULT_LOG_READ = 64 * 1024
 MAX_LOG_READ = 1024 * 1024  # well under gRPC's default 4 MiB message limit
@@ -185,7 +186,9 @@ class Runner:
                     worker.gpus,
                     req.reason or "shrink",
                 )
-                _signal_group(worker, signal.SIGUSR1, part.spec.job_id)
+                # To the worker itself, not its group: its own children (DataLoader
+                # workers) would die of SIGUSR1 and fail its last step.
+                _signal_worker(worker, signal.SIGUSR1, part.spec.job_id)
         if req.add:
             with open(self.log_path(req.job_id), "ab") as logfile:
                 cwd = self._working_dir(part.spec)
@@ -223,7 +226,12 @@ class Runner:
             )
         for worker in part.live():
             if first and grace > 0 and not worker.released:
-                _signal_group(worker, signal.SIGTERM, req.job_id)
+                # An elastic worker checkpoints and tears its children down itself; a
+                # rigid job's whole group gets SIGTERM (SIGKILL reaches groups in both).
+                if part.spec.elastic is not None:
+                    _signal_worker(worker, signal.SIGTERM, req.job_id)
+                else:
+                    _signal_group(worker, signal.SIGTERM, req.job_id)
             worker.kill_at = deadline if worker.kill_at is None else min(worker.kill_at, deadline)
             self._kill_if_due(part, worker)
         return part.report
@@ -257,6 +265,19 @@ class Runner:
                     worker.exit_code = worker.proc.wait()
                 else:
                     self._kill_if_due(part, worker)
+            failed = [w for w in part.workers if w.exit_code and not w.released]
+            if failed and part.live() and not part.stop_reason:
+                # One worker of an elastic part failed: the others would only wait
+                # for it until their timeout. End them now, with a short grace.
+                self.stop(
+                    StopRequest(
+                        part.spec.job_id,
+                        part.spec.attempt,
+                        FAILED_PEER_GRACE_S,
+                        f"worker {failed[0].worker_id} failed: "
+                        + describe_exit(failed[0].exit_code or 0),
+                    )
+                )
             if not part.live():
                 part.report = self._exited(part, _part_exit_code(part))
                 changed.append(part.report)
@@ -356,6 +377,9 @@ class Runner:
         )
         elastic = spec.elastic
         if elastic is not None:  # docs/elastic.md: the contract with the workers
+            # One process per GPU: like torchrun, one CPU thread each unless the job
+            # says otherwise (N workers x all cores each thrash a CPU box).
+            env.setdefault("OMP_NUM_THREADS", "1")
             env.update(
                 {
                     "SCHEDULERD_ELASTIC": "1",
@@ -428,6 +452,17 @@ def _signal_group(worker: _Worker, sig: signal.Signals, job_id: int) -> None:
         os.killpg(worker.proc.pid, sig)
     except ProcessLookupError:
         pass  # the whole group is gone already
+    except PermissionError:
+        log.warning("not allowed to send %s to job %d", sig.name, job_id)
+
+
+def _signal_worker(worker: _Worker, sig: signal.Signals, job_id: int) -> None:
+    if worker.proc.returncode is not None:
+        return
+    try:
+        os.kill(worker.proc.pid, sig)
+    except ProcessLookupError:
+        pass
     except PermissionError:
         log.warning("not allowed to send %s to job %d", sig.name, job_id)
 

@@ -16,7 +16,9 @@ WORKER = """
 import json, os, signal, sys, time
 out = os.path.join(sys.argv[1], "worker-" + os.environ["SCHEDULERD_WORKER_ID"] + ".json")
 keys = [k for k in os.environ if k.startswith(("SCHEDULERD_", "CUDA_VISIBLE"))]
-json.dump({k: os.environ[k] for k in keys}, open(out, "w"))
+with open(out + ".tmp", "w") as f:  # atomic: the test reads it as soon as it exists
+    json.dump({k: os.environ[k] for k in keys}, f)
+os.replace(out + ".tmp", out)
 if os.environ.get("IGNORE_RELEASE"):
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 else:
@@ -54,7 +56,9 @@ def test_one_worker_per_gpu_with_the_contract_environment(tmp_path: Path) -> Non
     deadline = time.monotonic() + 10
     while len(list(tmp_path.glob("worker-*.json"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    envs = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in tmp_path.glob("w*.json")}
+    envs = {
+        int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in tmp_path.glob("worker-*.json")
+    }
     assert sorted(envs) == [0, 1, 2]
     for wid, env in envs.items():
         assert env["CUDA_VISIBLE_DEVICES"] == str(wid)
