@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedulerd.daemon.commands import AckPart, Outbox, StartPart, StopPart
+from schedulerd.daemon.commands import AckPart, Outbox, ResizePart, StartPart, StopPart
 from schedulerd.daemon.plans import requeue
 from schedulerd.daemon.state import ClusterState
 from schedulerd.store import EventRecord, JobRecord, JobState, NodeRecord, PartPhase, PartRecord
@@ -39,6 +39,7 @@ def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -
     for r in reports:
         reported.add((r.job_id, r.attempt))
         out += report(state, node.name, r)
+        out += _owed_resizes(state, node.name, r)
     # Parts the daemon placed here that the agent did not mention.
     for job in list(state.jobs.values()):
         for part in job.parts:
@@ -53,6 +54,28 @@ def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -
                     state, job, part, None, f"lost: the agent on {node.name} no longer has it"
                 )
     return out
+
+
+def _owed_resizes(state: ClusterState, node: str, r: PartReport) -> Outbox:
+    """Resize commands an elastic part may have missed (sent while the agent was
+    away, or committed just before a daemon crash): repeat the release of GPUs
+    still running, and start the committed workers the agent does not have."""
+    job = state.jobs.get(r.job_id)
+    part = _part(job, node, r.attempt) if job is not None else None
+    if job is None or part is None or not job.elastic or r.phase != "running":
+        return []
+    live = set(r.gpu_indices)
+    release = tuple(i for i in part.releasing if i in live)
+    add = tuple(
+        (w, gpu)
+        for gpu, w in sorted(part.workers.items())
+        if gpu not in live and gpu not in part.releasing
+    )
+    if not release and not add:
+        return []
+    grace = max(0.0, (job.release_deadline or state.clock()) - state.clock())
+    why = "repeated after the agent reconnected"
+    return [(node, ResizePart(job.id, job.attempt, release, grace, add, why))]
 
 
 def report(state: ClusterState, node: str, r: PartReport) -> Outbox:
