@@ -10,6 +10,10 @@ it was, and the parameters must be identical on every rank.
     python examples/elastic_train.py --steps 200 --trace /tmp/trace.jsonl
     schedctl submit --consumer /default --gpus 1:4 -- python examples/elastic_train.py ...
 
+It also runs under torchrun (torch.distributed.run), for comparison (bench/resize.py): then
+it takes RANK and WORLD_SIZE from torchrun, and a restarted worker resumes from --checkpoint
+(saved every --checkpoint-every steps), so the steps since that checkpoint are done again.
+
 Trace: one JSON line per step and per worker (step, world, rank, worker, pid, generation,
 loss, checksum of the parameters, how long the step boundary before it took).
 """
@@ -20,7 +24,12 @@ import argparse
 import json
 import logging
 import os
+import signal
+import sys
 import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
 
 # isort: off
 # schedulerd.elastic first: it installs the SIGUSR1 handler before torch loads (a second or
@@ -28,7 +37,9 @@ import time
 from schedulerd import elastic
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 # isort: on
 
@@ -87,6 +98,92 @@ class Trace:
             os.write(self.fd, (json.dumps(record) + "\n").encode())
 
 
+def under_torchrun() -> bool:
+    """Started by torchrun rather than by schedulerd's agent (or by hand)."""
+    return (
+        os.environ.get("SCHEDULERD_ELASTIC") != "1"
+        and "TORCHELASTIC_RUN_ID" in os.environ
+        and "RANK" in os.environ
+    )
+
+
+class TorchrunJob:
+    """The part of `elastic.Job` this script uses, for a run under torchrun (to compare
+    the two: bench/resize.py). torchrun changes the membership by stopping every worker
+    (SIGTERM) and starting new ones with new RANK and WORLD_SIZE; those resume from the last
+    checkpoint, so the steps done since it are done again. `worker` in the trace is the
+    global rank, `gen` torchrun's restart count (which a scale-up does not raise)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        checkpoint: str | None,
+        checkpoint_every: int,
+    ) -> None:
+        self.module = model
+        self.optimizer = optimizer
+        self.rank = int(os.environ["RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        self.worker_id = self.rank
+        self.generation = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        self.step = 0
+        self.last_sync_s = 0.0
+        self._ckpt = elastic.Checkpointer(checkpoint) if checkpoint else None
+        # The Checkpointer made SIGTERM a flag. Under torchrun SIGTERM means "you are being
+        # restarted" and nobody waits for a save: die at once, like a plain torchrun script.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self._every = checkpoint_every
+        self._hooks: list[Callable[[int, int], None]] = []
+        self._ddp: DistributedDataParallel | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        assert self._ddp is not None
+        return self._ddp
+
+    def on_resize(self, hook: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        self._hooks.append(hook)
+        return hook
+
+    def start(self) -> TorchrunJob:
+        if os.environ.get("MASTER_ADDR", "").startswith(("127.", "localhost")):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        timeout = float(os.environ.get(elastic.TIMEOUT_VAR, elastic.DEFAULT_TIMEOUT_S))
+        dist.init_process_group(elastic.backend(), timeout=timedelta(seconds=timeout))
+        box = [self._ckpt.load() if self._ckpt is not None and self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)  # everyone resumes from rank 0's checkpoint
+        state = box[0]
+        if state is not None:
+            self.step = int(state["step"])
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            print(f"[rank {self.rank}] resumed from the checkpoint at step {self.step}")
+        self._ddp = DistributedDataParallel(self.module)
+        for hook in self._hooks:
+            hook(0, self.world_size)
+        return self
+
+    def sync(self) -> None:
+        t0 = time.perf_counter()
+        self.step += 1
+        if self._ckpt and self._every and self.step % self._every == 0 and self.rank == 0:
+            self._ckpt.save(
+                {
+                    "step": self.step,
+                    "world": self.world_size,
+                    "model": self.module.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "extras": {},
+                }
+            )
+        self.last_sync_s = time.perf_counter() - t0
+
+    def close(self) -> None:
+        dist.destroy_process_group()
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -95,9 +192,15 @@ def main() -> None:
     model = make_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = os.path.join(args.checkpoint, "checkpoint.pt") if args.checkpoint else None
-    job = elastic.Job(
-        model, optimizer, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every
-    )
+    job: elastic.Job | TorchrunJob
+    if under_torchrun():
+        job = TorchrunJob(
+            model, optimizer, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every
+        )
+    else:
+        job = elastic.Job(
+            model, optimizer, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every
+        )
     shard = {"size": args.batch}  # this worker's part of each step's global batch
 
     @job.on_resize
@@ -148,4 +251,15 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if under_torchrun():
+        # A peer that torchrun stopped breaks the collectives of the others: end at once
+        # (exit 1, so that torchrun restarts the group), as shutting the interpreter down
+        # with a broken gloo group can hang.
+        try:
+            main()
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+    else:
+        main()
