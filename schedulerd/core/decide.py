@@ -6,7 +6,8 @@ Steps, as the code runs them:
    order, gang (all of a job's `min` or nothing), within limits and `borrow`,
    for consumers below their entitlement;
 4. reclaim (reclaim.py) for consumers still below their entitlement: GPUs on
-   their way back, then shrinks, then preemptions; the GPUs it counts on are held;
+   their way back, then shrinks, then preemptions; the GPUs it counts on are held
+   (those a waiting job gets from GPUs on their way back are held before step 2);
 3. work conservation: the same admission for everyone who may borrow, then idle
    GPUs grow elastic jobs, so no GPU idles beside a job that fits it unless it
    is reserved or held for a reclaim;
@@ -84,6 +85,13 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
         )
         for leaf, jobs in pending_by_leaf.items()
     }
+    # Step 4, its first part: GPUs on their way back, and free ones beside them,
+    # stay held for the waiting job they will serve, so that admission does not
+    # hand out the first ones back before the rest are free.
+    planner = Planner(adm, running, now)
+    planner.hold_incoming(queues)
+    adm.free.hold(planner.result.held)
+
     # Step 2: the fair pass, consumers below their entitlement only.
     adm.fair_only = True
     starts = _serve(policy, adm, queues, _admit_job(adm))
@@ -92,7 +100,7 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
 
     # Step 4: reclaim for consumers still below their entitlement; the GPUs it
     # counts on are held, so the borrowing pass cannot take them back.
-    planner = Planner(adm, running, now)
+    planner.refresh()
     planner.reclaim(waiting)
     adm.free.hold(planner.result.held)
 
@@ -104,7 +112,9 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     victims = shrinking | {p.job_id for p in planner.result.preemptions}
     grows = _grow(policy, adm, [j for j in running if j.id not in victims])
 
-    # Step 5: priority preemption inside consumers that allow it.
+    # Step 5: priority preemption inside consumers that allow it, on what step 3
+    # left free.
+    planner.refresh()
     planner.by_priority(waiting, started)
 
     # Step 6. Reasons.
