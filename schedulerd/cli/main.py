@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--priority", type=int, default=0)
     s.add_argument("--user", default=None, help="default: you")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--workdir", default="", help="working directory on the node")
+    s.add_argument(
+        "--workdir",
+        default=os.getcwd(),
+        help="working directory on the node (default: here, as with Slurm's sbatch)",
+    )
     s.add_argument("--wait", action="store_true", help="wait for the end; exit with its code")
     s.add_argument("--json", action="store_true")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its args")
