@@ -11,7 +11,6 @@ from schedulerd.store import JobRecord, PartRecord
 class StartPart:
     job: JobRecord
     part: PartRecord
-    join: bool = False  # elastic: workers that join a running job
 
 
 @dataclass(frozen=True)

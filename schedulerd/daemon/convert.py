@@ -177,9 +177,11 @@ def report_from_pb(r: agent_pb2.JobReport) -> PartReport:
     )
 
 
-def _elastic_spec(job: JobRecord, part: PartRecord, join: bool) -> agent_pb2.ElasticSpec:
+def _elastic_spec(job: JobRecord, part: PartRecord) -> agent_pb2.ElasticSpec:
     # Generation 0: a job starts on exactly `min` GPUs, whose workers get the first
-    # ids (plans.apply_plan), before any joiner.
+    # ids (plans.apply_plan); a part whose workers all came later is made of joiners
+    # (derived, so a start repeated after a daemon restart says the same).
+    join = min(part.workers.values(), default=0) >= job.gpus_min
     return agent_pb2.ElasticSpec(
         store_address=job.store_address,
         min=job.gpus_min,
@@ -209,7 +211,7 @@ def command_to_pb(command: Command | ReadLogRequest) -> agent_pb2.DaemonMessage:
                 name=job.name,
                 node_rank=part.node_rank,
                 num_nodes=len(job.parts),
-                elastic=_elastic_spec(job, part, command.join) if job.elastic else None,
+                elastic=_elastic_spec(job, part) if job.elastic else None,
             )
         )
     if isinstance(command, ResizePart):

@@ -89,7 +89,7 @@ def apply_plan(
                 part.node_rank = 1 + max((p.node_rank for p in job.parts), default=-1)
                 job.parts.append(part)
                 _assign_workers(job, [part], indices)
-                out.append((node, StartPart(job, part, join=True)))
+                out.append((node, StartPart(job, part)))  # joiners: ids >= min
             else:
                 part = existing
                 uuids = {g.index: g.uuid for g in state.nodes[node].gpus}
