@@ -45,8 +45,6 @@ from schedulerd.core.placement import FreeGpus
 from schedulerd.core.reasons import grow_reason, queue_place, start_reason, why_waiting
 from schedulerd.core.reclaim import Planner
 
-_INF = float("inf")
-
 
 def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     running = [j for j in snapshot.jobs if j.phase is JobPhase.RUNNING]

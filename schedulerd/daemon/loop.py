@@ -16,6 +16,7 @@ from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.nodes import expire_nodes
 from schedulerd.daemon.plans import DEFAULT_STORE_PORTS, apply_plan
 from schedulerd.daemon.state import ClusterState
+from schedulerd.store import JobRecord
 
 log = logging.getLogger("schedulerd.loop")
 
@@ -34,8 +35,6 @@ class SchedulingLoop:
         self.links = links
         self.tick_s = tick_s
         self.node_timeout_s = node_timeout_s
-        self.cycles = 0
-        self.last_cycle_ms = 0.0
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -60,8 +59,7 @@ class SchedulingLoop:
         snapshot = self.state.snapshot()
         began = time.perf_counter()
         plan = await asyncio.to_thread(core.decide, snapshot, policy, self.state.clock())
-        self.last_cycle_ms = (time.perf_counter() - began) * 1000
-        self.cycles += 1
+        log.debug("decide() took %.1f ms", (time.perf_counter() - began) * 1000)
         if policy is not self.state.policy:
             self.wake()  # a new policy came in meanwhile: this plan is stale
             return
@@ -79,6 +77,5 @@ class SchedulingLoop:
             self.wake()  # some starts went stale: decide again with the new facts
 
 
-def _where(job: object) -> str:
-    parts = getattr(job, "parts", [])
-    return ", ".join(f"{p.node}:{','.join(map(str, p.gpu_indices))}" for p in parts)
+def _where(job: JobRecord) -> str:
+    return ", ".join(f"{p.node}:{','.join(map(str, p.gpu_indices))}" for p in job.parts)
