@@ -1,0 +1,422 @@
+"""The simulator: a virtual clock, a simulated cluster, and a scheduler's plans
+applied as the daemon and agents would apply them.
+
+Time moves from one moment to the next: an event (a job arrives, ends, finishes
+stopping, or gives back the GPUs of a shrink) or a scheduling cycle. Cycles run on
+the interval's ticks, as the daemon's loop does, but only when they could decide
+something new: after a change, after a plan that did something (the next cycle may
+do more), or when a running job's `min_runtime` runs out (it becomes preemptible).
+An idle cluster costs nothing, so months of trace replay in minutes.
+
+What the simulated agents do with a plan:
+- start: the job runs from now; it ends when its work is done;
+- preempt: the job stops making progress; after `stop_s` (at most its consumer's
+  grace) its GPUs are free and it is back in the queue in its old place, keeping
+  the work done so far (it checkpointed in its grace) unless `restart_lost`;
+- shrink: the job runs on fewer GPUs at once; the released ones are free after
+  `resize_s`; grow: the new GPUs work from now. Elastic work scales linearly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from schedulerd.core import (
+    ConsumerPath,
+    GpuSlot,
+    Job,
+    JobId,
+    JobPhase,
+    Node,
+    Plan,
+    Policy,
+    Snapshot,
+    divide,
+)
+from schedulerd.sim.metrics import ClusterState, Recorder
+from schedulerd.sim.schedulers import Scheduler
+from schedulerd.sim.workload import SimJob, Workload
+
+# Event kinds, in the order they are handled when they fall on the same instant.
+ARRIVE, END, STOPPED, RELEASED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    interval_s: float = 30.0
+    stop_s: float = 30.0  # how long a preempted job takes to exit (capped by grace)
+    resize_s: float = 2.0  # how long a shrink takes to hand its GPUs back
+    restart_lost: bool = False  # a preempted job starts over (no checkpoint)
+    until_s: float | None = None  # stop the run here (virtual seconds)
+    bins: int = 400  # time bins of the per-consumer series (plots)
+
+
+@dataclass
+class Outcome:
+    """One job's history, for waits and completion times."""
+
+    spec: SimJob
+    first_start: float | None = None
+    end: float | None = None
+    preemptions: int = 0
+    refused: bool = False
+
+
+@dataclass
+class Live:
+    """A job that is waiting or running, and the engine's bookkeeping for it."""
+
+    spec: SimJob
+    job: Job
+    outcome: Outcome
+    work_left: float
+    progress_since: float | None = None  # last time work_left was brought up to date
+    version: int = 0  # bumps when the pending end event is no longer valid
+
+    @property
+    def active(self) -> int:
+        """GPUs doing work now: not the ones being released or a stopping job's."""
+        if self.job.phase is not JobPhase.RUNNING or self.job.stopping:
+            return 0
+        return len(self.job.held) - len(self.job.releasing)
+
+
+@dataclass
+class Result:
+    scheduler: str
+    workload: str
+    recorder: Recorder
+    outcomes: list[Outcome]
+    cycle_s: list[float] = field(default_factory=list)
+    cycles_skipped: int = 0
+    preemptions: int = 0
+    shrinks: int = 0
+    grows: int = 0
+    wall_s: float = 0.0
+    virtual_s: float = 0.0
+    unfinished: int = 0
+
+
+class Engine:
+    def __init__(
+        self,
+        workload: Workload,
+        nodes: tuple[Node, ...],
+        policy: Policy,
+        scheduler: Scheduler,
+        config: SimConfig | None = None,
+        on_cycle: Callable[[float, Plan], None] | None = None,
+    ) -> None:
+        self.workload = workload
+        self.nodes = nodes
+        self.policy = policy
+        self.scheduler = scheduler
+        self.config = config or SimConfig()
+        self.on_cycle = on_cycle
+        self.capacity = sum(len(n.gpus) for n in nodes)
+        self.largest_node = max(len(n.gpus) for n in nodes)
+        self.free: dict[str, int] = {n.name: len(n.gpus) for n in nodes}
+        self.leaves = [str(p) for p in policy.leaves()]
+        self.leaf_index = {c: i for i, c in enumerate(self.leaves)}
+        self.live: dict[JobId, Live] = {}
+        self.pending: set[JobId] = set()
+        self.events: list[tuple[float, int, int, int, int, tuple[GpuSlot, ...]]] = []
+        self._seq = 0
+        self.now = 0.0
+        self.outcomes = [Outcome(spec=j) for j in workload.jobs]
+        self.held_for_reclaim: tuple[GpuSlot, ...] = ()
+        # Kept up to date at every change, so that measuring costs O(consumers).
+        self.alloc = [0] * len(self.leaves)
+        self.waiting = [0] * len(self.leaves)
+        self.waiting_sizes: dict[int, int] = defaultdict(int)
+        self.demand: dict[ConsumerPath, int] = defaultdict(int)
+        self.entitlement: list[float] | None = None
+        first = workload.jobs[0].submit_s if workload.jobs else 0.0
+        last = workload.jobs[-1].submit_s if workload.jobs else 1.0
+        bin_s = max(self.config.interval_s, (last - first) / self.config.bins, 1.0)
+        self.recorder = Recorder(self.leaves, self.capacity, first, bin_s)
+        self.result = Result(
+            scheduler=scheduler.name,
+            workload=workload.name,
+            recorder=self.recorder,
+            outcomes=self.outcomes,
+        )
+
+    # --- the loop -------------------------------------------------------------
+
+    def run(self) -> Result:
+        started = time.perf_counter()
+        for spec in self.workload.jobs:
+            self._push(spec.submit_s, ARRIVE, spec.id)
+        tick = self.config.interval_s
+        until = self.config.until_s if self.config.until_s is not None else math.inf
+        next_cycle: float | None = None
+        while True:
+            t_event = self.events[0][0] if self.events else math.inf
+            t_cycle = next_cycle if next_cycle is not None else math.inf
+            t = min(t_event, t_cycle)
+            if t == math.inf or t > until:
+                break
+            self.recorder.advance(t)
+            self.now = t
+            if t_event <= t_cycle:
+                while self.events and self.events[0][0] == t:
+                    self._handle(heapq.heappop(self.events))
+                soon = math.ceil(t / tick) * tick
+                next_cycle = soon if next_cycle is None else min(next_cycle, soon)
+                self._observe(after_cycle=False)
+                continue
+            plan = self._cycle()
+            did = bool(plan.starts or plan.grows or plan.shrinks or plan.preemptions)
+            next_cycle = None
+            if self.pending:
+                if did:
+                    next_cycle = t + tick
+                elif self.scheduler.time_sensitive:
+                    wake = self._next_preemptible()
+                    if wake is not None:
+                        next_cycle = math.ceil(wake / tick) * tick
+            if next_cycle is None:
+                self.result.cycles_skipped += 1
+            self._observe(after_cycle=True)
+        end = min(self.now, until) if until != math.inf else self.now
+        self.recorder.advance(end)
+        self.result.virtual_s = self.recorder.span_s
+        self.result.unfinished = len(self.live)
+        self.result.wall_s = time.perf_counter() - started
+        return self.result
+
+    def _push(
+        self, t: float, kind: int, job_id: int, version: int = 0, slots: tuple[GpuSlot, ...] = ()
+    ) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, kind, self._seq, job_id, version, slots))
+
+    # --- events ---------------------------------------------------------------
+
+    def _handle(self, event: tuple[float, int, int, int, int, tuple[GpuSlot, ...]]) -> None:
+        _, kind, _, job_id, version, slots = event
+        if kind == ARRIVE:
+            self._arrive(self.workload.jobs[job_id])
+            return
+        live = self.live.get(JobId(job_id))
+        if live is None:
+            return
+        if kind == END and version == live.version:
+            self._end(live)
+        elif kind == STOPPED and live.job.stopping:
+            self._requeue(live)
+        elif kind == RELEASED:
+            self._release(live, slots)
+
+    def _arrive(self, spec: SimJob) -> None:
+        outcome = self.outcomes[spec.id]
+        if ConsumerPath(spec.consumer) not in self.policy.consumers or not self.scheduler.admits(
+            spec.consumer, spec.gpus_min
+        ):
+            outcome.refused = True
+            return
+        job = Job(
+            id=JobId(spec.id),
+            consumer=ConsumerPath(spec.consumer),
+            user=spec.user,
+            gpus_min=spec.gpus_min,
+            gpus_max=spec.gpus_max,
+            priority=spec.priority,
+            submit_seq=spec.id,
+            phase=JobPhase.PENDING,
+        )
+        self.live[job.id] = Live(spec=spec, job=job, outcome=outcome, work_left=spec.work)
+        self._wait(job)
+        self._demand(job.consumer, job.gpus_max)
+
+    def _end(self, live: Live) -> None:
+        self._account(live)
+        self._free(live.job.consumer, live.job.held)
+        self._demand(live.job.consumer, -live.job.gpus_max)
+        live.outcome.end = self.now
+        del self.live[live.job.id]
+
+    def _requeue(self, live: Live) -> None:
+        """A preempted job has exited: its GPUs are free, it waits again."""
+        self._free(live.job.consumer, live.job.held)
+        live.outcome.preemptions += 1
+        if self.config.restart_lost:
+            live.work_left = live.spec.work
+        live.version += 1
+        live.progress_since = None
+        live.job = dataclasses.replace(
+            live.job,
+            phase=JobPhase.PENDING,
+            held=(),
+            started_at=None,
+            anchor=None,
+            releasing=(),
+            stopping=False,
+            release_deadline=None,
+        )
+        self._wait(live.job)
+
+    def _release(self, live: Live, slots: tuple[GpuSlot, ...]) -> None:
+        """A shrink is done: the released workers are gone. Slots no longer
+        releasing (the job ended or was stopped meanwhile) were freed already."""
+        gone = set(slots) & set(live.job.releasing)
+        if not gone:
+            return
+        self._free(live.job.consumer, tuple(gone))
+        live.job = dataclasses.replace(
+            live.job,
+            held=tuple(s for s in live.job.held if s not in gone),
+            releasing=tuple(s for s in live.job.releasing if s not in gone),
+            release_deadline=None if not live.job.releasing else live.job.release_deadline,
+        )
+
+    # --- a cycle --------------------------------------------------------------
+
+    def _cycle(self) -> Plan:
+        snapshot = Snapshot(nodes=self.nodes, jobs=tuple(lv.job for lv in self.live.values()))
+        t0 = time.perf_counter()
+        plan = self.scheduler.plan(snapshot, self.now)
+        self.result.cycle_s.append(time.perf_counter() - t0)
+        for start in plan.starts:
+            self._start(self.live[start.job_id], start.slots)
+        for grow in plan.grows:
+            self._grow(self.live[grow.job_id], grow.slots)
+        for shrink in plan.shrinks:
+            self._shrink(self.live[shrink.job_id], shrink.slots)
+        for preempt in plan.preemptions:
+            self._preempt(self.live[preempt.job_id])
+        self.held_for_reclaim = plan.held
+        if self.on_cycle is not None:
+            self.on_cycle(self.now, plan)
+        return plan
+
+    def _start(self, live: Live, slots: tuple[GpuSlot, ...]) -> None:
+        self._take(live.job.consumer, slots)
+        self._unwait(live.job)
+        live.job = dataclasses.replace(
+            live.job,
+            phase=JobPhase.RUNNING,
+            held=tuple(slots),
+            started_at=self.now,
+            anchor=slots[0] if live.job.elastic else None,
+        )
+        if live.outcome.first_start is None:
+            live.outcome.first_start = self.now
+        live.progress_since = self.now
+        self._schedule_end(live)
+
+    def _grow(self, live: Live, slots: tuple[GpuSlot, ...]) -> None:
+        self._account(live)
+        self._take(live.job.consumer, slots)
+        live.job = dataclasses.replace(live.job, held=live.job.held + tuple(slots))
+        self.result.grows += 1
+        self._schedule_end(live)
+
+    def _shrink(self, live: Live, slots: tuple[GpuSlot, ...]) -> None:
+        self._account(live)
+        live.job = dataclasses.replace(
+            live.job,
+            releasing=live.job.releasing + tuple(slots),
+            release_deadline=self.now + self.config.resize_s,
+        )
+        self.result.shrinks += 1
+        self._schedule_end(live)
+        self._push(self.now + self.config.resize_s, RELEASED, live.job.id, live.version, slots)
+
+    def _preempt(self, live: Live) -> None:
+        self._account(live)
+        grace = self.policy.consumers[live.job.consumer].grace_s
+        stop = min(self.config.stop_s, grace)
+        live.version += 1  # no end while it stops: it makes no progress
+        live.job = dataclasses.replace(live.job, stopping=True, release_deadline=self.now + grace)
+        self.result.preemptions += 1
+        self._push(self.now + stop, STOPPED, live.job.id)
+
+    # --- bookkeeping ------------------------------------------------------------
+
+    def _account(self, live: Live) -> None:
+        """Bring a running job's remaining work up to now."""
+        if live.progress_since is not None:
+            live.work_left -= live.active * (self.now - live.progress_since)
+            live.progress_since = self.now
+
+    def _schedule_end(self, live: Live) -> None:
+        live.version += 1
+        rate = live.active
+        if rate > 0:
+            self._push(self.now + max(live.work_left, 0.0) / rate, END, live.job.id, live.version)
+
+    def _take(self, consumer: ConsumerPath, slots: tuple[GpuSlot, ...]) -> None:
+        for s in slots:
+            self.free[s.node] -= 1
+        self.alloc[self.leaf_index[consumer]] += len(slots)
+
+    def _free(self, consumer: ConsumerPath, slots: tuple[GpuSlot, ...]) -> None:
+        for s in slots:
+            self.free[s.node] += 1
+        self.alloc[self.leaf_index[consumer]] -= len(slots)
+
+    def _wait(self, job: Job) -> None:
+        self.pending.add(job.id)
+        self.waiting[self.leaf_index[job.consumer]] += 1
+        self.waiting_sizes[job.gpus_min] += 1
+
+    def _unwait(self, job: Job) -> None:
+        self.pending.discard(job.id)
+        self.waiting[self.leaf_index[job.consumer]] -= 1
+        self.waiting_sizes[job.gpus_min] -= 1
+        if not self.waiting_sizes[job.gpus_min]:
+            del self.waiting_sizes[job.gpus_min]
+
+    def _demand(self, consumer: ConsumerPath, gpus: int) -> None:
+        self.demand[consumer] += gpus
+        if not self.demand[consumer]:
+            del self.demand[consumer]
+        self.entitlement = None  # divide again at the next observation
+
+    def _next_preemptible(self) -> float | None:
+        """When the next running job outlives its consumer's min_runtime."""
+        soonest: float | None = None
+        for live in self.live.values():
+            job = live.job
+            if job.started_at is None or job.stopping:
+                continue
+            at = job.started_at + self.policy.consumers[job.consumer].min_runtime_s
+            if at > self.now and (soonest is None or at < soonest):
+                soonest = at
+        return soonest
+
+    # --- measures ---------------------------------------------------------------
+
+    def _observe(self, after_cycle: bool) -> None:
+        if self.entitlement is None:
+            division = divide(self.policy, self.capacity, self.demand)
+            self.entitlement = [division.entitlement.get(ConsumerPath(c), 0.0) for c in self.leaves]
+        smallest = min(self.waiting_sizes, default=0)
+        self.recorder.set(
+            ClusterState(
+                allocation=list(self.alloc),
+                entitlement=self.entitlement,
+                backlogged=[w > 0 for w in self.waiting],
+                demand=sum(self.demand.values()),
+                idle_beside_waiting=after_cycle and smallest > 0 and self._fits(smallest),
+            )
+        )
+
+    def _fits(self, gpus: int) -> bool:
+        """Whether free GPUs (not held for a reclaim) could take a job of this size."""
+        free = self.free
+        if self.held_for_reclaim:
+            free = dict(free)
+            for s in self.held_for_reclaim:
+                free[s.node] -= 1
+        if gpus > self.largest_node:
+            return sum(free.values()) >= gpus
+        return max(free.values(), default=0) >= gpus

@@ -1,0 +1,78 @@
+"""PNG plots of simulated runs (matplotlib, headless).
+
+- allocation against entitlement over time, one panel per consumer (the busiest
+  ones), one line pair per scheduler;
+- the CDF of wait times, one curve per scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt
+
+from schedulerd.sim.engine import Result
+
+MAX_PANELS = 8
+
+
+def allocation_plot(results: Sequence[Result], path: Path, hours: bool = True) -> Path:
+    """Per consumer, GPUs allocated (solid) against entitled (dashed), averaged per
+    time bin. Consumers are ranked by their entitlement-time in the first run."""
+    first = results[0].recorder
+    consumers = first.consumers
+    series = first.series
+    totals = [sum(row[i] for row in series.entitlement) for i in range(len(consumers))]
+    ranked = sorted(range(len(consumers)), key=lambda i: -totals[i])[:MAX_PANELS]
+    unit = 3600 if hours else 86400
+    fig, axes = plt.subplots(
+        len(ranked), 1, figsize=(11, 1.9 * len(ranked) + 1), sharex=True, squeeze=False
+    )
+    for ax, i in zip(axes[:, 0], ranked, strict=True):
+        for k, result in enumerate(results):
+            s = result.recorder.series
+            xs = [(b + 0.5) * s.bin_s / unit for b in range(len(s.allocation))]
+            color = f"C{k}"
+            ax.plot(xs, [row[i] / s.bin_s for row in s.allocation], color=color, lw=1,
+                    label=f"{result.scheduler}: allocated")
+            if k == 0:
+                ax.plot(xs, [row[i] / s.bin_s for row in s.entitlement], color="black",
+                        lw=1, ls="--", label="entitlement (schedulerd's rule)")
+        ax.set_ylabel(f"{consumers[i]}\nGPUs", fontsize=8)
+        ax.tick_params(labelsize=8)
+    axes[0, 0].legend(fontsize=7, loc="upper right", ncol=len(results) + 1)
+    axes[-1, 0].set_xlabel("hours" if hours else "days")
+    fig.suptitle(f"Allocation against entitlement: {results[0].workload}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def wait_cdf_plot(results: Sequence[Result], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, result in enumerate(results):
+        waits = sorted(
+            max(o.first_start - o.spec.submit_s, 1.0)
+            for o in result.outcomes
+            if o.first_start is not None
+        )
+        if not waits:
+            continue
+        ys = [(n + 1) / len(waits) for n in range(len(waits))]
+        ax.plot(waits, ys, color=f"C{k}", label=result.scheduler)
+    ax.set_xscale("log")
+    ax.set_xlabel("wait until first start, seconds (log; under 1 s shown as 1 s)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"CDF of wait: {results[0].workload}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,141 @@
+"""A run's numbers, and the side-by-side table of several runs."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from schedulerd.sim.engine import Result
+from schedulerd.sim.metrics import percentile
+
+
+@dataclass(frozen=True)
+class Summary:
+    scheduler: str
+    jobs: int
+    refused: int
+    completed: int
+    unfinished: int
+    allocation_while_demand: float
+    idle_beside_waiting_min: float
+    fairness_error: float
+    jain: float
+    contended_share: float  # fraction of the time >= 2 consumers were backlogged
+    wait_mean_s: float
+    wait_p95_s: float
+    completion_mean_s: float
+    completion_p95_s: float
+    preemptions: int
+    shrinks: int
+    cycles: int
+    cycle_mean_ms: float
+    cycle_p99_ms: float
+    cycle_max_ms: float
+    virtual_days: float
+    wall_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.virtual_days * 86400 / self.wall_s if self.wall_s else math.inf
+
+
+def summarize(result: Result) -> Summary:
+    rec = result.recorder
+    started = [o for o in result.outcomes if o.first_start is not None]
+    waits = sorted(o.first_start - o.spec.submit_s for o in started if o.first_start is not None)
+    done = sorted(o.end - o.spec.submit_s for o in result.outcomes if o.end is not None)
+    cycles_ms = sorted(c * 1000 for c in result.cycle_s)
+    return Summary(
+        scheduler=result.scheduler,
+        jobs=len(result.outcomes),
+        refused=sum(1 for o in result.outcomes if o.refused),
+        completed=len(done),
+        unfinished=result.unfinished,
+        allocation_while_demand=rec.allocation_while_demand,
+        idle_beside_waiting_min=rec.idle_beside_waiting_s / 60,
+        fairness_error=rec.fairness_error,
+        jain=rec.jain_index,
+        contended_share=rec.contended_s / rec.span_s if rec.span_s else math.nan,
+        wait_mean_s=statistics.fmean(waits) if waits else math.nan,
+        wait_p95_s=percentile(waits, 95),
+        completion_mean_s=statistics.fmean(done) if done else math.nan,
+        completion_p95_s=percentile(done, 95),
+        preemptions=result.preemptions,
+        shrinks=result.shrinks,
+        cycles=len(cycles_ms),
+        cycle_mean_ms=statistics.fmean(cycles_ms) if cycles_ms else math.nan,
+        cycle_p99_ms=percentile(cycles_ms, 99),
+        cycle_max_ms=cycles_ms[-1] if cycles_ms else math.nan,
+        virtual_days=result.virtual_s / 86400,
+        wall_s=result.wall_s,
+    )
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+ROWS: tuple[tuple[str, str], ...] = (
+    ("jobs completed / refused / unfinished", "jobs"),
+    ("GPU allocation while demand exists", "alloc"),
+    ("minutes idle GPUs sat beside a waiting job that fit", "idle"),
+    ("fairness error (Σ|alloc − entitlement| / cluster)", "error"),
+    ("Jain's index over backlogged consumers", "jain"),
+    ("wait, mean / p95", "wait"),
+    ("completion time, mean / p95", "jct"),
+    ("preemptions / elastic shrinks", "preempt"),
+    ("cycles; decision time mean / p99 / max", "cycles"),
+    ("simulated days; wall time; speed-up", "speed"),
+)
+
+
+def _cell(s: Summary, key: str) -> str:
+    match key:
+        case "jobs":
+            return f"{s.completed:,} / {s.refused:,} / {s.unfinished:,}"
+        case "alloc":
+            alloc = s.allocation_while_demand
+            return "-" if math.isnan(alloc) else f"{alloc:.1%}"
+        case "idle":
+            return f"{s.idle_beside_waiting_min:,.0f}"
+        case "error":
+            return _num(s.fairness_error)
+        case "jain":
+            return f"{_num(s.jain)} ({s.contended_share:.0%} of the time)"
+        case "wait":
+            return f"{_duration(s.wait_mean_s)} / {_duration(s.wait_p95_s)}"
+        case "jct":
+            return f"{_duration(s.completion_mean_s)} / {_duration(s.completion_p95_s)}"
+        case "preempt":
+            return f"{s.preemptions:,} / {s.shrinks:,}"
+        case "cycles":
+            return (
+                f"{s.cycles:,}; {_num(s.cycle_mean_ms, 1)} / {_num(s.cycle_p99_ms, 1)} / "
+                f"{_num(s.cycle_max_ms, 1)} ms"
+            )
+        case "speed":
+            return f"{s.virtual_days:.1f}; {s.wall_s:.0f} s; {s.speedup:,.0f}×"
+    raise KeyError(key)
+
+
+def table(summaries: Sequence[Summary]) -> str:
+    """A Markdown table: one row per measure, one column per scheduler."""
+    lines = [
+        "| measure | " + " | ".join(s.scheduler for s in summaries) + " |",
+        "| --- |" + " ---: |" * len(summaries),
+    ]
+    for label, key in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(s, key) for s in summaries) + " |")
+    return "\n".join(lines)
