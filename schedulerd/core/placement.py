@@ -21,7 +21,11 @@ from schedulerd.core.model import GpuSlot, Node, NodeName
 
 class FreeGpus:
     def __init__(self, nodes: Iterable[Node], held: Iterable[GpuSlot]) -> None:
-        taken = set(held)
+        # Taken GPUs by node: a cycle builds this for every GPU of the cluster, so
+        # it must not make a slot per GPU (that was a third of a 2,000-GPU cycle).
+        taken: dict[NodeName, set[int]] = {}
+        for s in held:
+            taken.setdefault(s.node, set()).add(s.index)
         self._free: dict[NodeName, list[int]] = {}
         self._buckets: dict[int, dict[NodeName, None]] = {}
         self.largest_node = 0
@@ -30,7 +34,8 @@ class FreeGpus:
         for node in sorted((n for n in nodes if n.schedulable), key=lambda n: n.name):
             self.largest_node = max(self.largest_node, len(node.gpus))
             self.capacity += len(node.gpus)
-            free = sorted(i for i in node.gpus if GpuSlot(node.name, i) not in taken)
+            busy = taken.get(node.name)
+            free = sorted(i for i in node.gpus if i not in busy) if busy else sorted(node.gpus)
             self._free[node.name] = free
             self.total += len(free)
             if free:
