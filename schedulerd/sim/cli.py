@@ -81,7 +81,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-runtime", type=float, default=600.0, help="seconds (policy)")
     g.add_argument("--grace", type=float, default=30.0, help="seconds (policy)")
     r = p.add_argument_group("simulation")
-    r.add_argument("--interval", type=float, default=30.0, help="scheduling interval, s")
+    r.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds; a cycle runs at the first tick after a change (default 1, as the daemon)",
+    )
     r.add_argument("--stop", type=float, default=30.0, help="seconds a preempted job takes")
     r.add_argument("--restart-lost", action="store_true", help="preempted jobs start over")
     r.add_argument("--until-days", type=float, help="stop the run after this many days")

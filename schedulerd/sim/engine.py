@@ -49,7 +49,9 @@ ARRIVE, END, STOPPED, RELEASED = 0, 1, 2, 3
 
 @dataclass(frozen=True)
 class SimConfig:
-    interval_s: float = 30.0
+    # A cycle runs at the first tick after a change. The daemon decides as soon as
+    # something changes and every second when idle, so 1 s models it closely.
+    interval_s: float = 1.0
     stop_s: float = 30.0  # how long a preempted job takes to exit (capped by grace)
     resize_s: float = 2.0  # how long a shrink takes to hand its GPUs back
     restart_lost: bool = False  # a preempted job starts over (no checkpoint)
@@ -175,13 +177,12 @@ class Engine:
             plan = self._cycle()
             did = bool(plan.starts or plan.grows or plan.shrinks or plan.preemptions)
             next_cycle = None
-            if self.pending:
-                if did:
-                    next_cycle = t + tick
-                elif self.scheduler.time_sensitive:
-                    wake = self._next_preemptible()
-                    if wake is not None:
-                        next_cycle = math.ceil(wake / tick) * tick
+            if did and (self.pending or self._growable()):
+                next_cycle = t + tick  # it may do more: start what waited, grow what started
+            elif self.pending and self.scheduler.time_sensitive:
+                wake = self._next_preemptible()
+                if wake is not None:
+                    next_cycle = math.ceil(wake / tick) * tick
             if next_cycle is None:
                 self.result.cycles_skipped += 1
             self._observe(after_cycle=True)
@@ -380,6 +381,13 @@ class Engine:
         if not self.demand[consumer]:
             del self.demand[consumer]
         self.entitlement = None  # divide again at the next observation
+
+    def _growable(self) -> bool:
+        """Whether some running elastic job could still grow."""
+        return any(
+            lv.job.phase is JobPhase.RUNNING and len(lv.job.held) < lv.job.gpus_max
+            for lv in self.live.values()
+        )
 
     def _next_preemptible(self) -> float | None:
         """When the next running job outlives its consumer's min_runtime."""

@@ -37,11 +37,22 @@ def allocation_plot(results: Sequence[Result], path: Path, hours: bool = True) -
             s = result.recorder.series
             xs = [(b + 0.5) * s.bin_s / unit for b in range(len(s.allocation))]
             color = f"C{k}"
-            ax.plot(xs, [row[i] / s.bin_s for row in s.allocation], color=color, lw=1,
-                    label=f"{result.scheduler}: allocated")
+            ax.plot(
+                xs,
+                [row[i] / s.bin_s for row in s.allocation],
+                color=color,
+                lw=1,
+                label=f"{result.scheduler}: allocated",
+            )
             if k == 0:
-                ax.plot(xs, [row[i] / s.bin_s for row in s.entitlement], color="black",
-                        lw=1, ls="--", label="entitlement (schedulerd's rule)")
+                ax.plot(
+                    xs,
+                    [row[i] / s.bin_s for row in s.entitlement],
+                    color="black",
+                    lw=1,
+                    ls="--",
+                    label="entitlement (schedulerd's rule)",
+                )
         ax.set_ylabel(f"{consumers[i]}\nGPUs", fontsize=8)
         ax.tick_params(labelsize=8)
     axes[0, 0].legend(fontsize=7, loc="upper right", ncol=len(results) + 1)

@@ -108,7 +108,7 @@ def load_philly(
 
 def _philly_row(path: Path, line: int, row: dict[str, str]) -> tuple[datetime, float, int, str]:
     try:
-        ts = datetime.strptime(row["timestamp"], PHILLY_TIME_FORMAT).replace(tzinfo=UTC)
+        ts = datetime.fromisoformat(row["timestamp"]).replace(tzinfo=UTC)
     except ValueError:
         raise TraceError(f"{path}:{line}: timestamp: not {PHILLY_TIME_FORMAT}") from None
     try:

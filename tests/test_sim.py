@@ -1,0 +1,258 @@
+"""The simulator: the real decide() on a virtual clock, the baselines, the measures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from schedulerd.sim.cli import main
+from schedulerd.sim.engine import Engine, Result, SimConfig
+from schedulerd.sim.metrics import ClusterState, Recorder, jain, percentile
+from schedulerd.sim.report import summarize, table
+from schedulerd.sim.schedulers import FairShare, Fifo, Scheduler, StaticPartitions
+from schedulerd.sim.setup import (
+    ClusterSpec,
+    PolicySettings,
+    Split,
+    build_policy,
+    partition,
+    split_weights,
+)
+from schedulerd.sim.workload import SimJob, TraceError, Workload, backlog_scenario, load_philly
+
+# --- measures ------------------------------------------------------------------
+
+
+def test_jain_index_is_one_when_equal_and_one_over_n_when_one_has_all() -> None:
+    assert jain([2.0, 2.0, 2.0]) == pytest.approx(1.0)
+    assert jain([1.0, 0.0]) == pytest.approx(0.5)
+    assert jain([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+    assert math.isnan(percentile([], 50))
+
+
+def test_recorder_integrates_piecewise_constant_states() -> None:
+    rec = Recorder(["/a", "/b"], capacity=10, start=0.0, bin_s=5.0)
+    # 0-10 s: /a holds 6 (entitled 5), /b holds 2 (entitled 5), both waiting.
+    rec.set(ClusterState([6, 2], [5.0, 5.0], [True, True], demand=20, idle_beside_waiting=False))
+    rec.advance(10.0)
+    # 10-20 s: nothing wanted, nothing held.
+    rec.set(ClusterState([0, 0], [0.0, 0.0], [False, False], demand=0, idle_beside_waiting=False))
+    rec.advance(20.0)
+    assert rec.span_s == 20.0
+    assert rec.allocated_gpu_s == 80.0
+    assert rec.wanted_gpu_s == 100.0  # min(capacity 10, demand 20) for 10 s
+    assert rec.allocation_while_demand == pytest.approx(0.8)
+    assert rec.fairness_error == pytest.approx((1 + 3) / 10)  # only while demand exists
+    assert rec.jain_index == pytest.approx(jain([6 / 5, 2 / 5]))
+    assert len(rec.series.allocation) == 4
+    assert rec.series.allocation[0] == [30.0, 10.0]
+
+
+# --- the engine, on small hand-checked cases ----------------------------------
+
+
+def _run(
+    jobs: list[SimJob],
+    scheduler_name: str,
+    nodes: int = 1,
+    weights: dict[str, float] | None = None,
+    owned_fraction: float = 0.0,
+    min_runtime_s: float = 0.0,
+    config: SimConfig | None = None,
+) -> Result:
+    wl = Workload("test", tuple(jobs))
+    weights = weights or split_weights(wl.consumers, Split.EQUAL, {})
+    cluster = ClusterSpec(nodes=nodes, gpus_per_node=8)
+    policy = build_policy(
+        weights,
+        cluster.gpus,
+        PolicySettings(owned_fraction=owned_fraction, min_runtime_s=min_runtime_s, grace_s=30.0),
+    )
+    scheduler: Scheduler
+    if scheduler_name == "schedulerd":
+        scheduler = FairShare(policy, cluster.gpus)
+    elif scheduler_name == "fifo":
+        scheduler = Fifo(cluster.gpus)
+    else:
+        scheduler = StaticPartitions(partition(cluster.gpus, weights))
+    return Engine(wl, cluster.build(), policy, scheduler, config or SimConfig(interval_s=1.0)).run()
+
+
+def _job(i: int, consumer: str, at: float, run_s: float, gpus: int, gpus_max: int = 0) -> SimJob:
+    return SimJob(i, consumer, at, run_s, gpus, gpus_max or gpus)
+
+
+def test_fifo_blocks_behind_its_head_and_schedulerd_backfills() -> None:
+    # One node of 8. A (4 GPUs, 100 s) runs; B needs all 8 and must wait for A;
+    # C needs 1 and arrives behind B.
+    jobs = [_job(0, "/x", 0, 100, 4), _job(1, "/x", 1, 10, 8), _job(2, "/x", 2, 10, 1)]
+    fifo = _run(jobs, "fifo")
+    ours = _run(jobs, "schedulerd")
+    # FIFO: C waits behind B beside 4 idle GPUs from the cycle at t=2 until A ends.
+    assert fifo.recorder.idle_beside_waiting_s == pytest.approx(98.0)
+    assert fifo.outcomes[2].first_start == 110.0  # after B (100..110)
+    # schedulerd starts C at once; nothing fitting is ever left waiting.
+    assert ours.recorder.idle_beside_waiting_s == 0.0
+    assert ours.outcomes[2].first_start == 2.0
+    assert [o.end for o in ours.outcomes] == [100.0, 110.0, 12.0]
+
+
+def test_backlog_with_shares_1_to_3_splits_the_cluster_1_to_3() -> None:
+    wl = backlog_scenario((1.0, 3.0), jobs_per_consumer=200, duration_s=20.0)
+    weights = {"/team0": 0.25, "/team1": 0.75}
+    runs = {
+        name: _run(list(wl.jobs), name, nodes=2, weights=weights)
+        for name in ("schedulerd", "fifo", "static")
+    }
+    ours, fifo, static = (summarize(runs[n]) for n in ("schedulerd", "fifo", "static"))
+    # While both are backlogged, team1 holds 12 of 16 GPUs and team0 4.
+    first_bin = runs["schedulerd"].recorder.series.allocation[1]
+    assert first_bin[1] == pytest.approx(3 * first_bin[0])
+    assert ours.fairness_error < 0.02
+    assert ours.allocation_while_demand > 0.97
+    assert ours.idle_beside_waiting_min == 0
+    # FIFO keeps the cluster busy but ignores the shares.
+    assert fifo.allocation_while_demand > 0.97
+    assert fifo.fairness_error > 5 * ours.fairness_error
+    # Static partitions keep team1's 12 GPUs idle once its backlog is done.
+    assert static.idle_beside_waiting_min > 0
+    assert static.completion_mean_s > ours.completion_mean_s
+    assert ours.completed == fifo.completed == static.completed == 400
+
+
+def test_owner_reclaims_by_preemption_and_the_victim_resumes_its_work() -> None:
+    # /b owns 4 GPUs and runs two 4-GPU jobs of 2,000 s (one on /a's 4, borrowed);
+    # /a submits at t=1000. schedulerd preempts /b's newer job (grace 30 s), /a
+    # runs, and /b's job resumes with the work it checkpointed.
+    jobs = [_job(0, "/b", 0, 2000, 4), _job(1, "/b", 1, 2000, 4), _job(2, "/a", 1000, 100, 4)]
+    weights = {"/a": 0.5, "/b": 0.5}
+    r = _run(jobs, "schedulerd", weights=weights, owned_fraction=1.0)
+    older, newer, owner = r.outcomes
+    assert r.preemptions == 1 and newer.preemptions == 1 and older.preemptions == 0
+    assert owner.first_start == 1030.0  # the victim's 30 s of grace
+    assert older.end == 2000.0
+    # The victim ran 999 s (t=1..1000); it resumes when /a's job ends at 1130.
+    assert newer.end == pytest.approx(1130.0 + 1001.0)
+    # Started over instead (no checkpoint), it redoes all 2,000 s.
+    lost = _run(
+        jobs,
+        "schedulerd",
+        weights=weights,
+        owned_fraction=1.0,
+        config=SimConfig(interval_s=1.0, restart_lost=True),
+    )
+    assert lost.outcomes[1].end == pytest.approx(1130.0 + 2000.0)
+
+
+def test_min_runtime_delays_reclaim_until_the_victim_may_be_preempted() -> None:
+    jobs = [_job(0, "/b", 0, 5000, 4), _job(1, "/b", 0, 5000, 4), _job(2, "/a", 100, 100, 4)]
+    r = _run(
+        jobs, "schedulerd", weights={"/a": 0.5, "/b": 0.5}, owned_fraction=1.0, min_runtime_s=600
+    )
+    # Nothing happens at t=100; the cycle woken at t=600 preempts, 30 s of grace.
+    assert r.outcomes[2].first_start == 630.0
+
+
+def test_reclaim_shrinks_an_elastic_borrower_instead_of_preempting_it() -> None:
+    # /b's elastic job (2..8 GPUs) grows over the whole node; /a's owner job
+    # arrives: /b shrinks and keeps running.
+    jobs = [_job(0, "/b", 0, 4000, 2, 8), _job(1, "/a", 500, 100, 4)]
+    r = _run(jobs, "schedulerd", weights={"/a": 0.5, "/b": 0.5}, owned_fraction=1.0)
+    assert r.preemptions == 0
+    assert r.shrinks >= 1 and r.grows >= 1
+    assert r.outcomes[0].preemptions == 0
+    # The shrink hands its GPUs back after resize_s (2 s): /a starts at once.
+    assert r.outcomes[1].first_start == pytest.approx(502.0)
+    # /b worked faster while it held 8 GPUs: it ends well before 4,000 s.
+    assert r.outcomes[0].end is not None and r.outcomes[0].end < 2000
+
+
+def test_static_partitions_refuse_jobs_larger_than_the_partition() -> None:
+    jobs = [_job(0, "/a", 0, 10, 12), _job(1, "/b", 0, 10, 4)]
+    r = _run(jobs, "static", nodes=2, weights={"/a": 0.5, "/b": 0.5})
+    assert r.outcomes[0].refused and not r.outcomes[1].refused
+    ours = _run(jobs, "schedulerd", nodes=2, weights={"/a": 0.5, "/b": 0.5})
+    assert not ours.outcomes[0].refused and ours.outcomes[0].end == 10.0
+
+
+# --- workloads -----------------------------------------------------------------
+
+PHILLY_HEAD = "timestamp,duration,num_gpus,gpu_time,cluster\n"
+
+
+def test_philly_loader_sorts_windows_and_names_consumers(tmp_path: Path) -> None:
+    trace = tmp_path / "philly.csv"
+    trace.write_text(
+        PHILLY_HEAD
+        + "2017-10-02 00:00:10,50.0,2,100.0,bbb\n"
+        + "2017-10-01 00:00:00,10.0,1,10.0,aaa\n"
+        + "2017-10-05 00:00:00,10.0,1,10.0,aaa\n"
+    )
+    wl = load_philly(trace)
+    assert [(j.consumer, j.submit_s, j.gpus_min) for j in wl.jobs] == [
+        ("/aaa", 0.0, 1),
+        ("/bbb", 86410.0, 2),
+        ("/aaa", 4 * 86400.0, 1),
+    ]
+    assert wl.gpu_time_by_consumer() == {"/aaa": 20.0, "/bbb": 100.0}
+    assert len(load_philly(trace, days=2).jobs) == 2
+
+
+def test_philly_loader_names_the_bad_line(tmp_path: Path) -> None:
+    trace = tmp_path / "philly.csv"
+    trace.write_text(PHILLY_HEAD + "2017-10-01 00:00:00,10.0,1,10.0,aaa\n2017-10-01,x,1,1,a\n")
+    with pytest.raises(TraceError, match=r"philly.csv:3: duration/num_gpus"):
+        load_philly(trace)
+
+
+def test_partition_sums_to_the_cluster() -> None:
+    weights = split_weights(["/a", "/b", "/c"], Split.GPU_TIME, {"/a": 1, "/b": 1, "/c": 1})
+    assert sum(partition(100, weights).values()) == 100
+    assert partition(10, {"/a": 0.24, "/b": 0.76}) == {"/a": 2, "/b": 8}  # largest remainder
+
+
+# --- the command ---------------------------------------------------------------
+
+
+def test_command_prints_the_table_and_writes_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "backlog",
+            "--gpus",
+            "16",
+            "--jobs-per-consumer",
+            "50",
+            "--duration",
+            "20",
+            "--interval",
+            "1",
+            "--plots",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| measure | schedulerd | static partitions | FIFO |" in out
+    for name in ("allocation.png", "wait_cdf.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_command_reports_a_missing_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["philly", "--trace", "/nonexistent/philly.csv"]) == 2
+    assert "/nonexistent/philly.csv" in capsys.readouterr().err
+
+
+def test_table_has_one_column_per_run() -> None:
+    r = _run([_job(0, "/x", 0, 10, 1)], "fifo")
+    text = table([summarize(r), summarize(r)])
+    assert text.splitlines()[0] == "| measure | FIFO | FIFO |"
