@@ -77,11 +77,12 @@ class Planner:
         self.now = now
         self.running = [j for j in running if j.held]
         self.by_id = {j.id: j for j in self.running}
-        self.free: dict[NodeName, list[GpuSlot]] = {}
-        self.ready_n: dict[NodeName, int] = {}
+        # Read from admission on first use after a refresh: a cycle with nothing
+        # to reclaim never needs them, and reading costs a slot per free GPU.
+        self._free: dict[NodeName, list[GpuSlot]] | None = None
+        self._ready_n: dict[NodeName, int] = {}
         self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
         self.claimed: set[GpuSlot] = set()
-        self._read_free()
         for j in self.running:
             for s in j.incoming:
                 if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
@@ -111,19 +112,33 @@ class Planner:
         self.receiving: dict[ConsumerPath, int] = defaultdict(int)
         self.result = Reclaim()
 
-    def _read_free(self) -> None:
+    @property
+    def free(self) -> dict[NodeName, list[GpuSlot]]:
         """Free GPUs as admission sees them now (claimed ones were taken out of
-        play), and per node the unclaimed free plus incoming ones, kept up to date
-        as claims go."""
-        self.free = {
+        play), per schedulable node."""
+        if self._free is None:
+            self._read_free()
+            assert self._free is not None
+        return self._free
+
+    @property
+    def ready_n(self) -> dict[NodeName, int]:
+        """Per node, the unclaimed free plus incoming GPUs, kept up to date as
+        claims go."""
+        if self._free is None:
+            self._read_free()
+        return self._ready_n
+
+    def _read_free(self) -> None:
+        self._free = {
             node: [GpuSlot(node, i) for i in self.adm.free.free_on(node)]
             for node in self.adm.free.nodes()
         }
-        self.ready_n = {node: len(slots) for node, slots in self.free.items()}
+        self._ready_n = {node: len(slots) for node, slots in self._free.items()}
         for slots in self.incoming.values():
             for s in slots:
                 if s not in self.claimed:
-                    self.ready_n[s.node] += 1
+                    self._ready_n[s.node] += 1
 
     # -- step 4: reclaim for consumers below their entitlement ---------------
 
@@ -141,7 +156,7 @@ class Planner:
 
     def refresh(self) -> None:
         """Read again what admission changed since: free GPUs, allocations."""
-        self._read_free()
+        self._free = None
         self.virtual = defaultdict(int, self.adm.allocation)
         for p, n in self.moved.items():
             self.virtual[p] += n
