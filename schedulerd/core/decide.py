@@ -204,9 +204,18 @@ def _serve(
 
 
 def _admit_job(adm: Admission) -> Callable[[ConsumerPath, Job], Start | None]:
+    # (leaf, size) pairs refused since the last start: admission's state changes
+    # only with a start, so until then the same check gives the same answer.
+    refused: set[tuple[ConsumerPath, int]] = set()
+
     def admit(leaf: ConsumerPath, job: Job) -> Start | None:
-        if adm.blocker(leaf, job.gpus) is not None:
+        key = (leaf, job.gpus)
+        if key in refused:
             return None
+        if adm.blocker(leaf, job.gpus) is not None:
+            refused.add(key)
+            return None
+        refused.clear()
         ratio_before = adm.ratio(leaf)
         slots = adm.start(job)
         return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))
@@ -257,15 +266,24 @@ def _consumer_states(
     pending: list[Job],
     started: set[JobId],
 ) -> dict[ConsumerPath, ConsumerState]:
-    running_n: dict[ConsumerPath, int] = defaultdict(int)
-    pending_n: dict[ConsumerPath, int] = defaultdict(int)
+    # Counted per consumer first, then up the tree once per consumer.
+    running_c: dict[ConsumerPath, int] = defaultdict(int)
+    pending_c: dict[ConsumerPath, int] = defaultdict(int)
     for j in running:
-        for p in adm.chain(j.consumer):
-            running_n[p] += 1
+        running_c[j.consumer] += 1
+    running_n: dict[ConsumerPath, int] = defaultdict(int)
+    for c, n in running_c.items():
+        for p in adm.chain(c):
+            running_n[p] += n
+    started_c: dict[ConsumerPath, int] = defaultdict(int)
     for j in pending:
-        counts = running_n if j.id in started else pending_n
-        for p in policy.ancestors(j.consumer):
-            counts[p] += 1
+        counts = started_c if j.id in started else pending_c
+        counts[j.consumer] += 1
+    pending_n: dict[ConsumerPath, int] = defaultdict(int)
+    for counts, into in ((started_c, running_n), (pending_c, pending_n)):
+        for c, n in counts.items():
+            for p in policy.ancestors(c):
+                into[p] += n
     return {
         p: ConsumerState(
             path=p,

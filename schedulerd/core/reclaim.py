@@ -163,8 +163,16 @@ class Planner:
 
     def reclaim(self, queues: Mapping[ConsumerPath, list[Job]], take: bool = True) -> None:
         incoming = any(self.incoming.values())
+        # Who borrows changes only when a claim is made: read again at the next
+        # leaf after one, not at every leaf.
+        borrowers: list[ConsumerPath] = []
+        borrowers_stale = True
         for leaf in sorted(queues, key=self.adm.starvation_key):
-            borrowers = [c for c in self.by_leaf if take and self._borrower_above(c, 0.0)]
+            if self.tries >= _TRIES_PER_CYCLE:
+                return  # _serve would refuse every further try: nothing left to do
+            if borrowers_stale:
+                borrowers = [c for c in self.by_leaf if take and self._borrower_above(c, 0.0)]
+                borrowers_stale = False
             if not borrowers and not incoming:
                 return  # nobody holds borrowed GPUs and nothing is on its way back
             # Sizes that found nothing: a job of the same size would find nothing
@@ -190,6 +198,7 @@ class Planner:
                 tries += 1
                 if self._serve(job, victims, "reclaim"):
                     failed.clear()
+                    borrowers_stale = True
                 else:
                     failed.add(job.gpus)
 
@@ -228,8 +237,10 @@ class Planner:
     def _serve(self, job: Job, victims: list[Job], why: str) -> bool:
         """Plan what serves `job`, if anything; whether something was claimed."""
         n = job.gpus
+        if self.tries >= _TRIES_PER_CYCLE:
+            return False
         victims = [j for j in victims if j.id not in self.taken]
-        if self.tries >= _TRIES_PER_CYCLE or not self._within_limits(job, victims):
+        if not self._within_limits(job, victims):
             return False
         self.tries += 1
         spans = self.adm.free.spans_nodes(n)
@@ -386,13 +397,15 @@ class Planner:
     ) -> dict[ConsumerPath, int]:
         """GPUs these victims give back, per consumer up the tree (those already on
         their way back were counted gone at the start)."""
-        freed: dict[ConsumerPath, int] = defaultdict(int)
+        per_consumer: dict[ConsumerPath, int] = defaultdict(int)
         for victim in preempt:
-            for p in self.adm.chain(victim.consumer):
-                freed[p] += len(victim.held) - len(victim.releasing)
+            per_consumer[victim.consumer] += len(victim.held) - len(victim.releasing)
         for job_id, slots in (shrink or {}).items():
-            for p in self.adm.chain(self.by_id[job_id].consumer):
-                freed[p] += len(slots)
+            per_consumer[self.by_id[job_id].consumer] += len(slots)
+        freed: dict[ConsumerPath, int] = defaultdict(int)
+        for consumer, n in per_consumer.items():  # up the tree once per consumer, not per job
+            for p in self.adm.chain(consumer):
+                freed[p] += n
         return freed
 
     def _within_limits(
