@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/decide_bench.py            # full run, up to 1,000 nodes x 8 GPUs
     .venv/bin/python bench/decide_bench.py --quick    # small sizes only, a few seconds
+    .venv/bin/python bench/decide_bench.py --size issue4   # 1,250 nodes x 8, 500 consumers,
+                                                           # 50,000 pending (issue 4's scale)
 
 Two cases per size, inputs built with a seeded RNG (the same numbers every run):
 - cold start: an empty cluster and a big backlog (the most starts one cycle makes);
@@ -59,6 +61,9 @@ FULL = [
     Size(1_000, 20, 10, 20_000),
 ]
 QUICK = FULL[:2]
+# Issue 4's scale: 10,000 GPUs (1,250 nodes x 8), 500 leaf consumers, 50,000 pending jobs.
+ISSUE4 = [Size(1_250, 25, 20, 50_000)]
+SIZES_BY_NAME = {"full": FULL, "quick": QUICK, "issue4": ISSUE4, "all": [*FULL, *ISSUE4]}
 
 
 def build_policy(rng: random.Random, size: Size, capacity: int) -> Policy:
@@ -156,14 +161,21 @@ def time_case(snapshot: Snapshot, policy: Policy, repeats: int) -> tuple[float, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes only")
+    ap.add_argument("--quick", action="store_true", help="small sizes only (= --size quick)")
+    ap.add_argument(
+        "--size",
+        choices=sorted(SIZES_BY_NAME),
+        default=None,
+        help="full (default): 10 to 1,000 nodes; quick: the two small ones; "
+        "issue4: 1,250 nodes, 500 consumers, 50,000 pending; all: full and issue4",
+    )
     ap.add_argument("--repeats", type=int, default=0, help="runs per case (default: by size)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--profile", action="store_true", help="print a cProfile of the largest steady case"
     )
     args = ap.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = SIZES_BY_NAME[args.size or ("quick" if args.quick else "full")]
     print(f"Python {platform.python_version()} on {platform.machine()}; seed {args.seed}\n")
     print("| case | nodes | GPUs | consumers | running | pending | starts | ms per cycle |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -174,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(f"{args.seed}-{size}-{case}")
             policy = build_policy(rng, size, capacity)
             snapshot, running = build_snapshot(rng, size, policy, fill)
-            repeats = args.repeats or (7 if size.pending <= 2_000 else 5)
+            repeats = args.repeats or (
+                7 if size.pending <= 2_000 else 5 if size.pending <= 20_000 else 3
+            )
             ms, starts = time_case(snapshot, policy, repeats)
             consumers = f"{len(policy.consumers) - 1} ({size.parents} x {size.leaves_per_parent})"
             print(
