@@ -10,7 +10,7 @@ that wants to submit or watch jobs.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +36,31 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except grpc.RpcError as e:
         raise ClientError(e.code(), e.details() or str(e.code())) from None
+
+
+def job_spec(
+    consumer: str,
+    command: Sequence[str],
+    gpus: int = 1,
+    *,
+    gpus_max: int | None = None,
+    user: str | None = None,
+    name: str = "",
+    env: Mapping[str, str] | None = None,
+    working_dir: str = "",
+    priority: int = 0,
+) -> jobs_pb2.JobSpec:
+    """A job as `Client.submit` takes it, for `Client.submit_many`."""
+    return jobs_pb2.JobSpec(
+        consumer=consumer,
+        user=user or getpass.getuser(),
+        name=name,
+        command=list(command),
+        env=dict(env or {}),
+        working_dir=working_dir,
+        gpus=jobs_pb2.GpuRequest(min=gpus, max=gpus_max or gpus),
+        priority=priority,
+    )
 
 
 class Client:
@@ -72,19 +97,27 @@ class Client:
         working_dir: str = "",
         priority: int = 0,
     ) -> jobs_pb2.Job:
-        spec = jobs_pb2.JobSpec(
-            consumer=consumer,
-            user=user or getpass.getuser(),
+        spec = job_spec(
+            consumer,
+            command,
+            gpus,
+            gpus_max=gpus_max,
+            user=user,
             name=name,
-            command=list(command),
-            env=dict(env or {}),
+            env=env,
             working_dir=working_dir,
-            gpus=jobs_pb2.GpuRequest(min=gpus, max=gpus_max or gpus),
             priority=priority,
         )
         req = jobs_pb2.SubmitJobRequest(spec=spec)
         result: jobs_pb2.Job = _call(self.jobs.SubmitJob, req, timeout=self.timeout_s).job
         return result
+
+    def submit_many(self, specs: Iterable[jobs_pb2.JobSpec]) -> list[jobs_pb2.Job]:
+        """Submit several jobs (`job_spec(...)` builds each) in one call and one
+        transaction: all are accepted, or none is and ClientError says which job
+        ("job I of N", I from 0) was refused and why."""
+        req = jobs_pb2.SubmitJobsRequest(jobs=[jobs_pb2.SubmitJobRequest(spec=s) for s in specs])
+        return list(_call(self.jobs.SubmitJobs, req, timeout=self.timeout_s).jobs)
 
     def get_job(self, job_id: int) -> jobs_pb2.Job:
         result: jobs_pb2.Job = _call(

@@ -109,13 +109,38 @@ class ClusterState:
         )
         if error:
             raise SubmitError(error)
-        job.state = JobState.PENDING
-        job.submit_time = self.clock()
-        job.reason = "submitted; waiting for the next scheduling cycle"
+        self._queue(job, self.clock())
         self.store.insert_job(job)
         self.jobs[job.id] = job
         self.notify(job)
         return job
+
+    def submit_many(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        """All of these jobs in one transaction, or none: a refused one refuses the
+        batch, and the error names it ("job I of N", I from 0)."""
+        assert self.policy is not None
+        shape = self.cluster_shape()
+        for i, job in enumerate(jobs):
+            error = core.check_submission(
+                self.policy, shape, job.consumer, job.user, job.gpus_min, job.gpus_max
+            )
+            if error:
+                raise SubmitError(f"job {i} of {len(jobs)}: {error}")
+        now = self.clock()
+        with self.store.transaction():
+            for job in jobs:
+                self._queue(job, now)
+                self.store.insert_job(job)
+        for job in jobs:  # visible only once committed
+            self.jobs[job.id] = job
+            self.notify(job)
+        return jobs
+
+    @staticmethod
+    def _queue(job: JobRecord, now: float) -> None:
+        job.state = JobState.PENDING
+        job.submit_time = now
+        job.reason = "submitted; waiting for the next scheduling cycle"
 
     def cancel(self, job_id: int, user: str) -> tuple[JobRecord, Outbox]:
         """Cancel: a waiting job ends now; a running one is asked to stop (SIGTERM,

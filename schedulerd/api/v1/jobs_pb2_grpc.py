@@ -39,6 +39,11 @@ class SchedulerStub:
                 request_serializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/schedulerd.api.v1.Scheduler/SubmitJobs',
+                request_serializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/schedulerd.api.v1.Scheduler/GetJob',
                 request_serializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -70,6 +75,12 @@ class SchedulerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +123,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobRequest.FromString,
                     response_serializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobsResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -166,6 +182,33 @@ class Scheduler:
             '/schedulerd.api.v1.Scheduler/SubmitJob',
             schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
             schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerd.api.v1.Scheduler/SubmitJobs',
+            schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+            schedulerd_dot_api_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,30 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self.loop.wake()
         return jobs_pb2.SubmitJobResponse(job=job_to_pb(job))
 
+    async def SubmitJobs(
+        self, request: jobs_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitJobsResponse:
+        count = len(request.jobs)
+        for i, one in enumerate(request.jobs):
+            problem = _spec_problem(one.spec)
+            if problem:
+                await abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"job {i} of {count}: {problem}; no job of this batch was submitted",
+                )
+        try:
+            jobs = self.state.submit_many([job_from_spec(one.spec) for one in request.jobs])
+        except SubmitError as e:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{e}; no job of this batch was submitted",
+            )
+        if jobs:
+            self.loop.wake()
+        return jobs_pb2.SubmitJobsResponse(jobs=[job_to_pb(j) for j in jobs])
+
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
