@@ -76,41 +76,52 @@ class Planner:
         self.adm = adm
         self.now = now
         self.running = [j for j in running if j.held]
-        self.by_id = {j.id: j for j in self.running}
         # Read from admission on first use after a refresh: a cycle with nothing
         # to reclaim never needs them, and reading costs a slot per free GPU.
         self._free: dict[NodeName, list[GpuSlot]] | None = None
         self._ready_n: dict[NodeName, int] = {}
-        self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
         self.claimed: set[GpuSlot] = set()
-        for j in self.running:
-            for s in j.incoming:
-                if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
-                    self.incoming[s.node].append(s)
-                    self.ready_n[s.node] += 1
+        self.tries = 0
+        self.taken: set[JobId] = set()  # victims already chosen this cycle
+        self.result = Reclaim()
+        # The indexes below are built on first need (_index): most cycles have
+        # nothing waiting and nothing on its way back, and never need them.
+        self._indexed = False
+        self.by_id: dict[JobId, Job] = {}
+        self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
+        self._incoming_set: set[GpuSlot] = set()
         self.by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
         self.jobs_on: dict[NodeName, list[Job]] = defaultdict(list)
-        for j in self.running:
-            if not j.stopping:
-                self.by_leaf[j.consumer].append(j)
-                for node in {s.node for s in j.held}:
-                    self.jobs_on[node].append(j)
-        self.tries = 0
-        self._incoming_set = {s for slots in self.incoming.values() for s in slots}
-        self.taken: set[JobId] = set()  # victims already chosen this cycle
         # Allocations as they will be once the moves planned so far are done:
         # admission's, plus `moved`. GPUs already on their way back are gone from
         # their holder: counting them would take more from a consumer that the
         # stops under way bring down anyway.
         self.moved: dict[ConsumerPath, int] = defaultdict(int)
-        self.virtual: dict[ConsumerPath, int] = defaultdict(int, adm.allocation)
-        for j in self.running:
-            self._add_virtual(j.consumer, -len(j.incoming))
+        self.virtual: dict[ConsumerPath, int] = defaultdict(int)
         # GPUs claimed for a consumer's waiting jobs this cycle: it does not hold
         # them yet, so they never make it a borrower to take from (that would stop
         # one of its jobs to start another).
         self.receiving: dict[ConsumerPath, int] = defaultdict(int)
-        self.result = Reclaim()
+
+    def _index(self) -> None:
+        if self._indexed:
+            return
+        self._indexed = True
+        self.by_id = {j.id: j for j in self.running}
+        for j in self.running:
+            for s in j.incoming:
+                if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
+                    self.incoming[s.node].append(s)
+                    self.ready_n[s.node] += 1
+        for j in self.running:
+            if not j.stopping:
+                self.by_leaf[j.consumer].append(j)
+                for node in {s.node for s in j.held}:
+                    self.jobs_on[node].append(j)
+        self._incoming_set = {s for slots in self.incoming.values() for s in slots}
+        self.virtual = defaultdict(int, self.adm.allocation)
+        for j in self.running:
+            self._add_virtual(j.consumer, -len(j.incoming))
 
     @property
     def free(self) -> dict[NodeName, list[GpuSlot]]:
@@ -149,6 +160,9 @@ class Planner:
         the first ones to someone else (the victim itself, often) and the reclaim
         would start over: a preemption loop. No victims here; the tries it takes
         are its own."""
+        if not any(j.incoming for j in self.running):
+            return
+        self._index()
         if not self._incoming_set:
             return
         self.reclaim(queues, take=False)
@@ -157,11 +171,16 @@ class Planner:
     def refresh(self) -> None:
         """Read again what admission changed since: free GPUs, allocations."""
         self._free = None
+        if not self._indexed:
+            return  # _index reads the allocations when it runs
         self.virtual = defaultdict(int, self.adm.allocation)
         for p, n in self.moved.items():
             self.virtual[p] += n
 
     def reclaim(self, queues: Mapping[ConsumerPath, list[Job]], take: bool = True) -> None:
+        if not any(queues.values()):
+            return
+        self._index()
         incoming = any(self.incoming.values())
         # Who borrows changes only when a claim is made: read again at the next
         # leaf after one, not at every leaf.
@@ -222,8 +241,9 @@ class Planner:
     def by_priority(self, queues: Mapping[ConsumerPath, list[Job]], started: set[JobId]) -> None:
         policy = self.adm.policy
         for leaf, queue in queues.items():
-            if not policy.consumers[leaf].priority_preemption:
+            if not policy.consumers[leaf].priority_preemption or not queue:
                 continue
+            self._index()
             for job in queue[:_TRIES_PER_LEAF]:
                 if job.id in started or job.id in self.result.notes:
                     continue
