@@ -139,6 +139,7 @@ class Engine:
         self.waiting_sizes: dict[int, int] = defaultdict(int)
         self.demand: dict[ConsumerPath, int] = defaultdict(int)
         self.entitlement: list[float] | None = None
+        self.elastic_running = 0
         first = workload.jobs[0].submit_s if workload.jobs else 0.0
         last = workload.jobs[-1].submit_s if workload.jobs else 1.0
         bin_s = max(self.config.interval_s, (last - first) / self.config.bins, 1.0)
@@ -170,14 +171,17 @@ class Engine:
             if t_event <= t_cycle:
                 while self.events and self.events[0][0] == t:
                     self._handle(heapq.heappop(self.events))
-                soon = math.ceil(t / tick) * tick
-                next_cycle = soon if next_cycle is None else min(next_cycle, soon)
+                # With nothing waiting and no elastic job that could grow, a
+                # cycle can decide nothing: skip it (most ends, on a big cluster).
+                if self.pending or self.elastic_running:
+                    soon = math.ceil(t / tick) * tick
+                    next_cycle = soon if next_cycle is None else min(next_cycle, soon)
                 self._observe(after_cycle=False)
                 continue
             plan = self._cycle()
             did = bool(plan.starts or plan.grows or plan.shrinks or plan.preemptions)
             next_cycle = None
-            if did and (self.pending or self._growable()):
+            if did and (self.pending or (self.elastic_running and self._growable())):
                 next_cycle = t + tick  # it may do more: start what waited, grow what started
             elif self.pending and self.scheduler.time_sensitive:
                 wake = self._next_preemptible()
@@ -241,6 +245,8 @@ class Engine:
         self._account(live)
         self._free(live.job.consumer, live.job.held)
         self._demand(live.job.consumer, -live.job.gpus_max)
+        if live.job.elastic:
+            self.elastic_running -= 1
         live.outcome.end = self.now
         del self.live[live.job.id]
 
@@ -248,6 +254,8 @@ class Engine:
         """A preempted job has exited: its GPUs are free, it waits again."""
         self._free(live.job.consumer, live.job.held)
         live.outcome.preemptions += 1
+        if live.job.elastic:
+            self.elastic_running -= 1
         if self.config.restart_lost:
             live.work_left = live.spec.work
         live.version += 1
@@ -308,6 +316,8 @@ class Engine:
             started_at=self.now,
             anchor=slots[0] if live.job.elastic else None,
         )
+        if live.job.elastic:
+            self.elastic_running += 1
         if live.outcome.first_start is None:
             live.outcome.first_start = self.now
         live.progress_since = self.now
