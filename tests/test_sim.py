@@ -256,3 +256,11 @@ def test_table_has_one_column_per_run() -> None:
     r = _run([_job(0, "/x", 0, 10, 1)], "fifo")
     text = table([summarize(r), summarize(r)])
     assert text.splitlines()[0] == "| measure | FIFO | FIFO |"
+
+
+def test_a_run_stops_at_until_and_counts_what_is_unfinished() -> None:
+    jobs = [_job(0, "/x", 0, 10 * 86400, 8), _job(1, "/x", 10, 100, 8)]
+    r = _run(jobs, "schedulerd", config=SimConfig(interval_s=1.0, until_s=86400.0))
+    assert r.unfinished == 2
+    assert r.virtual_s == 86400.0
+    assert r.recorder.allocated_gpu_s == 8 * 86400.0

@@ -96,7 +96,6 @@ class Result:
     recorder: Recorder
     outcomes: list[Outcome]
     cycle_s: list[float] = field(default_factory=list)
-    cycles_skipped: int = 0
     preemptions: int = 0
     shrinks: int = 0
     grows: int = 0
@@ -164,7 +163,10 @@ class Engine:
             t_event = self.events[0][0] if self.events else math.inf
             t_cycle = next_cycle if next_cycle is not None else math.inf
             t = min(t_event, t_cycle)
-            if t == math.inf or t > until:
+            if t == math.inf:
+                break
+            if t > until:
+                self.now = until
                 break
             self.recorder.advance(t)
             self.now = t
@@ -187,11 +189,8 @@ class Engine:
                 wake = self._next_preemptible()
                 if wake is not None:
                     next_cycle = math.ceil(wake / tick) * tick
-            if next_cycle is None:
-                self.result.cycles_skipped += 1
             self._observe(after_cycle=True)
-        end = min(self.now, until) if until != math.inf else self.now
-        self.recorder.advance(end)
+        self.recorder.advance(self.now)
         self.result.virtual_s = self.recorder.span_s
         self.result.unfinished = len(self.live)
         self.result.wall_s = time.perf_counter() - started
