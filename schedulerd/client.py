@@ -16,7 +16,14 @@ from typing import Any
 
 import grpc
 
-from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from schedulerd.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    experiments_pb2,
+    experiments_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -70,6 +77,7 @@ class Client:
         self.channel = grpc.insecure_channel(address)
         self.jobs = jobs_pb2_grpc.SchedulerStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
+        self.experiments = experiments_pb2_grpc.ExperimentsStub(self.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -204,3 +212,46 @@ class Client:
         req = admin_pb2.UndrainNodeRequest(node=node)
         result: admin_pb2.Node = _call(self.admin.UndrainNode, req, timeout=self.timeout_s)
         return result
+
+    # -- experiments (docs/hpo.md) ------------------------------------------
+
+    def create_experiment(self, spec: experiments_pb2.ExperimentSpec) -> experiments_pb2.Experiment:
+        """Start a search; `schedulerd.hpo.file.load_experiment` builds a spec from YAML."""
+        req = experiments_pb2.CreateExperimentRequest(spec=spec)
+        result: experiments_pb2.Experiment = _call(
+            self.experiments.CreateExperiment, req, timeout=self.timeout_s
+        )
+        return result
+
+    def get_experiment(
+        self, exp_id: int, include_intermediate: bool = False
+    ) -> experiments_pb2.Experiment:
+        req = experiments_pb2.GetExperimentRequest(
+            id=exp_id, include_intermediate=include_intermediate
+        )
+        result: experiments_pb2.Experiment = _call(
+            self.experiments.GetExperiment, req, timeout=self.timeout_s
+        )
+        return result
+
+    def list_experiments(self, consumer: str = "") -> list[experiments_pb2.Experiment]:
+        req = experiments_pb2.ListExperimentsRequest(consumer=consumer)
+        return list(
+            _call(self.experiments.ListExperiments, req, timeout=self.timeout_s).experiments
+        )
+
+    def stop_experiment(self, exp_id: int, user: str | None = None) -> experiments_pb2.Experiment:
+        req = experiments_pb2.StopExperimentRequest(id=exp_id, user=user or getpass.getuser())
+        result: experiments_pb2.Experiment = _call(
+            self.experiments.StopExperiment, req, timeout=self.timeout_s
+        )
+        return result
+
+    def watch_experiment(self, exp_id: int) -> Iterator[experiments_pb2.Experiment]:
+        """The experiment now and at every change, until it ends."""
+        req = experiments_pb2.WatchExperimentRequest(id=exp_id)
+        try:
+            yield from self.experiments.WatchExperiment(req)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise ClientError(e.code(), e.details() or "") from None

@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--node-timeout", type=float, default=120.0, help="seconds before a node is down"
     )
+    p.add_argument(
+        "--advertise",
+        default="",
+        help="HOST:PORT where trial processes reach the daemon (default: the listen address)",
+    )
     p.add_argument("--local-agent", action="store_true", help="also run an agent on this machine")
     p.add_argument(
         "--local-agent-fake-gpus",
@@ -49,6 +54,7 @@ async def run(args: argparse.Namespace) -> int:
         policy_path=args.policy,
         tick_s=args.tick,
         node_timeout_s=args.node_timeout,
+        advertise=args.advertise,
     )
     daemon = Daemon(config)
     try:

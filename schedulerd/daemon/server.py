@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +20,17 @@ from schedulerd.api.v1 import (
     admin_pb2_grpc,
     agent_pb2,
     agent_pb2_grpc,
+    experiments_pb2,
+    experiments_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
 )
+from schedulerd.daemon.experiments import ExperimentController
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.admin import AdminService
 from schedulerd.daemon.services.agent_link import AgentLinkService
+from schedulerd.daemon.services.experiments import ExperimentsService
 from schedulerd.daemon.services.scheduler import SchedulerService
 from schedulerd.daemon.state import ClusterState
 from schedulerd.policy import default_policy_text, load_policy
@@ -37,6 +42,7 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name,
 )
 
 
@@ -48,6 +54,9 @@ class DaemonConfig:
     tick_s: float = 1.0
     node_timeout_s: float = 120.0
     heartbeat_s: float = 2.0
+    # Where trials' processes reach the daemon (SCHEDULERD_ADDRESS); empty: the
+    # listen address, with this host's name for a wildcard host.
+    advertise: str = ""
 
 
 class Daemon:
@@ -60,6 +69,8 @@ class Daemon:
         self.server = grpc.aio.server()
         self.port = 0
         self._loop_task: asyncio.Task[None] | None = None
+        self._experiments_task: asyncio.Task[None] | None = None
+        self.experiments: ExperimentController | None = None
 
     def _load_policy(self) -> None:
         """Startup policy: the file given on the command line, else the last one
@@ -102,10 +113,20 @@ class Daemon:
         self.port = self.server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.config.listen}")
+        # Optuna's database beside ours (FIELD-NOTES: its own file).
+        optuna_path = self.config.db_path.with_name(self.config.db_path.name + ".optuna.sqlite")
+        self.experiments = ExperimentController(
+            self.state, self.links, self.loop, optuna_path, self._advertise(), self.config.tick_s
+        )
+        await self.experiments.start()
+        experiments_pb2_grpc.add_ExperimentsServicer_to_server(
+            ExperimentsService(self.state, self.experiments), self.server
+        )
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._loop_task = asyncio.create_task(self.loop.run())
+        self._experiments_task = asyncio.create_task(self.experiments.run())
         active = len(self.state.jobs)
         log.info(
             "schedulerd listening on %s (port %d), store %s, %d active jobs",
@@ -115,8 +136,17 @@ class Daemon:
             active,
         )
 
+    def _advertise(self) -> str:
+        if self.config.advertise:
+            return self.config.advertise
+        host = self.config.listen.rsplit(":", 1)[0]
+        if host in ("", "0.0.0.0", "[::]", "::"):
+            host = socket.getfqdn()
+        return f"{host}:{self.port}"
+
     async def stop(self, grace_s: float = 2.0) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        for task in (self._loop_task, self._experiments_task):
+            if task is not None:
+                task.cancel()
         await self.server.stop(grace_s)
         self.store.close()

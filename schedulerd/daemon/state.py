@@ -102,7 +102,9 @@ class ClusterState:
 
     # -- facts from users ---------------------------------------------------
 
-    def submit(self, job: JobRecord) -> JobRecord:
+    def submit(self, job: JobRecord, also: Callable[[JobRecord], None] | None = None) -> JobRecord:
+        """Queue a job. `also` writes more records in the job's own transaction once
+        the job has its id (an experiment's trial row: both or neither)."""
         assert self.policy is not None
         error = core.check_submission(
             self.policy, self.cluster_shape(), job.consumer, job.user, job.gpus_min, job.gpus_max
@@ -110,7 +112,10 @@ class ClusterState:
         if error:
             raise SubmitError(error)
         self._queue(job, self.clock())
-        self.store.insert_job(job)
+        with self.store.transaction():
+            self.store.insert_job(job)
+            if also is not None:
+                also(job)
         self.jobs[job.id] = job
         self.notify(job)
         return job

@@ -76,4 +76,42 @@ MIGRATIONS: list[str] = [
     ALTER TABLE job_parts ADD COLUMN releasing TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE nodes ADD COLUMN address TEXT NOT NULL DEFAULT '';
     """,
+    # 3: hyperparameter search (docs/hpo.md). Optuna keeps its own database beside
+    # this one; these tables are the daemon's word on which job is which trial and
+    # what each reported, so a restart can set Optuna right.
+    """
+    CREATE TABLE experiments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        user TEXT NOT NULL,
+        spec TEXT NOT NULL,                    -- JSON ExperimentSpec
+        state TEXT NOT NULL,                   -- RUNNING, DONE, STOPPED
+        reason TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        ended REAL
+    );
+    CREATE TABLE trials (
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        number INTEGER NOT NULL,               -- Optuna's trial number
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        state TEXT NOT NULL,                   -- ACTIVE, COMPLETE, PRUNED, FAILED, STOPPED
+        params TEXT NOT NULL,                  -- JSON object
+        value REAL,
+        last_step INTEGER,
+        last_value REAL,
+        reason TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        ended REAL,
+        PRIMARY KEY (experiment_id, number)
+    );
+    CREATE INDEX trials_by_job ON trials(job_id);
+    CREATE TABLE trial_values (                -- every intermediate report
+        experiment_id INTEGER NOT NULL,
+        number INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (experiment_id, number, step)
+    );
+    """,
 ]
