@@ -4,6 +4,7 @@
     schedctl jobs | show JOB | cancel JOB | logs JOB
     schedctl consumers | nodes | drain NODE | undrain NODE
     schedctl policy validate FILE | policy apply FILE [--dry-run] | policy show
+    schedctl hpo create FILE | hpo list | hpo show EXP [--watch] | hpo stop EXP | hpo plot EXP
 
 The daemon address comes from --daemon or $SCHEDULERD_ADDRESS (default 127.0.0.1:50051).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
 from schedulerd.cli import format as fmt
+from schedulerd.cli import hpo
 from schedulerd.client import DEFAULT_ADDRESS, Client, ClientError
 from schedulerd.policy import PolicyError, load_policy
 
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dry-run", action="store_true")
     a.add_argument("--json", action="store_true")
     psub.add_parser("show", help="print the policy in force")
+    hpo.add_parser(sub)
     return p
 
 
@@ -251,6 +254,7 @@ COMMANDS = {
     "drain": _drain,
     "undrain": _undrain,
     "policy": _policy,
+    "hpo": hpo.run,
 }
 
 

@@ -1,0 +1,338 @@
+"""The experiment file (YAML) → an ExperimentSpec, or every problem at once as
+`FILE:LINE: KEY: REASON`, the way the policy loader reports (schedulerd/policy/):
+the same composed-node reading keeps line numbers and catches repeated keys.
+
+Values are read and type-checked here; the rules that span fields (low < high,
+log needs low > 0, grid needs steps, placeholders...) are spec.problems(), whose
+field names are mapped back onto the lines they came from. The format is in
+docs/hpo.md.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+from pathlib import Path
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from schedulerd.hpo.spec import (
+    CategoricalParam,
+    Choice,
+    ExperimentSpec,
+    FloatParam,
+    IntParam,
+    Param,
+    PrunerSpec,
+    problems,
+)
+from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue
+from schedulerd.policy.nodes import (
+    BOOL,
+    FLOAT,
+    INT,
+    STR,
+    compose,
+    describe,
+    entries,
+    join,
+    unknown_key,
+)
+
+TOP_KEYS = (
+    *("name", "consumer", "user", "command", "env", "workdir", "gpus", "priority"),
+    *("objective", "params", "sampler", "seed", "pruner", "max_trials", "max_parallel"),
+)
+PARAM_KEYS = {
+    "float": ("type", "low", "high", "log", "step"),
+    "int": ("type", "low", "high", "log", "step"),
+    "categorical": ("type", "choices"),
+}
+PRUNER_KEYS = (
+    *("type", "min_resource", "max_resource", "reduction_factor"),
+    *("startup_trials", "warmup_steps"),
+)
+
+
+class ExperimentFileError(PolicyError):
+    def __str__(self) -> str:
+        sources = sorted({i.source for i in self.issues})
+        n = len(self.issues)
+        head = f"experiment file {', '.join(sources)} has {n} error{'s' if n != 1 else ''}:"
+        return "\n".join([head, *(f"  {i}" for i in self.issues)])
+
+    def __reduce__(self) -> tuple[type[PolicyError], tuple[tuple[PolicyIssue, ...]]]:
+        return (ExperimentFileError, (self.issues,))
+
+
+def load_experiment_file(path: str | Path, user: str | None = None) -> ExperimentSpec:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise ExperimentFileError([PolicyIssue(source, 0, "", f"cannot read: {why}")]) from None
+    return load_experiment(text, source, Path(path).resolve().parent, user)
+
+
+def load_experiment(
+    text: str, source: str = "<experiment>", base: Path | None = None, user: str | None = None
+) -> ExperimentSpec:
+    """Parse and check an experiment file; a relative workdir is taken from `base`."""
+    issues = Issues(source)
+    reader = _Reader(issues)
+    doc = compose(text, issues)
+    spec = None
+    if doc is not None and not issues:
+        spec = reader.document(doc, base or Path.cwd(), user or getpass.getuser())
+    elif doc is None and not issues:
+        issues.add(1, "", "the file is empty; see docs/hpo.md for the format")
+    if spec is not None and not issues:
+        for key, why in problems(spec):
+            issues.add(reader.line_of(key), key, why)
+    try:
+        issues.raise_if_any()
+    except PolicyError as e:
+        raise ExperimentFileError(e.issues) from None
+    assert spec is not None
+    return spec
+
+
+class _Reader:
+    def __init__(self, issues: Issues) -> None:
+        self.issues = issues
+        self.lines: dict[str, int] = {}
+
+    def line_of(self, key: str) -> int:
+        """The line of a field, or of the nearest enclosing one."""
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            if key.endswith("]"):
+                key = key[: key.rindex("[")]
+            elif "." in key:
+                key = key.rsplit(".", 1)[0]
+            else:
+                break
+        return 1
+
+    def _note(self, key: str, node: Node) -> Node:
+        self.lines[key] = node.start_mark.line + 1
+        return node
+
+    def document(self, doc: Node, base: Path, user: str) -> ExperimentSpec | None:
+        if not isinstance(doc, MappingNode):
+            self.issues.add(doc, "", f"the file must be a mapping, got {describe(doc)}")
+            return None
+        got: dict[str, Any] = {}
+        for name, k, v in entries(doc, "", self.issues):
+            self._note(name, v)
+            if name not in TOP_KEYS:
+                self.issues.add(k, name, unknown_key(name, TOP_KEYS))
+            elif name == "command":
+                got[name] = self._strings(v, name)
+            elif name == "env":
+                got[name] = self._env(v)
+            elif name == "params":
+                got[name] = self._params(v)
+            elif name == "objective":
+                got.update(self._objective(v))
+            elif name == "pruner":
+                got[name] = self._pruner(v)
+            elif name == "gpus":
+                got["gpus"] = self._gpus(v)
+            elif name in ("priority", "seed", "max_trials", "max_parallel"):
+                got[name] = self._int(v, name)
+            else:
+                got[name] = self._str(v, name)
+        for required in ("consumer", "command", "params"):
+            if required not in got:
+                self.issues.add(doc, required, "missing; see docs/hpo.md for the format")
+        if self.issues:
+            return None
+        workdir = got.get("workdir") or "."
+        gmin, gmax = got.get("gpus", (1, 1))
+        return ExperimentSpec(
+            name=got.get("name", ""),
+            consumer=got["consumer"],
+            user=got.get("user") or user,
+            command=tuple(got["command"]),
+            params=tuple(got["params"]),
+            metric=got.get("metric", "objective"),
+            direction=got.get("direction", "minimize"),
+            sampler=got.get("sampler", "tpe"),
+            seed=got.get("seed"),
+            pruner=got.get("pruner", PrunerSpec()),
+            max_trials=got.get("max_trials", 0),
+            max_parallel=got.get("max_parallel", 1),
+            gpus_min=gmin,
+            gpus_max=gmax,
+            priority=got.get("priority", 0),
+            env=got.get("env", {}),
+            working_dir=str((base / workdir).resolve()),
+        )
+
+    # -- sections -----------------------------------------------------------
+
+    def _objective(self, node: Node) -> dict[str, str]:
+        out = {}
+        for name, k, v in self._mapping(node, "objective"):
+            key = join("objective", name)
+            self._note(key, v)
+            if name in ("metric", "direction"):
+                out[name] = self._str(v, key)
+            else:
+                self.issues.add(k, key, unknown_key(name, ("metric", "direction")))
+        return out
+
+    def _params(self, node: Node) -> list[Param]:
+        out: list[Param] = []
+        for name, _, v in self._mapping(node, "params"):
+            key = join("params", name)
+            self._note(key, v)
+            param = self._param(name, v, key)
+            if param is not None:
+                out.append(param)
+        return out
+
+    def _param(self, name: str, node: Node, key: str) -> Param | None:
+        fields = {n: (k, v) for n, k, v in self._mapping(node, key)}
+        if "type" not in fields:
+            self.issues.add(node, key, "missing 'type': float, int or categorical")
+            return None
+        kind = self._str(fields["type"][1], join(key, "type"))
+        if kind not in PARAM_KEYS:
+            self.issues.add(
+                fields["type"][1], join(key, "type"), f"{kind!r}: use float, int or categorical"
+            )
+            return None
+        for n, (k, v) in fields.items():
+            self._note(join(key, n), v)
+            if n not in PARAM_KEYS[kind]:
+                self.issues.add(k, join(key, n), unknown_key(n, PARAM_KEYS[kind]))
+        if kind == "categorical":
+            if "choices" not in fields:
+                self.issues.add(node, join(key, "choices"), "missing; a list of values")
+                return None
+            return CategoricalParam(name, tuple(self._choices(fields["choices"][1], key)))
+        for required in ("low", "high"):
+            if required not in fields:
+                self.issues.add(node, join(key, required), "missing")
+        if "low" not in fields or "high" not in fields:
+            return None
+        num = self._float if kind == "float" else self._int
+        low = num(fields["low"][1], join(key, "low"))
+        high = num(fields["high"][1], join(key, "high"))
+        log = self._bool(fields["log"][1], join(key, "log")) if "log" in fields else False
+        step = num(fields["step"][1], join(key, "step")) if "step" in fields else None
+        if kind == "float":
+            return FloatParam(name, float(low), float(high), log, step)
+        return IntParam(name, int(low), int(high), log, None if step is None else int(step))
+
+    def _pruner(self, node: Node) -> PrunerSpec:
+        if isinstance(node, ScalarNode):
+            return PrunerSpec(kind=self._str(node, "pruner"))
+        values: dict[str, Any] = {}
+        for name, k, v in self._mapping(node, "pruner"):
+            key = join("pruner", name)
+            self._note(key, v)
+            if name == "type":
+                values["kind"] = self._str(v, key)
+            elif name in PRUNER_KEYS:
+                values[name] = self._int(v, key)
+            else:
+                self.issues.add(k, key, unknown_key(name, PRUNER_KEYS))
+        return PrunerSpec(**values)
+
+    def _gpus(self, node: Node) -> tuple[int, int]:
+        text = node.value if isinstance(node, ScalarNode) else ""
+        low, sep, high = str(text).partition(":")
+        if not low.strip().isdigit() or (sep and not high.strip().isdigit()):
+            self.issues.add(
+                node, "gpus", f"give N, or MIN:MAX for elastic trials; got {describe(node)}"
+            )
+            return (1, 1)
+        return int(low), int(high) if sep else int(low)
+
+    def _env(self, node: Node) -> dict[str, str]:
+        out = {}
+        for name, _, v in self._mapping(node, "env"):
+            if isinstance(v, ScalarNode) and v.tag in (STR, INT, FLOAT, BOOL):
+                out[name] = str(v.value)
+            else:
+                self.issues.add(v, join("env", name), f"must be a plain value, got {describe(v)}")
+        return out
+
+    # -- values -------------------------------------------------------------
+
+    def _mapping(self, node: Node, key: str) -> list[tuple[str, Node, Node]]:
+        if not isinstance(node, MappingNode):
+            self.issues.add(node, key, f"must be a mapping, got {describe(node)}")
+            return []
+        return entries(node, key, self.issues)
+
+    def _strings(self, node: Node, key: str) -> list[str]:
+        if not isinstance(node, SequenceNode):
+            self.issues.add(node, key, f"must be a list (argv), got {describe(node)}")
+            return []
+        out = []
+        for i, item in enumerate(node.value):
+            self._note(f"{key}[{i}]", item)
+            if isinstance(item, ScalarNode) and item.tag in (STR, INT, FLOAT):
+                out.append(str(item.value))
+            else:
+                self.issues.add(item, f"{key}[{i}]", f"must be text, got {describe(item)}")
+        return out
+
+    def _choices(self, node: Node, key: str) -> list[Choice]:
+        key = join(key, "choices")
+        if not isinstance(node, SequenceNode):
+            self.issues.add(node, key, f"must be a list of values, got {describe(node)}")
+            return []
+        out: list[Choice] = []
+        for item in node.value:
+            if isinstance(item, ScalarNode) and item.tag == INT:
+                out.append(int(item.value))
+            elif isinstance(item, ScalarNode) and item.tag == FLOAT:
+                out.append(float(item.value))
+            elif isinstance(item, ScalarNode) and item.tag == BOOL:
+                out.append(item.value.lower() in ("true", "yes", "on"))
+            elif isinstance(item, ScalarNode) and item.tag == STR:
+                out.append(str(item.value))
+            else:
+                self.issues.add(item, key, f"choices are plain values, got {describe(item)}")
+        return out
+
+    def _str(self, node: Node, key: str) -> str:
+        if isinstance(node, ScalarNode) and node.tag == STR:
+            return str(node.value)
+        self.issues.add(node, key, f"must be text, got {describe(node)}")
+        return ""
+
+    def _int(self, node: Node, key: str) -> int:
+        if isinstance(node, ScalarNode) and node.tag == INT:
+            try:
+                return int(node.value.replace("_", ""), 0)
+            except ValueError:
+                pass
+        self.issues.add(node, key, f"must be a whole number, got {describe(node)}")
+        return 0
+
+    def _float(self, node: Node, key: str) -> float:
+        # PyYAML (YAML 1.1) reads 1e-4 as text: a number written so is still a number.
+        if isinstance(node, ScalarNode) and node.tag in (INT, FLOAT, STR):
+            try:
+                number = float(node.value)
+                if math.isfinite(number):
+                    return number
+            except ValueError:
+                pass
+        self.issues.add(node, key, f"must be a number, got {describe(node)}")
+        return 0.0
+
+    def _bool(self, node: Node, key: str) -> bool:
+        if isinstance(node, ScalarNode) and node.tag == BOOL:
+            return str(node.value).lower() in ("true", "yes", "on")
+        self.issues.add(node, key, f"must be true or false, got {describe(node)}")
+        return False
