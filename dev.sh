@@ -16,7 +16,7 @@ install() {
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # The pinned torch first (a local CPU wheel on these machines), then the rest.
   "$VENV/bin/python" -m pip install --quiet torch==2.13.0 numpy
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev,train,sim]'
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev,train,sim,hpo]'
 }
 
 lint() {
