@@ -8,12 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import optuna
+import pytest
 from harness import running_cluster, wait_for
 from hpo_helpers import spec, trial_file
 
 from schedulerd.api.v1 import experiments_pb2 as pb
 from schedulerd.api.v1 import jobs_pb2
+from schedulerd.client import ClientError
 from schedulerd.hpo.spec import PrunerSpec
 
 POLICY = """
@@ -230,3 +233,41 @@ max_parallel: 2
         assert "experiment 1 DONE" in stopped.stdout  # already over: nothing to stop
         missing = _schedctl(cluster, "hpo", "show", "9")
         assert missing.returncode == 1 and "no experiment 9" in missing.stderr
+
+
+NESTED = """
+version: 1
+consumers:
+  org:
+    consumers:
+      x: {share: 1}
+"""
+
+
+def test_create_refuses_a_bad_spec_naming_each_field_and_creates_nothing(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, NESTED, {"n1": 2}) as cluster:
+        c = cluster.client
+        for consumer, words in [
+            ("/nope", "spec.consumer: consumer '/nope' does not exist"),
+            ("/org", "spec.consumer: consumer /org is a parent"),
+        ]:
+            with pytest.raises(ClientError) as refused:
+                c.create_experiment(spec(tmp_path, consumer))
+            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert words in refused.value.details, refused.value.details
+        bad = spec(tmp_path, "/org/x", parallel=0)
+        bad.params[0].float_range.low = 2.0  # above high
+        bad.gpus.min, bad.gpus.max = 3, 3  # more than the cluster's 2
+        with pytest.raises(ClientError) as refused:
+            c.create_experiment(bad)
+        details = refused.value.details
+        assert "spec.params.x.high: must be above low (2.0), got 1.0" in details
+        assert "spec.max_parallel: must be at least 1, got 0" in details
+        assert details.endswith("nothing was created")
+        bad.max_parallel = 1
+        bad.params[0].float_range.low = 0.0
+        with pytest.raises(ClientError, match=r"spec.gpus: can never fit"):
+            c.create_experiment(bad)
+        assert c.list_experiments() == [] and c.list_jobs() == []
+        with pytest.raises(ClientError, match="no experiment 1"):
+            c.get_experiment(1)
