@@ -32,8 +32,7 @@ Measured:
   scheduler's own view of an allocation) and pending jobs per account (squeue; schedulerd:
   ListJobs for the running ones, ListConsumers' pending_jobs, as of the last cycle);
 - from the schedulers' records (sacct; the daemon's job list): the first start, the start
-  that fills the last GPU, the last start
-  after release, last end;
+  that fills the last GPU, the last start and the last end, in seconds after release;
 - the 1:3 split: acct_b's fraction of busy GPUs in each sample taken while both accounts
   still had jobs waiting; "reached" is the first sample from which every later such
   sample stays within +-BAND of 0.75;
