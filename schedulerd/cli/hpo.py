@@ -113,7 +113,12 @@ def _plot(client: Client, args: argparse.Namespace) -> int:
     from schedulerd.cli.hpo_plot import write_plots  # matplotlib: only when plotting
 
     exp = client.get_experiment(args.experiment, include_intermediate=True)
-    for path in write_plots(exp, args.out):
+    try:
+        paths = write_plots(exp, args.out)
+    except ImportError:
+        print("schedctl hpo plot needs matplotlib: pip install 'schedulerd[hpo]'", file=sys.stderr)
+        return 2
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
