@@ -44,6 +44,10 @@ class ClusterState:
         self.usage: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
         self._usage_at = clock()
         self.listeners: list[Callable[[JobRecord], None]] = []
+        # The core's view of each waiting job, kept while the job's fields are the
+        # same: a backlog of thousands would otherwise be rebuilt every cycle (a
+        # third of the daemon's time under a burst of submissions).
+        self._waiting_views: dict[int, tuple[tuple[object, ...], core.Job]] = {}
 
     # -- loading and policy -------------------------------------------------
 
@@ -80,8 +84,33 @@ class ClusterState:
             core.Node(NodeName(n.name), tuple(g.index for g in n.gpus), self.schedulable(n))
             for n in self.nodes.values()
         )
-        jobs = tuple(_core_job(j) for j in self.jobs.values())
+        jobs = tuple(self._core_view(j) for j in self.jobs.values())
+        for gone in self._waiting_views.keys() - self.jobs.keys():
+            del self._waiting_views[gone]
         return core.Snapshot(nodes=nodes, jobs=jobs, user_usage=dict(self.usage))
+
+    def _core_view(self, job: JobRecord) -> core.Job:
+        if job.parts:  # running, or placed: built fresh (its parts change in place)
+            self._waiting_views.pop(job.id, None)
+            return _core_job(job)
+        key = (
+            job.state,
+            job.consumer,
+            job.user,
+            job.gpus_min,
+            job.gpus_max,
+            job.priority,
+            job.start_time,
+            job.release_deadline,
+            job.cancel_requested,
+            job.preempting,
+        )
+        cached = self._waiting_views.get(job.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        view = _core_job(job)
+        self._waiting_views[job.id] = (key, view)
+        return view
 
     def cluster_shape(self) -> core.ClusterShape:
         return core.ClusterShape(tuple(len(n.gpus) for n in self.nodes.values()))
