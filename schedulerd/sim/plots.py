@@ -36,12 +36,13 @@ def allocation_plot(results: Sequence[Result], path: Path, hours: bool = True) -
         for k, result in enumerate(results):
             s = result.recorder.series
             xs = [(b + 0.5) * s.bin_s / unit for b in range(len(s.allocation))]
-            color = f"C{k}"
+            # schedulerd (first) drawn thickest; baselines thinner, so both show.
             ax.plot(
                 xs,
                 [row[i] / s.bin_s for row in s.allocation],
-                color=color,
-                lw=1,
+                color=f"C{k}",
+                lw=1.6 if k == 0 else 0.9,
+                alpha=1.0 if k == 0 else 0.8,
                 label=f"{result.scheduler}: allocated",
             )
             if k == 0:
@@ -49,16 +50,25 @@ def allocation_plot(results: Sequence[Result], path: Path, hours: bool = True) -
                     xs,
                     [row[i] / s.bin_s for row in s.entitlement],
                     color="black",
-                    lw=1,
+                    lw=0.9,
                     ls="--",
+                    zorder=5,
                     label="entitlement (schedulerd's rule)",
                 )
         ax.set_ylabel(f"{consumers[i]}\nGPUs", fontsize=8)
         ax.tick_params(labelsize=8)
-    axes[0, 0].legend(fontsize=7, loc="upper right", ncol=len(results) + 1)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        fontsize=8,
+        loc="upper center",
+        ncol=len(results) + 1,
+        bbox_to_anchor=(0.5, 0.97),
+    )
     axes[-1, 0].set_xlabel("hours" if hours else "days")
-    fig.suptitle(f"Allocation against entitlement: {results[0].workload}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"Allocation against entitlement: {results[0].workload}", fontsize=10, y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
