@@ -91,7 +91,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("jobs completed / refused / unfinished", "jobs"),
     ("GPU allocation while demand exists", "alloc"),
     ("minutes idle GPUs sat beside a waiting job that fit", "idle"),
-    ("fairness error (Σ|alloc − entitlement| / cluster)", "error"),
+    ("fairness error (Σ abs(alloc − entitlement) / cluster)", "error"),
     ("Jain's index over backlogged consumers", "jain"),
     ("wait, mean / p95", "wait"),
     ("completion time, mean / p95", "jct"),
