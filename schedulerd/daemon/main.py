@@ -80,6 +80,9 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
     node = f"{socket.gethostname()}-local"
     cmd = [
         sys.executable,
+        # -P: the working directory must not shadow the installed package (a
+        # folder named "agent" in it, as a state dir once was, broke the start).
+        "-P",
         "-m",
         "agent",
         "--daemon",
@@ -89,7 +92,7 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
         "--fake-gpus-fallback",
         str(args.local_agent_fake_gpus),
         "--state-dir",
-        str(args.db.parent / "agent"),
+        str(args.db.parent / "agent-state"),
         "--log-level",
         args.log_level,
     ]
