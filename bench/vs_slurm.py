@@ -574,9 +574,9 @@ def table(slurm: Result | None, sched: Result | None, args: argparse.Namespace) 
 
     rows: list[tuple[str, float, float, int, bool]] = [
         # label, slurm, schedulerd, digits, ratio?
-        ("submissions/s, sequential (sbatch | Client.submit RPC)", s.submit_rate,
+        ("submissions/s, sequential (sbatch; Client.submit RPC)", s.submit_rate,
          d.submit_rate, 0, True),
-        (f"submissions/s, one process per job (sbatch | schedctl submit x {d.cli_jobs})",
+        (f"submissions/s, one process per job (sbatch; schedctl submit x {d.cli_jobs})",
          s.cli_rate, d.cli_rate, 1, True),
         ("first job started, s after release", f(fs, "first_start"), f(fd, "first_start"), 1,
          True),
@@ -603,7 +603,7 @@ def table(slurm: Result | None, sched: Result | None, args: argparse.Namespace) 
         ("1-min load average after release, mean of the samples", _mean_load(s),
          _mean_load(d), 1, False),
         ("CPU s, central daemons, release → empty", s.cpu_control_s, d.cpu_control_s, 1, True),
-        ("CPU s, node daemons (16 slurmd | 16 agents)", s.cpu_nodes_s, d.cpu_nodes_s, 1, True),
+        ("CPU s, node daemons (16 slurmd; 16 agents)", s.cpu_nodes_s, d.cpu_nodes_s, 1, True),
         ("CPU s, whole machine (everything running), same window", s.cpu_machine_s,
          d.cpu_machine_s, 1, True),
     ]  # fmt: skip
