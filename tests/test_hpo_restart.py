@@ -86,3 +86,45 @@ def test_restart_submits_asked_trials_and_tells_untold_results(tmp_path: Path) -
         store.close()
 
     asyncio.run(after_restart())
+
+
+def test_a_trial_asked_with_only_some_parameters_fails_at_restart(tmp_path: Path) -> None:
+    """Optuna writes a trial's parameters one at a time: a crash midway must not
+    start a job with half of them, nor keep the daemon from starting."""
+    two = ExperimentSpec(
+        name="r2",
+        consumer="/team",
+        user="u",
+        command=("python", "t.py", "{x}", "{y}"),
+        params=(FloatParam("x", 0.0, 1.0), FloatParam("y", 0.0, 1.0)),
+        sampler="random",
+        seed=1,
+        max_trials=4,
+        max_parallel=1,
+    )
+
+    async def before_crash() -> int:
+        store, _, ctl = _controller(tmp_path)
+        await ctl.start()
+        exp = await ctl.create(two)
+        book = await ctl.book()
+        # Killed after Optuna stored x of a new trial, before y.
+        trial = book._studies[exp.id].ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        store.close()
+        return exp.id
+
+    exp_id = asyncio.run(before_crash())
+
+    async def after_restart() -> None:
+        store, state, ctl = _controller(tmp_path)
+        await ctl.start()
+        assert sorted(ctl.trials[exp_id]) == [0]  # no job for the half-asked trial
+        study = optuna.load_study(
+            study_name=f"experiment-{exp_id}", storage=f"sqlite:///{tmp_path}/s.db.optuna.sqlite"
+        )
+        assert study.trials[1].state is optuna.trial.TrialState.FAIL
+        assert all(len(job.command) == 4 for job in state.jobs.values())
+        store.close()
+
+    asyncio.run(after_restart())

@@ -67,6 +67,25 @@ def _spec(**kw: object) -> ExperimentSpec:
             "max_trials",
             "more than the grid's 3 points",
         ),
+        (
+            {"params": (FloatParam("lr", 0.1, 1.0, step=float("nan")),)},
+            "params.lr.step",
+            "a number above 0",
+        ),
+        (
+            {"sampler": "grid", "params": (IntParam("lr", 0, 10**9),), "max_trials": 4},
+            "params.lr",
+            "at most 100,000",
+        ),
+        (
+            {
+                "sampler": "grid",
+                "command": ("python", "t.py"),
+                "params": (IntParam("a", 0, 999), IntParam("b", 0, 999)),
+            },
+            "params",
+            "the grid would have 1,000,000 points",
+        ),
     ],
 )
 def test_problems_name_the_field(change: dict[str, object], field: str, words: str) -> None:

@@ -93,11 +93,29 @@ def grid_size(params: tuple[Param, ...]) -> int | None:
     """Points of the grid, or None when a parameter has no finite list of values."""
     size = 1
     for p in params:
-        values = grid_values(p)
-        if values is None:
+        count = grid_count(p)
+        if count == 0:
             return None
-        size *= len(values)
+        size *= count
     return size
+
+
+# A grid is built whole, by us and by Optuna's GridSampler: a range of 10^9 would
+# exhaust the daemon's memory.
+MAX_GRID = 100_000
+
+
+def grid_count(p: Param) -> int:
+    """How many values a parameter has on a grid, counted, not listed (0: none)."""
+    if isinstance(p, CategoricalParam):
+        return len(p.choices)
+    if p.log:
+        return 0
+    if isinstance(p, IntParam):
+        return max(0, (p.high - p.low) // (p.step or 1) + 1)
+    if p.step is None or not (math.isfinite(p.step) and p.step > 0):
+        return 0
+    return math.floor((p.high - p.low) / p.step + 1e-9) + 1
 
 
 def grid_values(p: Param) -> list[Choice] | None:
@@ -139,6 +157,9 @@ def problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     if spec.sampler not in SAMPLERS:
         out.append(("sampler", f"{spec.sampler!r}: use one of {', '.join(SAMPLERS)}"))
     out += _param_problems(spec.params, spec.sampler)
+    size = grid_size(spec.params) if spec.sampler == "grid" and not out else None
+    if size is not None and size > MAX_GRID:
+        out.append(("params", f"the grid would have {size:,} points (at most {MAX_GRID:,})"))
     out += _command_problems(spec)
     out += _pruner_problems(spec.pruner)
     out += _limit_problems(spec)
@@ -174,11 +195,13 @@ def _param_problems(params: tuple[Param, ...], sampler: str) -> list[tuple[str, 
             out.append((f"{key}.low", f"a log scale needs low > 0, got {p.low}"))
         if p.log and p.step is not None:
             out.append((f"{key}.step", "a step cannot be used with a log scale"))
-        if p.step is not None and p.step <= 0:
-            out.append((f"{key}.step", f"must be above 0, got {p.step}"))
+        if p.step is not None and not (math.isfinite(p.step) and p.step > 0):
+            out.append((f"{key}.step", f"must be a number above 0, got {p.step}"))
         elif p.step is not None and p.high > p.low and p.step > p.high - p.low:
             out.append((f"{key}.step", f"{p.step} is wider than the range {p.low}..{p.high}"))
-        if sampler == "grid" and grid_values(p) is None:
+        if sampler == "grid" and grid_count(p) > MAX_GRID:
+            out.append((key, f"{grid_count(p):,} values on a grid (at most {MAX_GRID:,})"))
+        elif sampler == "grid" and grid_count(p) == 0:
             why = "a log scale" if p.log else "no step"
             out.append((key, f"the grid sampler needs a finite list of values; this has {why}"))
     return out

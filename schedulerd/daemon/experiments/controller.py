@@ -94,7 +94,10 @@ class ExperimentController:
         if self.running:
             async with self._lock:
                 for exp in list(self.running.values()):
-                    await self._reconcile(exp)
+                    try:
+                        await self._reconcile(exp)
+                    except Exception:  # one broken experiment must not keep the daemon down
+                        log.exception("experiment %d: could not be set right at start", exp.id)
 
     async def _reconcile(self, exp: ExperimentRecord) -> None:
         book = await self.book()
@@ -103,9 +106,24 @@ class ExperimentController:
         for ft in frozen:
             ours = trials.get(ft.number)
             if ours is None:
-                if ft.state.name == "RUNNING":  # asked, then the daemon died before the job
+                if ft.state.name != "RUNNING":
+                    continue
+                if set(ft.params) == {p.name for p in exp.spec.params}:
+                    # Asked, then the daemon died before the job: it gets its job now.
                     log.info("experiment %d: trial %d gets its job now", exp.id, ft.number)
                     self._submit_trial(exp, ft.number, dict(ft.params))
+                else:
+                    # Optuna writes a trial's parameters one by one: a crash (or a
+                    # sampler error) midway leaves a trial without all of them.
+                    log.warning(
+                        "experiment %d: trial %d was asked but has only parameters %s; failed",
+                        exp.id,
+                        ft.number,
+                        sorted(ft.params),
+                    )
+                    await asyncio.to_thread(
+                        book.tell, exp.id, ft.number, TrialState.FAILED.value, None
+                    )
                 continue
             if ours.state.ended and ft.state.name == "RUNNING":
                 await asyncio.to_thread(
@@ -165,7 +183,10 @@ class ExperimentController:
             if job is not None and not trial.state.ended:
                 await self._job_ended(self.running[where[0]], trial, job)
         for exp in list(self.running.values()):
-            await self._top_up(exp)
+            try:
+                await self._top_up(exp)
+            except Exception:  # the others still get their trials
+                log.exception("experiment %d: could not ask for more trials", exp.id)
 
     async def _top_up(self, exp: ExperimentRecord) -> None:
         trials = self.trials[exp.id]
