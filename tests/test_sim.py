@@ -264,3 +264,21 @@ def test_a_run_stops_at_until_and_counts_what_is_unfinished() -> None:
     assert r.unfinished == 2
     assert r.virtual_s == 86400.0
     assert r.recorder.allocated_gpu_s == 8 * 86400.0
+
+
+def test_an_interval_that_is_not_exact_in_binary_does_not_stall_the_clock() -> None:
+    # With a 0.3 s tick the borrower starts at the tick 0.6, so it may be preempted
+    # from 60.6, and ceil(60.6 / 0.3) * 0.3 is 60.599999...: the run once repeated
+    # a cycle at that instant forever, waiting for min_runtime to run out.
+    jobs = [_job(0, "/b", 0.4, 4000, 4), _job(1, "/b", 0.4, 4000, 4), _job(2, "/a", 10, 100, 4)]
+    r = _run(
+        jobs,
+        "schedulerd",
+        weights={"/a": 0.5, "/b": 0.5},
+        owned_fraction=1.0,
+        min_runtime_s=60,
+        config=SimConfig(interval_s=0.3),
+    )
+    assert r.preemptions == 1
+    start = r.outcomes[2].first_start
+    assert start is not None and 60.6 + 30 <= start < 60.6 + 30 + 1

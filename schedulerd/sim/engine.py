@@ -176,7 +176,7 @@ class Engine:
                 # With nothing waiting and no elastic job that could grow, a
                 # cycle can decide nothing: skip it (most ends, on a big cluster).
                 if self.pending or self.elastic_running:
-                    soon = math.ceil(t / tick) * tick
+                    soon = _tick_at_or_after(t, tick)
                     next_cycle = soon if next_cycle is None else min(next_cycle, soon)
                 self._observe(after_cycle=False)
                 continue
@@ -188,7 +188,8 @@ class Engine:
             elif self.pending and self.scheduler.time_sensitive:
                 wake = self._next_preemptible()
                 if wake is not None:
-                    next_cycle = math.ceil(wake / tick) * tick
+                    # Strictly later: a cycle that decided nothing must not repeat now.
+                    next_cycle = max(_tick_at_or_after(wake, tick), t + tick)
             self._observe(after_cycle=True)
         self.recorder.advance(self.now)
         self.result.virtual_s = self.recorder.span_s
@@ -278,11 +279,12 @@ class Engine:
         if not gone:
             return
         self._free(live.job.consumer, tuple(gone))
+        releasing = tuple(s for s in live.job.releasing if s not in gone)
         live.job = dataclasses.replace(
             live.job,
             held=tuple(s for s in live.job.held if s not in gone),
-            releasing=tuple(s for s in live.job.releasing if s not in gone),
-            release_deadline=None if not live.job.releasing else live.job.release_deadline,
+            releasing=releasing,
+            release_deadline=live.job.release_deadline if releasing else None,
         )
 
     # --- a cycle --------------------------------------------------------------
@@ -437,3 +439,11 @@ class Engine:
         if gpus > self.largest_node:
             return sum(free.values()) >= gpus
         return max(free.values(), default=0) >= gpus
+
+
+def _tick_at_or_after(t: float, tick: float) -> float:
+    """The first tick at or after t. ceil(t / tick) * tick alone can land a hair
+    before t (0.3 is not exact in binary), which once made a run repeat a cycle at
+    the same instant forever."""
+    at = math.ceil(t / tick) * tick
+    return at if at >= t else at + tick

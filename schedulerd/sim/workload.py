@@ -108,7 +108,8 @@ def load_philly(
 
 def _philly_row(path: Path, line: int, row: dict[str, str]) -> tuple[datetime, float, int, str]:
     try:
-        ts = datetime.fromisoformat(row["timestamp"]).replace(tzinfo=UTC)
+        ts = datetime.fromisoformat(row["timestamp"])
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     except ValueError:
         raise TraceError(f"{path}:{line}: timestamp: not {PHILLY_TIME_FORMAT}") from None
     try:
