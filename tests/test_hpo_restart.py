@@ -18,7 +18,7 @@ from schedulerd.daemon.state import ClusterState
 from schedulerd.hpo.spec import ExperimentSpec, FloatParam
 from schedulerd.policy import load_policy
 from schedulerd.store import JobState, Store
-from schedulerd.store.experiments import TrialState
+from schedulerd.store.experiments import ExperimentState, TrialState
 
 POLICY = "version: 1\nconsumers:\n  team: {share: 1}\n"
 SPEC = ExperimentSpec(
@@ -125,6 +125,43 @@ def test_a_trial_asked_with_only_some_parameters_fails_at_restart(tmp_path: Path
         )
         assert study.trials[1].state is optuna.trial.TrialState.FAIL
         assert all(len(job.command) == 4 for job in state.jobs.values())
+        store.close()
+
+    asyncio.run(after_restart())
+
+
+def test_a_stop_killed_before_its_cancels_cancels_them_at_restart(tmp_path: Path) -> None:
+    """StopExperiment commits the trials' end, then cancels their jobs and tells
+    Optuna: killed in between, the next start does both."""
+
+    async def before_crash() -> tuple[int, list[int]]:
+        store, _, ctl = _controller(tmp_path)
+        await ctl.start()
+        exp = await ctl.create(SPEC)
+        active = list(ctl.trials[exp.id].values())
+        assert len(active) == 2
+        # The commit of stop(), and nothing after it.
+        for t in active:
+            t.state, t.reason = TrialState.STOPPED, "experiment stopped by u"
+        exp.state = ExperimentState.STOPPED
+        ctl.store.save_trials(active, exp)
+        store.close()
+        return exp.id, [t.job_id for t in active]
+
+    exp_id, jobs = asyncio.run(before_crash())
+
+    async def after_restart() -> None:
+        store, state, ctl = _controller(tmp_path)
+        assert all(j in state.jobs for j in jobs)  # still queued
+        await ctl.start()
+        for j in jobs:
+            assert j not in state.jobs
+            ended = store.load_job(j)
+            assert ended is not None and ended.state is JobState.CANCELLED
+        study = optuna.load_study(
+            study_name=f"experiment-{exp_id}", storage=f"sqlite:///{tmp_path}/s.db.optuna.sqlite"
+        )
+        assert all(t.state is not optuna.trial.TrialState.RUNNING for t in study.trials)
         store.close()
 
     asyncio.run(after_restart())

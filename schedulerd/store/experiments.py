@@ -133,6 +133,10 @@ class ExperimentStore:
             )
             self.save_trial(trial)
 
+    def trial_of_job(self, job_id: int) -> TrialRecord | None:
+        rows = list(self.db.table("trials").rows_where("job_id = ?", [job_id]))
+        return _trial_from_row(rows[0]) if rows else None
+
     def load_trials(self, exp_id: int) -> list[TrialRecord]:
         rows = self.db.table("trials").rows_where("experiment_id = ?", [exp_id], order_by="number")
         return [_trial_from_row(r) for r in rows]

@@ -91,6 +91,7 @@ class ExperimentController:
             for t in self.trials[exp.id].values():
                 if not t.state.ended or t.job_id in self.state.jobs:
                     self.by_job[t.job_id] = (exp.id, t.number)
+        await self._cancel_leftovers()
         if self.running:
             async with self._lock:
                 for exp in list(self.running.values()):
@@ -98,6 +99,31 @@ class ExperimentController:
                         await self._reconcile(exp)
                     except Exception:  # one broken experiment must not keep the daemon down
                         log.exception("experiment %d: could not be set right at start", exp.id)
+
+    async def _cancel_leftovers(self) -> None:
+        """Jobs of ended trials of experiments that are over. A stop commits the
+        trials' end, then cancels their jobs and tells Optuna: killed in between,
+        the jobs are still queued or running, and nothing else would stop them."""
+        left: dict[int, list[TrialRecord]] = {}
+        for job in list(self.state.jobs.values()):
+            if job.id in self.by_job or job.cancel_requested:
+                continue
+            trial = self.store.trial_of_job(job.id)
+            if trial is not None and trial.state.ended:
+                self._cancel(job, trial.reason or "its experiment is over")
+                left.setdefault(trial.experiment_id, []).append(trial)
+        for exp_id, trials in left.items():
+            exp = self.store.load_experiment(exp_id)
+            if exp is None:
+                continue
+            try:
+                async with self._lock:
+                    book = await self.book()
+                    await asyncio.to_thread(book.open, exp.id, exp.study_name, exp.spec)
+                    for t in trials:
+                        await asyncio.to_thread(book.tell, exp.id, t.number, t.state.value, None)
+            except Exception:  # the jobs are cancelled; Optuna's record can wait
+                log.exception("experiment %d: could not tell Optuna of stopped trials", exp_id)
 
     async def _reconcile(self, exp: ExperimentRecord) -> None:
         book = await self.book()
@@ -249,8 +275,11 @@ class ExperimentController:
             self.state.submit(job, also=record)
         except SubmitError as e:
             # The consumer or the cluster changed since the experiment was created:
-            # asking again would be refused again. Stop, and say why.
-            self._end(exp, ExperimentState.STOPPED, f"trial {number} refused: {e}")
+            # asking again would be refused again. Stop it and its other trials, and
+            # say why; Optuna is told once the caller lets go of the lock.
+            stopped = self._stop_trials(exp, f"trial {number} refused: {e}")
+            asyncio.get_running_loop().create_task(self._tell_stopped(exp, stopped))
+            self._notify(exp.id)
             return
         self.trials[exp.id][number] = trial
         self.by_job[job.id] = (exp.id, number)
@@ -288,6 +317,31 @@ class ExperimentController:
             _, stops = self.state.cancel(job.id, reason)
             self.links.send_all(stops)
             self.loop.wake()
+
+    def _stop_trials(self, exp: ExperimentRecord, why: str) -> list[TrialRecord]:
+        """End the experiment as STOPPED with its unfinished trials, in one
+        transaction, then cancel their jobs; the trials for Optuna to be told."""
+        active = [t for t in self.trials[exp.id].values() if not t.state.ended]
+        now = self.state.clock()
+        for t in active:
+            t.state, t.reason, t.ended = TrialState.STOPPED, why, now
+        exp.state, exp.reason, exp.ended = ExperimentState.STOPPED, why, now
+        self.store.save_trials(active, exp)
+        self.running.pop(exp.id, None)
+        for t in active:
+            job = self.state.jobs.get(t.job_id)
+            if job is not None:
+                self._cancel(job, why)
+        return active
+
+    async def _tell_stopped(self, exp: ExperimentRecord, trials: list[TrialRecord]) -> None:
+        try:
+            async with self._lock:
+                book = await self.book()
+                for t in trials:
+                    await asyncio.to_thread(book.tell, exp.id, t.number, t.state.value, None)
+        except Exception:  # the store has the trials' end; Optuna's copy can lag
+            log.exception("experiment %d: could not tell Optuna of stopped trials", exp.id)
 
     def _end(self, exp: ExperimentRecord, state: ExperimentState, reason: str) -> None:
         exp.state, exp.reason, exp.ended = state, reason, self.state.clock()
@@ -343,17 +397,7 @@ class ExperimentController:
                     raise NotFound(f"no experiment {exp_id}")
                 return found  # already over
             why = f"experiment stopped by {user}" if user else "experiment stopped"
-            active = [t for t in self.trials[exp_id].values() if not t.state.ended]
-            now = self.state.clock()
-            for t in active:
-                t.state, t.reason, t.ended = TrialState.STOPPED, why, now
-            exp.state, exp.reason, exp.ended = ExperimentState.STOPPED, why, now
-            self.store.save_trials(active, exp)
-            self.running.pop(exp_id, None)
-            for t in active:
-                job = self.state.jobs.get(t.job_id)
-                if job is not None:
-                    self._cancel(job, why)
+            active = self._stop_trials(exp, why)
             book = await self.book()
             for t in active:
                 await asyncio.to_thread(book.tell, exp_id, t.number, t.state.value, None)
@@ -366,7 +410,9 @@ class ExperimentController:
         """A trial's report: (should it stop, its state, a message for the script)."""
         async with self._lock:
             exp, trial = self._find(exp_id, number)
-            if job_id and trial.job_id != job_id:
+            # Every trial's job has SCHEDULERD_JOB_ID (the agent sets it): a report
+            # without it, or from another job, is not this trial's.
+            if trial.job_id != job_id:
                 raise ReportRefused(
                     f"trial {number} of experiment {exp_id} is job {trial.job_id}, not {job_id}"
                 )
