@@ -51,6 +51,7 @@ def _spec(**kw: object) -> ExperimentSpec:
         ),
         ({"params": (CategoricalParam("lr", ()),)}, "params.lr.choices", "at least one"),
         ({"params": (CategoricalParam("lr", (1, 1)),)}, "params.lr.choices", "repeat"),
+        ({"params": (CategoricalParam("lr", (1, True)),)}, "params.lr.choices", "are equal"),
         ({"params": (FloatParam("trial", 0.1, 1.0),)}, "params.trial", "not allowed"),
         ({"max_parallel": 0}, "max_parallel", "at least 1"),
         ({"max_trials": 0}, "max_trials", "at least 1"),

@@ -185,6 +185,9 @@ def _param_problems(params: tuple[Param, ...], sampler: str) -> list[tuple[str, 
                 out.append((f"{key}.choices", "give at least one choice"))
             elif len(set(map(repr, p.choices))) != len(p.choices):
                 out.append((f"{key}.choices", "choices repeat"))
+            elif len(set(p.choices)) != len(p.choices):
+                # Optuna tells choices apart by ==, and 1 == 1.0 == True.
+                out.append((f"{key}.choices", "choices repeat (1, 1.0 and true are equal)"))
             continue
         if isinstance(p, FloatParam) and not (math.isfinite(p.low) and math.isfinite(p.high)):
             out.append((key, "low and high must be finite numbers"))

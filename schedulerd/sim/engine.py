@@ -80,6 +80,7 @@ class Live:
     work_left: float
     progress_since: float | None = None  # last time work_left was brought up to date
     version: int = 0  # bumps when the pending end event is no longer valid
+    attempt: int = 0  # bumps at each requeue: a shrink's release belongs to one attempt
 
     @property
     def active(self) -> int:
@@ -217,7 +218,7 @@ class Engine:
             self._end(live)
         elif kind == STOPPED and live.job.stopping:
             self._requeue(live)
-        elif kind == RELEASED:
+        elif kind == RELEASED and version == live.attempt:
             self._release(live, slots)
 
     def _arrive(self, spec: SimJob) -> None:
@@ -254,6 +255,7 @@ class Engine:
         """A preempted job has exited: its GPUs are free, it waits again."""
         self._free(live.job.consumer, live.job.held)
         live.outcome.preemptions += 1
+        live.attempt += 1
         if live.job.elastic:
             self.elastic_running -= 1
         if self.config.restart_lost:
@@ -340,7 +342,7 @@ class Engine:
         )
         self.result.shrinks += 1
         self._schedule_end(live)
-        self._push(self.now + self.config.resize_s, RELEASED, live.job.id, live.version, slots)
+        self._push(self.now + self.config.resize_s, RELEASED, live.job.id, live.attempt, slots)
 
     def _preempt(self, live: Live) -> None:
         self._account(live)
