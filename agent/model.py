@@ -23,6 +23,12 @@ class Phase(enum.Enum):
     RUNNING = "running"  # the process group is alive
     EXITED = "exited"  # it ended; exit_code is set (negative: killed by signal -N)
     START_FAILED = "start_failed"  # it could not be started (bad command, bad working dir)
+    # Its processes are gone and their exit status is unknown: they ended while no agent
+    # was there to see it and left no status behind. Not the job's fault.
+    LOST = "lost"
+    # Never started: its GPUs are still held by another live part, or the agent is
+    # shutting down. Not the job's fault.
+    REFUSED = "refused"
 
     @property
     def ended(self) -> bool:
@@ -115,6 +121,9 @@ class PartReport:
     message: str = ""
     time: float = 0.0  # unix seconds when the phase was reached
     gpu_indices: tuple[int, ...] = ()  # GPUs whose processes are alive
+    # The node ended it, not the job: the agent shut down or lost its lease with the
+    # daemon. The daemon puts such a job back in the queue instead of failing it.
+    stopped_by_node: bool = False
 
     @property
     def key(self) -> PartKey:

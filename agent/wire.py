@@ -16,6 +16,8 @@ _PHASES = {
     Phase.RUNNING: agent_pb2.PHASE_RUNNING,
     Phase.EXITED: agent_pb2.PHASE_EXITED,
     Phase.START_FAILED: agent_pb2.PHASE_START_FAILED,
+    Phase.LOST: agent_pb2.PHASE_LOST,
+    Phase.REFUSED: agent_pb2.PHASE_REFUSED,
 }
 
 
@@ -73,6 +75,7 @@ def job_report(r: PartReport) -> agent_pb2.JobReport:
         message=r.message,
         time=r.time,
         gpu_indices=r.gpu_indices,
+        stopped_by_node=r.stopped_by_node,
     )
 
 

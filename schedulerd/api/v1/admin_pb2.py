@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dschedulerd/api/v1/admin.proto\x12\x11schedulerd.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x06Policy\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12.\n\napplied_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10GetPolicyRequest\"H\n\x12\x41pplyPolicyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"\xfa\x01\n\x0e\x43onsumerStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05owned\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x01\x12\x12\n\x05limit\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04lend\x18\x05 \x01(\x08\x12\x0e\n\x06\x62orrow\x18\x06 \x01(\x08\x12\r\n\x05order\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65mand\x18\x08 \x01(\r\x12\x13\n\x0b\x65ntitlement\x18\t \x01(\x01\x12\x12\n\nallocation\x18\n \x01(\r\x12\x14\n\x0cpending_jobs\x18\x0b \x01(\r\x12\x14\n\x0crunning_jobs\x18\x0c \x01(\r\x12\x0c\n\x04leaf\x18\r \x01(\x08\x42\x08\n\x06_limit\"m\n\x13\x41pplyPolicyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x34\n\tconsumers\x18\x03 \x03(\x0b\x32!.schedulerd.api.v1.ConsumerStatus\"\x16\n\x14ListConsumersRequest\"a\n\x15ListConsumersResponse\x12\x34\n\tconsumers\x18\x01 \x03(\x0b\x32!.schedulerd.api.v1.ConsumerStatus\x12\x12\n\ntotal_gpus\x18\x02 \x01(\r\"W\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06job_id\x18\x05 \x01(\x04\"\xf5\x01\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.schedulerd.api.v1.NodeState\x12\x0f\n\x07\x64rained\x18\x04 \x01(\x08\x12\x14\n\x0c\x64rain_reason\x18\x05 \x01(\t\x12$\n\x04gpus\x18\x06 \x03(\x0b\x32\x16.schedulerd.api.v1.Gpu\x12-\n\tlast_seen\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfake_gpus\x18\x08 \x01(\x08\x12\x15\n\ragent_version\x18\t \x01(\t\"\x12\n\x10ListNodesRequest\";\n\x11ListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.schedulerd.api.v1.Node\"0\n\x10\x44rainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x12UndrainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t*J\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x06\n\x02UP\x10\x01\x12\x0f\n\x0bUNREACHABLE\x10\x02\x12\x08\n\x04\x44OWN\x10\x03\x32\x88\x04\n\x05\x41\x64min\x12K\n\tGetPolicy\x12#.schedulerd.api.v1.GetPolicyRequest\x1a\x19.schedulerd.api.v1.Policy\x12\\\n\x0b\x41pplyPolicy\x12%.schedulerd.api.v1.ApplyPolicyRequest\x1a&.schedulerd.api.v1.ApplyPolicyResponse\x12\x62\n\rListConsumers\x12\'.schedulerd.api.v1.ListConsumersRequest\x1a(.schedulerd.api.v1.ListConsumersResponse\x12V\n\tListNodes\x12#.schedulerd.api.v1.ListNodesRequest\x1a$.schedulerd.api.v1.ListNodesResponse\x12I\n\tDrainNode\x12#.schedulerd.api.v1.DrainNodeRequest\x1a\x17.schedulerd.api.v1.Node\x12M\n\x0bUndrainNode\x12%.schedulerd.api.v1.UndrainNodeRequest\x1a\x17.schedulerd.api.v1.Nodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dschedulerd/api/v1/admin.proto\x12\x11schedulerd.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x06Policy\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12.\n\napplied_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10GetPolicyRequest\"H\n\x12\x41pplyPolicyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"\xfa\x01\n\x0e\x43onsumerStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05owned\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x01\x12\x12\n\x05limit\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04lend\x18\x05 \x01(\x08\x12\x0e\n\x06\x62orrow\x18\x06 \x01(\x08\x12\r\n\x05order\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65mand\x18\x08 \x01(\r\x12\x13\n\x0b\x65ntitlement\x18\t \x01(\x01\x12\x12\n\nallocation\x18\n \x01(\r\x12\x14\n\x0cpending_jobs\x18\x0b \x01(\r\x12\x14\n\x0crunning_jobs\x18\x0c \x01(\r\x12\x0c\n\x04leaf\x18\r \x01(\x08\x42\x08\n\x06_limit\"m\n\x13\x41pplyPolicyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x34\n\tconsumers\x18\x03 \x03(\x0b\x32!.schedulerd.api.v1.ConsumerStatus\"\x16\n\x14ListConsumersRequest\"a\n\x15ListConsumersResponse\x12\x34\n\tconsumers\x18\x01 \x03(\x0b\x32!.schedulerd.api.v1.ConsumerStatus\x12\x12\n\ntotal_gpus\x18\x02 \x01(\r\"n\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06job_id\x18\x05 \x01(\x04\x12\x15\n\rfenced_job_id\x18\x06 \x01(\x04\"\xf5\x01\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.schedulerd.api.v1.NodeState\x12\x0f\n\x07\x64rained\x18\x04 \x01(\x08\x12\x14\n\x0c\x64rain_reason\x18\x05 \x01(\t\x12$\n\x04gpus\x18\x06 \x03(\x0b\x32\x16.schedulerd.api.v1.Gpu\x12-\n\tlast_seen\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfake_gpus\x18\x08 \x01(\x08\x12\x15\n\ragent_version\x18\t \x01(\t\"\x12\n\x10ListNodesRequest\";\n\x11ListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.schedulerd.api.v1.Node\"0\n\x10\x44rainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x12UndrainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"!\n\x11\x46orgetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"E\n\x12\x46orgetNodeResponse\x12\x18\n\x10requeued_job_ids\x18\x01 \x03(\x04\x12\x15\n\rreleased_gpus\x18\x02 \x01(\r*J\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x06\n\x02UP\x10\x01\x12\x0f\n\x0bUNREACHABLE\x10\x02\x12\x08\n\x04\x44OWN\x10\x03\x32\xe3\x04\n\x05\x41\x64min\x12K\n\tGetPolicy\x12#.schedulerd.api.v1.GetPolicyRequest\x1a\x19.schedulerd.api.v1.Policy\x12\\\n\x0b\x41pplyPolicy\x12%.schedulerd.api.v1.ApplyPolicyRequest\x1a&.schedulerd.api.v1.ApplyPolicyResponse\x12\x62\n\rListConsumers\x12\'.schedulerd.api.v1.ListConsumersRequest\x1a(.schedulerd.api.v1.ListConsumersResponse\x12V\n\tListNodes\x12#.schedulerd.api.v1.ListNodesRequest\x1a$.schedulerd.api.v1.ListNodesResponse\x12I\n\tDrainNode\x12#.schedulerd.api.v1.DrainNodeRequest\x1a\x17.schedulerd.api.v1.Node\x12M\n\x0bUndrainNode\x12%.schedulerd.api.v1.UndrainNodeRequest\x1a\x17.schedulerd.api.v1.Node\x12Y\n\nForgetNode\x12$.schedulerd.api.v1.ForgetNodeRequest\x1a%.schedulerd.api.v1.ForgetNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'schedulerd.api.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATE']._serialized_start=1280
-  _globals['_NODESTATE']._serialized_end=1354
+  _globals['_NODESTATE']._serialized_start=1409
+  _globals['_NODESTATE']._serialized_end=1483
   _globals['_POLICY']._serialized_start=85
   _globals['_POLICY']._serialized_end=193
   _globals['_GETPOLICYREQUEST']._serialized_start=195
@@ -49,17 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCONSUMERSRESPONSE']._serialized_start=677
   _globals['_LISTCONSUMERSRESPONSE']._serialized_end=774
   _globals['_GPU']._serialized_start=776
-  _globals['_GPU']._serialized_end=863
-  _globals['_NODE']._serialized_start=866
-  _globals['_NODE']._serialized_end=1111
-  _globals['_LISTNODESREQUEST']._serialized_start=1113
-  _globals['_LISTNODESREQUEST']._serialized_end=1131
-  _globals['_LISTNODESRESPONSE']._serialized_start=1133
-  _globals['_LISTNODESRESPONSE']._serialized_end=1192
-  _globals['_DRAINNODEREQUEST']._serialized_start=1194
-  _globals['_DRAINNODEREQUEST']._serialized_end=1242
-  _globals['_UNDRAINNODEREQUEST']._serialized_start=1244
-  _globals['_UNDRAINNODEREQUEST']._serialized_end=1278
-  _globals['_ADMIN']._serialized_start=1357
-  _globals['_ADMIN']._serialized_end=1877
+  _globals['_GPU']._serialized_end=886
+  _globals['_NODE']._serialized_start=889
+  _globals['_NODE']._serialized_end=1134
+  _globals['_LISTNODESREQUEST']._serialized_start=1136
+  _globals['_LISTNODESREQUEST']._serialized_end=1154
+  _globals['_LISTNODESRESPONSE']._serialized_start=1156
+  _globals['_LISTNODESRESPONSE']._serialized_end=1215
+  _globals['_DRAINNODEREQUEST']._serialized_start=1217
+  _globals['_DRAINNODEREQUEST']._serialized_end=1265
+  _globals['_UNDRAINNODEREQUEST']._serialized_start=1267
+  _globals['_UNDRAINNODEREQUEST']._serialized_end=1301
+  _globals['_FORGETNODEREQUEST']._serialized_start=1303
+  _globals['_FORGETNODEREQUEST']._serialized_end=1336
+  _globals['_FORGETNODERESPONSE']._serialized_start=1338
+  _globals['_FORGETNODERESPONSE']._serialized_end=1407
+  _globals['_ADMIN']._serialized_start=1486
+  _globals['_ADMIN']._serialized_end=2097
 # @@protoc_insertion_point(module_scope)

@@ -100,18 +100,20 @@ class ListConsumersResponse(_message.Message):
     def __init__(self, consumers: _Optional[_Iterable[_Union[ConsumerStatus, _Mapping]]] = ..., total_gpus: _Optional[int] = ...) -> None: ...
 
 class Gpu(_message.Message):
-    __slots__ = ("index", "uuid", "model", "memory_bytes", "job_id")
+    __slots__ = ("index", "uuid", "model", "memory_bytes", "job_id", "fenced_job_id")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCED_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     index: int
     uuid: str
     model: str
     memory_bytes: int
     job_id: int
-    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., job_id: _Optional[int] = ...) -> None: ...
+    fenced_job_id: int
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., job_id: _Optional[int] = ..., fenced_job_id: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("name", "pool", "state", "drained", "drain_reason", "gpus", "last_seen", "fake_gpus", "agent_version")
@@ -158,3 +160,17 @@ class UndrainNodeRequest(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     node: str
     def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ForgetNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ForgetNodeResponse(_message.Message):
+    __slots__ = ("requeued_job_ids", "released_gpus")
+    REQUEUED_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_GPUS_FIELD_NUMBER: _ClassVar[int]
+    requeued_job_ids: _containers.RepeatedScalarFieldContainer[int]
+    released_gpus: int
+    def __init__(self, requeued_job_ids: _Optional[_Iterable[int]] = ..., released_gpus: _Optional[int] = ...) -> None: ...

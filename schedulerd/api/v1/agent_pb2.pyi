@@ -13,10 +13,14 @@ class JobPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_RUNNING: _ClassVar[JobPhase]
     PHASE_EXITED: _ClassVar[JobPhase]
     PHASE_START_FAILED: _ClassVar[JobPhase]
+    PHASE_LOST: _ClassVar[JobPhase]
+    PHASE_REFUSED: _ClassVar[JobPhase]
 JOB_PHASE_UNSPECIFIED: JobPhase
 PHASE_RUNNING: JobPhase
 PHASE_EXITED: JobPhase
 PHASE_START_FAILED: JobPhase
+PHASE_LOST: JobPhase
+PHASE_REFUSED: JobPhase
 
 class GpuInfo(_message.Message):
     __slots__ = ("index", "uuid", "model", "memory_bytes")
@@ -31,7 +35,7 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class JobReport(_message.Message):
-    __slots__ = ("job_id", "attempt", "phase", "exit_code", "pid", "message", "time", "gpu_indices")
+    __slots__ = ("job_id", "attempt", "phase", "exit_code", "pid", "message", "time", "gpu_indices", "stopped_by_node")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +44,7 @@ class JobReport(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_BY_NODE_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     phase: JobPhase
@@ -48,7 +53,8 @@ class JobReport(_message.Message):
     message: str
     time: float
     gpu_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[float] = ..., gpu_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    stopped_by_node: bool
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[float] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., stopped_by_node: _Optional[bool] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("node", "pool", "gpus", "fake_gpus", "agent_version", "hostname", "jobs", "address")
@@ -99,10 +105,14 @@ class AgentMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[JobReport, _Mapping]] = ..., log_data: _Optional[_Union[LogData, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("heartbeat_interval",)
+    __slots__ = ("heartbeat_interval", "epoch", "lease_seconds")
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval: float
-    def __init__(self, heartbeat_interval: _Optional[float] = ...) -> None: ...
+    epoch: int
+    lease_seconds: float
+    def __init__(self, heartbeat_interval: _Optional[float] = ..., epoch: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
 
 class ElasticWorker(_message.Message):
     __slots__ = ("worker_id", "gpu_index")
@@ -129,7 +139,7 @@ class ElasticSpec(_message.Message):
     def __init__(self, store_address: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., initial_worker_ids: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[ElasticWorker, _Mapping]]] = ..., join: _Optional[bool] = ...) -> None: ...
 
 class StartJob(_message.Message):
-    __slots__ = ("job_id", "attempt", "command", "env", "working_dir", "gpu_indices", "consumer", "user", "name", "node_rank", "num_nodes", "elastic")
+    __slots__ = ("job_id", "attempt", "command", "env", "working_dir", "gpu_indices", "consumer", "user", "name", "node_rank", "num_nodes", "elastic", "epoch")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +159,7 @@ class StartJob(_message.Message):
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     ELASTIC_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -161,35 +172,40 @@ class StartJob(_message.Message):
     node_rank: int
     num_nodes: int
     elastic: ElasticSpec
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., elastic: _Optional[_Union[ElasticSpec, _Mapping]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., elastic: _Optional[_Union[ElasticSpec, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ResizeJob(_message.Message):
-    __slots__ = ("job_id", "attempt", "release_gpus", "grace_seconds", "add", "reason")
+    __slots__ = ("job_id", "attempt", "release_gpus", "grace_seconds", "add", "reason", "epoch")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RELEASE_GPUS_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ADD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     release_gpus: _containers.RepeatedScalarFieldContainer[int]
     grace_seconds: float
     add: _containers.RepeatedCompositeFieldContainer[ElasticWorker]
     reason: str
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., release_gpus: _Optional[_Iterable[int]] = ..., grace_seconds: _Optional[float] = ..., add: _Optional[_Iterable[_Union[ElasticWorker, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., release_gpus: _Optional[_Iterable[int]] = ..., grace_seconds: _Optional[float] = ..., add: _Optional[_Iterable[_Union[ElasticWorker, _Mapping]]] = ..., reason: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class StopJob(_message.Message):
-    __slots__ = ("job_id", "attempt", "grace_seconds", "reason")
+    __slots__ = ("job_id", "attempt", "grace_seconds", "reason", "epoch")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     grace_seconds: float
     reason: str
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., grace_seconds: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., grace_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class AckReport(_message.Message):
     __slots__ = ("job_id", "attempt")
@@ -212,17 +228,19 @@ class ReadLog(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[int] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class DaemonMessage(_message.Message):
-    __slots__ = ("registered", "start", "stop", "ack", "read_log", "resize")
+    __slots__ = ("registered", "start", "stop", "ack", "read_log", "resize", "heartbeat")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     READ_LOG_FIELD_NUMBER: _ClassVar[int]
     RESIZE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     start: StartJob
     stop: StopJob
     ack: AckReport
     read_log: ReadLog
     resize: ResizeJob
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start: _Optional[_Union[StartJob, _Mapping]] = ..., stop: _Optional[_Union[StopJob, _Mapping]] = ..., ack: _Optional[_Union[AckReport, _Mapping]] = ..., read_log: _Optional[_Union[ReadLog, _Mapping]] = ..., resize: _Optional[_Union[ResizeJob, _Mapping]] = ...) -> None: ...
+    heartbeat: Heartbeat
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start: _Optional[_Union[StartJob, _Mapping]] = ..., stop: _Optional[_Union[StopJob, _Mapping]] = ..., ack: _Optional[_Union[AckReport, _Mapping]] = ..., read_log: _Optional[_Union[ReadLog, _Mapping]] = ..., resize: _Optional[_Union[ResizeJob, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
