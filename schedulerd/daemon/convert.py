@@ -10,6 +10,7 @@ from schedulerd.api.v1 import admin_pb2, agent_pb2, jobs_pb2
 from schedulerd.daemon.commands import AckPart, Command, ResizePart, StartPart, StopPart
 from schedulerd.daemon.links import ReadLogRequest
 from schedulerd.daemon.nodes import PartReport
+from schedulerd.daemon.state import Liveness
 from schedulerd.store import (
     EventRecord,
     GpuRecord,
@@ -25,6 +26,8 @@ _PHASES = {
     agent_pb2.PHASE_RUNNING: "running",
     agent_pb2.PHASE_EXITED: "exited",
     agent_pb2.PHASE_START_FAILED: "start_failed",
+    agent_pb2.PHASE_LOST: "lost",
+    agent_pb2.PHASE_REFUSED: "refused",
 }
 
 
@@ -114,21 +117,23 @@ def consumer_to_pb(
     return msg
 
 
+_LIVENESS = {
+    Liveness.UP: admin_pb2.UP,
+    Liveness.UNREACHABLE: admin_pb2.UNREACHABLE,
+    Liveness.DOWN: admin_pb2.DOWN,
+}
+
+
 def node_to_pb(
-    node: NodeRecord, connected: bool, holders: dict[tuple[str, int], int]
+    node: NodeRecord, liveness: Liveness, holders: dict[tuple[str, int], int]
 ) -> admin_pb2.Node:
-    if node.down:
-        state = admin_pb2.DOWN
-    elif connected:
-        state = admin_pb2.UP
-    else:
-        state = admin_pb2.UNREACHABLE
+    fenced = node.fenced()
     return admin_pb2.Node(
         name=node.name,
         pool=node.pool,
-        state=state,
         drained=node.drained,
         drain_reason=node.drain_reason,
+        state=_LIVENESS[liveness],
         last_seen=timestamp(node.last_seen),
         fake_gpus=node.fake_gpus,
         agent_version=node.agent_version,
@@ -139,6 +144,7 @@ def node_to_pb(
                 model=g.model,
                 memory_bytes=g.memory_bytes,
                 job_id=holders.get((node.name, g.index), 0),
+                fenced_job_id=fenced[g.index].job_id if g.index in fenced else 0,
             )
             for g in node.gpus
         ],
@@ -174,6 +180,7 @@ def report_from_pb(r: agent_pb2.JobReport) -> PartReport:
         pid=r.pid,
         message=r.message,
         gpu_indices=tuple(r.gpu_indices),
+        stopped_by_node=r.stopped_by_node,
     )
 
 
@@ -195,7 +202,8 @@ def _elastic_spec(job: JobRecord, part: PartRecord) -> agent_pb2.ElasticSpec:
     )
 
 
-def command_to_pb(command: Command | ReadLogRequest) -> agent_pb2.DaemonMessage:
+def command_to_pb(command: Command | ReadLogRequest, epoch: int = 0) -> agent_pb2.DaemonMessage:
+    """`epoch`: the session the command is sent on (Registered.epoch)."""
     if isinstance(command, StartPart):
         job, part = command.job, command.part
         return agent_pb2.DaemonMessage(
@@ -212,6 +220,7 @@ def command_to_pb(command: Command | ReadLogRequest) -> agent_pb2.DaemonMessage:
                 node_rank=part.node_rank,
                 num_nodes=len(job.parts),
                 elastic=_elastic_spec(job, part) if job.elastic else None,
+                epoch=epoch,
             )
         )
     if isinstance(command, ResizePart):
@@ -223,6 +232,7 @@ def command_to_pb(command: Command | ReadLogRequest) -> agent_pb2.DaemonMessage:
                 grace_seconds=command.grace_s,
                 add=[agent_pb2.ElasticWorker(worker_id=w, gpu_index=g) for w, g in command.add],
                 reason=command.reason,
+                epoch=epoch,
             )
         )
     if isinstance(command, StopPart):
@@ -232,6 +242,7 @@ def command_to_pb(command: Command | ReadLogRequest) -> agent_pb2.DaemonMessage:
                 attempt=command.attempt,
                 grace_seconds=command.grace_s,
                 reason=command.reason,
+                epoch=epoch,
             )
         )
     if isinstance(command, AckPart):

@@ -13,6 +13,13 @@ class NodeNotConnected(RuntimeError):
     pass
 
 
+class HeartbeatAnswer:
+    """The daemon's answer to an agent's heartbeat, queued in order with commands."""
+
+
+HEARTBEAT = HeartbeatAnswer()
+
+
 class ReadLogRequest:
     def __init__(self, request_id: int, job_id: int, offset: int, max_bytes: int) -> None:
         self.request_id = request_id
@@ -21,22 +28,39 @@ class ReadLogRequest:
         self.max_bytes = max_bytes
 
 
+# One session's outgoing messages; None ends the stream.
+LinkQueue = asyncio.Queue[Command | ReadLogRequest | HeartbeatAnswer | None]
+
+
 class AgentLinks:
+    """Each queue belongs to one session of a node (its epoch): a new Register gets a
+    new queue, and what was queued for the old session is never delivered on the new
+    one (registration recomputes what is owed)."""
+
     def __init__(self) -> None:
-        self._queues: dict[str, asyncio.Queue[Command | ReadLogRequest | None]] = {}
+        self._queues: dict[str, LinkQueue] = {}
         self._pending_logs: dict[int, asyncio.Future[tuple[bytes, bool, int]]] = {}
         self._ids = itertools.count(1)
 
-    def attach(self, node: str) -> asyncio.Queue[Command | ReadLogRequest | None]:
+    def attach(self, node: str) -> LinkQueue:
         """A new stream for `node`; an older one still open is told to end."""
         old = self._queues.get(node)
         if old is not None:
             old.put_nowait(None)
-        queue: asyncio.Queue[Command | ReadLogRequest | None] = asyncio.Queue()
+        queue: LinkQueue = asyncio.Queue()
         self._queues[node] = queue
         return queue
 
-    def detach(self, node: str, queue: asyncio.Queue[Command | ReadLogRequest | None]) -> bool:
+    def close(self, node: str) -> None:
+        """End the node's stream (the agent reconnects and registers again)."""
+        queue = self._queues.pop(node, None)
+        if queue is not None:
+            queue.put_nowait(None)
+
+    def connected(self, node: str) -> bool:
+        return node in self._queues
+
+    def detach(self, node: str, queue: LinkQueue) -> bool:
         """True when `queue` was the node's current stream (so the node is now gone)."""
         if self._queues.get(node) is queue:
             del self._queues[node]

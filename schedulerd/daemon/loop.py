@@ -16,7 +16,7 @@ from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.nodes import expire_nodes
 from schedulerd.daemon.plans import DEFAULT_STORE_PORTS, apply_plan
 from schedulerd.daemon.state import ClusterState
-from schedulerd.store import JobRecord
+from schedulerd.store import JobRecord, StoreUnavailable
 
 log = logging.getLogger("schedulerd.loop")
 
@@ -42,6 +42,8 @@ class SchedulingLoop:
         self._wake.set()
 
     async def run(self) -> None:
+        """Cycle until cancelled (`Daemon.stop_deciding`). A cancel lands only at an
+        await: a plan is either committed and sent whole, or dropped."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
@@ -60,7 +62,16 @@ class SchedulingLoop:
             await asyncio.sleep(min(time.perf_counter() - began, self.tick_s))
 
     async def cycle(self) -> None:
-        self.links.send_all(expire_nodes(self.state, self.node_timeout_s))
+        down, commands = expire_nodes(self.state, self.node_timeout_s)
+        self.links.send_all(commands)
+        for name in down:
+            log.warning(
+                "node %s is down: silent for %g s; its jobs go back to the queue, "
+                "its GPUs stay fenced until its agent reports them free",
+                name,
+                self.node_timeout_s,
+            )
+            self.links.close(name)  # if its stream is open (a frozen agent), it must register again
         policy = self.state.policy
         if policy is None:
             return
@@ -71,7 +82,12 @@ class SchedulingLoop:
         if policy is not self.state.policy:
             self.wake()  # a new policy came in meanwhile: this plan is stale
             return
-        started, commands = apply_plan(self.state, plan, self.store_ports)
+        try:
+            started, commands = apply_plan(self.state, plan, self.store_ports)
+        except StoreUnavailable as e:
+            # Nothing of the plan changed memory or reached an agent; retried next cycle.
+            log.error("plan not committed, nothing applied: %s", e)
+            return
         for job in started:
             log.info("job %d started on %s: %s", job.id, _where(job), job.reason)
         for p in plan.preemptions:

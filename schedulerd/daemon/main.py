@@ -22,6 +22,13 @@ from schedulerd.policy import PolicyError
 log = logging.getLogger("schedulerd")
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="schedulerd", description=__doc__.split("\n")[0])
     p.add_argument("--listen", default="127.0.0.1:50051", help="address:port to serve gRPC on")
@@ -29,7 +36,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policy", type=Path, help="policy file (default: last applied, else built-in)")
     p.add_argument("--tick", type=float, default=1.0, help="seconds between idle cycles")
     p.add_argument(
-        "--node-timeout", type=float, default=120.0, help="seconds before a node is down"
+        "--node-timeout",
+        type=_positive_float,
+        default=120.0,
+        help="seconds of silence before a node is DOWN and its jobs requeued (default 120); "
+        "an agent stops its jobs after half of it without hearing the daemon",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=_positive_float,
+        default=2.0,
+        help="seconds between agent heartbeats; a node missing 2.5 of them is UNREACHABLE",
     )
     p.add_argument(
         "--advertise",
@@ -54,6 +71,7 @@ async def run(args: argparse.Namespace) -> int:
         policy_path=args.policy,
         tick_s=args.tick,
         node_timeout_s=args.node_timeout,
+        heartbeat_s=args.heartbeat,
         advertise=args.advertise,
     )
     daemon = Daemon(config)
@@ -67,11 +85,17 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping")
+    # Orderly (docs/fencing.md): decide nothing more, then let the local agent stop its
+    # jobs while the daemon still records their reports (they go back to the queue as
+    # "its node was shut down"), then stop serving. Jobs on other agents keep running.
+    log.info("stopping: no more scheduling decisions")
+    await daemon.stop_deciding()
     if agent is not None:
+        log.info("stopping the local agent and its jobs")
         agent.terminate()
         await asyncio.to_thread(agent.wait)
     await daemon.stop()
+    log.info("stopped")
     return 0
 
 
@@ -97,7 +121,10 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
         args.log_level,
     ]
     log.info("starting local agent %s", node)
-    return subprocess.Popen(cmd)
+    # Its own session: a Ctrl-C in the terminal reaches the daemon only, which stops
+    # deciding before it stops the agent (otherwise both race: a job could start on an
+    # agent that is already stopping).
+    return subprocess.Popen(cmd, start_new_session=True)
 
 
 def main(argv: list[str] | None = None) -> None:

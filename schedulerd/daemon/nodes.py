@@ -1,196 +1,253 @@
-"""What agents tell the daemon: registration, job reports, disconnection, and
-the node timeout. Each function records the facts in the state (durably) and
-returns the commands to send back."""
+"""What agents tell the daemon: registration, job reports, silence, and forgetting.
+
+Each function builds one `Change` (check, commit, then apply) and returns the
+commands to send once it is committed. The rules (docs/fencing.md):
+
+- What an agent reports is the truth about what runs. A part is over only when its
+  agent says so (EXITED, START_FAILED, LOST, REFUSED), or when an admin forgets the
+  node ("I powered it off").
+- A node silent past the node timeout is DOWN: its parts are marked lost and their
+  jobs requeued, but the GPUs they held stay *fenced*, given to nobody, until the
+  agent reports those parts gone or the node is forgotten.
+- A part that the agent reports running but the daemon does not know (an old
+  attempt, after a partition) is stopped at once, and fenced until it is gone.
+- A job ended by the node rather than by itself (lost, refused, stopped by the
+  agent's shutdown or lost lease) goes back to the queue, never FAILED.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import AckPart, Outbox, ResizePart, StartPart, StopPart
-from schedulerd.daemon.plans import requeue
+from schedulerd.daemon.endings import finish_parts, released
 from schedulerd.daemon.state import ClusterState
-from schedulerd.store import EventRecord, JobRecord, JobState, NodeRecord, PartPhase, PartRecord
+from schedulerd.daemon.stops import UNKNOWN_PART_GRACE_S, owed_stops
+from schedulerd.store import JobRecord, NodeRecord, PartPhase, PartRecord
+
+ENDED_PHASES = ("exited", "start_failed", "lost", "refused")
 
 
 @dataclass(frozen=True)
 class PartReport:
     job_id: int
     attempt: int
-    phase: str  # "running", "exited", "start_failed"
+    phase: str  # "running", or one of ENDED_PHASES
     exit_code: int = 0
     pid: int = 0
     message: str = ""
-    gpu_indices: tuple[int, ...] = ()  # elastic parts: GPUs whose workers are alive
+    gpu_indices: tuple[int, ...] = ()  # GPUs whose processes are alive
+    stopped_by_node: bool = False  # the agent ended it (shutdown, lost lease)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.job_id, self.attempt)
 
 
 def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -> Outbox:
-    """An agent (re)connects with its GPUs and every job part it knows."""
+    """An agent (re)connects with its GPUs and every job part it has. Commits the
+    node's new session epoch (`node.epoch`) with what the reports say."""
+    ch = Change(state)
     known = state.nodes.get(node.name)
     if known is not None:
         node.drained, node.drain_reason = known.drained, known.drain_reason
+        node.fences = list(known.fences)
+    node.epoch = (known.epoch if known is not None else 0) + 1
     node.down = False
-    node.last_seen = state.clock()
-    state.store.save_node(node)
-    state.nodes[node.name] = node
-    state.connected.add(node.name)
+    node.last_seen = ch.now
+    ch.put_node(node)
 
-    out: Outbox = []
-    reported = set()
+    running = {r.key for r in reports if r.phase == "running"}
     for r in reports:
-        reported.add((r.job_id, r.attempt))
-        out += report(state, node.name, r)
-        out += _owed_resizes(state, node.name, r)
-    # Parts the daemon placed here that the agent did not mention.
-    for job in list(state.jobs.values()):
+        _report(ch, node.name, r)
+        ch.out += _owed_resizes(ch, node.name, r)
+    # Fences for parts the agent no longer runs: it persists every part it starts
+    # and kills what it does not know, so not listed means gone.
+    for f in list(node.fences):
+        if (f.job_id, f.attempt) not in running:
+            ch.unfence(node.name, f.job_id, f.attempt)
+    listed = {r.key for r in reports}
+    for live in list(state.jobs.values()):
+        job = ch.touched_job(live.id) or live
         for part in job.parts:
-            if part.node != node.name or (job.id, job.attempt) in reported:
+            if part.node != node.name or (job.id, job.attempt) in listed:
                 continue
             if part.phase is PartPhase.ASSIGNED:
-                # Committed but maybe never delivered (daemon restart): deliver
-                # now; the agent ignores a start it already has.
-                out.append((node.name, StartPart(job, part)))
+                # Committed but maybe never delivered (daemon restart): deliver now;
+                # the agent ignores a start it already has.
+                ch.out.append((node.name, StartPart(ch.job(live), _same(ch.job(live), part))))
             elif part.phase is PartPhase.RUNNING:
-                out += _part_ended(
-                    state, job, part, None, f"lost: the agent on {node.name} no longer has it"
-                )
+                copy = ch.job(live)
+                why = f"lost: the agent on {node.name} no longer has it"
+                finish_parts(ch, copy, _same(copy, part), None, why, cause="lost")
+    out = ch.commit()
+    state.connected.add(node.name)
+    state.stopping_nodes.discard(node.name)
     return out
 
 
-def _owed_resizes(state: ClusterState, node: str, r: PartReport) -> Outbox:
+def report(state: ClusterState, node: str, r: PartReport) -> Outbox:
+    ch = Change(state)
+    _report(ch, node, r)
+    return ch.commit()
+
+
+def _report(ch: Change, node: str, r: PartReport) -> None:
+    state = ch.state
+    live = state.jobs.get(r.job_id)
+    job = None if live is None else (ch.touched_job(live.id) or live)
+    part = _part(job, node, r.attempt) if job is not None else None
+    if live is None or job is None or part is None:
+        # Ended, replaced by a newer attempt, or never ours: it must not run, and its
+        # GPUs are nobody's until it is gone.
+        if r.phase == "running":
+            why = f"job {r.job_id} attempt {r.attempt} is not known to the daemon"
+            ch.fence(node, list(r.gpu_indices), r.job_id, r.attempt, why)
+            stop = StopPart(r.job_id, r.attempt, UNKNOWN_PART_GRACE_S, why)
+            ch.out.append((node, stop))
+        else:
+            ch.unfence(node, r.job_id, r.attempt)
+            ch.out.append((node, AckPart(r.job_id, r.attempt)))
+        return
+    if r.phase == "running":
+        _running(ch, live, part, r)
+        job = ch.touched_job(live.id) or live
+        ch.out += owed_stops(state, job, ch.now, node)
+        return
+    copy = ch.job(live)
+    code = r.exit_code if r.phase == "exited" else None if r.phase == "lost" else 127
+    why = r.message or _default_message(r.phase, code)
+    cause = ""
+    if r.phase in ("lost", "refused"):
+        cause = r.phase
+    elif r.stopped_by_node:
+        cause, why = "node-stopped", f"the node was shut down ({why})"
+    finish_parts(ch, copy, _same(copy, part), code, why, cause=cause)
+    ch.unfence(node, r.job_id, r.attempt)
+    ch.out.append((node, AckPart(r.job_id, r.attempt)))  # sent after the commit
+
+
+def _running(ch: Change, live: JobRecord, part: PartRecord, r: PartReport) -> None:
+    """A live part's report: confirm its start, complete shrinks, notice an elastic
+    job whose training has ended. Copies the job only when something changes."""
+    if part.phase is PartPhase.ASSIGNED:
+        copy = ch.job(live)
+        mine = _same(copy, part)
+        mine.phase, mine.pid = PartPhase.RUNNING, r.pid
+        part = mine
+    if not live.elastic:
+        return
+    alive = set(r.gpu_indices)
+    gone = [i for i in part.releasing if i not in alive]
+    if gone:
+        copy = ch.job(live)
+        released(ch, copy, _same(copy, part), gone)
+        part = _same(copy, part)
+    # Worker 0 decides the end of the training (docs/elastic.md): once it has left
+    # without a release, the job is ending and is never grown again. (Only worker 0:
+    # a joiner's GPU may be missing from a report that crossed its resize command.)
+    anchor = next((g for g, w in part.workers.items() if w == 0), None)
+    quit_early = anchor is not None and anchor not in alive and anchor not in part.releasing
+    job = ch.touched_job(live.id) or live
+    if quit_early and not job.ending and not job.preempting and not job.cancel_requested:
+        copy = ch.job(live)
+        copy.ending = True
+        ch.event(copy.id, "ending", f"worker 0 left on {part.node}: the training has ended")
+
+
+def _owed_resizes(ch: Change, node: str, r: PartReport) -> Outbox:
     """Resize commands an elastic part may have missed (sent while the agent was
     away, or committed just before a daemon crash): repeat the release of GPUs
     still running, and start the committed workers the agent does not have."""
-    job = state.jobs.get(r.job_id)
+    live = ch.state.jobs.get(r.job_id)
+    job = None if live is None else (ch.touched_job(live.id) or live)
     part = _part(job, node, r.attempt) if job is not None else None
-    if job is None or part is None or not job.elastic or r.phase != "running":
+    if job is None or part is None or not job.elastic or r.phase != "running" or job.ending:
         return []
-    live = set(r.gpu_indices)
-    release = tuple(i for i in part.releasing if i in live)
+    alive = set(r.gpu_indices)
+    release = tuple(i for i in part.releasing if i in alive)
     add = tuple(
         (w, gpu)
         for gpu, w in sorted(part.workers.items())
-        if gpu not in live and gpu not in part.releasing
+        if gpu not in alive and gpu not in part.releasing
     )
     if not release and not add:
         return []
-    grace = max(0.0, (job.release_deadline or state.clock()) - state.clock())
+    grace = max(0.0, (job.release_deadline or ch.now) - ch.now)
     why = "repeated after the agent reconnected"
     return [(node, ResizePart(job.id, job.attempt, release, grace, add, why))]
 
 
-def report(state: ClusterState, node: str, r: PartReport) -> Outbox:
-    job = state.jobs.get(r.job_id)
-    part = _part(job, node, r.attempt) if job is not None else None
-    if job is None or part is None:
-        # Ended, replaced by a newer attempt, or never ours: it must not run.
-        if r.phase == "running":
-            return [(node, StopPart(r.job_id, r.attempt, 0.0, "not known to the daemon"))]
-        return [(node, AckPart(r.job_id, r.attempt))]
-    out: Outbox = []
-    if r.phase == "running":
-        if part.phase is PartPhase.ASSIGNED:
-            part.phase, part.pid = PartPhase.RUNNING, r.pid
-            state.store.save_job(job)
-        if job.elastic and part.releasing:
-            gone = [i for i in part.releasing if i not in r.gpu_indices]
-            if gone:
-                _released(state, job, part, gone)
-        failing = any(p.phase is PartPhase.EXITED and p.exit_code != 0 for p in job.parts)
-        if job.cancel_requested or failing:
-            # A stop may have been lost with an earlier connection: repeat it.
-            out += state.stop_commands(job, job.reason)
-        return out
-    code = r.exit_code if r.phase == "exited" else 127
-    why = r.message or (f"exited with {code}" if r.phase == "exited" else "could not start")
-    out += _part_ended(state, job, part, code, why)
-    out.append((node, AckPart(r.job_id, r.attempt)))  # after the durable write
-    return out
-
-
 def disconnect(state: ClusterState, node: str) -> None:
+    """The stream ended. The node's silence counts from its last message (not from
+    now): the node timeout is about how long its agent has been unheard."""
     state.connected.discard(node)
-    if node in state.nodes:
-        state.nodes[node].last_seen = state.clock()
 
 
-def expire_nodes(state: ClusterState, node_timeout_s: float) -> Outbox:
-    """Nodes gone longer than the timeout are down: their jobs fail, so that no
-    job holds a GPU on a node that is down (SEMANTICS: invariants)."""
+def expire_nodes(state: ClusterState, node_timeout_s: float) -> tuple[list[str], Outbox]:
+    """Nodes silent past the timeout (connected or not) go DOWN: their parts are lost
+    and requeued, their GPUs fenced. Returns the names that went down."""
     now = state.clock()
-    out: Outbox = []
-    for node in state.nodes.values():
-        if node.name in state.connected or node.down:
-            continue
-        if now - node.last_seen < node_timeout_s:
-            continue
-        node.down = True
-        state.store.save_node(node)
-        for job in list(state.jobs.values()):
+    down = [
+        n.name for n in state.nodes.values() if not n.down and now - n.last_seen >= node_timeout_s
+    ]
+    if not down:
+        return [], []
+    ch = Change(state)
+    for name in down:
+        ch.node(name).down = True
+        for live in list(state.jobs.values()):
+            job = ch.touched_job(live.id) or live
             for part in job.parts:
-                if part.node == node.name and part.phase is not PartPhase.EXITED:
-                    why = f"node {node.name} lost: its agent was gone for {node_timeout_s:g} s"
-                    out += _part_ended(state, job, part, None, why)
-    return out
+                if part.node == name and part.phase is not PartPhase.EXITED:
+                    copy = ch.job(live)
+                    mine = _same(copy, part)
+                    why = f"node {name} lost: silent for {node_timeout_s:g} s"
+                    ch.fence(name, list(mine.gpu_indices), copy.id, copy.attempt, why)
+                    finish_parts(ch, copy, mine, None, why, cause="lost")
+    return down, ch.commit()
 
 
-def _part(job: JobRecord, node: str, attempt: int) -> PartRecord | None:
-    if job.attempt != attempt:
+def forget(state: ClusterState, name: str) -> tuple[list[int], int, Outbox]:
+    """An admin says the node is powered off: its processes are gone. Requeue its
+    jobs, lift its fences, drop its record. (requeued job ids, GPUs released, commands)"""
+    node = state.nodes[name]
+    ch = Change(state)
+    requeued = []
+    held = 0
+    for live in list(state.jobs.values()):
+        for part in live.parts:
+            if part.node == name and part.phase is not PartPhase.EXITED:
+                copy = ch.job(live)
+                held += len(part.gpu_indices)
+                why = f"node {name} was forgotten by an admin (powered off)"
+                finish_parts(ch, copy, _same(copy, part), None, why, cause="lost")
+                requeued.append(live.id)
+    released_gpus = held + len(node.fences)
+    ch.forget_node(name)
+    return sorted(set(requeued)), released_gpus, ch.commit()
+
+
+def _part(job: JobRecord | None, node: str, attempt: int) -> PartRecord | None:
+    if job is None or job.attempt != attempt:
         return None
     return next((p for p in job.parts if p.node == node), None)
 
 
-def _released(state: ClusterState, job: JobRecord, part: PartRecord, gone: list[int]) -> None:
-    """A shrink is done on this part: its released workers have left, their GPUs
-    are free (SEMANTICS: reclaim with grace: the job confirms at its next step)."""
-    keep = [k for k, i in enumerate(part.gpu_indices) if i not in gone]
-    part.gpu_indices = [part.gpu_indices[k] for k in keep]
-    part.gpu_uuids = [part.gpu_uuids[k] for k in keep]
-    part.workers = {gpu: w for gpu, w in part.workers.items() if gpu not in gone}
-    part.releasing = [i for i in part.releasing if i not in gone]
-    if not any(p.releasing for p in job.parts):
-        job.release_deadline = None
-    size = sum(len(p.gpu_indices) for p in job.parts if p.phase is not PartPhase.EXITED)
-    text = f"shrunk to {size} GPUs: released {part.node}:{','.join(map(str, gone))}"
-    state.store.save_job(job, EventRecord(state.clock(), job.id, "shrunk", text))
-    if part.phase is PartPhase.EXITED and not part.gpu_indices:
-        # Every worker here left: the part is over. Growing onto this node later
-        # starts a new part of joiners (the agent has forgotten this one by then:
-        # the ack for its exit goes out first on the same ordered stream).
-        job.parts.remove(part)
-    state.notify(job)
+def _same(copy: JobRecord, part: PartRecord) -> PartRecord:
+    """The copy's record of `part` (same node)."""
+    return next(p for p in copy.parts if p.node == part.node)
 
 
-def _part_ended(
-    state: ClusterState, job: JobRecord, part: PartRecord, code: int | None, why: str
-) -> Outbox:
-    part.phase, part.exit_code, part.message = PartPhase.EXITED, code, why
-    live = [p for p in job.parts if p.phase is not PartPhase.EXITED]
-    if live and job.elastic and code == 0 and not (job.preempting or job.cancel_requested):
-        # All of this node's workers left (released) and the job goes on elsewhere.
-        _released(state, job, part, list(part.gpu_indices))
-    if not live:
-        _finish(state, job)
-        return []
-    if code != 0:
-        # One part failed: the job cannot go on; stop the others.
-        job.reason = f"part on {part.node} ended: {why}; stopping the other parts"
-        state.store.save_job(job, EventRecord(state.clock(), job.id, "part-failed", job.reason))
-        return state.stop_commands(job, job.reason)
-    state.store.save_job(job)
-    return []
+def _default_message(phase: str, code: int | None) -> str:
+    if phase == "exited":
+        return f"exited with {code}"
+    if phase == "lost":
+        return "its processes ended while no agent watched; exit status unknown"
+    if phase == "refused":
+        return "the agent refused to start it"
+    return "could not start"
 
 
-def _finish(state: ClusterState, job: JobRecord) -> None:
-    if job.preempting and not job.cancel_requested:
-        requeue(state, job)
-        return
-    failed = next((p for p in job.parts if p.exit_code != 0), None)
-    code = 0 if failed is None else failed.exit_code
-    if job.cancel_requested:
-        final, why = JobState.CANCELLED, job.reason.replace("; stopping", "")
-    elif failed is None:
-        final, why = JobState.SUCCEEDED, "exited with 0"
-    else:
-        final = JobState.FAILED
-        why = failed.message if len(job.parts) == 1 else f"on {failed.node}: {failed.message}"
-    state.finish(job, final, code, why)
+__all__ = ["disconnect", "expire_nodes", "forget", "register", "report"]

@@ -1,7 +1,8 @@
 """Committing a plan: starts, grows, shrinks and preemptions become records (one
 SQLite transaction) and commands for the agents. Parts of a plan that went stale
-while it was computed (a job cancelled, a node gone, a GPU taken) are dropped;
-the next cycle sees the new facts."""
+while it was computed (a job cancelled, a node gone, a GPU taken or fenced) are
+dropped; the next cycle sees the new facts. Check, commit, then apply: the plan is
+built on copies (daemon/change.py), and a failed write leaves memory untouched."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections import defaultdict
 
 from schedulerd import core
 from schedulerd.core import GpuSlot, NodeName
+from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox, ResizePart, StartPart
 from schedulerd.daemon.state import ClusterState
-from schedulerd.store import EventRecord, JobRecord, JobState, PartPhase, PartRecord
+from schedulerd.daemon.stops import begin_stop, owed_stops
+from schedulerd.store import JobRecord, JobState, PartPhase, PartRecord
 
 DEFAULT_STORE_PORTS = range(29400, 30000)
 
@@ -19,44 +22,48 @@ DEFAULT_STORE_PORTS = range(29400, 30000)
 def apply_plan(
     state: ClusterState, plan: core.Plan, ports: range = DEFAULT_STORE_PORTS
 ) -> tuple[list[JobRecord], Outbox]:
-    now = state.clock()
+    """Commit what is still valid of `plan`; (jobs started, commands to send).
+    Raises StoreUnavailable, with nothing changed, when the store cannot be written."""
+    ch = Change(state)
+    now = ch.now
     held = state.held_slots()
-    out: Outbox = []
-    changed: list[tuple[JobRecord, EventRecord]] = []
+    taken_ports = {j.store_address for j in state.jobs.values() if j.store_address}
     started: list[JobRecord] = []
 
     for start in plan.starts:
-        job = state.jobs.get(start.job_id)
-        if job is None or not job.state.waiting or not _usable(state, start.slots, held):
+        live = state.jobs.get(start.job_id)
+        if live is None or not live.state.waiting or not _usable(state, start.slots, held):
             continue
         held.update(start.slots)
+        job = ch.job(live)
         job.parts = _parts(state, job, start.slots)
         if job.elastic:
             _assign_workers(job, job.parts)
-            job.store_address = _store_address(state, job, ports)
+            job.store_address = _store_address(state, job, ports, taken_ports)
+            taken_ports.add(job.store_address)
         job.state = JobState.RUNNING
         job.start_time = now
         job.reason = start.reason
-        changed.append((job, EventRecord(now, job.id, "started", start.reason)))
-        started.append(job)
-        out += [(p.node, StartPart(job, p)) for p in job.parts]
+        ch.event(job.id, "started", start.reason)
+        started.append(live)
+        ch.out += [(p.node, StartPart(job, p)) for p in job.parts]
 
     for preempt in plan.preemptions:
-        job = state.jobs.get(preempt.job_id)
-        if job is None or job.state is not JobState.RUNNING or job.preempting:
+        live = state.jobs.get(preempt.job_id)
+        if live is None or live.state is not JobState.RUNNING or live.preempting:
             continue
-        grace = state.grace_of(job)
-        job.preempting = True
-        job.release_deadline = now + grace
+        job = ch.job(live)
+        job.preempting, job.requeue_cause = True, "preempted"
         job.reason = preempt.reason
-        event = f"{preempt.reason}; grace {grace:g} s"
-        changed.append((job, EventRecord(now, job.id, "preempt-requested", event)))
-        out += state.stop_commands(job, preempt.reason)
+        begin_stop(state, job, now)
+        ch.event(job.id, "preempt-requested", f"{preempt.reason}; grace {state.grace_of(job):g} s")
+        ch.out += owed_stops(state, job, now)
 
     for shrink in plan.shrinks:
-        job = state.jobs.get(shrink.job_id)
-        if job is None or job.state is not JobState.RUNNING or job.preempting:
+        live = state.jobs.get(shrink.job_id)
+        if live is None or live.state is not JobState.RUNNING or live.preempting:
             continue
+        job = ch.job(live)
         grace = state.grace_of(job)
         by_node = _by_node(shrink.slots)
         size = sum(len(p.gpu_indices) - len(p.releasing) for p in job.parts)
@@ -64,7 +71,7 @@ def apply_plan(
             release = [i for i in by_node.get(part.node, []) if i in part.gpu_indices]
             if release:
                 part.releasing = sorted(set(part.releasing) | set(release))
-                out.append(
+                ch.out.append(
                     (
                         part.node,
                         ResizePart(job.id, job.attempt, tuple(release), grace, (), shrink.reason),
@@ -72,13 +79,19 @@ def apply_plan(
                 )
         job.release_deadline = now + grace
         text = f"shrinking {size} -> {size - len(shrink.slots)} GPUs: {shrink.reason}"
-        changed.append((job, EventRecord(now, job.id, "shrink-requested", text)))
+        ch.event(job.id, "shrink-requested", text)
 
     for grow in plan.grows:
-        job = state.jobs.get(grow.job_id)
-        if job is None or job.state is not JobState.RUNNING or not _usable(state, grow.slots, held):
+        live = state.jobs.get(grow.job_id)
+        if (
+            live is None
+            or live.state is not JobState.RUNNING
+            or live.ending  # SEMANTICS: a finished training is never grown again
+            or not _usable(state, grow.slots, held)
+        ):
             continue
         held.update(grow.slots)
+        job = ch.job(live)
         size = sum(len(p.gpu_indices) for p in job.parts)
         for node, indices in _by_node(grow.slots).items():
             existing = next(
@@ -89,26 +102,23 @@ def apply_plan(
                 part.node_rank = 1 + max((p.node_rank for p in job.parts), default=-1)
                 job.parts.append(part)
                 _assign_workers(job, [part], indices)
-                out.append((node, StartPart(job, part)))  # joiners: ids >= min
+                ch.out.append((node, StartPart(job, part)))  # joiners: ids >= min
             else:
                 part = existing
                 uuids = {g.index: g.uuid for g in state.nodes[node].gpus}
                 part.gpu_indices += indices
                 part.gpu_uuids += [uuids[i] for i in indices]
                 added = _assign_workers(job, [part], indices)
-                out.append((node, ResizePart(job.id, job.attempt, (), 0.0, added, grow.reason)))
-        text = f"growing {size} -> {size + len(grow.slots)} GPUs: {grow.reason}"
-        changed.append((job, EventRecord(now, job.id, "grown", text)))
+                ch.out.append((node, ResizePart(job.id, job.attempt, (), 0.0, added, grow.reason)))
+        ch.event(job.id, "grown", f"growing {size} -> {size + len(grow.slots)} GPUs: {grow.reason}")
 
-    if changed:
-        state.store.save_jobs(changed)
+    out = ch.commit()
+    # Not stored: a waiting job's reason is recomputed every cycle.
     for job_id, reason in plan.pending_reasons.items():
-        job = state.jobs.get(job_id)
-        if job is not None and job.state.waiting:
-            job.reason = reason
+        waiting = state.jobs.get(job_id)
+        if waiting is not None and waiting.state.waiting:
+            waiting.reason = reason
     state.consumer_states = dict(plan.consumers)
-    for job, _ in changed:
-        state.notify(job)
     return started, out
 
 
@@ -148,30 +158,12 @@ def _assign_workers(
     return tuple(added)
 
 
-def _store_address(state: ClusterState, job: JobRecord, ports: range) -> str:
+def _store_address(state: ClusterState, job: JobRecord, ports: range, taken: set[str]) -> str:
     """Worker 0 hosts the job's store on the first part's node, on a port no
     other live elastic job there uses."""
     node = state.nodes[job.parts[0].node]
     host = node.address or "127.0.0.1"
-    taken = {j.store_address for j in state.jobs.values() if j is not job and j.store_address}
     for port in ports:
         if f"{host}:{port}" not in taken:
             return f"{host}:{port}"
     raise RuntimeError(f"no free elastic store port on {node.name} in {ports}")
-
-
-def requeue(state: ClusterState, job: JobRecord) -> None:
-    """A preempted job's processes are gone: back to the queue with its place
-    (its id is its queue order) and a new attempt (SEMANTICS: reclaim with grace)."""
-    reason = job.reason
-    job.attempt += 1
-    job.state = JobState.PREEMPTED
-    job.parts = []
-    job.preempting = False
-    job.release_deadline = None
-    job.start_time = None
-    job.store_address = ""
-    job.next_worker_id = 0
-    job.reason = f"preempted ({reason}); back in the queue, restart {job.attempt}"
-    state.store.save_job(job, EventRecord(state.clock(), job.id, "preempted", reason))
-    state.notify(job)

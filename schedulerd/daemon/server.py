@@ -63,7 +63,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = Store(config.db_path)
-        self.state = ClusterState(self.store, clock)
+        self.state = ClusterState(self.store, clock, config.heartbeat_s)
         self.links = AgentLinks()
         self.loop = SchedulingLoop(self.state, self.links, config.tick_s, config.node_timeout_s)
         self.server = grpc.aio.server()
@@ -100,9 +100,13 @@ class Daemon:
         jobs_pb2_grpc.add_SchedulerServicer_to_server(
             SchedulerService(self.state, self.links, self.loop), self.server
         )
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.state, self.loop), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminService(self.state, self.loop, self.links), self.server
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentLinkService(self.state, self.links, self.loop, self.config.heartbeat_s),
+            AgentLinkService(
+                self.state, self.links, self.loop, self.config.heartbeat_s, self.lease_s()
+            ),
             self.server,
         )
         health_servicer = health.aio.HealthServicer()
@@ -144,9 +148,22 @@ class Daemon:
             host = socket.getfqdn()
         return f"{host}:{self.port}"
 
+    def lease_s(self) -> float:
+        """How long an agent that hears nothing from the daemon keeps its jobs: half the
+        node timeout, so that its jobs are gone (or going) before the daemon requeues
+        them at the timeout and starts them elsewhere (docs/fencing.md)."""
+        return self.config.node_timeout_s / 2
+
+    async def stop_deciding(self) -> None:
+        """First step of a shutdown: no new decisions, no new trials. The servicers
+        still run, so that agents' reports of jobs stopping are recorded."""
+        tasks = [t for t in (self._loop_task, self._experiments_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = self._experiments_task = None
+
     async def stop(self, grace_s: float = 2.0) -> None:
-        for task in (self._loop_task, self._experiments_task):
-            if task is not None:
-                task.cancel()
+        await self.stop_deciding()
         await self.server.stop(grace_s)
         self.store.close()

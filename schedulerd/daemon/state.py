@@ -7,15 +7,18 @@ loop applies plans; servicers record facts (submissions, reports) here.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import defaultdict
 from collections.abc import Callable
 
 from schedulerd import core
 from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeName
-from schedulerd.daemon.commands import Outbox, StopPart
+from schedulerd.daemon.change import Change
+from schedulerd.daemon.commands import Outbox
+from schedulerd.daemon.endings import end_job
+from schedulerd.daemon.stops import begin_stop, owed_stops
 from schedulerd.store import (
-    EventRecord,
     JobRecord,
     JobState,
     NodeRecord,
@@ -25,6 +28,16 @@ from schedulerd.store import (
 )
 
 USAGE_HALF_LIFE_S = 3600.0  # the fairshare order's memory of a user's past GPU-seconds
+# Heartbeats missed before a node is UNREACHABLE (nothing new lands there). 2.5, not 3:
+# the last heartbeat came up to one interval before the agent froze, and a test (and an
+# operator) expects UNREACHABLE within three intervals of it.
+MISSED_HEARTBEATS = 2.5
+
+
+class Liveness(enum.Enum):
+    UP = "up"  # connected, heartbeats arriving
+    UNREACHABLE = "unreachable"  # silent for a few heartbeats, or disconnected
+    DOWN = "down"  # silent past the node timeout: its jobs were requeued as lost
 
 
 class SubmitError(ValueError):
@@ -32,12 +45,16 @@ class SubmitError(ValueError):
 
 
 class ClusterState:
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float], heartbeat_s: float = 2.0) -> None:
         self.store = store
         self.clock = clock
+        self.heartbeat_s = heartbeat_s
         self.jobs: dict[int, JobRecord] = {}  # pending and running only
         self.nodes: dict[str, NodeRecord] = {}
         self.connected: set[str] = set()
+        # Agents that said they are shutting down: nothing new lands there until they
+        # register again (in memory: a restarted daemon sees them reconnect or not).
+        self.stopping_nodes: set[str] = set()
         self.policy: core.Policy | None = None
         self.policy_record: PolicyRecord | None = None
         self.consumer_states: dict[ConsumerPath, ConsumerState] = {}
@@ -75,13 +92,31 @@ class ClusterState:
 
     # -- snapshots for the core ---------------------------------------------
 
+    def liveness(self, node: NodeRecord) -> Liveness:
+        """From heartbeats, not from TCP: a frozen agent keeps its stream open."""
+        if node.down:
+            return Liveness.DOWN
+        silent = self.clock() - node.last_seen
+        if node.name not in self.connected or silent > MISSED_HEARTBEATS * self.heartbeat_s:
+            return Liveness.UNREACHABLE
+        return Liveness.UP
+
     def schedulable(self, node: NodeRecord) -> bool:
-        return node.name in self.connected and not node.drained and not node.down
+        return (
+            self.liveness(node) is Liveness.UP
+            and not node.drained
+            and node.name not in self.stopping_nodes
+        )
 
     def snapshot(self) -> core.Snapshot:
         self._decay_usage()
+        # Fenced GPUs are not offered: their last holder may still run (docs/fencing.md).
         nodes = tuple(
-            core.Node(NodeName(n.name), tuple(g.index for g in n.gpus), self.schedulable(n))
+            core.Node(
+                NodeName(n.name),
+                tuple(g.index for g in n.gpus if g.index not in n.fenced()),
+                self.schedulable(n),
+            )
             for n in self.nodes.values()
         )
         jobs = tuple(self._core_view(j) for j in self.jobs.values())
@@ -104,6 +139,7 @@ class ClusterState:
             job.release_deadline,
             job.cancel_requested,
             job.preempting,
+            job.ending,
         )
         cached = self._waiting_views.get(job.id)
         if cached is not None and cached[0] == key:
@@ -127,7 +163,11 @@ class ClusterState:
                 self.usage[(ConsumerPath(j.consumer), j.user)] += dt * j.gpus_min
 
     def held_slots(self) -> set[GpuSlot]:
-        return {s for j in self.jobs.values() for s in _slots(j)}
+        """GPUs held by a job, or fenced: none of them may be given to a new part."""
+        held = {s for j in self.jobs.values() for s in _slots(j)}
+        for n in self.nodes.values():
+            held.update(GpuSlot(NodeName(n.name), f.gpu_index) for f in n.fences)
+        return held
 
     # -- facts from users ---------------------------------------------------
 
@@ -178,7 +218,8 @@ class ClusterState:
 
     def cancel(self, job_id: int, user: str) -> tuple[JobRecord, Outbox]:
         """Cancel: a waiting job ends now; a running one is asked to stop (SIGTERM,
-        its consumer's grace, SIGKILL) and ends when its agents report the exit."""
+        its consumer's grace, SIGKILL) and ends when its agents report the exit.
+        Raises StoreUnavailable, changing nothing, when the store cannot be written."""
         job = self.jobs.get(job_id)
         if job is None:
             ended = self.store.load_job(job_id)
@@ -186,39 +227,25 @@ class ClusterState:
                 raise KeyError(job_id)
             return ended, []  # already ended: nothing to do
         who = f"by {user}" if user else ""
-        if job.state.waiting:
-            self.finish(job, JobState.CANCELLED, None, f"cancelled {who} while waiting".strip())
-            return job, []
-        job.cancel_requested = True
-        job.reason = f"cancel requested {who}; stopping".strip()
-        now = self.clock()
-        self.store.save_job(job, EventRecord(now, job.id, "cancel-requested", job.reason))
-        self.notify(job)
-        return job, self.stop_commands(job, job.reason)
-
-    def stop_commands(self, job: JobRecord, reason: str) -> Outbox:
-        grace = self.grace_of(job)
-        return [
-            (p.node, StopPart(job.id, job.attempt, grace, reason))
-            for p in job.parts
-            if p.phase is not PartPhase.EXITED
-        ]
+        ch = Change(self)
+        copy = ch.job(job)
+        if copy.state.waiting:
+            end_job(ch, copy, JobState.CANCELLED, None, f"cancelled {who} while waiting".strip())
+        elif not copy.cancel_requested:
+            copy.cancel_requested = True
+            copy.reason = f"cancel requested {who}; stopping".strip()
+            begin_stop(self, copy, ch.now)
+            ch.event(copy.id, "cancel-requested", copy.reason)
+            ch.out += owed_stops(self, copy, ch.now)
+        else:
+            ch.out += owed_stops(self, copy, ch.now)  # asked again: repeat the stops
+        out = ch.commit()
+        return job, out
 
     def grace_of(self, job: JobRecord) -> float:
         if self.policy is None or job.consumer not in self.policy.consumers:
             return 30.0
         return self.policy.consumers[ConsumerPath(job.consumer)].grace_s
-
-    # -- endings ------------------------------------------------------------
-
-    def finish(self, job: JobRecord, state: JobState, exit_code: int | None, reason: str) -> None:
-        job.state = state
-        job.exit_code = exit_code
-        job.end_time = self.clock()
-        job.reason = reason
-        self.store.save_job(job, EventRecord(job.end_time, job.id, state.value.lower(), reason))
-        self.jobs.pop(job.id, None)
-        self.notify(job)
 
     def notify(self, job: JobRecord) -> None:
         for listener in list(self.listeners):
@@ -254,6 +281,6 @@ def _core_job(job: JobRecord) -> core.Job:
         started_at=job.start_time,
         anchor=anchor,
         releasing=tuple(GpuSlot(NodeName(p.node), i) for p in job.parts for i in p.releasing),
-        stopping=running and (job.cancel_requested or job.preempting or failing),
+        stopping=running and (job.cancel_requested or job.preempting or failing or job.ending),
         release_deadline=job.release_deadline,
     )

@@ -2,6 +2,7 @@
 
 from schedulerd.store.records import (
     EventRecord,
+    FenceRecord,
     GpuRecord,
     JobRecord,
     JobState,
@@ -10,10 +11,11 @@ from schedulerd.store.records import (
     PartRecord,
     PolicyRecord,
 )
-from schedulerd.store.store import Store
+from schedulerd.store.store import Store, StoreUnavailable
 
 __all__ = [
     "EventRecord",
+    "FenceRecord",
     "GpuRecord",
     "JobRecord",
     "JobState",
@@ -22,4 +24,5 @@ __all__ = [
     "PartRecord",
     "PolicyRecord",
     "Store",
+    "StoreUnavailable",
 ]

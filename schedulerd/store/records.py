@@ -75,10 +75,17 @@ class JobRecord:
     # A stop for preemption is under way: when the parts have exited the job goes
     # back to the queue instead of ending.
     preempting: bool = False
+    # Why it goes back to the queue when its parts have exited (the event's kind):
+    # "preempted" (reclaim), "lost" (its node went down or lost it), "node-stopped"
+    # (its agent shut down), "refused" (an agent would not start it).
+    requeue_cause: str = ""
     # When the grace of the stop or shrink under way ends (unix seconds).
     release_deadline: float | None = None
     store_address: str = ""  # elastic: host:port of the store worker 0 hosts
     next_worker_id: int = 0  # elastic: worker ids are never reused within an attempt
+    # Elastic: its training has ended (worker 0, or a whole part, exited 0 without being
+    # released): the rest of its workers are finishing, and it is never grown again.
+    ending: bool = False
     parts: list[PartRecord] = field(default_factory=list)
 
     @property
@@ -95,6 +102,19 @@ class GpuRecord:
 
 
 @dataclass
+class FenceRecord:
+    """A GPU that a part may still hold although the scheduler has moved on (its node
+    went down, or its job was requeued): given to nobody until the node's agent reports
+    that part gone, or an admin forgets the node (SEMANTICS: invariants)."""
+
+    gpu_index: int
+    job_id: int
+    attempt: int
+    since: float
+    reason: str
+
+
+@dataclass
 class NodeRecord:
     name: str
     pool: str
@@ -104,8 +124,13 @@ class NodeRecord:
     last_seen: float = 0.0
     fake_gpus: bool = False
     agent_version: str = ""
-    down: bool = False  # past the node timeout: its jobs were failed
+    down: bool = False  # silent past the node timeout: its jobs were requeued as lost
     address: str = ""  # where workers on other nodes reach it
+    epoch: int = 0  # the agent session's number, bumped at every Register
+    fences: list[FenceRecord] = field(default_factory=list)
+
+    def fenced(self) -> dict[int, FenceRecord]:
+        return {f.gpu_index: f for f in self.fences}
 
 
 @dataclass

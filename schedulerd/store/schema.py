@@ -114,4 +114,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (experiment_id, number, step)
     );
     """,
+    # 4: no GPU held twice (docs/fencing.md). A node's session epoch, bumped at every
+    # Register; the GPUs fenced on it (parts that may still run although the scheduler
+    # moved on); and elastic jobs whose training has ended (never grown again).
+    """
+    ALTER TABLE nodes ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN fences TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN ending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN requeue_cause TEXT NOT NULL DEFAULT '';
+    """,
 ]

@@ -19,6 +19,7 @@ import sqlite_utils
 
 from schedulerd.store.records import (
     EventRecord,
+    FenceRecord,
     GpuRecord,
     JobRecord,
     JobState,
@@ -28,6 +29,11 @@ from schedulerd.store.records import (
     PolicyRecord,
 )
 from schedulerd.store.schema import MIGRATIONS
+
+
+class StoreUnavailable(RuntimeError):
+    """A write could not be committed (disk full, I/O error, locked): nothing changed.
+    Servicers answer UNAVAILABLE; memory is left as it was (check, commit, apply)."""
 
 
 class Store:
@@ -56,15 +62,21 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot begin a write to {self.path}: {e}") from e
         self._depth = 1
         try:
             yield
-        except BaseException:
-            self.db.conn.execute("ROLLBACK")
-            raise
-        else:
             self.db.conn.execute("COMMIT")
+        except BaseException as e:
+            # A failed COMMIT (disk full) may leave the transaction open or not.
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise StoreUnavailable(f"cannot write to {self.path}: {e}") from e
+            raise
         finally:
             self._depth = 0
 
@@ -102,6 +114,24 @@ class Store:
         with self.transaction():
             for job, event in jobs:
                 self.save_job(job, event)
+
+    def save_change(
+        self,
+        jobs: Iterable[JobRecord],
+        events: Iterable[EventRecord],
+        nodes: Iterable[NodeRecord] = (),
+        forget_nodes: Iterable[str] = (),
+    ) -> None:
+        """One state change (daemon/change.py): all of it, or none of it."""
+        with self.transaction():
+            for job in jobs:
+                self.save_job(job)
+            for e in events:
+                self._event(e.time, e.job_id, e.kind, e.message)
+            for node in nodes:
+                self.save_node(node)
+            for name in forget_nodes:
+                self.db.execute("DELETE FROM nodes WHERE name = ?", [name])
 
     def load_jobs(self, active_only: bool = False) -> list[JobRecord]:
         where = "state IN ('PENDING', 'RUNNING', 'PREEMPTED')" if active_only else None
@@ -186,6 +216,7 @@ class Store:
     def save_node(self, node: NodeRecord) -> None:
         row = asdict(node)
         row["gpus"] = json.dumps([asdict(g) for g in node.gpus])
+        row["fences"] = json.dumps([asdict(f) for f in node.fences])
         with self.transaction():
             self.db.table("nodes").upsert(row, pk="name")
 
@@ -194,6 +225,7 @@ class Store:
         for r in self.db.table("nodes").rows_where(order_by="name"):
             r = dict(r)
             r["gpus"] = [GpuRecord(**g) for g in json.loads(r["gpus"])]
+            r["fences"] = [FenceRecord(**f) for f in json.loads(r["fences"])]
             for flag in ("drained", "fake_gpus", "down"):
                 r[flag] = bool(r[flag])
             nodes.append(NodeRecord(**r))
@@ -231,6 +263,7 @@ def _job_row(job: JobRecord) -> dict[str, object]:
     row["state"] = job.state.value
     row["cancel_requested"] = int(job.cancel_requested)
     row["preempting"] = int(job.preempting)
+    row["ending"] = int(job.ending)
     return row
 
 
@@ -241,6 +274,7 @@ def _job_from_row(r: dict[str, object]) -> JobRecord:
     r["state"] = JobState(r["state"])
     r["cancel_requested"] = bool(r["cancel_requested"])
     r["preempting"] = bool(r["preempting"])
+    r["ending"] = bool(r["ending"])
     return JobRecord(**r)  # type: ignore[arg-type]
 
 

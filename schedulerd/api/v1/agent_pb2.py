@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dschedulerd/api/v1/agent.proto\x12\x11schedulerd.api.v1\"K\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\"\xc5\x01\n\tJobReport\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12*\n\x05phase\x18\x03 \x01(\x0e\x32\x1b.schedulerd.api.v1.JobPhase\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0c\n\x04time\x18\x07 \x01(\x01\x12\x13\n\x0bgpu_indices\x18\x08 \x03(\r\x12\x17\n\x0fstopped_by_node\x18\t \x01(\x08\"\xc9\x01\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12(\n\x04gpus\x18\x03 \x03(\x0b\x32\x1a.schedulerd.api.v1.GpuInfo\x12\x11\n\tfake_gpus\x18\x04 \x01(\x08\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12*\n\x04jobs\x18\x07 \x03(\x0b\x32\x1c.schedulerd.api.v1.JobReport\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"\x0b\n\tHeartbeat\"O\n\x07LogData\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x13\n\x0bnext_offset\x18\x04 \x01(\x04\"\xd9\x01\n\x0c\x41gentMessage\x12/\n\x08register\x18\x01 \x01(\x0b\x32\x1b.schedulerd.api.v1.RegisterH\x00\x12\x31\n\theartbeat\x18\x02 \x01(\x0b\x32\x1c.schedulerd.api.v1.HeartbeatH\x00\x12.\n\x06report\x18\x03 \x01(\x0b\x32\x1c.schedulerd.api.v1.JobReportH\x00\x12.\n\x08log_data\x18\x04 \x01(\x0b\x32\x1a.schedulerd.api.v1.LogDataH\x00\x42\x05\n\x03msg\"N\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"5\n\rElasticWorker\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12\x11\n\tgpu_index\x18\x02 \x01(\r\"\x9b\x01\n\x0b\x45lasticSpec\x12\x15\n\rstore_address\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\r\x12\x0b\n\x03max\x18\x03 \x01(\r\x12\x1a\n\x12initial_worker_ids\x18\x04 \x03(\r\x12\x31\n\x07workers\x18\x05 \x03(\x0b\x32 .schedulerd.api.v1.ElasticWorker\x12\x0c\n\x04join\x18\x06 \x01(\x08\"\xd9\x02\n\x08StartJob\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x31\n\x03\x65nv\x18\x04 \x03(\x0b\x32$.schedulerd.api.v1.StartJob.EnvEntry\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12\x13\n\x0bgpu_indices\x18\x06 \x03(\r\x12\x10\n\x08\x63onsumer\x18\x07 \x01(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x0c\n\x04name\x18\t \x01(\t\x12\x11\n\tnode_rank\x18\n \x01(\r\x12\x11\n\tnum_nodes\x18\x0b \x01(\r\x12/\n\x07\x65lastic\x18\x0c \x01(\x0b\x32\x1e.schedulerd.api.v1.ElasticSpec\x12\r\n\x05\x65poch\x18\x14 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\tResizeJob\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x14\n\x0crelease_gpus\x18\x03 \x03(\r\x12\x15\n\rgrace_seconds\x18\x04 \x01(\x01\x12-\n\x03\x61\x64\x64\x18\x05 \x03(\x0b\x32 .schedulerd.api.v1.ElasticWorker\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x65poch\x18\x14 \x01(\x04\"`\n\x07StopJob\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rgrace_seconds\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x14 \x01(\x04\",\n\tAckReport\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"P\n\x07ReadLog\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tmax_bytes\x18\x04 \x01(\r\"\xe5\x02\n\rDaemonMessage\x12\x33\n\nregistered\x18\x01 \x01(\x0b\x32\x1d.schedulerd.api.v1.RegisteredH\x00\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.schedulerd.api.v1.StartJobH\x00\x12*\n\x04stop\x18\x03 \x01(\x0b\x32\x1a.schedulerd.api.v1.StopJobH\x00\x12+\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x1c.schedulerd.api.v1.AckReportH\x00\x12.\n\x08read_log\x18\x05 \x01(\x0b\x32\x1a.schedulerd.api.v1.ReadLogH\x00\x12.\n\x06resize\x18\x06 \x01(\x0b\x32\x1c.schedulerd.api.v1.ResizeJobH\x00\x12\x31\n\theartbeat\x18\x07 \x01(\x0b\x32\x1c.schedulerd.api.v1.HeartbeatH\x00\x42\x05\n\x03msg*\x85\x01\n\x08JobPhase\x12\x19\n\x15JOB_PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_RUNNING\x10\x01\x12\x10\n\x0cPHASE_EXITED\x10\x02\x12\x16\n\x12PHASE_START_FAILED\x10\x03\x12\x0e\n\nPHASE_LOST\x10\x04\x12\x11\n\rPHASE_REFUSED\x10\x05\x32`\n\x0c\x41gentService\x12P\n\x07\x43onnect\x12\x1f.schedulerd.api.v1.AgentMessage\x1a .schedulerd.api.v1.DaemonMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dschedulerd/api/v1/agent.proto\x12\x11schedulerd.api.v1\"K\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\"\xc5\x01\n\tJobReport\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12*\n\x05phase\x18\x03 \x01(\x0e\x32\x1b.schedulerd.api.v1.JobPhase\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0c\n\x04time\x18\x07 \x01(\x01\x12\x13\n\x0bgpu_indices\x18\x08 \x03(\r\x12\x17\n\x0fstopped_by_node\x18\t \x01(\x08\"\xc9\x01\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12(\n\x04gpus\x18\x03 \x03(\x0b\x32\x1a.schedulerd.api.v1.GpuInfo\x12\x11\n\tfake_gpus\x18\x04 \x01(\x08\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12*\n\x04jobs\x18\x07 \x03(\x0b\x32\x1c.schedulerd.api.v1.JobReport\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"\"\n\tHeartbeat\x12\x15\n\rshutting_down\x18\x01 \x01(\x08\"O\n\x07LogData\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x13\n\x0bnext_offset\x18\x04 \x01(\x04\"\xd9\x01\n\x0c\x41gentMessage\x12/\n\x08register\x18\x01 \x01(\x0b\x32\x1b.schedulerd.api.v1.RegisterH\x00\x12\x31\n\theartbeat\x18\x02 \x01(\x0b\x32\x1c.schedulerd.api.v1.HeartbeatH\x00\x12.\n\x06report\x18\x03 \x01(\x0b\x32\x1c.schedulerd.api.v1.JobReportH\x00\x12.\n\x08log_data\x18\x04 \x01(\x0b\x32\x1a.schedulerd.api.v1.LogDataH\x00\x42\x05\n\x03msg\"N\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"5\n\rElasticWorker\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12\x11\n\tgpu_index\x18\x02 \x01(\r\"\x9b\x01\n\x0b\x45lasticSpec\x12\x15\n\rstore_address\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\r\x12\x0b\n\x03max\x18\x03 \x01(\r\x12\x1a\n\x12initial_worker_ids\x18\x04 \x03(\r\x12\x31\n\x07workers\x18\x05 \x03(\x0b\x32 .schedulerd.api.v1.ElasticWorker\x12\x0c\n\x04join\x18\x06 \x01(\x08\"\xd9\x02\n\x08StartJob\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x31\n\x03\x65nv\x18\x04 \x03(\x0b\x32$.schedulerd.api.v1.StartJob.EnvEntry\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12\x13\n\x0bgpu_indices\x18\x06 \x03(\r\x12\x10\n\x08\x63onsumer\x18\x07 \x01(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x0c\n\x04name\x18\t \x01(\t\x12\x11\n\tnode_rank\x18\n \x01(\r\x12\x11\n\tnum_nodes\x18\x0b \x01(\r\x12/\n\x07\x65lastic\x18\x0c \x01(\x0b\x32\x1e.schedulerd.api.v1.ElasticSpec\x12\r\n\x05\x65poch\x18\x14 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\tResizeJob\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x14\n\x0crelease_gpus\x18\x03 \x03(\r\x12\x15\n\rgrace_seconds\x18\x04 \x01(\x01\x12-\n\x03\x61\x64\x64\x18\x05 \x03(\x0b\x32 .schedulerd.api.v1.ElasticWorker\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x65poch\x18\x14 \x01(\x04\"`\n\x07StopJob\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rgrace_seconds\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x14 \x01(\x04\",\n\tAckReport\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"P\n\x07ReadLog\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tmax_bytes\x18\x04 \x01(\r\"\xe5\x02\n\rDaemonMessage\x12\x33\n\nregistered\x18\x01 \x01(\x0b\x32\x1d.schedulerd.api.v1.RegisteredH\x00\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.schedulerd.api.v1.StartJobH\x00\x12*\n\x04stop\x18\x03 \x01(\x0b\x32\x1a.schedulerd.api.v1.StopJobH\x00\x12+\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x1c.schedulerd.api.v1.AckReportH\x00\x12.\n\x08read_log\x18\x05 \x01(\x0b\x32\x1a.schedulerd.api.v1.ReadLogH\x00\x12.\n\x06resize\x18\x06 \x01(\x0b\x32\x1c.schedulerd.api.v1.ResizeJobH\x00\x12\x31\n\theartbeat\x18\x07 \x01(\x0b\x32\x1c.schedulerd.api.v1.HeartbeatH\x00\x42\x05\n\x03msg*\x85\x01\n\x08JobPhase\x12\x19\n\x15JOB_PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_RUNNING\x10\x01\x12\x10\n\x0cPHASE_EXITED\x10\x02\x12\x16\n\x12PHASE_START_FAILED\x10\x03\x12\x0e\n\nPHASE_LOST\x10\x04\x12\x11\n\rPHASE_REFUSED\x10\x05\x32`\n\x0c\x41gentService\x12P\n\x07\x43onnect\x12\x1f.schedulerd.api.v1.AgentMessage\x1a .schedulerd.api.v1.DaemonMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTJOB_ENVENTRY']._loaded_options = None
   _globals['_STARTJOB_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_JOBPHASE']._serialized_start=2245
-  _globals['_JOBPHASE']._serialized_end=2378
+  _globals['_JOBPHASE']._serialized_start=2268
+  _globals['_JOBPHASE']._serialized_end=2401
   _globals['_GPUINFO']._serialized_start=52
   _globals['_GPUINFO']._serialized_end=127
   _globals['_JOBREPORT']._serialized_start=130
@@ -42,31 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTER']._serialized_start=330
   _globals['_REGISTER']._serialized_end=531
   _globals['_HEARTBEAT']._serialized_start=533
-  _globals['_HEARTBEAT']._serialized_end=544
-  _globals['_LOGDATA']._serialized_start=546
-  _globals['_LOGDATA']._serialized_end=625
-  _globals['_AGENTMESSAGE']._serialized_start=628
-  _globals['_AGENTMESSAGE']._serialized_end=845
-  _globals['_REGISTERED']._serialized_start=847
-  _globals['_REGISTERED']._serialized_end=925
-  _globals['_ELASTICWORKER']._serialized_start=927
-  _globals['_ELASTICWORKER']._serialized_end=980
-  _globals['_ELASTICSPEC']._serialized_start=983
-  _globals['_ELASTICSPEC']._serialized_end=1138
-  _globals['_STARTJOB']._serialized_start=1141
-  _globals['_STARTJOB']._serialized_end=1486
-  _globals['_STARTJOB_ENVENTRY']._serialized_start=1444
-  _globals['_STARTJOB_ENVENTRY']._serialized_end=1486
-  _globals['_RESIZEJOB']._serialized_start=1489
-  _globals['_RESIZEJOB']._serialized_end=1656
-  _globals['_STOPJOB']._serialized_start=1658
-  _globals['_STOPJOB']._serialized_end=1754
-  _globals['_ACKREPORT']._serialized_start=1756
-  _globals['_ACKREPORT']._serialized_end=1800
-  _globals['_READLOG']._serialized_start=1802
-  _globals['_READLOG']._serialized_end=1882
-  _globals['_DAEMONMESSAGE']._serialized_start=1885
-  _globals['_DAEMONMESSAGE']._serialized_end=2242
-  _globals['_AGENTSERVICE']._serialized_start=2380
-  _globals['_AGENTSERVICE']._serialized_end=2476
+  _globals['_HEARTBEAT']._serialized_end=567
+  _globals['_LOGDATA']._serialized_start=569
+  _globals['_LOGDATA']._serialized_end=648
+  _globals['_AGENTMESSAGE']._serialized_start=651
+  _globals['_AGENTMESSAGE']._serialized_end=868
+  _globals['_REGISTERED']._serialized_start=870
+  _globals['_REGISTERED']._serialized_end=948
+  _globals['_ELASTICWORKER']._serialized_start=950
+  _globals['_ELASTICWORKER']._serialized_end=1003
+  _globals['_ELASTICSPEC']._serialized_start=1006
+  _globals['_ELASTICSPEC']._serialized_end=1161
+  _globals['_STARTJOB']._serialized_start=1164
+  _globals['_STARTJOB']._serialized_end=1509
+  _globals['_STARTJOB_ENVENTRY']._serialized_start=1467
+  _globals['_STARTJOB_ENVENTRY']._serialized_end=1509
+  _globals['_RESIZEJOB']._serialized_start=1512
+  _globals['_RESIZEJOB']._serialized_end=1679
+  _globals['_STOPJOB']._serialized_start=1681
+  _globals['_STOPJOB']._serialized_end=1777
+  _globals['_ACKREPORT']._serialized_start=1779
+  _globals['_ACKREPORT']._serialized_end=1823
+  _globals['_READLOG']._serialized_start=1825
+  _globals['_READLOG']._serialized_end=1905
+  _globals['_DAEMONMESSAGE']._serialized_start=1908
+  _globals['_DAEMONMESSAGE']._serialized_end=2265
+  _globals['_AGENTSERVICE']._serialized_start=2403
+  _globals['_AGENTSERVICE']._serialized_end=2499
 # @@protoc_insertion_point(module_scope)

@@ -77,8 +77,10 @@ class Register(_message.Message):
     def __init__(self, node: _Optional[str] = ..., pool: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., fake_gpus: _Optional[bool] = ..., agent_version: _Optional[str] = ..., hostname: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("shutting_down",)
+    SHUTTING_DOWN_FIELD_NUMBER: _ClassVar[int]
+    shutting_down: bool
+    def __init__(self, shutting_down: _Optional[bool] = ...) -> None: ...
 
 class LogData(_message.Message):
     __slots__ = ("request_id", "data", "found", "next_offset")

@@ -8,18 +8,22 @@ import grpc
 
 from schedulerd import core
 from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc
+from schedulerd.daemon import nodes
+from schedulerd.daemon.change import Change
 from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb
+from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState
 from schedulerd.policy import PolicyError, load_policy
-from schedulerd.store import EventRecord
+from schedulerd.store import StoreUnavailable
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, state: ClusterState, loop: SchedulingLoop) -> None:
+    def __init__(self, state: ClusterState, loop: SchedulingLoop, links: AgentLinks) -> None:
         self.state = state
         self.loop = loop
+        self.links = links
 
     async def GetPolicy(
         self, request: admin_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext
@@ -49,7 +53,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         consumers = _statuses(policy, plan.consumers)
         if request.dry_run:
             return admin_pb2.ApplyPolicyResponse(applied=False, consumers=consumers)
-        record = self.state.store.save_policy(request.text, source, self.state.clock())
+        try:
+            record = self.state.store.save_policy(request.text, source, self.state.clock())
+        except StoreUnavailable as e:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"policy not applied: {e}")
         self.state.set_policy(policy, record)
         self.loop.wake()
         return admin_pb2.ApplyPolicyResponse(
@@ -78,8 +85,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         }
         return admin_pb2.ListNodesResponse(
             nodes=[
-                node_to_pb(n, n.name in self.state.connected, holders)
-                for n in self.state.nodes.values()
+                node_to_pb(n, self.state.liveness(n), holders) for n in self.state.nodes.values()
             ]
         )
 
@@ -97,17 +103,46 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, name: str, drained: bool, reason: str, context: grpc.aio.ServicerContext
     ) -> admin_pb2.Node:
         """Draining stops new placements; jobs already there run to their end."""
-        node = self.state.nodes.get(name)
-        if node is None:
-            known = ", ".join(self.state.nodes) or "none"
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no node {name!r} (known: {known})")
+        if name not in self.state.nodes:
+            await self._no_node(name, context)
+        ch = Change(self.state)
+        node = ch.node(name)
         node.drained, node.drain_reason = drained, reason
-        self.state.store.save_node(node)
-        self.state.store.add_event(
-            EventRecord(self.state.clock(), 0, "drain" if drained else "undrain", name)
-        )
+        ch.event(0, "drain" if drained else "undrain", name)
+        try:
+            ch.commit()
+        except StoreUnavailable as e:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"node {name} unchanged: {e}")
         self.loop.wake()
-        return node_to_pb(node, name in self.state.connected, {})
+        live = self.state.nodes[name]
+        return node_to_pb(live, self.state.liveness(live), {})
+
+    async def ForgetNode(
+        self, request: admin_pb2.ForgetNodeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ForgetNodeResponse:
+        """ "I powered it off": its processes are gone, so its jobs are requeued and its
+        fences lifted. Refused while its agent is connected: then it is not off."""
+        name = request.node
+        if name not in self.state.nodes:
+            await self._no_node(name, context)
+        if name in self.state.connected:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {name}: its agent is connected, so it is not powered off; "
+                "stop the agent (or drain the node) first",
+            )
+        try:
+            requeued, released, commands = nodes.forget(self.state, name)
+        except StoreUnavailable as e:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"node {name} not forgotten: {e}")
+        self.links.send_all(commands)
+        self.loop.wake()
+        return admin_pb2.ForgetNodeResponse(requeued_job_ids=requeued, released_gpus=released)
+
+    async def _no_node(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        known = ", ".join(self.state.nodes) or "none"
+        await abort(context, grpc.StatusCode.NOT_FOUND, f"no node {name!r} (known: {known})")
 
 
 def _statuses(

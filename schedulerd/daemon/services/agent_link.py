@@ -1,5 +1,9 @@
 """AgentService: one bidirectional stream per agent (registration, heartbeats and
-job reports up; start, stop, acks and log reads down)."""
+job reports up; start, stop, acks, heartbeat answers and log reads down).
+
+Liveness comes from heartbeats (docs/fencing.md): every message from the agent counts,
+and the daemon answers each heartbeat so that the agent can tell, by its lease,
+whether the daemon still hears it."""
 
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ import grpc
 
 from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 from schedulerd.daemon import nodes
-from schedulerd.daemon.commands import Command
 from schedulerd.daemon.convert import command_to_pb, node_from_register, report_from_pb
-from schedulerd.daemon.links import AgentLinks, ReadLogRequest
+from schedulerd.daemon.links import HEARTBEAT, AgentLinks, HeartbeatAnswer, LinkQueue
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState
+from schedulerd.store import StoreUnavailable
 
 log = logging.getLogger("schedulerd.agents")
 
@@ -29,11 +33,13 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         links: AgentLinks,
         loop: SchedulingLoop,
         heartbeat_s: float = 2.0,
+        lease_s: float = 60.0,
     ) -> None:
         self.state = state
         self.links = links
         self.loop = loop
         self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s
 
     async def Connect(
         self,
@@ -45,27 +51,39 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "send Register first")
         reg = first.register
         name = reg.node
-        queue = self.links.attach(name)
         record = node_from_register(reg)
         kind = "FAKE GPUs" if reg.fake_gpus else "GPUs"
-        log.info("agent %s connected with %d %s", name, len(reg.gpus), kind)
-        self.links.send_all(
-            nodes.register(self.state, record, [report_from_pb(r) for r in reg.jobs])
-        )
+        try:
+            # Committed (with the node's new epoch) before the agent hears Registered.
+            commands = nodes.register(self.state, record, [report_from_pb(r) for r in reg.jobs])
+        except StoreUnavailable as e:
+            log.error("agent %s: registration not recorded: %s", name, e)
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"registration not recorded: {e}")
+        epoch = self.state.nodes[name].epoch
+        queue = self.links.attach(name)
+        log.info("agent %s connected with %d %s (session %d)", name, len(reg.gpus), kind, epoch)
+        self.links.send_all(commands)
         self.loop.wake()
 
         reader = asyncio.create_task(self._read(name, request_iterator, queue))
         try:
             yield agent_pb2.DaemonMessage(
-                registered=agent_pb2.Registered(heartbeat_interval=self.heartbeat_s)
+                registered=agent_pb2.Registered(
+                    heartbeat_interval=self.heartbeat_s,
+                    epoch=epoch,
+                    lease_seconds=self.lease_s,
+                )
             )
             while (command := await queue.get()) is not None:
-                yield command_to_pb(command)
+                if isinstance(command, HeartbeatAnswer):
+                    yield agent_pb2.DaemonMessage(heartbeat=agent_pb2.Heartbeat())
+                else:
+                    yield command_to_pb(command, epoch)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            if self.links.detach(name, queue):
+            if self.links.detach(name, queue) or not self.links.connected(name):
                 nodes.disconnect(self.state, name)
                 log.warning("agent %s disconnected", name)
                 self.loop.wake()
@@ -74,16 +92,32 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         self,
         name: str,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
-        queue: asyncio.Queue[Command | ReadLogRequest | None],
+        queue: LinkQueue,
     ) -> None:
         try:
             async for msg in request_iterator:
                 node = self.state.nodes.get(name)
-                if node is not None:
-                    node.last_seen = self.state.clock()
+                if node is None or node.down:
+                    # Declared down (or forgotten) while this stream stayed open: the
+                    # agent must register again, so that its parts are reconciled.
+                    log.warning("agent %s speaks on a stream of a node gone down: closing", name)
+                    break
+                node.last_seen = self.state.clock()  # liveness: any message counts
                 which = msg.WhichOneof("msg")
-                if which == "report":
-                    out = nodes.report(self.state, name, report_from_pb(msg.report))
+                if which == "heartbeat":
+                    if msg.heartbeat.shutting_down and name not in self.state.stopping_nodes:
+                        log.info("agent %s is shutting down: nothing new lands there", name)
+                        self.state.stopping_nodes.add(name)
+                        self.loop.wake()
+                    queue.put_nowait(HEARTBEAT)
+                elif which == "report":
+                    try:
+                        out = nodes.report(self.state, name, report_from_pb(msg.report))
+                    except StoreUnavailable as e:
+                        # Nothing changed and no ack goes out: the agent keeps the report
+                        # and sends it again in its next Register.
+                        log.error("agent %s: report not recorded: %s; reconnecting", name, e)
+                        break
                     self.links.send_all(out)
                     self.loop.wake()
                 elif which == "log_data":

@@ -15,7 +15,7 @@ from schedulerd.daemon.links import AgentLinks, NodeNotConnected
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState, SubmitError
-from schedulerd.store import JobRecord
+from schedulerd.store import JobRecord, StoreUnavailable
 
 _LOG_CHUNK = 64 * 1024
 
@@ -37,6 +37,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
             job = self.state.submit(job_from_spec(spec))
         except SubmitError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {e}")
+        except StoreUnavailable as e:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"job not submitted: {e}")
         self.loop.wake()
         return jobs_pb2.SubmitJobResponse(job=job_to_pb(job))
 
@@ -59,6 +61,10 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{e}; no job of this batch was submitted",
+            )
+        except StoreUnavailable as e:
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, f"no job of this batch was submitted: {e}"
             )
         if jobs:
             self.loop.wake()
@@ -88,6 +94,10 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
             job, stops = self.state.cancel(request.id, request.user)
         except KeyError:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+        except StoreUnavailable as e:
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, f"job {request.id} not cancelled: {e}"
+            )
         self.links.send_all(stops)
         self.loop.wake()
         return job_to_pb(job)

@@ -1,0 +1,139 @@
+"""One state change: check, commit, then apply (ARCHITECTURE: Nomad's plan applier).
+
+Every path that changes jobs or nodes (a plan, a cancel, a drain, an agent's report,
+a node's registration or timeout, a forget) works on *copies* of the live records,
+taken through a `Change`. `commit()` writes every copy and event in one SQLite
+transaction and only then copies them onto the live records, drops ended jobs from
+memory and tells the listeners; the commands for agents are returned to be sent
+after that. A failed write (disk full) raises `StoreUnavailable` from `commit()` and
+leaves memory exactly as it was: the copies are dropped, no command is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from schedulerd.daemon.commands import Outbox
+from schedulerd.store import EventRecord, FenceRecord, JobRecord, NodeRecord, PartRecord
+
+if TYPE_CHECKING:
+    from schedulerd.daemon.state import ClusterState
+
+
+def clone_part(p: PartRecord) -> PartRecord:
+    return replace(
+        p,
+        gpu_indices=list(p.gpu_indices),
+        gpu_uuids=list(p.gpu_uuids),
+        workers=dict(p.workers),
+        releasing=list(p.releasing),
+    )
+
+
+def clone_job(j: JobRecord) -> JobRecord:
+    # Hand-made, not deepcopy: a plan of a thousand starts copies a thousand jobs.
+    return replace(
+        j, command=list(j.command), env=dict(j.env), parts=[clone_part(p) for p in j.parts]
+    )
+
+
+def clone_node(n: NodeRecord) -> NodeRecord:
+    return replace(n, gpus=list(n.gpus), fences=[replace(f) for f in n.fences])
+
+
+class Change:
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.now = state.clock()
+        self._jobs: dict[int, tuple[JobRecord | None, JobRecord]] = {}
+        self._nodes: dict[str, tuple[NodeRecord | None, NodeRecord]] = {}
+        self._forget: list[str] = []
+        self._events: list[EventRecord] = []
+        self.out: Outbox = []  # commands to send once committed
+
+    # -- working copies -----------------------------------------------------
+
+    def job(self, live: JobRecord) -> JobRecord:
+        """The working copy of a live (or just loaded) job; the same copy every time."""
+        entry = self._jobs.get(live.id)
+        if entry is None:
+            entry = (live, clone_job(live))
+            self._jobs[live.id] = entry
+        return entry[1]
+
+    def touched_job(self, job_id: int) -> JobRecord | None:
+        entry = self._jobs.get(job_id)
+        return None if entry is None else entry[1]
+
+    def node(self, name: str) -> NodeRecord:
+        entry = self._nodes.get(name)
+        if entry is None:
+            live = self.state.nodes[name]
+            entry = (live, clone_node(live))
+            self._nodes[name] = entry
+        return entry[1]
+
+    def put_node(self, node: NodeRecord) -> NodeRecord:
+        """A node record as it will be: new, or replacing the live one wholesale."""
+        self._nodes[node.name] = (self.state.nodes.get(node.name), node)
+        return node
+
+    def forget_node(self, name: str) -> None:
+        self._nodes.pop(name, None)
+        self._forget.append(name)
+
+    def event(self, job_id: int, kind: str, message: str) -> None:
+        self._events.append(EventRecord(self.now, job_id, kind, message))
+
+    def fence(self, node: str, gpus: list[int], job_id: int, attempt: int, reason: str) -> None:
+        """Hold these GPUs until the node says the part is gone (docs/fencing.md)."""
+        if node not in self.state.nodes or not gpus:
+            return
+        record = self.node(node)
+        have = record.fenced()
+        for gpu in gpus:
+            if gpu not in have:
+                record.fences.append(FenceRecord(gpu, job_id, attempt, self.now, reason))
+
+    def unfence(self, node: str, job_id: int, attempt: int) -> None:
+        live = self.state.nodes.get(node)
+        if live is None or not any((f.job_id, f.attempt) == (job_id, attempt) for f in live.fences):
+            return
+        record = self.node(node)
+        record.fences = [f for f in record.fences if (f.job_id, f.attempt) != (job_id, attempt)]
+
+    # -- commit, then apply ---------------------------------------------------
+
+    def commit(self) -> Outbox:
+        state = self.state
+        if self._jobs or self._nodes or self._forget or self._events:
+            state.store.save_change(
+                [copy for _, copy in self._jobs.values()],
+                self._events,
+                [copy for _, copy in self._nodes.values()],
+                self._forget,
+            )
+        # Committed: now, and only now, memory follows.
+        for live_node, copy_node in self._nodes.values():
+            if live_node is None:
+                state.nodes[copy_node.name] = copy_node
+            else:
+                live_node.__dict__.update(copy_node.__dict__)
+                state.nodes[copy_node.name] = live_node
+        for name in self._forget:
+            state.nodes.pop(name, None)
+        changed = []
+        for live_job, copy_job in self._jobs.values():
+            target = copy_job if live_job is None else live_job
+            if live_job is not None:
+                live_job.__dict__.update(copy_job.__dict__)
+            if target.state.ended:
+                state.jobs.pop(target.id, None)
+            else:
+                state.jobs[target.id] = target
+            changed.append(target)
+        for job in changed:
+            state.notify(job)
+        out, self.out = self.out, []
+        return out
