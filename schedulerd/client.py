@@ -168,10 +168,18 @@ class Client:
                 raise ClientError(e.code(), e.details() or "") from None
 
     def logs(self, job_id: int, follow: bool = True, offset: int = 0) -> Iterator[bytes]:
+        """The job's output, every part's chunks as they come (see `log_chunks`)."""
+        for chunk in self.log_chunks(job_id, follow, offset):
+            yield chunk.data
+
+    def log_chunks(
+        self, job_id: int, follow: bool = True, offset: int = 0
+    ) -> Iterator[jobs_pb2.LogChunk]:
+        """Chunks of the job's logs, each naming its node and node rank (a job that
+        spans nodes has one log per node)."""
         req = jobs_pb2.StreamLogsRequest(id=job_id, follow=follow, offset=offset)
         try:
-            for chunk in self.jobs.StreamLogs(req):
-                yield chunk.data
+            yield from self.jobs.StreamLogs(req)
         except grpc.RpcError as e:
             raise ClientError(e.code(), e.details() or "") from None
 
@@ -206,6 +214,14 @@ class Client:
     def drain(self, node: str, reason: str = "") -> admin_pb2.Node:
         req = admin_pb2.DrainNodeRequest(node=node, reason=reason)
         result: admin_pb2.Node = _call(self.admin.DrainNode, req, timeout=self.timeout_s)
+        return result
+
+    def forget_node(self, node: str) -> admin_pb2.ForgetNodeResponse:
+        """Declare a node powered off: its jobs are requeued, its fences lifted."""
+        req = admin_pb2.ForgetNodeRequest(node=node)
+        result: admin_pb2.ForgetNodeResponse = _call(
+            self.admin.ForgetNode, req, timeout=self.timeout_s
+        )
         return result
 
     def undrain(self, node: str) -> admin_pb2.Node:

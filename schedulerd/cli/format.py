@@ -139,11 +139,45 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
     return f"{resp.total_gpus} schedulable GPUs\n" + table(headers, rows)
 
 
+class LogPrefixer:
+    """Lines of a multi-node job's logs, prefixed `[NODE rRANK] ` once a second node
+    speaks. Partial lines wait in a buffer per node, so that lines never mix."""
+
+    def __init__(self, multi: bool = False) -> None:
+        self._pending: dict[tuple[str, int], bytes] = {}
+        self._multi = multi  # known to span nodes from the start
+        self._first: tuple[str, int] | None = None
+
+    def feed(self, node: str, rank: int, data: bytes) -> bytes:
+        key = (node, rank)
+        if self._first is None:
+            self._first = key
+        elif key != self._first:
+            self._multi = True
+        if not self._multi:
+            return data  # one node so far: its bytes as they are
+        text = self._pending.pop(key, b"") + data
+        *lines, rest = text.split(b"\n")
+        if rest:
+            self._pending[key] = rest
+        tag = f"[{node} r{rank}] ".encode()
+        return b"".join(tag + line + b"\n" for line in lines)
+
+    def flush(self) -> bytes:
+        out = b"".join(
+            f"[{node} r{rank}] ".encode() + rest + b"\n"
+            for (node, rank), rest in sorted(self._pending.items())
+        )
+        self._pending.clear()
+        return out
+
+
 def nodes_table(nodes: Sequence[admin_pb2.Node]) -> str:
     rows = []
     for n in nodes:
         used = [g for g in n.gpus if g.job_id]
         jobs = sorted({g.job_id for g in used})
+        fenced = [g for g in n.gpus if g.fenced_job_id]
         state = admin_pb2.NodeState.Name(n.state) + (" DRAINED" if n.drained else "")
         rows.append(
             [
@@ -153,6 +187,7 @@ def nodes_table(nodes: Sequence[admin_pb2.Node]) -> str:
                 f"{len(used)}/{len(n.gpus)}",
                 (n.gpus[0].model if n.gpus else "-") + (" (fake)" if n.fake_gpus else ""),
                 ",".join(map(str, jobs)) or "-",
+                ",".join(f"{g.index}:job {g.fenced_job_id}" for g in fenced) or "-",
             ]
         )
-    return table(["NODE", "STATE", "POOL", "GPUS USED", "MODEL", "JOBS"], rows)
+    return table(["NODE", "STATE", "POOL", "GPUS USED", "MODEL", "JOBS", "FENCED"], rows)

@@ -2,7 +2,7 @@
 
     schedctl submit --consumer /research/vision --gpus 2 -- python train.py
     schedctl jobs | show JOB | cancel JOB | logs JOB
-    schedctl consumers | nodes | drain NODE | undrain NODE
+    schedctl consumers | nodes | drain NODE | undrain NODE | node forget NODE
     schedctl policy validate FILE | policy apply FILE [--dry-run] | policy show
     schedctl hpo create FILE | hpo list | hpo show EXP [--watch] | hpo stop EXP | hpo plot EXP
 
@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--reason", default="")
     u = sub.add_parser("undrain", help="let a drained node take jobs again")
     u.add_argument("node")
+    nd = sub.add_parser("node", help="node administration: node forget NODE")
+    ndsub = nd.add_subparsers(dest="node_cmd", required=True, metavar="ACTION")
+    fg = ndsub.add_parser(
+        "forget",
+        help="declare a node powered off: requeue its jobs, free its fenced GPUs, drop it",
+        description="Say this only when the node is powered off (or its agent and every "
+        "job process on it are known dead): the scheduler then gives its GPUs' jobs to "
+        "others. Refused while its agent is connected.",
+    )
+    fg.add_argument("node")
 
     pol = sub.add_parser("policy", help="validate, apply or show the policy")
     psub = pol.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
@@ -193,10 +203,16 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def _logs(client: Client, args: argparse.Namespace) -> int:
+    """A job on one node: its log as it is. On several nodes: every line prefixed with
+    its node and rank, `[n1 r0] `, as the parts' chunks arrive."""
     out = sys.stdout.buffer
-    for data in client.logs(args.job, follow=not args.no_follow):
-        out.write(data)
+    job = client.get_job(args.job)
+    prefixer = fmt.LogPrefixer(multi=len({g.node for g in job.gpus}) > 1)
+    for chunk in client.log_chunks(args.job, follow=not args.no_follow):
+        out.write(prefixer.feed(chunk.node, chunk.node_rank, chunk.data))
         out.flush()
+    out.write(prefixer.flush())
+    out.flush()
     return 0
 
 
@@ -215,6 +231,16 @@ def _nodes(client: Client, args: argparse.Namespace) -> int:
 def _drain(client: Client, args: argparse.Namespace) -> int:
     node = client.drain(args.node, args.reason)
     print(f"node {node.name} drained: no new jobs land there; running ones finish")
+    return 0
+
+
+def _node(client: Client, args: argparse.Namespace) -> int:
+    resp = client.forget_node(args.node)
+    jobs = ", ".join(map(str, resp.requeued_job_ids)) or "none"
+    print(
+        f"node {args.node} forgotten: {resp.released_gpus} GPUs no longer held there; "
+        f"jobs requeued: {jobs}"
+    )
     return 0
 
 
@@ -253,6 +279,7 @@ COMMANDS = {
     "nodes": _nodes,
     "drain": _drain,
     "undrain": _undrain,
+    "node": _node,
     "policy": _policy,
     "hpo": hpo.run,
 }

@@ -193,9 +193,11 @@ class StreamLogsRequest(_message.Message):
     def __init__(self, id: _Optional[int] = ..., follow: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class LogChunk(_message.Message):
-    __slots__ = ("node", "data")
+    __slots__ = ("node", "data", "node_rank")
     NODE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     node: str
     data: bytes
-    def __init__(self, node: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    node_rank: int
+    def __init__(self, node: _Optional[str] = ..., data: _Optional[bytes] = ..., node_rank: _Optional[int] = ...) -> None: ...

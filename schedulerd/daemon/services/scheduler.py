@@ -131,35 +131,43 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
     async def StreamLogs(
         self, request: jobs_pb2.StreamLogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.LogChunk]:
-        """The log of the job's first part (node rank 0), read through its agent.
-        With `follow`, waits for a pending job to start and streams until it ends."""
-        offset = request.offset
+        """The logs of every part of the job (one per node), read through their agents,
+        each chunk naming its node and rank. With `follow`, waits for a pending job to
+        start and streams until it ends."""
+        offsets: dict[str, int] = {}
         while True:
             job = self._job(request.id)
             if job is None:
                 await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
             ended = job.state.ended
-            if job.parts:
-                node = job.parts[0].node
+            moved, found_any, unreachable = False, False, []
+            for part in sorted(job.parts, key=lambda p: p.node_rank):
+                offset = offsets.get(part.node, request.offset)
                 try:
-                    data, found, offset = await self.links.read_log(
-                        node, job.id, offset, _LOG_CHUNK
+                    data, found, offsets[part.node] = await self.links.read_log(
+                        part.node, job.id, offset, _LOG_CHUNK
                     )
                 except (NodeNotConnected, TimeoutError):
-                    await abort(
-                        context,
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"the log of job {job.id} is on node {node}, whose agent is not connected",
-                    )
+                    unreachable.append(part.node)
+                    continue
+                found_any = found_any or found
                 if data:
-                    yield jobs_pb2.LogChunk(node=node, data=data)
-                    continue  # there may be more right away
-                if not found and ended:
-                    await abort(context, grpc.StatusCode.NOT_FOUND, f"no log for job {job.id}")
-            elif ended:
-                return  # cancelled before it ever ran: no log
+                    moved = True
+                    yield jobs_pb2.LogChunk(node=part.node, node_rank=part.node_rank, data=data)
+            if moved:
+                continue  # there may be more right away
+            if unreachable and (ended or not request.follow):
+                nodes = ", ".join(unreachable)
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the log of job {job.id} is (partly) on node(s) {nodes}, "
+                    "whose agent is not connected",
+                )
+            if job.parts and not found_any and not unreachable and ended:
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"no log for job {job.id}")
             if ended or not request.follow:
-                return
+                return  # (a job cancelled before it ever ran has no log)
             await asyncio.sleep(0.3)
 
     def _job(self, job_id: int) -> JobRecord | None:
