@@ -86,9 +86,13 @@ class Change:
     def event(self, job_id: int, kind: str, message: str) -> None:
         self._events.append(EventRecord(self.now, job_id, kind, message))
 
+    def _current_node(self, name: str) -> NodeRecord | None:
+        entry = self._nodes.get(name)
+        return entry[1] if entry is not None else self.state.nodes.get(name)
+
     def fence(self, node: str, gpus: list[int], job_id: int, attempt: int, reason: str) -> None:
         """Hold these GPUs until the node says the part is gone (docs/fencing.md)."""
-        if node not in self.state.nodes or not gpus:
+        if self._current_node(node) is None or not gpus:
             return
         record = self.node(node)
         have = record.fenced()
