@@ -45,10 +45,21 @@ def wait_for(
 class Cluster:
     """A daemon and its agents, each a real process, in one temporary folder."""
 
-    def __init__(self, root: Path, policy_text: str, tick_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        root: Path,
+        policy_text: str,
+        tick_s: float = 0.2,
+        daemon_args: tuple[str, ...] = (),
+        listen: str = "",
+    ) -> None:
         self.root = root
+        self.daemon_args = daemon_args
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Where the daemon listens (a wildcard when agents in network namespaces must
+        # reach it); clients here always use loopback.
+        self.listen = listen.replace("PORT", str(self.port)) if listen else self.address
         self.policy = root / "policy.yaml"
         self.policy.write_text(policy_text)
         self.db = root / "schedulerd.db"
@@ -65,7 +76,7 @@ class Cluster:
                 "-m",
                 "schedulerd.daemon",
                 "--listen",
-                self.address,
+                self.listen,
                 "--db",
                 str(self.db),
                 "--policy",
@@ -74,6 +85,7 @@ class Cluster:
                 str(self.tick_s),
                 "--log-level",
                 "DEBUG",
+                *self.daemon_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -100,15 +112,25 @@ class Cluster:
         self.daemon.send_signal(signal.SIGKILL)
         self.daemon.wait(10)
 
-    def start_agent(self, node: str, gpus: int = 4) -> None:
+    def start_agent(
+        self,
+        node: str,
+        gpus: int = 4,
+        extra_args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
+        daemon: str = "",
+    ) -> subprocess.Popen[bytes]:
+        """`prefix`: run it under another command (`ip netns exec NS`); `daemon`: the
+        address it reaches the daemon at (default: loopback)."""
         log = open(self.root / f"agent-{node}.log", "ab")  # noqa: SIM115
         self.agents[node] = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "agent",
                 "--daemon",
-                self.address,
+                daemon or self.address,
                 "--node",
                 node,
                 "--fake-gpus",
@@ -117,11 +139,17 @@ class Cluster:
                 str(self.root / "agents"),
                 "--log-level",
                 "DEBUG",
+                *extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,
         )
+        return self.agents[node]
+
+    def agent_log(self, node: str) -> str:
+        path = self.root / f"agent-{node}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_nodes_up(self, count: int) -> None:
         def up() -> bool:
@@ -152,12 +180,18 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path, policy_text: str, agents: dict[str, int]) -> Iterator[Cluster]:
-    cluster = Cluster(root, policy_text)
+def running_cluster(
+    root: Path,
+    policy_text: str,
+    agents: dict[str, int],
+    daemon_args: tuple[str, ...] = (),
+    agent_args: tuple[str, ...] = (),
+) -> Iterator[Cluster]:
+    cluster = Cluster(root, policy_text, daemon_args=daemon_args)
     try:
         cluster.start_daemon()
         for node, gpus in agents.items():
-            cluster.start_agent(node, gpus)
+            cluster.start_agent(node, gpus, agent_args)
         cluster.wait_nodes_up(len(agents))
         yield cluster
     finally:

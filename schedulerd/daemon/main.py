@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=4,
         help="fake GPUs for the local agent when NVML finds none (default 4)",
     )
+    p.add_argument(
+        "--keep-jobs-on-exit",
+        action="store_true",
+        help="with --local-agent: on shutdown leave its jobs running, to be adopted at the "
+        "next start (default: stop them; they go back to the queue)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -119,6 +125,7 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
         str(args.db.parent / "agent-state"),
         "--log-level",
         args.log_level,
+        *(["--keep-jobs-on-exit"] if args.keep_jobs_on_exit else []),
     ]
     log.info("starting local agent %s", node)
     # Its own session: a Ctrl-C in the terminal reaches the daemon only, which stops
