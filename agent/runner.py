@@ -1,86 +1,56 @@
-"""Runs job parts: one process group per job, output to a log file, SIGTERM → grace → SIGKILL.
+"""Runs job parts: a shim and a cgroup per worker, output to a log file, SIGTERM → grace →
+SIGKILL, and a record of every part on disk so that a restarted agent takes them back.
 
 Single-threaded on purpose: the owner (the link's event loop, or a test) calls `poll()` every
-~100 ms, and everything that changes a part happens inside `start`, `stop` and `poll`. No
-waiter threads, no locks. Only `read_log` may run on another thread: it touches nothing but
-the log file.
+~100 ms, and everything that changes a part happens inside `start`, `stop`, `resize`, `poll`
+and `adopt`. No waiter threads, no locks. Only `read_log` may run on another thread: it
+touches nothing but the log file.
 
-Process groups: each job starts in a new session (`start_new_session=True`), so its pgid is the
-leader's pid and `os.killpg` reaches every process it forked (unless one calls setsid itself;
-only cgroups would catch those). The leader is reaped only after its group has been signalled:
-while the leader is an unreaped zombie its pid, and so the pgid, cannot be reused, so a
-`killpg` never hits a stranger.
+Each worker is a shim (agent/shim.py) in the worker's cgroup (agent/cgroups.py) with the
+job's command as its child. Signals go to the shim, which passes them on (to the command's
+process group for a rigid part, to the command alone for an elastic worker); SIGKILL after the
+grace kills the worker's whole cgroup, so a process that called setsid dies too. When the
+command exits, what it left behind is killed at once (as systemd does for a service whose main
+process exits): the daemon gives these GPUs to someone else as soon as it reads EXITED, and a
+straggler must not still hold them. A worker has ended only when its cgroup is empty.
 
-When the leader exits, whatever is left of its group is SIGKILLed at once (as systemd does for
-a service whose main process exits): the daemon will give these GPUs to someone else as soon
-as it reads EXITED, and a straggler must not still hold them.
-
-Ended parts are remembered until the daemon acks them (`ack`), so a report made while the
-daemon was away is resent in the next Register (see agent.link).
-
-A part is one or more worker processes, each its own process group: a rigid part has one
-process holding all of the part's GPUs; an elastic part has one per GPU (docs/elastic.md),
-so that one worker can be released (SIGUSR1, then SIGKILL after the grace) or added without
-touching the others. The part is RUNNING while any worker lives; its report lists the GPUs
-of the live workers, so the daemon sees a release complete.
+Ended parts are remembered until the daemon acks them (`ack`), on disk too (agent/partstate),
+so a report made while the daemon or the agent was away is resent in the next Register.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
+from agent import adopt as adoption
+from agent import joblog, partstate, watch
+from agent.cgroups import Containment, choose_containment
 from agent.model import JobSpec, PartKey, PartReport, Phase, ResizeRequest, StopRequest
+from agent.part import (
+    START_FAILED_EXIT_CODE,
+    Part,
+    Worker,
+    describe_exit,
+    ended_report,
+    refusal,
+    spec_problem,
+    worker_plan,
+)
+from agent.spawn import job_env, spawn_workers
+from agent.worker import StartFailed, boot_id
 
 log = logging.getLogger(__name__)
 
-FAILED_PEER_GRACE_S = 5.0  # workers of a part whose worker failed: time to save and leave
-START_FAILED_EXIT_CODE = 127  # what a shell says for "command not found"
-DEFAULT_LOG_READ = 64 * 1024
-MAX_LOG_READ = 1024 * 1024  # well under gRPC's default 4 MiB message limit
-
-
-@dataclass
-class _Worker:
-    proc: subprocess.Popen[bytes]
-    gpus: tuple[int, ...]
-    worker_id: int = 0
-    released: bool = False  # asked to leave (SIGUSR1): its exit does not end the job
-    kill_at: float | None = None  # monotonic time to SIGKILL its group
-    killed: bool = False
-    exit_code: int | None = None
-
-
-@dataclass
-class _Part:
-    spec: JobSpec
-    workers: list[_Worker]  # empty when it never started
-    report: PartReport
-    stop_reason: str = ""
-
-    def live(self) -> list[_Worker]:
-        return [w for w in self.workers if w.exit_code is None]
-
-    def live_gpus(self) -> tuple[int, ...]:
-        return tuple(sorted(g for w in self.live() for g in w.gpus))
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "unknown signal"
-        return f"killed by signal {-code} ({name})"
-    return f"exit code {code}"
+__all__ = ["START_FAILED_EXIT_CODE", "Runner", "describe_exit"]
 
 
 class Runner:
@@ -92,51 +62,63 @@ class Runner:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         gpu_indices: Iterable[int] | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.node = node
         # The node's GPUs; a job asking for another one is refused. None: no check.
         self.gpu_indices = None if gpu_indices is None else frozenset(gpu_indices)
+        self.containment = choose_containment("auto", node) if containment is None else containment
+        # Set by the agent when it shuts down: starts and joiners are refused from then on.
+        self.stopping = False
         self.logs_dir = self.state_dir / "logs"
         self.work_dir = self.state_dir / "work"
+        self.parts_dir = self.state_dir / "parts"
+        self.status_dir = self.state_dir / "status"
         self._wall = wall_clock
         self._mono = monotonic
-        self._parts: dict[PartKey, _Part] = {}
+        self._boot = boot_id()
+        self._parts: dict[PartKey, Part] = {}
 
     # --- what the daemon asks -------------------------------------------------------------
 
     def start(self, spec: JobSpec) -> PartReport:
-        """Start a part; a bad command gives START_FAILED, never an exception."""
+        """Start a part. A bad command gives START_FAILED, GPUs held by another live part or
+        an agent shutting down give REFUSED; never an exception."""
         known = self._parts.get(spec.key)
         if known is not None:  # idempotent: reconcile normally catches this first
             return known.report
         try:
-            self.logs_dir.mkdir(parents=True, exist_ok=True)
-            logfile = open(self.log_path(spec.job_id), "ab")  # noqa: SIM115 (closed below)
+            logfile = self._open_log(spec.job_id)
         except OSError as e:
-            return self._failed(spec, f"cannot open the job's log: {e}", None)
+            return self._ended_at_start(spec, Phase.START_FAILED, f"cannot open the job's log: {e}")
         with logfile:
-            # Every attempt, even one that fails to start, leaves its header and its error in
-            # the log, so that `read_log` can explain what happened.
+            # Every attempt, even one that never starts, leaves its header and why in the
+            # log, so that `read_log` can explain what happened.
             gpus = ",".join(map(str, spec.gpu_indices)) or "none"
-            _write_line(
+            joblog.append_line(
                 logfile,
                 f"--- schedulerd job {spec.job_id} attempt {spec.attempt} on node {self.node}, "
                 f"GPUs {gpus} ---",
             )
-            problem = self._check(spec)
+            refused = "the agent is shutting down" if self.stopping else self._held(spec)
+            if refused:
+                return self._ended_at_start(spec, Phase.REFUSED, refused, logfile)
+            problem = spec_problem(spec, self.node, self.gpu_indices)
             if problem:
-                return self._failed(spec, problem, logfile)
+                return self._ended_at_start(spec, Phase.START_FAILED, problem, logfile)
+            part = Part(
+                spec, [], PartReport(spec.job_id, spec.attempt, Phase.RUNNING), self.containment
+            )
             try:
                 cwd = self._working_dir(spec)
-                workers = [
-                    self._spawn(spec, logfile, cwd, wid, gpus) for wid, gpus in _worker_plan(spec)
-                ]
-            except (OSError, ValueError, subprocess.SubprocessError) as e:
-                return self._failed(spec, f"cannot start {spec.command[0]!r}: {e}", logfile)
-        self._warn_if_shared(spec)
-        pid = workers[0].proc.pid
-        report = PartReport(
+                part.workers = self._spawn(part, worker_plan(spec), logfile, cwd, join=False)
+            except (OSError, StartFailed) as e:
+                return self._ended_at_start(
+                    spec, Phase.START_FAILED, f"cannot start {spec.command[0]!r}: {e}", logfile
+                )
+        pid = part.workers[0].child_pid
+        part.report = PartReport(
             spec.job_id,
             spec.attempt,
             Phase.RUNNING,
@@ -144,66 +126,47 @@ class Runner:
             time=self._wall(),
             gpu_indices=tuple(sorted(spec.gpu_indices)),
         )
-        self._parts[spec.key] = _Part(spec, workers, report)
+        self._parts[spec.key] = part
+        self._save(part)
         log.info("job %d attempt %d started, pid %d", spec.job_id, spec.attempt, pid)
-        return report
-
-    def _spawn(
-        self,
-        spec: JobSpec,
-        logfile: IO[bytes],
-        cwd: Path,
-        worker_id: int,
-        gpus: tuple[int, ...],
-        join: bool = False,
-    ) -> _Worker:
-        proc = subprocess.Popen(
-            list(spec.command),
-            start_new_session=True,  # its own process group: killpg reaches all of it
-            stdin=subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=self._env(spec, gpus, worker_id, join),
-        )
-        return _Worker(proc, gpus, worker_id)
+        return part.report
 
     def resize(self, req: ResizeRequest) -> PartReport | None:
-        """Release workers (SIGUSR1 now, SIGKILL when the grace ends) and start
-        joiners, in place. Unknown or ended part: nothing (None or its report)."""
+        """Release workers (SIGUSR1 now, SIGKILL when the grace ends) and start joiners, in
+        place. Joiners are refused (logged) while the agent stops, while the part stops, and
+        once a worker not released has exited. Unknown or ended part: nothing (None or its
+        report)."""
         part = self._parts.get(req.key)
-        if part is None or part.report.phase.ended or part.spec.elastic is None:
+        if part is None or part.spec.elastic is None:
             return None if part is None else part.report
-        deadline = self._mono() + max(0.0, req.grace_seconds)
-        for worker in part.live():
-            if set(worker.gpus) & set(req.release) and not worker.released:
-                worker.released = True
-                worker.kill_at = deadline
-                log.info(
-                    "job %d: releasing worker %d (GPU %s): %s",
-                    req.job_id,
-                    worker.worker_id,
-                    worker.gpus,
-                    req.reason or "shrink",
-                )
-                # To the worker itself, not its group: its own children (DataLoader
-                # workers) would die of SIGUSR1 and fail its last step.
-                _signal_worker(worker, signal.SIGUSR1, part.spec.job_id)
+        self._refresh(part)  # an exit not yet polled must count below
+        if part.report.phase.ended:
+            return part.report
+        grace = max(0.0, req.grace_seconds) if math.isfinite(req.grace_seconds) else 0.0
+        leaving = [w for w in part.live() if set(w.gpus) & set(req.release) and not w.released]
+        for worker in leaving:
+            worker.released = True
+            worker.kill_at = self._mono() + grace
+            worker.kill_deadline = self._wall() + grace
         if req.add:
-            with open(self.log_path(req.job_id), "ab") as logfile:
-                cwd = self._working_dir(part.spec)
-                for wid, gpu in req.add:
-                    try:
-                        part.workers.append(
-                            self._spawn(part.spec, logfile, cwd, wid, (gpu,), join=True)
-                        )
-                    except (OSError, ValueError, subprocess.SubprocessError) as e:
-                        log.warning("job %d: cannot start joiner %d: %s", req.job_id, wid, e)
-            part.report = replace(part.report, gpu_indices=part.live_gpus())
+            self._add_joiners(part, req)
+        self._save(part)  # before the signals: a restarted agent must know who was released
+        for worker in leaving:
+            log.info(
+                "job %d: releasing worker %d (GPU %s): %s",
+                req.job_id,
+                worker.worker_id,
+                worker.gpus,
+                req.reason or "shrink",
+            )
+            # The shim passes it to the worker itself, not its group: its own children
+            # (DataLoader workers) would die of SIGUSR1 and fail its last step.
+            if worker.shim is not None:
+                worker.shim.send(signal.SIGUSR1)
         return part.report
 
     def stop(self, req: StopRequest) -> PartReport | None:
-        """SIGTERM the group now and SIGKILL it when the grace ends (checked by `poll`).
+        """SIGTERM now and SIGKILL of the cgroups when the grace ends (checked by `poll`).
 
         Unknown part: None. Ended part: its report, untouched. A second stop can only shorten
         the grace, never extend it.
@@ -211,9 +174,7 @@ class Runner:
         part = self._parts.get(req.key)
         if part is None or part.report.phase.ended:
             return None if part is None else part.report
-        grace = req.grace_seconds if math.isfinite(req.grace_seconds) else 0.0
-        grace = max(0.0, grace)
-        deadline = self._mono() + grace
+        grace = max(0.0, req.grace_seconds) if math.isfinite(req.grace_seconds) else 0.0
         first = not part.stop_reason
         if first:
             part.stop_reason = req.reason or "stop requested"
@@ -225,29 +186,63 @@ class Runner:
                 grace,
             )
         for worker in part.live():
-            if first and grace > 0 and not worker.released:
-                # An elastic worker checkpoints and tears its children down itself; a
-                # rigid job's whole group gets SIGTERM (SIGKILL reaches groups in both).
-                if part.spec.elastic is not None:
-                    _signal_worker(worker, signal.SIGTERM, req.job_id)
-                else:
-                    _signal_group(worker, signal.SIGTERM, req.job_id)
-            worker.kill_at = deadline if worker.kill_at is None else min(worker.kill_at, deadline)
-            self._kill_if_due(part, worker)
+            kill_at, deadline = self._mono() + grace, self._wall() + grace
+            worker.kill_at = kill_at if worker.kill_at is None else min(worker.kill_at, kill_at)
+            old = worker.kill_deadline
+            worker.kill_deadline = deadline if old is None else min(old, deadline)
+        self._save(part)
+        for worker in part.live():
+            if first and grace > 0 and not worker.released and worker.shim is not None:
+                # The shim passes SIGTERM to a rigid job's whole process group, and to an
+                # elastic worker alone (it checkpoints and tears its children down itself).
+                worker.shim.send(signal.SIGTERM)
+            watch.kill_if_due(part, worker, self._mono())
         return part.report
 
-    def stop_all(self, grace_seconds: float, reason: str) -> None:
+    def stop_all(self, grace_seconds: float, reason: str, *, by_node: bool = False) -> None:
+        """Stop every running part. by_node: the node ends them (the agent shuts down or its
+        lease ran out), so their reports say stopped_by_node and the daemon requeues them
+        rather than failing them; a part the daemon was already stopping keeps its reason."""
         for part in list(self._parts.values()):
             if not part.report.phase.ended:
+                if by_node and not part.stop_reason:
+                    part.by_node = True
                 self.stop(StopRequest(part.spec.job_id, part.spec.attempt, grace_seconds, reason))
 
     def ack(self, job_id: int, attempt: int) -> bool:
-        """Forget an ended part (the daemon has recorded it). A running part is kept."""
+        """Forget an ended part (the daemon has recorded it): its record, its shims' status
+        files and its cgroups go. A running part is kept."""
         part = self._parts.get((job_id, attempt))
         if part is None or not part.report.phase.ended:
             return False
         del self._parts[(job_id, attempt)]
+        partstate.delete(self.parts_dir, (job_id, attempt))
+        for worker in part.workers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(worker.status_file)
+        part.box.remove([w.cgroup for w in part.workers])
         return True
+
+    def adopt(self) -> list[PartReport]:
+        """Take back the parts a previous agent left in this state dir (call once, before the
+        link starts): running ones are watched and stopped as if started here, the ones that
+        ended meanwhile are reported with the exit status their shims left (LOST when none
+        did), and cgroups no record names are killed. Returns every part's report."""
+        for record in partstate.load_all(self.parts_dir):
+            if record.spec.key not in self._parts:
+                part = adoption.take_back(
+                    record, self._box(record.containment), self._boot, self._wall(), self._mono()
+                )
+                self._parts[part.spec.key] = part
+                adoption.restop(part, self._mono())
+        adoption.kill_orphans(
+            [self.containment, *(p.box for p in self._parts.values())],
+            {w.cgroup for p in self._parts.values() for w in p.workers if w.cgroup},
+        )
+        self.poll()
+        for part in self._parts.values():
+            self._save(part)
+        return self.reports()
 
     # --- what the agent reports -----------------------------------------------------------
 
@@ -255,34 +250,10 @@ class Runner:
         """Notice exits and due SIGKILLs; return the reports that changed since the last poll."""
         changed = []
         for part in list(self._parts.values()):
-            if not part.workers or part.report.phase.ended:
-                continue
-            before = part.live_gpus()
-            for worker in part.live():
-                if _leader_exited(worker.proc):
-                    # Kill stragglers before reaping: the zombie leader keeps the pgid ours.
-                    _signal_group(worker, signal.SIGKILL, part.spec.job_id)
-                    worker.exit_code = worker.proc.wait()
-                else:
-                    self._kill_if_due(part, worker)
-            failed = [w for w in part.workers if w.exit_code and not w.released]
-            if failed and part.live() and not part.stop_reason:
-                # One worker of an elastic part failed: the others would only wait
-                # for it until their timeout. End them now, with a short grace.
-                self.stop(
-                    StopRequest(
-                        part.spec.job_id,
-                        part.spec.attempt,
-                        FAILED_PEER_GRACE_S,
-                        f"worker {failed[0].worker_id} failed: "
-                        + describe_exit(failed[0].exit_code or 0),
-                    )
-                )
-            if not part.live():
-                part.report = self._exited(part, _part_exit_code(part))
-                changed.append(part.report)
-            elif part.live_gpus() != before:  # a released worker left: say which GPUs remain
-                part.report = replace(part.report, gpu_indices=part.live_gpus(), time=self._wall())
+            if part.workers and not part.report.phase.ended:
+                self._refresh(part)
+            if part.changed:
+                part.changed = False
                 changed.append(part.report)
         return changed
 
@@ -301,48 +272,84 @@ class Runner:
         return self.logs_dir / f"job-{job_id}.log"
 
     def read_log(self, job_id: int, offset: int, max_bytes: int) -> tuple[bytes, bool, int]:
-        """(data, found, next_offset); max_bytes 0 means a default, and it is capped."""
-        limit = min(max_bytes or DEFAULT_LOG_READ, MAX_LOG_READ)
-        try:
-            with open(self.log_path(job_id), "rb") as f:
-                f.seek(offset)
-                data = f.read(limit)
-        except FileNotFoundError:
-            return b"", False, offset
-        except OSError as e:  # the daemon still gets an answer to its request
-            log.warning("cannot read the log of job %d: %s", job_id, e)
-            return b"", False, offset
-        return data, True, offset + len(data)
+        """(data, found, next_offset); max_bytes 0 means a default, and it is capped. Never
+        through a symlink, and only a regular file (agent/joblog)."""
+        return joblog.read_page(self.log_path(job_id), offset, max_bytes)
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _check(self, spec: JobSpec) -> str:
-        """Why this spec cannot start, or "" if it can."""
-        if not spec.command:
-            return "empty command"
-        if len(set(spec.gpu_indices)) != len(spec.gpu_indices):
-            return f"GPU indices repeat: {list(spec.gpu_indices)}"
-        if self.gpu_indices is not None:
-            unknown = sorted(set(spec.gpu_indices) - self.gpu_indices)
-            if unknown:
-                have = ",".join(map(str, sorted(self.gpu_indices))) or "none"
-                return f"GPU {unknown} not on node {self.node} (it has GPUs {have})"
-        return ""
+    def _refresh(self, part: Part) -> None:
+        """Look at a running part: exits, leftovers, due kills, a failed peer, its end."""
+        before = part.live_gpus()
+        dirty = watch.refresh(part, self._mono)
+        stop = watch.failed_peer(part)
+        if stop is not None:
+            self.stop(stop)
+        if not part.live():
+            part.report = ended_report(part, self._wall())
+            self._log_end(part)
+            part.changed = dirty = True
+        elif part.live_gpus() != before:  # a released worker left: say which GPUs remain
+            part.report = replace(part.report, gpu_indices=part.live_gpus(), time=self._wall())
+            part.changed = True
+        if dirty:
+            self._save(part)
 
-    def _warn_if_shared(self, spec: JobSpec) -> None:
-        # The daemon is the authority on placement, so an overlap is not refused (a superseded
-        # attempt may still be dying), only made visible.
-        for part in self._parts.values():
-            shared = set(spec.gpu_indices) & set(part.spec.gpu_indices)
-            if shared and not part.report.phase.ended:
-                log.warning(
-                    "job %d attempt %d shares GPUs %s with job %d attempt %d",
-                    spec.job_id,
-                    spec.attempt,
-                    sorted(shared),
-                    part.spec.job_id,
-                    part.spec.attempt,
+    def _add_joiners(self, part: Part, req: ResizeRequest) -> None:
+        why = refusal(part, self.stopping)
+        taken = {w.worker_id for w in part.workers}
+        held = self._held(part.spec, gpus=[g for _, g in req.add])
+        joiners = [(wid, (gpu,)) for wid, gpu in req.add if wid not in taken]
+        if why or held or len(joiners) < len(req.add):
+            log.warning(
+                "job %d attempt %d: joiners %s refused: %s",
+                req.job_id,
+                req.attempt,
+                list(req.add),
+                why or held or f"worker ids already used: {sorted(taken)}",
+            )
+            return
+        try:
+            with self._open_log(part.spec.job_id) as logfile:
+                part.workers += self._spawn(
+                    part, joiners, logfile, self._working_dir(part.spec), join=True
                 )
+        except (OSError, StartFailed) as e:
+            log.warning("job %d: cannot start joiners %s: %s", req.job_id, list(req.add), e)
+        part.report = replace(part.report, gpu_indices=part.live_gpus())
+
+    def _spawn(
+        self,
+        part: Part,
+        plan: Sequence[tuple[int, tuple[int, ...]]],
+        logfile: IO[bytes],
+        cwd: Path,
+        join: bool,
+    ) -> list[Worker]:
+        self.status_dir.mkdir(parents=True, exist_ok=True)
+        spec = part.spec
+        return spawn_workers(
+            part,
+            plan,
+            logfile=logfile,
+            cwd=cwd,
+            envs={wid: job_env(spec, self.node, gpus, wid, join) for wid, gpus in plan},
+            status_dir=self.status_dir,
+        )
+
+    def _held(self, spec: JobSpec, gpus: Iterable[int] | None = None) -> str:
+        """Which of these GPUs a live part of another (job, attempt) holds, in words."""
+        wanted = set(spec.gpu_indices if gpus is None else gpus)
+        holders = []
+        for other in self._parts.values():
+            if other.spec.key == spec.key or other.report.phase.ended:
+                continue
+            self._refresh(other)  # its end may not have been polled yet
+            for gpu in sorted(wanted & set(other.live_gpus())):
+                holders.append(
+                    f"GPU {gpu} is held by job {other.spec.job_id} attempt {other.spec.attempt}"
+                )
+        return "; ".join(holders)
 
     def _working_dir(self, spec: JobSpec) -> Path:
         if spec.working_dir:
@@ -351,152 +358,41 @@ class Runner:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _env(
-        self, spec: JobSpec, gpus: tuple[int, ...], worker_id: int, join: bool
-    ) -> dict[str, str]:
-        # The job's env may add to the agent's, but not override the GPU assignment or the
-        # identity: those are the scheduler's word, so they are applied last.
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            {
-                "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
-                # CUDA's default order (fastest first) may differ from NVML's (PCI bus), and
-                # the indices we hand out are NVML's.
-                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "SCHEDULERD_JOB_ID": str(spec.job_id),
-                "SCHEDULERD_ATTEMPT": str(spec.attempt),
-                "SCHEDULERD_CONSUMER": spec.consumer,
-                "SCHEDULERD_USER": spec.user,
-                "SCHEDULERD_JOB_NAME": spec.name,
-                "SCHEDULERD_NODE": self.node,
-                "SCHEDULERD_NODE_RANK": str(spec.node_rank),
-                "SCHEDULERD_NUM_NODES": str(spec.num_nodes),
-                "SCHEDULERD_GPUS": str(len(gpus)),
-            }
-        )
-        elastic = spec.elastic
-        if elastic is not None:  # docs/elastic.md: the contract with the workers
-            # One process per GPU: like torchrun, one CPU thread each unless the job
-            # says otherwise (N workers x all cores each thrash a CPU box).
-            env.setdefault("OMP_NUM_THREADS", "1")
-            env.update(
-                {
-                    "SCHEDULERD_ELASTIC": "1",
-                    "SCHEDULERD_WORKER_ID": str(worker_id),
-                    "SCHEDULERD_ELASTIC_INITIAL": ",".join(map(str, elastic.initial_worker_ids)),
-                    "SCHEDULERD_ELASTIC_JOIN": "1" if join or elastic.join else "0",
-                    "SCHEDULERD_ELASTIC_STORE": elastic.store_address,
-                    "SCHEDULERD_ELASTIC_MIN": str(elastic.min),
-                    "SCHEDULERD_ELASTIC_MAX": str(elastic.max),
-                }
-            )
-        return env
+    def _box(self, kind: str) -> Containment:
+        return adoption.containment_of(kind, self.containment, self.node)
 
-    def _failed(self, spec: JobSpec, message: str, logfile: IO[bytes] | None) -> PartReport:
-        log.warning("job %d attempt %d failed to start: %s", spec.job_id, spec.attempt, message)
+    def _save(self, part: Part) -> None:
+        try:
+            partstate.save(self.parts_dir, part.record(self._boot))
+        except OSError as e:  # the part still runs; only a restart would not know it
+            log.error("cannot record job %d attempt %d: %s", *part.spec.key, e)
+
+    def _ended_at_start(
+        self, spec: JobSpec, phase: Phase, message: str, logfile: IO[bytes] | None = None
+    ) -> PartReport:
+        log.warning("job %d attempt %d %s: %s", spec.job_id, spec.attempt, phase.value, message)
         if logfile is not None:
-            _write_line(logfile, f"--- schedulerd: {message} ---")
+            joblog.append_line(logfile, f"--- schedulerd: {message} ---")
+        code = START_FAILED_EXIT_CODE if phase is Phase.START_FAILED else 0
         report = PartReport(
-            spec.job_id,
-            spec.attempt,
-            Phase.START_FAILED,
-            exit_code=START_FAILED_EXIT_CODE,
-            message=message,
-            time=self._wall(),
+            spec.job_id, spec.attempt, phase, exit_code=code, message=message, time=self._wall()
         )
-        self._parts[spec.key] = _Part(spec, [], report)
+        part = Part(spec, [], report, self.containment)
+        self._parts[spec.key] = part
+        self._save(part)
         return report
 
-    def _exited(self, part: _Part, code: int) -> PartReport:
-        message = describe_exit(code)
-        if part.stop_reason:
-            message += f"; stop requested: {part.stop_reason}"
-        spec = part.spec
+    def _log_end(self, part: Part) -> None:
+        spec, message = part.spec, part.report.message
         log.info("job %d attempt %d ended: %s", spec.job_id, spec.attempt, message)
         try:
-            with open(self.log_path(spec.job_id), "ab") as f:
-                _write_line(
+            with self._open_log(spec.job_id) as f:
+                joblog.append_line(
                     f,
                     f"--- schedulerd job {spec.job_id} attempt {spec.attempt} ended: {message} ---",
                 )
         except OSError:
             log.debug("cannot append to the log of job %d", spec.job_id, exc_info=True)
-        return PartReport(
-            spec.job_id,
-            spec.attempt,
-            Phase.EXITED,
-            exit_code=code,
-            pid=part.report.pid,
-            message=message,
-            time=self._wall(),
-        )
 
-    def _kill_if_due(self, part: _Part, worker: _Worker) -> None:
-        if worker.kill_at is not None and not worker.killed and self._mono() >= worker.kill_at:
-            worker.killed = True
-            log.info(
-                "job %d attempt %d worker %d: grace over, SIGKILL",
-                part.spec.job_id,
-                part.spec.attempt,
-                worker.worker_id,
-            )
-            _signal_group(worker, signal.SIGKILL, part.spec.job_id)
-
-
-def _signal_group(worker: _Worker, sig: signal.Signals, job_id: int) -> None:
-    # Only while the leader is unreaped (see the module docstring).
-    if worker.proc.returncode is not None:
-        return
-    try:
-        os.killpg(worker.proc.pid, sig)
-    except ProcessLookupError:
-        pass  # the whole group is gone already
-    except PermissionError:
-        log.warning("not allowed to send %s to job %d", sig.name, job_id)
-
-
-def _signal_worker(worker: _Worker, sig: signal.Signals, job_id: int) -> None:
-    if worker.proc.returncode is not None:
-        return
-    try:
-        os.kill(worker.proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        log.warning("not allowed to send %s to job %d", sig.name, job_id)
-
-
-def _worker_plan(spec: JobSpec) -> list[tuple[int, tuple[int, ...]]]:
-    """(worker id, GPUs) of each process to start: one per GPU for an elastic
-    part, one with all the part's GPUs otherwise."""
-    if spec.elastic is None:
-        return [(0, tuple(spec.gpu_indices))]
-    return [(wid, (gpu,)) for wid, gpu in spec.elastic.workers]
-
-
-def _part_exit_code(part: _Part) -> int:
-    """The first non-zero exit of a worker that was not released, else 0: released
-    workers leave on purpose (docs/elastic.md: ending)."""
-    for w in sorted(part.workers, key=lambda w: w.worker_id):
-        if not w.released and w.exit_code:
-            return w.exit_code
-    if all(w.released for w in part.workers):
-        return 0
-    return next(w.exit_code or 0 for w in part.workers if not w.released)
-
-
-def _leader_exited(proc: subprocess.Popen[bytes]) -> bool:
-    """Has the leader exited? Does not reap it (WNOWAIT)."""
-    if proc.returncode is not None:
-        return True
-    try:
-        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True  # reaped by someone else; proc.wait() will still give a status
-    return info is not None
-
-
-def _write_line(f: IO[bytes], line: str) -> None:
-    f.write(line.encode() + b"\n")
-    f.flush()
+    def _open_log(self, job_id: int) -> IO[bytes]:
+        return joblog.open_for_append(self.log_path(job_id))

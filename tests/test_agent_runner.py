@@ -7,70 +7,22 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
-from collections.abc import Callable, Iterator
+import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
+from agent_helpers import make_runner, pid_alive, python, read_pid, sh, wait_ended, wait_for
 
-from agent.model import JobSpec, PartReport, Phase, StopRequest
+from agent.model import ElasticSpec, JobSpec, Phase, ResizeRequest, StopRequest
 from agent.runner import START_FAILED_EXIT_CODE, Runner
-
-T = TypeVar("T")
-DEADLINE = 30.0
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = DEADLINE) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def wait_ended(runner: Runner, job: int, attempt: int = 0) -> PartReport:
-    def ended() -> PartReport | None:
-        runner.poll()
-        r = runner.report((job, attempt))
-        return r if r is not None and r.phase.ended else None
-
-    return wait_for(f"job {job} attempt {attempt} to end", ended)
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (a killed orphan may linger as a zombie until reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def python(code: str) -> tuple[str, ...]:
-    return (sys.executable, "-c", code)
-
-
-def sh(script: str) -> tuple[str, ...]:
-    return ("/bin/sh", "-c", script)
 
 
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[Runner]:
-    r = Runner(tmp_path / "state", "n1")
-    yield r
-    # Whatever a failed test left running: kill it, so no test leaks processes.
-    r.stop_all(0.0, "test teardown")
-
-    def all_ended() -> bool:
-        r.poll()
-        return not r.any_running()
-
-    wait_for("every job to end", all_ended)
+    # Whatever a failed test left running is killed, and its cgroups removed.
+    with make_runner(tmp_path / "state") as r:
+        yield r
 
 
 @pytest.fixture
@@ -108,7 +60,7 @@ def test_job_env_has_gpus_and_identity(runner: Runner, wd: Path) -> None:
         "SCHEDULERD_CONSUMER": "/research/vision",
         "SCHEDULERD_USER": "ada",
         "SCHEDULERD_JOB_NAME": "resnet",
-        "SCHEDULERD_NODE": "n1",
+        "SCHEDULERD_NODE": runner.node,
         "SCHEDULERD_NODE_RANK": "1",
         "SCHEDULERD_NUM_NODES": "2",
         "SCHEDULERD_GPUS": "2",
@@ -141,12 +93,12 @@ def test_stdout_and_stderr_land_in_the_log(runner: Runner) -> None:
     log = runner.log_path(12).read_text()
     assert runner.log_path(12) == runner.state_dir / "logs" / "job-12.log"
     lines = log.splitlines()
-    assert lines[0] == "--- schedulerd job 12 attempt 0 on node n1, GPUs 0,1 ---"
+    assert lines[0] == f"--- schedulerd job 12 attempt 0 on node {runner.node}, GPUs 0,1 ---"
     assert "to-stdout" in lines and "to-stderr" in lines
     # No working dir given: a per-job directory under the state dir.
     assert str(runner.state_dir / "work" / "job-12") in lines
     # Each attempt appends under its own header.
-    assert "--- schedulerd job 12 attempt 1 on node n1, GPUs none ---" in lines
+    assert f"--- schedulerd job 12 attempt 1 on node {runner.node}, GPUs none ---" in lines
     assert lines.count("to-stdout") == 2
 
 
@@ -265,14 +217,229 @@ def test_reports_are_kept_until_acked(runner: Runner) -> None:
 @pytest.mark.parametrize(
     "gpus, expected",
     [
-        pytest.param((2,), "GPU [2] not on node n1 (it has GPUs 0,1)", id="not-on-this-node"),
+        pytest.param((2,), "GPU [2] not on node {node} (it has GPUs 0,1)", id="not-on-this-node"),
         pytest.param((1, 1), "GPU indices repeat: [1, 1]", id="repeated"),
     ],
 )
 def test_gpus_the_node_does_not_have_are_start_failed(
     tmp_path: Path, gpus: tuple[int, ...], expected: str
 ) -> None:
-    runner = Runner(tmp_path / "state", "n1", gpu_indices=[0, 1])
-    report = runner.start(JobSpec(3, 0, ("true",), gpu_indices=gpus))
-    assert (report.phase, report.message) == (Phase.START_FAILED, expected)
-    assert expected in runner.log_path(3).read_text()
+    with make_runner(tmp_path / "state", gpu_indices=[0, 1]) as runner:
+        expected = expected.format(node=runner.node)
+        report = runner.start(JobSpec(3, 0, ("true",), gpu_indices=gpus))
+        assert (report.phase, report.message) == (Phase.START_FAILED, expected)
+        assert expected in runner.log_path(3).read_text()
+
+
+# --- the shim: exit statuses, start failures, what it leaves on disk -----------------------
+
+
+def test_a_job_killed_by_a_signal_reports_minus_the_signal(runner: Runner) -> None:
+    runner.start(JobSpec(5, 0, sh("kill -USR2 $$")))
+    ended = wait_ended(runner, 5)
+    assert (ended.phase, ended.exit_code) == (Phase.EXITED, -signal.SIGUSR2)
+    assert ended.message == "killed by signal 12 (SIGUSR2)"
+
+
+def test_the_shim_records_the_exit_status_and_ack_removes_every_trace(runner: Runner) -> None:
+    running = runner.start(JobSpec(5, 1, sh("exit 3")))
+    state = runner.state_dir
+    record = json.loads((state / "parts" / "5.1.json").read_text())
+    assert record["report"]["phase"] == "running" and record["report"]["pid"] == running.pid
+    (worker,) = record["workers"]
+    assert worker["child_pid"] == running.pid and worker["shim_pid"] != running.pid
+    wait_ended(runner, 5, 1)
+    status = json.loads((state / "status" / "5.1.w0.json").read_text())
+    assert status["exit_code"] == 3 and status["time"] > 0
+    record = json.loads((state / "parts" / "5.1.json").read_text())
+    assert (record["report"]["phase"], record["report"]["exit_code"]) == ("exited", 3)
+    if runner.containment.base:  # the part's cgroup went as soon as it was empty
+        assert not Path(worker["cgroup"]).exists()
+    assert runner.ack(5, 1)
+    assert not (state / "parts" / "5.1.json").exists()
+    assert not (state / "status" / "5.1.w0.json").exists()
+
+
+def test_a_command_that_cannot_be_executed_leaves_no_cgroup(runner: Runner) -> None:
+    report = runner.start(JobSpec(3, 0, ("no-such-program-on-path-xyz", "arg")))
+    assert report.message == (
+        "cannot start 'no-such-program-on-path-xyz': "
+        "[Errno 2] No such file or directory: 'no-such-program-on-path-xyz'"
+    )
+    assert not (runner.state_dir / "status" / "3.0.w0.json").exists()
+    if runner.containment.base:
+        assert not Path(runner.containment.base, "job-3.0").exists()
+    # The record stays until acked, so that a restarted agent still reports it.
+    assert json.loads((runner.state_dir / "parts" / "3.0.json").read_text())["report"]["phase"] == (
+        "start_failed"
+    )
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+def test_gpus_held_by_another_live_part_are_refused(runner: Runner) -> None:
+    holder = runner.start(JobSpec(1, 0, sh("exec sleep 1000"), gpu_indices=(0, 1)))
+    refused = runner.start(JobSpec(2, 0, sh("echo never"), gpu_indices=(1, 2)))
+    assert refused.phase is Phase.REFUSED
+    assert refused.message == "GPU 1 is held by job 1 attempt 0"
+    assert (refused.exit_code, refused.pid) == (0, 0)
+    assert "never" not in runner.log_path(2).read_text()
+    # Another attempt of the same job is "another part" too: it may still be dying.
+    assert runner.start(JobSpec(1, 1, ("true",), gpu_indices=(0,))).phase is Phase.REFUSED
+    assert runner.start(JobSpec(3, 0, sh("exec sleep 1000"), gpu_indices=(2,))).phase is (
+        Phase.RUNNING
+    )
+    assert runner.report(holder.key) == holder
+    # An ended part holds nothing, acked or not.
+    runner.stop(StopRequest(1, 0, 0.0))
+    wait_ended(runner, 1)
+    assert runner.start(JobSpec(2, 1, ("true",), gpu_indices=(0, 1))).phase is Phase.RUNNING
+
+
+def test_nothing_starts_while_the_agent_is_stopping(runner: Runner) -> None:
+    runner.stopping = True
+    report = runner.start(JobSpec(4, 0, sh("echo never")))
+    assert (report.phase, report.message) == (Phase.REFUSED, "the agent is shutting down")
+    assert runner.reports() == [report] and not runner.any_running()
+    assert "the agent is shutting down" in runner.log_path(4).read_text()
+
+
+# --- stop_all by the node -------------------------------------------------------------------
+
+
+def test_stop_all_by_node_marks_the_reports(runner: Runner, wd: Path) -> None:
+    runner.start(JobSpec(1, 0, sh("exec sleep 1000")))
+    # Job 2 is already being stopped by the daemon: that stop is the daemon's, not the node's.
+    runner.start(
+        JobSpec(
+            2, 0, sh("trap '' TERM; echo 1 > ready; while :; do sleep 1; done"), working_dir=str(wd)
+        )
+    )
+    wait_for("job 2 to ignore SIGTERM", (wd / "ready").exists)
+    runner.stop(StopRequest(2, 0, 60.0, "cancelled"))
+    runner.stop_all(0.0, "agent shutting down", by_node=True)
+    one, two = wait_ended(runner, 1), wait_ended(runner, 2)
+    assert (one.exit_code, one.stopped_by_node) == (-signal.SIGKILL, True)
+    assert one.message == "killed by signal 9 (SIGKILL); stop requested: agent shutting down"
+    assert (two.exit_code, two.stopped_by_node) == (-signal.SIGKILL, False)
+    assert two.message.endswith("stop requested: cancelled")
+
+
+def test_stop_all_without_by_node_is_the_daemon_s_stop(runner: Runner) -> None:
+    runner.start(JobSpec(1, 0, sh("exec sleep 1000")))
+    runner.stop_all(5.0, "drain")
+    ended = wait_ended(runner, 1)
+    assert (ended.exit_code, ended.stopped_by_node) == (-signal.SIGTERM, False)
+
+
+# --- logs are never read or written through a link ---------------------------------------
+
+
+def test_read_log_refuses_symlinks_and_fifos(runner: Runner, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("root's secret\n")
+    runner.logs_dir.mkdir(parents=True)
+    runner.log_path(4).symlink_to(secret)
+    assert runner.read_log(4, 0, 100) == (b"", False, 0)
+    os.mkfifo(runner.log_path(5))  # opening it to read would block without O_NONBLOCK
+    assert runner.read_log(5, 0, 100) == (b"", False, 0)
+
+
+def test_a_log_that_is_a_symlink_is_not_written_through(runner: Runner, tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    runner.logs_dir.mkdir(parents=True)
+    runner.log_path(6).symlink_to(target)
+    report = runner.start(JobSpec(6, 0, sh("echo clobbered")))
+    assert report.phase is Phase.START_FAILED
+    assert report.message.startswith("cannot open the job's log")
+    assert target.read_text() == "keep\n"
+
+
+# --- elastic workers through the shim ----------------------------------------------------
+
+# Worker 1 starts a child (a DataLoader worker, say). On SIGUSR1 it pokes its child with
+# SIGUSR2, waits for the answer and leaves with 0. Had the release gone to the whole group,
+# the child would have seen SIGUSR1 before SIGUSR2 (pending standard signals are delivered
+# lowest first, and Python runs handlers in that order).
+ELASTIC_WORKER = """
+import os, pathlib, signal, subprocess, sys, time
+d, wid = pathlib.Path(sys.argv[1]), os.environ["SCHEDULERD_WORKER_ID"]
+if os.environ.get("EXIT_AT_ONCE") == wid:
+    sys.exit(0)
+CHILD = '''
+import os, pathlib, signal, sys, time
+d = pathlib.Path(sys.argv[1])
+signal.signal(signal.SIGUSR1, lambda *a: (d / "child-usr1").write_text("1"))
+signal.signal(signal.SIGUSR2, lambda *a: (d / "child-usr2").write_text("1"))
+(d / "child.tmp").write_text(str(os.getpid()))
+os.rename(d / "child.tmp", d / "child.pid")
+while True:
+    time.sleep(0.05)
+'''
+def leave(*_):
+    child.send_signal(signal.SIGUSR2)
+    while not (d / "child-usr2").exists():
+        time.sleep(0.01)
+    sys.exit(0)
+if wid == "1":
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(d)])
+    signal.signal(signal.SIGUSR1, leave)
+    while not (d / "child.pid").exists():
+        time.sleep(0.01)
+(d / f"ready-{wid}").write_text("1")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def elastic(wd: Path, env: dict[str, str] | None = None) -> JobSpec:
+    return JobSpec(
+        job_id=7,
+        attempt=0,
+        command=python(ELASTIC_WORKER, str(wd)),
+        env=env or {},
+        gpu_indices=(0, 1),
+        elastic=ElasticSpec("127.0.0.1:29555", 1, 4, (0, 1), ((0, 0), (1, 1))),
+    )
+
+
+def test_a_release_reaches_the_worker_and_not_its_children(runner: Runner, wd: Path) -> None:
+    runner.start(elastic(wd))
+    wait_for("worker 1 to be ready", (wd / "ready-1").exists)
+    child = read_pid(wd / "child.pid")
+    runner.resize(ResizeRequest(7, 0, release=(1,), grace_seconds=30.0))
+
+    def gpu_1_free() -> bool:
+        runner.poll()
+        report = runner.report((7, 0))
+        return report is not None and report.gpu_indices == (0,)
+
+    wait_for("GPU 1 to be reported free", gpu_1_free)
+    assert not pid_alive(child)  # nothing of the released worker holds GPU 1 any more
+    assert (wd / "child-usr2").exists() and not (wd / "child-usr1").exists()
+    assert runner.report((7, 0)).phase is Phase.RUNNING  # type: ignore[union-attr]
+
+
+def test_joiners_are_refused_once_a_worker_not_released_has_exited(
+    runner: Runner, wd: Path
+) -> None:
+    runner.start(elastic(wd, {"EXIT_AT_ONCE": "1"}))
+    shim = json.loads((runner.state_dir / "parts" / "7.0.json").read_text())["workers"][1]
+    wait_for("worker 1 to exit", lambda: not pid_alive(shim["shim_pid"]))
+    # Not polled yet: resize looks for itself. The training has ended; a joiner would wait
+    # for it in vain.
+    report = runner.resize(ResizeRequest(7, 0, add=((2, 2),)))
+    assert report is not None and report.phase is Phase.RUNNING and report.gpu_indices == (0,)
+    workers = json.loads((runner.state_dir / "parts" / "7.0.json").read_text())["workers"]
+    assert [w["worker_id"] for w in workers] == [0, 1]
+
+
+def test_joiners_are_refused_while_the_agent_is_stopping(runner: Runner, wd: Path) -> None:
+    runner.start(elastic(wd))
+    wait_for("worker 1 to be ready", (wd / "ready-1").exists)
+    runner.stopping = True
+    report = runner.resize(ResizeRequest(7, 0, add=((2, 2),)))
+    assert report is not None and report.gpu_indices == (0, 1)
+    assert len(json.loads((runner.state_dir / "parts" / "7.0.json").read_text())["workers"]) == 2

@@ -1,0 +1,197 @@
+"""The agent's end of a shim (agent/shim.py): start one, wait for its word, watch it, signal it.
+
+A shim the agent started is its child (`ChildShim`): `waitpid` says when it ends and with
+what status, and its pid cannot be reused before the agent reaps it. A shim found by a
+restarted agent (`AdoptedShim`) is not: it is held through a pidfd, opened only after the
+pid's start time (field 22 of /proc/<pid>/stat) has been checked against the one recorded, so
+a signal never reaches a process that merely got the same pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+SHIM = Path(__file__).resolve().with_name("shim.py")
+READY_TIMEOUT_S = 10.0  # a shim starts in ~10 ms; this is for a machine on its knees
+
+
+class StartFailed(Exception):
+    """The job's command could not be started; the message says why."""
+
+
+class ShimProcess(Protocol):
+    pid: int
+    start_time: int
+
+    def exited(self) -> bool:
+        """Has the shim ended? Never blocks."""
+        ...
+
+    def returncode(self) -> int | None:
+        """Its exit status (negative: killed by that signal), when the agent is its parent."""
+        ...
+
+    def send(self, sig: int) -> None:
+        """Signal the shim if it still lives (never a process that reused its pid)."""
+        ...
+
+
+class ChildShim:
+    def __init__(self, proc: subprocess.Popen[bytes], child_pid: int) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.child_pid = child_pid  # the job's command
+        self.start_time = start_time(proc.pid) or 0
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def send(self, sig: int) -> None:
+        if self.proc.returncode is None:  # unreaped, so the pid is still the shim's
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+
+class AdoptedShim:
+    def __init__(self, pid: int, start: int, pidfd: int) -> None:
+        self.pid = pid
+        self.start_time = start
+        self._fd = pidfd
+
+    @classmethod
+    def find(cls, pid: int, start: int) -> AdoptedShim | None:
+        """The shim with this pid and start time, if it still lives."""
+        if pid <= 0:
+            return None
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            return None
+        if start_time(pid) != start:  # checked after opening: the fd is then surely ours
+            os.close(fd)
+            return None
+        return cls(pid, start, fd)
+
+    def exited(self) -> bool:
+        if self._fd < 0:
+            return True
+        if select.select([self._fd], [], [], 0)[0]:  # a pidfd reads ready once it exited
+            os.close(self._fd)
+            self._fd = -1
+        return self._fd < 0
+
+    def returncode(self) -> int | None:
+        return None  # its parent is someone else now
+
+    def send(self, sig: int) -> None:
+        if not self.exited():
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._fd, sig)
+
+
+def launch(
+    command: tuple[str, ...],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log: IO[bytes],
+    status_file: Path,
+    cgroup_procs: str,
+    to_group: bool,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a shim for `command`; (the shim, the read end of its ready pipe). A bad `cwd`
+    raises OSError here (the shim itself cannot start there)."""
+    with contextlib.suppress(FileNotFoundError):
+        status_file.unlink()  # never a previous record for this worker
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-I", "-S", str(SHIM)),
+                *("--status", str(status_file), "--ready-fd", str(write_fd)),
+                *(
+                    "--cgroup-procs",
+                    cgroup_procs,
+                    "--signal-to",
+                    "group" if to_group else "process",
+                ),
+                "--",
+                *command,
+            ],
+            start_new_session=True,  # not in the agent's session or process group
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env),
+            pass_fds=(write_fd,),
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return proc, read_fd
+
+
+def await_ready(proc: subprocess.Popen[bytes], read_fd: int, deadline: float) -> ChildShim:
+    """The shim's word: its handle once the command runs; StartFailed if it cannot."""
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                raise StartFailed(f"the shim did not start within {READY_TIMEOUT_S:g} s")
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                raise StartFailed(f"the shim ended before the command started ({proc.wait()})")
+            data += chunk
+    finally:
+        os.close(read_fd)
+    word, _, rest = data.decode(errors="replace").strip().partition(" ")
+    if word != "ok":
+        proc.wait()
+        raise StartFailed(rest)
+    return ChildShim(proc, int(rest))
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The shim's record for a worker, or None when it left none (or a broken one)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22 overall; fields[0] is field 3
+
+
+def boot_id() -> str:
+    """Changes at every boot: no process of a record from another boot still lives."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
