@@ -96,25 +96,32 @@ def part_exit_code(workers: list[Worker]) -> int:
     return 0
 
 
-def exit_of(worker: Worker) -> int | None:
-    """A worker's exit status once its shim has exited; None when nobody knows it."""
-    status = read_status(Path(worker.status_file))
-    if status is not None and isinstance(status.get("exit_code"), int):
-        return int(status["exit_code"])
-    if status is not None and "start_failed" in status:
-        return START_FAILED_EXIT_CODE
+def exit_of(worker: Worker) -> tuple[int | None, float | None]:
+    """A worker's exit status once its shim has exited (None when nobody knows it), and
+    when its command exited (None when its shim did not say)."""
+    status = read_status(Path(worker.status_file)) or {}
+    when = status.get("time")
+    when = float(when) if isinstance(when, int | float) else None
+    if isinstance(status.get("exit_code"), int):
+        return int(status["exit_code"]), when
+    if "start_failed" in status:
+        return START_FAILED_EXIT_CODE, when
     code = worker.shim.returncode() if worker.shim is not None else None
     if code is not None:
-        return code  # no record: the shim itself was killed with its cgroup (-9)
+        return code, None  # no record: the shim itself was killed with its cgroup (-9)
     if worker.killed:
-        return -signal.SIGKILL  # the agent SIGKILLed its cgroup
-    return None
+        return -signal.SIGKILL, None  # the agent SIGKILLed its cgroup
+    return None, None
 
 
-def ended_report(part: Part, time: float) -> PartReport:
-    """What a part whose workers have all ended reports."""
+def ended_report(part: Part, now: float) -> PartReport:
+    """What a part whose workers have all ended reports. Its time is when the last command
+    exited, as the shims recorded it (the part may have ended while no agent watched), or
+    now when a shim left no time."""
     spec = part.spec
     pid = part.report.pid
+    times = [w.exit_time for w in part.workers]
+    time = now if None in times or not times else max(t for t in times if t is not None)
     if all(w.exit_code is None for w in part.workers):
         return PartReport(
             spec.job_id, spec.attempt, Phase.LOST, pid=pid, message=LOST_MESSAGE, time=time

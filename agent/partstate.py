@@ -42,6 +42,7 @@ class WorkerRecord:
     killed: bool = False  # the agent SIGKILLed it
     ended: bool = False  # its shim exited and its cgroup is empty
     exit_code: int | None = None  # None: unknown (or not ended)
+    exit_time: float | None = None  # when its command exited, as its shim recorded it
 
 
 @dataclass

@@ -80,7 +80,7 @@ def failed_peer(part: Part) -> StopRequest | None:
 
 def _shim_exited(part: Part, worker: Worker, now: float) -> None:
     worker.shim_done = True
-    worker.exit_code = exit_of(worker)
+    worker.exit_code, worker.exit_time = exit_of(worker)
     if part.box.populated(worker.cgroup):
         log.info(
             "job %d attempt %d worker %d: its command ended; killing what it left behind",

@@ -175,9 +175,11 @@ def test_a_part_that_ended_while_the_agent_was_away_has_its_real_exit_code(
     first.sigkill()
     (wd / "go").write_text("")
     wait_shim_gone(tmp_path / "state", 1)
+    status = json.loads(Path(shim_of(tmp_path / "state", 1)["status_file"]).read_text())
 
     (report,) = second.adopt()
     assert (report.phase, report.exit_code, report.message) == (Phase.EXITED, 5, "exit code 5")
+    assert report.time == status["time"]  # when it ended, not when the agent came back
     assert second.poll() == []  # reported once, by adopt
     assert second.reports() == [report]  # and kept until acked
     assert second.ack(1, 0)
