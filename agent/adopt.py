@@ -35,12 +35,16 @@ def take_back(record: PartRecord, box: Containment, boot: str, wall: float, mono
     workers = []
     for saved in record.workers:
         worker = Worker(**{f.name: getattr(saved, f.name) for f in fields(WorkerRecord)})
+        worker.shim_done = worker.ended
         if not worker.ended:
             if same_boot:  # after a reboot no process of the record lives
                 worker.shim = AdoptedShim.find(worker.shim_pid, worker.shim_start)
             if worker.kill_deadline is not None:
                 worker.kill_at = mono + max(0.0, worker.kill_deadline - wall)
-            worker.killed = False  # the dead agent may not have finished a kill: do it again
+            if worker.shim is not None:
+                # The dead agent may not have finished its kill: do it again. (A worker
+                # found gone keeps the flag: it was SIGKILLed, even if no status says so.)
+                worker.killed = False
         workers.append(worker)
     part = Part(
         record.spec,

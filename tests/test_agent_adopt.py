@@ -36,7 +36,7 @@ from agent.part import LOST_MESSAGE
 from agent.runner import Runner
 from agent.worker import start_time
 
-# The first agent: a Runner that starts and stops parts when told (one JSON line each) and
+# The first agent: a Runner that starts, stops and polls parts when told (one JSON line each) and
 # answers with the part's report, until it is SIGKILLed.
 DRIVER = """
 import json, sys
@@ -56,9 +56,13 @@ for line in sys.stdin:
         report = runner.start(JobSpec(
             cmd["job"], 0, tuple(cmd["command"]), env=cmd.get("env", {}),
             working_dir=cmd["wd"], gpu_indices=tuple(cmd.get("gpus", ())), elastic=elastic))
-    else:
+    elif cmd["op"] == "stop":
         report = runner.stop(StopRequest(cmd["job"], 0, cmd["grace"], "preempted"))
-    print(json.dumps({"phase": report.phase.value, "pid": report.pid}), flush=True)
+    else:
+        runner.poll()
+        report = runner.report((cmd["job"], 0))
+    answer = {"phase": report.phase.value, "pid": report.pid, "gpus": report.gpu_indices}
+    print(json.dumps(answer), flush=True)
 """
 
 KINDS = ["cgroup2", "cgroup1", "pgroup"]
@@ -256,6 +260,21 @@ def test_an_adopted_elastic_part_can_be_shrunk_and_stopped(
     assert wait_for("GPU 1 to be free", shrunk).phase is Phase.RUNNING
     second.stop(StopRequest(1, 0, 30.0, "cancelled"))
     assert wait_ended(second, 1).exit_code == 143
+
+
+def test_an_elastic_part_whose_training_ended_before_the_restart_gets_no_joiners(
+    tmp_path: Path, first: FirstAgent, second: Runner, wd: Path
+) -> None:
+    script = '[ "$SCHEDULERD_WORKER_ID" = 1 ] && exit 0; while :; do sleep 0.05; done'
+    first.ask(op="start", job=1, command=sh(script), wd=str(wd), gpus=[0, 1], elastic=[0, 1])
+    wait_for("worker 1's end to be recorded", lambda: first.ask(op="poll", job=1)["gpus"] == [0])
+    first.sigkill()
+
+    (report,) = second.adopt()
+    assert (report.phase, report.gpu_indices) == (Phase.RUNNING, (0,))
+    report = second.resize(ResizeRequest(1, 0, add=((2, 2),)))
+    assert report is not None and report.gpu_indices == (0,)
+    assert len(json.loads((tmp_path / "state" / "parts" / "1.0.json").read_text())["workers"]) == 2
 
 
 # --- what no record owns, and records that cannot be trusted -------------------------------
