@@ -112,12 +112,14 @@ class _Cgroups:
         return f"{cgroup}/cgroup.procs" if cgroup else ""
 
     def remove(self, cgroups: list[str]) -> None:
-        parents = {str(Path(c).parent) for c in cgroups if c}
-        for path in [*cgroups, *sorted(parents), self.base]:
-            if path and _under(path, self.base):
-                # EBUSY while a process lives there; it is tried again at the next end or ack.
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    os.rmdir(path)
+        # EBUSY while a process lives there; it is tried again at the next end or ack.
+        mine = [c for c in cgroups if c and _under(c, self.base)]
+        parents = sorted({str(Path(c).parent) for c in mine} - {self.base})
+        # Bottom up, and what is below a worker's cgroup too: a job running as root may
+        # have made cgroups of its own in it.
+        for path in [*(sub for c in mine for sub in _tree(c)[::-1]), *parents, self.base]:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
     def leftovers(self, known: set[str]) -> list[str]:
         keep = set(known) | {str(Path(k).parent) for k in known}
@@ -259,11 +261,21 @@ def own_cgroup(proc_cgroup: str, controller: str = "") -> str:
 
 
 def _pids(cgroup: str) -> list[int]:
-    try:
-        return [int(p) for p in Path(cgroup, "cgroup.procs").read_text().split()]
-    except (FileNotFoundError, NotADirectoryError):
+    """The processes of a v1 cgroup and of the cgroups below it (a job running as root may
+    make its own): v1's cgroup.procs lists only the cgroup's own."""
+    pids = []
+    for path in _tree(cgroup):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            pids += [int(p) for p in Path(path, "cgroup.procs").read_text().split()]
+    return pids
+
+
+def _tree(cgroup: str) -> list[str]:
+    """`cgroup` and the cgroups below it, parents first ([] when it is gone)."""
+    if not cgroup or not os.path.isdir(cgroup):
         return []
+    return [top for top, _, _ in os.walk(cgroup)]
 
 
 def _under(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip("/") + "/")
+    return path.startswith(base.rstrip("/") + "/")

@@ -190,6 +190,38 @@ def test_a_job_ignoring_sigterm_is_killed_with_all_it_started(runner: Runner, wd
     assert_all_gone(runner, 3, pids)
 
 
+# A job running as root makes a cgroup of its own inside its worker's and moves a child that
+# left its process group there.
+NESTED = (
+    "import os, sys, time\n"
+    "mount, kind = sys.argv[1:3]\n"
+    "for line in open('/proc/self/cgroup'):\n"
+    "    hid, controllers, path = line.rstrip('\\n').split(':', 2)\n"
+    "    if (hid == '0') if kind == 'cgroup2' else ('freezer' in controllers.split(',')):\n"
+    "        inner = mount + path + '/inner'\n"
+    "os.mkdir(inner)\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    open(inner + '/cgroup.procs', 'w').write('0')\n"
+    "    open('esc.tmp', 'w').write(str(os.getpid())); os.rename('esc.tmp', 'esc.pid')\n"
+    "    time.sleep(1000)\n"
+    "while not os.path.exists('esc.pid'):\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+def test_a_cgroup_the_job_made_inside_its_own_is_killed_and_removed(
+    runner: Runner, wd: Path
+) -> None:
+    kind = runner.containment.kind
+    fstype, controller = ("cgroup2", "") if kind == "cgroup2" else ("cgroup", "freezer")
+    mount = find_mount(Path("/proc/self/mounts").read_text(), fstype, controller)
+    runner.start(JobSpec(4, 0, python(NESTED, str(mount), kind), working_dir=str(wd)))
+    hidden = read_pid(wd / "esc.pid")
+    assert wait_ended(runner, 4).exit_code == 0
+    assert_all_gone(runner, 4, [hidden])
+
+
 def test_with_process_groups_only_a_setsid_child_escapes(tmp_path: Path, wd: Path) -> None:
     """Why cgroups: the same job as above under process groups leaves its escapee alive."""
     with make_runner(tmp_path / "state", "pgroup") as runner:
