@@ -143,7 +143,13 @@ class Runner:
         if part.report.phase.ended:
             return part.report
         grace = max(0.0, req.grace_seconds) if math.isfinite(req.grace_seconds) else 0.0
-        leaving = [w for w in part.live() if set(w.gpus) & set(req.release) and not w.released]
+        # A worker whose command has already exited is not released after the fact: how it
+        # ended still counts (a failure stays a failure).
+        leaving = [
+            w
+            for w in part.live()
+            if set(w.gpus) & set(req.release) and not w.released and not w.shim_done
+        ]
         for worker in leaving:
             worker.released = True
             worker.kill_at = self._mono() + grace
