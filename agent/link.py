@@ -11,6 +11,14 @@ is polled whether or not a daemon is connected, and a report that could not be s
 the runner until acked, so the next Register carries it. Nothing that ended while the daemon
 was away is lost. Messages queued for a broken stream are dropped for the same reason: the
 next Register supersedes them.
+
+Sessions and leases (docs/fencing.md): the daemon's Registered carries the session's epoch,
+and every start, stop and resize carries the epoch it was sent in; one from another session
+is stale and ignored. The daemon answers each heartbeat; an agent that has heard nothing from
+it for the lease (half the daemon's node timeout) stops its jobs, because by the node timeout
+the daemon requeues them and may start them elsewhere: a partitioned node must not run them
+on. The lease is kept in the state dir, so that an agent restarted during a partition still
+knows it.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -37,6 +48,7 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.1  # seconds between looks at the job processes
 DEFAULT_HEARTBEAT = 5.0  # used when the daemon's Registered says 0
 MIN_HEARTBEAT = 0.05
+LEASE_FILE = "daemon-lease"  # in the state dir: the last lease the daemon gave, in seconds
 
 # A dead daemon host (no RST, e.g. powered off) would leave the stream hanging forever; HTTP/2
 # keepalive pings find out. A gRPC server by default refuses pings more often than every 5
@@ -70,6 +82,8 @@ class Link:
         runner: Runner,
         *,
         rng: random.Random | None = None,
+        state_dir: Path | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
         self.identity = identity
@@ -78,6 +92,13 @@ class Link:
         self._out: Outbox | None = None  # the live session's outbox, if any
         self._stopping = asyncio.Event()
         self._registered = False
+        self._epoch = 0  # this session's, from Registered; commands of others are stale
+        self._mono = monotonic
+        self._last_heard = monotonic()  # the daemon's last word (or this agent's start)
+        self._lease_file = None if state_dir is None else Path(state_dir) / LEASE_FILE
+        self.lease_s = _read_lease(self._lease_file)
+        self.lease_expired = False
+        self.shutting_down = False
 
     async def run(self) -> None:
         """Poll the jobs and keep a session with the daemon, until `request_stop`."""
@@ -86,6 +107,31 @@ class Link:
             await self._connect_forever()
         finally:
             poller.cancel()
+
+    def announce_shutdown(self) -> None:
+        """Tell the daemon at once that nothing new should land here."""
+        self.shutting_down = True
+        self._send(_heartbeat(True))
+
+    def check_lease(self) -> bool:
+        """Stop every job if the daemon has been silent for the lease; True if it did."""
+        if self.lease_s <= 0 or self._mono() - self._last_heard < self.lease_s:
+            self.lease_expired = False
+            return False
+        if self.lease_expired or not self.runner.any_running():
+            return False
+        self.lease_expired = True
+        silent = self._mono() - self._last_heard
+        log.error(
+            "no word from the daemon for %.0f s (lease %.0f s): stopping every job here, "
+            "as the daemon will requeue them at its node timeout",
+            silent,
+            self.lease_s,
+        )
+        self.runner.stop_all(
+            min(self.lease_s / 4, 10.0), f"no word from the daemon for {silent:.0f} s", by_node=True
+        )
+        return True
 
     def request_stop(self) -> None:
         """End the stream politely (half-close); `run` returns when the daemon ends its side."""
@@ -159,7 +205,10 @@ class Link:
             call = stub.Connect(_drain(out))
             try:
                 async for msg in call:
+                    self._last_heard = self._mono()
                     if msg.WhichOneof("msg") == "registered":
+                        self._epoch = msg.registered.epoch
+                        self._set_lease(msg.registered.lease_seconds)
                         interval = _heartbeat_interval(msg.registered.heartbeat_interval)
                         log.info(
                             "registered with the daemon at %s as node %r (%d jobs reported), "
@@ -172,7 +221,7 @@ class Link:
                         self._registered = True
                         if heartbeats is not None:
                             heartbeats.cancel()
-                        heartbeats = asyncio.create_task(_heartbeats(out, interval))
+                        heartbeats = asyncio.create_task(self._heartbeats(out, interval))
                     else:
                         await self._handle(msg)
             finally:
@@ -185,6 +234,19 @@ class Link:
 
     async def _handle(self, msg: agent_pb2.DaemonMessage) -> None:
         kind = msg.WhichOneof("msg")
+        if kind == "heartbeat":
+            return  # the daemon is there: _last_heard is set
+        if kind in ("start", "stop", "resize"):
+            epoch = getattr(msg, kind).epoch
+            if epoch != self._epoch:
+                log.warning(
+                    "ignoring a stale %s of job %d: sent in session %d, this is session %d",
+                    kind,
+                    getattr(msg, kind).job_id,
+                    epoch,
+                    self._epoch,
+                )
+                return
         try:
             if kind == "start":
                 self._apply(wire.job_spec(msg.start))
@@ -243,21 +305,49 @@ class Link:
     async def _poll_forever(self) -> None:
         while True:
             try:
+                self.check_lease()
                 self.poll_once()
             except Exception:
                 log.exception("polling the job processes failed")
             await asyncio.sleep(POLL_INTERVAL)
 
+    async def _heartbeats(self, out: Outbox, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            out.put_nowait(_heartbeat(self.shutting_down))
+
+    def _set_lease(self, seconds: float) -> None:
+        lease = seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+        if lease == self.lease_s:
+            return
+        self.lease_s = lease
+        if self._lease_file is not None:
+            try:
+                tmp = self._lease_file.with_suffix(".tmp")
+                tmp.write_text(f"{lease}\n")
+                tmp.replace(self._lease_file)
+            except OSError as e:
+                log.warning("cannot keep the daemon's lease in %s: %s", self._lease_file, e)
+
+
+def _read_lease(path: Path | None) -> float:
+    """The lease the daemon last gave (0: none known, never self-fence)."""
+    if path is None:
+        return 0.0
+    try:
+        value = float(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
+
+
+def _heartbeat(shutting_down: bool) -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(shutting_down=shutting_down))
+
 
 async def _drain(out: Outbox) -> AsyncIterator[agent_pb2.AgentMessage]:
     while (msg := await out.get()) is not None:
         yield msg
-
-
-async def _heartbeats(out: Outbox, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        out.put_nowait(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat()))
 
 
 def _heartbeat_interval(asked: float) -> float:

@@ -7,13 +7,16 @@ Several agents can share one machine under different --node names: each gets its
 directory, <--state-dir, default ./var/agent>/<node>, holding the job logs and default working
 directories.
 
-Shutdown on SIGTERM/SIGINT: by default the agent stops its jobs (SIGTERM to each process group,
-SIGKILL after --shutdown-grace), sends their final reports if the daemon is there, ends the
-stream and exits 0. Why stop them: the agent keeps what it knows of its jobs in memory only, so
-a restarted agent could not see them exit, and jobs left behind would hold GPUs that the
-scheduler no longer accounts for. --keep-jobs-on-exit leaves them running instead (each job is
-its own session, so the agent's signal does not reach it), for an operator who knows better;
-the next agent's Register will not list them, and the daemon must treat them as lost.
+Each job part runs in its own cgroup (docs/agent.md), and what the agent runs is kept on disk
+in its state directory: a restarted agent adopts the parts that still run and reports those
+that ended meanwhile, with their exit codes (kept by each worker's shim).
+
+Shutdown on SIGTERM/SIGINT, in order (docs/fencing.md): refuse new starts and tell the daemon
+that nothing new should land here; then, by default, stop the jobs (SIGTERM, SIGKILL of their
+cgroups after --shutdown-grace) and report them as stopped by the node, so that the daemon puts
+them back in the queue rather than failing them; end the stream and exit 0.
+--keep-jobs-on-exit leaves them running instead, to be adopted by the next agent (an upgrade
+of the agent without stopping its jobs).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
+from agent.cgroups import KINDS, ContainmentUnavailable, choose_containment
 from agent.gpus import NoGpusFound, choose_backend
 from agent.link import Identity, Link
 from agent.runner import Runner
@@ -88,7 +92,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--keep-jobs-on-exit",
         action="store_true",
-        help="leave jobs running when the agent is stopped (default: stop them)",
+        help="leave jobs running when the agent is stopped, for the next agent to adopt "
+        "(default: stop them; they go back to the queue)",
+    )
+    p.add_argument(
+        "--containment",
+        choices=KINDS,
+        default="auto",
+        help="how job processes are held: cgroup2 (cgroup.kill), cgroup1 (the freezer), or "
+        "pgroup (process groups: a process that calls setsid escapes); auto: the best "
+        "this machine allows, with a warning when that is pgroup",
     )
     p.add_argument(
         "--shutdown-grace",
@@ -122,7 +135,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     state_dir: Path = args.state_dir / args.node
     state_dir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(state_dir.resolve(), args.node, gpu_indices=[g.index for g in gpus])
+    try:
+        containment = choose_containment(args.containment, args.node)
+    except ContainmentUnavailable as e:
+        log.error("--containment %s: %s", args.containment, e)
+        return 2
+    runner = Runner(
+        state_dir.resolve(),
+        args.node,
+        gpu_indices=[g.index for g in gpus],
+        containment=containment,
+    )
+    adopted = runner.adopt()  # before the first Register, which lists them
+    if adopted:
+        running = sum(1 for r in adopted if not r.phase.ended)
+        log.info(
+            "adopted %d running job parts; %d ended while no agent ran",
+            running,
+            len(adopted) - running,
+        )
     identity = Identity(
         node=args.node,
         pool=args.pool,
@@ -142,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_dir,
         args.daemon,
     )
-    link = Link(args.daemon, identity, runner)
+    link = Link(args.daemon, identity, runner, state_dir=state_dir)
     return asyncio.run(_serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace))
 
 
@@ -168,11 +199,14 @@ async def _serve(link: Link, runner: Runner, keep_jobs: bool, grace: float) -> i
         link_task.result()
         return 1
 
+    # First refuse new work, and say so, so that the daemon places nothing more here.
+    runner.stopping = True
+    link.announce_shutdown()
     if keep_jobs:
         if runner.any_running():
-            log.warning("leaving the running jobs alone (--keep-jobs-on-exit)")
+            log.warning("leaving the running jobs alone for the next agent (--keep-jobs-on-exit)")
     elif runner.any_running():
-        runner.stop_all(grace, "agent shutting down")
+        runner.stop_all(grace, "the agent is shutting down", by_node=True)
         # The link stays up meanwhile, so the EXITED reports reach the daemon if it is there.
         deadline = loop.time() + grace + 5.0
         while runner.any_running() and loop.time() < deadline:
