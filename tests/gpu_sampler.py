@@ -66,10 +66,10 @@ class GpuSampler(threading.Thread):
         self.every_s = every_s
         self.samples = 0
         self.violations: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._halt.wait(self.every_s):
             view: dict[Gpu, int] = {}
             if self.daemon_view is not None:
                 try:
@@ -86,7 +86,7 @@ class GpuSampler(threading.Thread):
                     self.violations.append(f"{gpu} given to job {shown} while {holders} run")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
