@@ -9,6 +9,9 @@ daemonized and adopted processes are all seen). Two kinds of violation:
 - two live processes of different (job, attempt) on the same (node, GPU);
 - the daemon shows a GPU held by job B while a process of another job still runs
   on it (ListNodes is read first: a process alive after is alive then too).
+
+It also records every moment where one job runs as two attempts at once, anywhere
+(`twice`): not a GPU violation, but what a partition must not cause either.
 """
 
 from __future__ import annotations
@@ -59,13 +62,19 @@ def holders_by_gpu(procs: Iterable[tuple[str, Holder, tuple[int, ...]]]) -> dict
 
 class GpuSampler(threading.Thread):
     def __init__(
-        self, daemon_view: Callable[[], dict[Gpu, int]] | None = None, every_s: float = 0.05
+        self,
+        daemon_view: Callable[[], dict[Gpu, int]] | None = None,
+        every_s: float = 0.05,
+        nodes: Iterable[str] | None = None,
     ) -> None:
+        """`nodes`: only the processes of these nodes (a test's own), default all."""
         super().__init__(daemon=True)
         self.daemon_view = daemon_view
+        self.nodes = None if nodes is None else set(nodes)
         self.every_s = every_s
         self.samples = 0
         self.violations: list[str] = []
+        self.twice: list[str] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -76,8 +85,17 @@ class GpuSampler(threading.Thread):
                     view = self.daemon_view()
                 except Exception:  # the daemon may be restarting: sample processes only
                     view = {}
-            by_gpu = holders_by_gpu(job_processes().values())
+            procs = [
+                p for p in job_processes().values() if self.nodes is None or p[0] in self.nodes
+            ]
+            by_gpu = holders_by_gpu(procs)
             self.samples += 1
+            attempts: dict[int, set[int]] = defaultdict(set)
+            for _, (job, attempt), _ in procs:
+                attempts[job].add(attempt)
+            self.twice += [
+                f"job {j} runs as attempts {sorted(a)}" for j, a in attempts.items() if len(a) > 1
+            ]
             for gpu, holders in by_gpu.items():
                 if len(holders) > 1:
                     self.violations.append(f"{gpu} held by {sorted(holders)} at once")

@@ -30,7 +30,7 @@ def cluster_with_sampler(
     names = [f"{n}-{os.getpid()}" for n in nodes]
     args = ("--heartbeat", str(HEARTBEAT_S), "--node-timeout", str(timeout_s))
     cluster = Cluster(root, POLICY, daemon_args=args)
-    sampler = GpuSampler(daemon_view_of(cluster.client.nodes))
+    sampler = GpuSampler(daemon_view_of(cluster.client.nodes), nodes=names)
     try:
         cluster.start_daemon()
         for name, gpus in zip(names, nodes.values(), strict=True):
