@@ -5,6 +5,7 @@ while the daemon runs refuses new work and its jobs are requeued."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -127,3 +128,26 @@ def _up(client: Client) -> bool:
 
 def _ours(node: str) -> set[int]:
     return {pid for pid, (where, _, _) in job_processes().items() if where == node}
+
+
+def test_sigterm_to_the_daemon_leaves_jobs_on_separate_agents_running(tmp_path: Path) -> None:
+    policy = "version: 1\nconsumers:\n  a: {grace: 2s}\n"
+    node = f"apart-{os.getpid()}"
+    try:
+        with running_cluster(tmp_path, policy, {node: 2}) as cluster:
+            c = cluster.client
+            job = c.submit("/a", ["sleep", "600"], gpus=2)
+            line = f"job {job.id} attempt 0 started"
+            wait_for("the job to start", lambda: line in cluster.agent_log(node))
+            pids = _ours(node)
+            assert cluster.daemon is not None
+            cluster.daemon.send_signal(signal.SIGTERM)
+            assert cluster.daemon.wait(30) == 0
+            assert _ours(node) == pids  # the daemon's shutdown stops no job
+            cluster.start_daemon()
+            cluster.wait_nodes_up(1)
+            again = c.get_job(job.id)
+            assert again.state == jobs_pb2.RUNNING and again.attempt == 0
+            assert _ours(node) == pids
+    finally:
+        remove_agent_cgroups(node)
