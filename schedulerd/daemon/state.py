@@ -112,11 +112,7 @@ class ClusterState:
         self._decay_usage()
         # Fenced GPUs are not offered: their last holder may still run (docs/fencing.md).
         nodes = tuple(
-            core.Node(
-                NodeName(n.name),
-                tuple(g.index for g in n.gpus if g.index not in n.fenced()),
-                self.schedulable(n),
-            )
+            core.Node(NodeName(n.name), _offered(n), self.schedulable(n))
             for n in self.nodes.values()
         )
         jobs = tuple(self._core_view(j) for j in self.jobs.values())
@@ -250,6 +246,13 @@ class ClusterState:
     def notify(self, job: JobRecord) -> None:
         for listener in list(self.listeners):
             listener(job)
+
+
+def _offered(node: NodeRecord) -> tuple[int, ...]:
+    if not node.fences:
+        return tuple(g.index for g in node.gpus)
+    fenced = node.fenced()
+    return tuple(g.index for g in node.gpus if g.index not in fenced)
 
 
 def _slots(job: JobRecord) -> list[GpuSlot]:
