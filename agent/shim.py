@@ -130,7 +130,11 @@ def main(argv: list[str]) -> int:
         )
     except (OSError, ValueError) as e:
         message = str(e)
-        _write_status(status, f'{{"start_failed": {_json_str(message)}, "time": {time.time()!r}}}')
+        try:  # for an agent that died meanwhile; this one hears it on the pipe
+            body = f'{{"start_failed": {_json_str(message)}, "time": {time.time()!r}}}'
+            _write_status(status, body)
+        except OSError:
+            pass
         _say(ready, f"error {message}")
         return 127
     _State.child = child
