@@ -113,3 +113,51 @@ def test_elastic_job_grows_shrinks_for_a_fairer_consumer_and_grows_back(tmp_path
     for k in range(1, len(steps)):
         if worlds[k] != worlds[k - 1]:
             assert loss[k] < 0.5 * loss[0] or loss[k] <= 1.5 * loss[k - 1], (k, loss[k - 3 : k + 3])
+
+
+def test_elastic_job_over_two_agents_shrinks_then_finishes_succeeded(tmp_path: Path) -> None:
+    """Its training ends (worker 0 exits 0) while GPUs are idle: it is never grown again,
+    no joiner is started for it, and it ends SUCCEEDED (docs/fencing.md: elastic end)."""
+    trace = tmp_path / "trace.jsonl"
+    with running_cluster(tmp_path, POLICY, {"n1": 2, "n2": 2}) as cluster:
+        c = cluster.client
+        job = c.submit(
+            "/research",
+            [
+                sys.executable,
+                str(ROOT / "examples" / "elastic_train.py"),
+                "--steps",
+                "300",
+                "--step-time",
+                "0.05",
+                "--trace",
+                str(trace),
+            ],
+            gpus=1,
+            gpus_max=4,
+            env={"GLOO_SOCKET_IFNAME": "lo"},
+            name="elastic-end",
+        )
+        wait_for("the job to train on 4 workers", lambda: _world_now(trace) == 4, timeout_s=90)
+        assert {g.node for g in c.get_job(job.id).gpus} == {"n1", "n2"}
+        prod = [c.submit("/prod", sleep_job(2), name="prod").id]
+        wait_for("the shrink", lambda: _world_now(trace) <= 3, timeout_s=60)
+        wait_for(
+            "prod to finish",
+            lambda: all(c.get_job(i).state == jobs_pb2.SUCCEEDED for i in prod),
+            timeout_s=60,
+        )
+        done = wait_for(
+            "the job to end",
+            lambda: (
+                (j := c.get_job(job.id)).state not in (jobs_pb2.PENDING, jobs_pb2.RUNNING) and j
+            ),
+            timeout_s=120,
+        )
+        assert done.state == jobs_pb2.SUCCEEDED, (done.reason, [e.kind for e in done.history])
+        kinds = [e.kind for e in done.history]
+        assert "shrunk" in kinds
+        if "ending" in kinds:  # the end was seen before the last part exited
+            assert "grown" not in kinds[kinds.index("ending") :]
+    steps = {int(r["step"]) for r in _trace(trace)}
+    assert max(steps) == 300  # the last of its 300 steps (numbered from 1)
