@@ -102,7 +102,8 @@ def test_a_stopping_agent_gets_no_new_work_and_its_jobs_are_requeued(tmp_path: P
     with running_cluster(tmp_path, policy, {"solo-stop": 2}) as cluster:
         c = cluster.client
         running = c.submit("/a", ["sleep", "600"], gpus=2)
-        wait_for("the job to run", lambda: c.get_job(running.id).state == jobs_pb2.RUNNING)
+        line = f"job {running.id} attempt 0 started"
+        wait_for("the job to start", lambda: line in cluster.agent_log("solo-stop"))
         waiting = c.submit("/a", ["sleep", "600"], gpus=1)
         agent = cluster.agents["solo-stop"]
         agent.send_signal(signal.SIGTERM)
