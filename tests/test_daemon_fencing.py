@@ -187,3 +187,32 @@ def test_an_elastic_job_whose_worker_0_left_is_never_grown(tmp_path: Path) -> No
     assert out == [] and len(job.parts[0].gpu_indices) == 2
     view = next(j for j in state.snapshot().jobs if j.id == job.id)
     assert view.stopping  # the core does not grow it either
+
+
+def test_a_part_marked_lost_that_comes_back_running_is_stopped(tmp_path: Path) -> None:
+    """Its node went down while the job's part on another node still stopped (same
+    attempt): the returning agent's part is stopped at once, and its report of the end
+    only lifts the fence (review finding: it was never stopped)."""
+    state, clock = _state(tmp_path)
+    register(state, _node("m1", 1), [])
+    register(state, _node("m2", 1), [])
+    job = state.submit(JobRecord(0, "/a", "u", "j", ["x"], {}, "", 2, 2, 0, JobState.PENDING, 0.0))
+    slots = (GpuSlot(NodeName("m1"), 0), GpuSlot(NodeName("m2"), 0))
+    apply_plan(state, core.Plan((core.Start(JobId(job.id), slots, "t"),), {}, {}))
+    for n in ("m1", "m2"):
+        report(state, n, PartReport(job.id, 0, "running", pid=7, gpu_indices=(0,)))
+    disconnect(state, "m1")
+    clock.now += TIMEOUT_S
+    state.nodes["m2"].last_seen = clock.now
+    expire_nodes(state, TIMEOUT_S)
+    assert job.preempting and job.attempt == 0  # m2's part still has its grace
+    out = register(state, _node("m1", 1), [PartReport(job.id, 0, "running", 7, gpu_indices=(0,))])
+    assert [c for _, c in out if isinstance(c, StopPart) and c.grace_s == 0.0]
+    assert _free(state, "m1") == ()
+    assert state.nodes["m1"].fences
+    report(state, "m1", PartReport(job.id, 0, "exited", exit_code=-9))
+    assert state.nodes["m1"].fences == []
+    assert job.state is JobState.RUNNING and job.preempting  # still waiting for m2's part
+    report(state, "m2", PartReport(job.id, 0, "exited", exit_code=-15))
+    assert job.state is JobState.PREEMPTED and job.attempt == 1
+    assert _free(state, "m1") == (0,) and _free(state, "m2") == (0,)

@@ -98,9 +98,10 @@ def _report(ch: Change, node: str, r: PartReport) -> None:
     live = state.jobs.get(r.job_id)
     job = None if live is None else (ch.touched_job(live.id) or live)
     part = _part(job, node, r.attempt) if job is not None else None
-    if live is None or job is None or part is None:
-        # Ended, replaced by a newer attempt, or never ours: it must not run, and its
-        # GPUs are nobody's until it is gone.
+    if live is None or job is None or part is None or part.phase is PartPhase.EXITED:
+        # Ended, replaced by a newer attempt, never ours, or recorded ended without its
+        # agent's word (lost when its node went down, while the job's other parts still
+        # stop): it must not run, and its GPUs are nobody's until it is gone.
         if r.phase == "running":
             why = f"job {r.job_id} attempt {r.attempt} is not known to the daemon"
             ch.fence(node, list(r.gpu_indices), r.job_id, r.attempt, why)
