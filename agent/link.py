@@ -162,6 +162,10 @@ class Link:
                 reason = "the daemon ended the stream"
             except grpc.aio.AioRpcError as e:
                 reason = f"{e.code().name}: {e.details()}"
+                if _daemon_answered(e):
+                    # Refused (its store is full, another agent has this node): but the
+                    # daemon is there and requeues nothing meanwhile, so the lease holds.
+                    self._last_heard = self._mono()
             except Exception as e:
                 # A bug here must not end the agent: its jobs still run, so keep trying.
                 log.exception("daemon link failed unexpectedly")
@@ -328,6 +332,14 @@ class Link:
                 tmp.replace(self._lease_file)
             except OSError as e:
                 log.warning("cannot keep the daemon's lease in %s: %s", self._lease_file, e)
+
+
+DAEMON_ANSWERED = "schedulerd-daemon-answered"  # schedulerd/daemon/services/agent_link.py
+
+
+def _daemon_answered(e: grpc.aio.AioRpcError) -> bool:
+    metadata = e.trailing_metadata() or ()
+    return any(key == DAEMON_ANSWERED for key, _ in metadata)
 
 
 def _read_lease(path: Path | None) -> float:

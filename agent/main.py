@@ -36,6 +36,7 @@ from agent.cgroups import KINDS, ContainmentUnavailable, choose_containment
 from agent.gpus import NoGpusFound, choose_backend
 from agent.link import Identity, Link
 from agent.runner import Runner
+from schedulerd.lockfile import AlreadyLocked, hold
 
 log = logging.getLogger("agent")
 
@@ -96,6 +97,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: stop them; they go back to the queue)",
     )
     p.add_argument(
+        "--lock-dir",
+        type=Path,
+        default=Path("/run/schedulerd"),
+        help="where the machine-wide lock of each node name lives: one agent per node "
+        "(default: /run/schedulerd)",
+    )
+    p.add_argument(
         "--containment",
         choices=KINDS,
         default="auto",
@@ -135,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     state_dir: Path = args.state_dir / args.node
     state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Per state dir, and per node on this machine: a second agent for the node would
+        # adopt the same parts, or kill the first one's jobs as orphans of its cgroups.
+        hold(state_dir / "agent.lock", f"the state dir {state_dir}")
+        hold(args.lock_dir / f"agent-{args.node}.lock", f"node {args.node} on this machine")
+    except AlreadyLocked as e:
+        log.error("%s: is another agent running for node %r?", e, args.node)
+        return 2
     try:
         containment = choose_containment(args.containment, args.node)
     except ContainmentUnavailable as e:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from schedulerd.daemon.server import Daemon, DaemonConfig
+from schedulerd.lockfile import AlreadyLocked
 from schedulerd.policy import PolicyError
 
 log = logging.getLogger("schedulerd")
@@ -80,7 +81,11 @@ async def run(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         advertise=args.advertise,
     )
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except AlreadyLocked as e:
+        print(f"schedulerd: cannot start: {e}", file=sys.stderr)
+        return 2
     try:
         await daemon.start()
     except PolicyError as e:

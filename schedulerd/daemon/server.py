@@ -33,6 +33,7 @@ from schedulerd.daemon.services.agent_link import AgentLinkService
 from schedulerd.daemon.services.experiments import ExperimentsService
 from schedulerd.daemon.services.scheduler import SchedulerService
 from schedulerd.daemon.state import ClusterState
+from schedulerd.lockfile import hold
 from schedulerd.policy import default_policy_text, load_policy
 from schedulerd.store import Store
 
@@ -62,6 +63,8 @@ class DaemonConfig:
 class Daemon:
     def __init__(self, config: DaemonConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        # Before the store opens: a second daemon on the same file must not decide too.
+        self._lock = hold(config.db_path.with_name(config.db_path.name + ".lock"), "the store")
         self.store = Store(config.db_path)
         self.state = ClusterState(self.store, clock, config.heartbeat_s)
         self.links = AgentLinks()

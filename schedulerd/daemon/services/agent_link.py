@@ -20,10 +20,13 @@ from schedulerd.daemon.convert import command_to_pb, node_from_register, report_
 from schedulerd.daemon.links import HEARTBEAT, AgentLinks, HeartbeatAnswer, LinkQueue
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
-from schedulerd.daemon.state import ClusterState
+from schedulerd.daemon.state import ClusterState, Liveness
 from schedulerd.store import StoreUnavailable
 
 log = logging.getLogger("schedulerd.agents")
+
+# Trailing metadata on a refused Register: the daemon answered (agent/link.py).
+DAEMON_ANSWERED = "schedulerd-daemon-answered"
 
 
 class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
@@ -51,6 +54,20 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "send Register first")
         reg = first.register
         name = reg.node
+        known = self.state.nodes.get(name)
+        if known is not None and self.state.liveness(known) is Liveness.UP:
+            # Another agent answers for this node right now (two agents with one --node,
+            # a cloned machine): refuse, rather than let the two kick each other out and
+            # each kill the other's jobs as stale. A restarted agent gets in once its old
+            # session has missed its heartbeats (it retries with backoff).
+            silent = self.state.clock() - known.last_seen
+            await self._refuse(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"node {name} already has a live agent session (heard {silent:.1f} s ago): "
+                "is a second agent running with the same --node? A restarted agent is "
+                "let in once the old session has missed its heartbeats",
+            )
         record = node_from_register(reg)
         kind = "FAKE GPUs" if reg.fake_gpus else "GPUs"
         try:
@@ -58,7 +75,9 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
             commands = nodes.register(self.state, record, [report_from_pb(r) for r in reg.jobs])
         except StoreUnavailable as e:
             log.error("agent %s: registration not recorded: %s", name, e)
-            await abort(context, grpc.StatusCode.UNAVAILABLE, f"registration not recorded: {e}")
+            await self._refuse(
+                context, grpc.StatusCode.UNAVAILABLE, f"registration not recorded: {e}"
+            )
         epoch = self.state.nodes[name].epoch
         queue = self.links.attach(name)
         log.info("agent %s connected with %d %s (session %d)", name, len(reg.gpus), kind, epoch)
@@ -87,6 +106,15 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                 nodes.disconnect(self.state, name)
                 log.warning("agent %s disconnected", name)
                 self.loop.wake()
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+    ) -> None:
+        """End a Register with an error that the agent can tell came from the daemon
+        itself (not from a broken network): the daemon is there, so the agent's lease
+        goes on (a full disk must not make every agent stop its jobs)."""
+        context.set_trailing_metadata(((DAEMON_ANSWERED, "1"),))
+        await abort(context, code, message)
 
     async def _read(
         self,
