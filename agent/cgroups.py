@@ -235,6 +235,36 @@ def _make(kind: str, node: str, mounts: str, own: str) -> Cgroup2 | Cgroup1Freez
     return Cgroup2(base) if kind == "cgroup2" else Cgroup1Freezer(base)
 
 
+SEARCH_DEPTH = 8  # how deep below a cgroup mount another agent's base is looked for
+
+
+def bases_of(node: str) -> list[Containment]:
+    """Every cgroup base of this node's agents on this machine, wherever it sits in either
+    hierarchy (an earlier agent may have run in another cgroup, e.g. a shell before a
+    systemd unit, or with another --containment). Adoption sweeps them all for orphans:
+    a part record may be lost (a wiped state dir) while its processes live on."""
+    mounts = Path("/proc/self/mounts").read_text()
+    name = f"schedulerd-{node}"
+    found: list[Containment] = []
+    for fstype, controller, kind in (
+        ("cgroup2", "", Cgroup2),
+        ("cgroup", "freezer", Cgroup1Freezer),
+    ):
+        mount = find_mount(mounts, fstype, controller)
+        if mount is None:
+            continue
+        top = len(Path(mount).parts)
+        for root, dirs, _ in os.walk(mount):
+            if len(Path(root).parts) - top >= SEARCH_DEPTH:
+                dirs[:] = []
+                continue
+            if name in dirs:
+                found.append(kind(Path(root) / name))
+            # Never below a base (its jobs' own cgroups), nor into another agent's.
+            dirs[:] = [d for d in dirs if not d.startswith("schedulerd-")]
+    return found
+
+
 def find_mount(mounts: str, fstype: str, controller: str = "") -> str | None:
     """The mount point of a cgroup filesystem in /proc/self/mounts text, or None."""
     for line in mounts.splitlines():

@@ -33,7 +33,7 @@ from typing import IO
 
 from agent import adopt as adoption
 from agent import joblog, partstate, watch
-from agent.cgroups import Containment, choose_containment
+from agent.cgroups import Containment, bases_of, choose_containment
 from agent.model import JobSpec, PartKey, PartReport, Phase, ResizeRequest, StopRequest
 from agent.part import (
     START_FAILED_EXIT_CODE,
@@ -242,7 +242,7 @@ class Runner:
                 self._parts[part.spec.key] = part
                 adoption.restop(part, self._mono())
         adoption.kill_orphans(
-            [self.containment, *(p.box for p in self._parts.values())],
+            [self.containment, *(p.box for p in self._parts.values()), *bases_of(self.node)],
             {w.cgroup for p in self._parts.values() for w in p.workers if w.cgroup},
         )
         self.poll()

@@ -5,6 +5,7 @@ SIGKILLs, so its jobs really are orphans of a dead agent and not children of the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from agent_helpers import (
 
 import agent
 from agent import partstate
-from agent.cgroups import ContainmentUnavailable, choose_containment
+from agent.cgroups import ContainmentUnavailable, choose_containment, find_mount
 from agent.model import JobSpec, PartReport, Phase, ResizeRequest, StopRequest
 from agent.part import LOST_MESSAGE
 from agent.runner import Runner
@@ -295,6 +296,32 @@ def test_an_orphan_cgroup_is_killed_and_removed(
         assert proc.wait(timeout=30) == -signal.SIGKILL
         assert not orphan.exists() and not orphan.parent.exists()
         assert any(str(orphan) in r.getMessage() for r in caplog.records)
+
+
+def test_an_orphan_under_another_base_of_the_node_is_killed(tmp_path: Path) -> None:
+    """An earlier agent of this node ran in another cgroup (a shell before a systemd unit)
+    and its records are gone (a wiped state dir): its processes are still found and killed
+    (review finding: they ran on beside a new attempt on the same GPU)."""
+    mount = Path(find_mount(Path("/proc/self/mounts").read_text(), "cgroup2") or "")
+    if not (mount / "cgroup.procs").exists():
+        pytest.skip("no cgroup v2 here")
+    elsewhere = mount / f"t-unit-{os.getpid()}"
+    with make_runner(tmp_path / "state", "cgroup2") as runner:
+        base = elsewhere / f"schedulerd-{runner.node}"
+        orphan = base / "job-7.0" / "w0"
+        orphan.mkdir(parents=True)
+        proc = subprocess.Popen(sh(f"echo 0 > {orphan}/cgroup.procs; exec sleep 1000"))
+        try:
+            wait_for("the orphan in its cgroup", lambda: (orphan / "cgroup.procs").read_text())
+            assert runner.adopt() == []
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            assert not orphan.exists()
+        finally:
+            kill_quietly(proc.pid)
+            proc.wait()
+            for d in (orphan, orphan.parent, base, elsewhere):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def test_a_reused_pid_is_not_taken_for_the_shim(tmp_path: Path) -> None:
