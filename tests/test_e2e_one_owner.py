@@ -16,6 +16,11 @@ from harness import free_port, remove_agent_cgroups, running_cluster, sleep_job,
 from schedulerd.api.v1 import jobs_pb2
 
 POLICY = "version: 1\nconsumers:\n  a: {grace: 1s}\n"
+# Runs a command as if on another machine: in its own mount namespace, with this machine's
+# cgroup mounts hidden under an empty tmpfs.
+ANOTHER_HOST = (
+    "unshare", "-m", "--", "sh", "-c", 'mount -t tmpfs none /sys/fs/cgroup && exec "$@"', "sh",
+)  # fmt: skip
 
 
 def test_a_second_daemon_on_the_same_store_is_refused(tmp_path: Path) -> None:
@@ -62,10 +67,12 @@ def test_a_second_agent_for_one_node_is_refused(tmp_path: Path) -> None:
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert here.returncode == 2 and f"node {node} on this machine" in here.stderr
-            # A cloned machine (its own lock dir and, as on another host, no cgroups shared
-            # with ours): the daemon refuses its Register while the first agent is alive.
+            # A cloned machine (its own lock dir and, as on another host, none of our
+            # cgroups: its own mount namespace hides them under a tmpfs): the daemon refuses
+            # its Register while the first agent is alive.
             other = subprocess.Popen(
-                [sys.executable, "-m", "agent", "--daemon", c.address, "--node", node,
+                [*ANOTHER_HOST, sys.executable, "-m", "agent", "--daemon", c.address,
+                 "--node", node,
                  "--fake-gpus", "1", "--state-dir", str(tmp_path / "clone"),
                  "--lock-dir", str(tmp_path / "clone-run"), "--containment", "pgroup"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
