@@ -41,6 +41,7 @@ from agent.gpus import GpuDevice
 from agent.model import JobSpec, StopRequest
 from agent.reconcile import Ignore, Report, StartPart, StopPart, reconcile
 from agent.runner import Runner
+from agent.worker import LEASE_DEADLINE_FILE
 from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class Link:
         self._mono = monotonic
         self._last_heard = monotonic()  # the daemon's last word (or this agent's start)
         self._lease_file = None if state_dir is None else Path(state_dir) / LEASE_FILE
+        self._deadline_file = None if state_dir is None else Path(state_dir) / LEASE_DEADLINE_FILE
+        self._deadline_written = 0.0
         self.lease_s = _read_lease(self._lease_file)
         self.lease_expired = False
         self.shutting_down = False
@@ -129,7 +132,7 @@ class Link:
             self.lease_s,
         )
         self.runner.stop_all(
-            min(self.lease_s / 4, 10.0), f"no word from the daemon for {silent:.0f} s", by_node=True
+            self.lease_grace_s(), f"no word from the daemon for {silent:.0f} s", by_node=True
         )
         return True
 
@@ -165,7 +168,7 @@ class Link:
                 if _daemon_answered(e):
                     # Refused (its store is full, another agent has this node): but the
                     # daemon is there and requeues nothing meanwhile, so the lease holds.
-                    self._last_heard = self._mono()
+                    self._heard()
             except Exception as e:
                 # A bug here must not end the agent: its jobs still run, so keep trying.
                 log.exception("daemon link failed unexpectedly")
@@ -209,7 +212,7 @@ class Link:
             call = stub.Connect(_drain(out))
             try:
                 async for msg in call:
-                    self._last_heard = self._mono()
+                    self._heard()
                     if msg.WhichOneof("msg") == "registered":
                         self._epoch = msg.registered.epoch
                         self._set_lease(msg.registered.lease_seconds)
@@ -320,11 +323,37 @@ class Link:
             await asyncio.sleep(interval)
             out.put_nowait(_heartbeat(self.shutting_down))
 
+    def lease_grace_s(self) -> float:
+        """The grace of a stop at the lease's end: the jobs are gone a quarter of the lease
+        later (at most 10 s), well before the daemon requeues them at the node timeout."""
+        return min(self.lease_s / 4, 10.0)
+
+    def _heard(self) -> None:
+        """The daemon said something: the lease runs from now. The shims learn it through
+        the deadline file, written when it has moved on by a second or more."""
+        self._last_heard = self._mono()
+        if self._deadline_file is None or self.lease_s <= 0:
+            return
+        deadline = time.time() + self.lease_s
+        if deadline - self._deadline_written < 1.0:
+            return
+        try:
+            tmp = self._deadline_file.with_suffix(".tmp")
+            tmp.write_text(f"{deadline:.3f} {self.lease_grace_s():.3f}\n")
+            tmp.replace(self._deadline_file)
+            self._deadline_written = deadline
+        except OSError as e:
+            log.warning("cannot write the lease deadline %s: %s", self._deadline_file, e)
+
     def _set_lease(self, seconds: float) -> None:
         lease = seconds if math.isfinite(seconds) and seconds > 0 else 0.0
         if lease == self.lease_s:
             return
         self.lease_s = lease
+        self._deadline_written = 0.0
+        if lease <= 0 and self._deadline_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._deadline_file.unlink()  # no lease: the shims keep their jobs
         if self._lease_file is not None:
             try:
                 tmp = self._lease_file.with_suffix(".tmp")

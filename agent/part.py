@@ -131,7 +131,10 @@ def ended_report(part: Part, now: float) -> PartReport:
     unknown = [w.worker_id for w in part.workers if w.exit_code is None]
     if unknown:
         message += f"; exit status of worker {', '.join(map(str, unknown))} unknown"
-    if part.stop_reason:
+    by_lease = any((read_status(Path(w.status_file)) or {}).get("lease") for w in part.workers)
+    if by_lease:
+        message += "; stopped by its shim: no word from the daemon within the lease"
+    elif part.stop_reason:
         message += f"; stop requested: {part.stop_reason}"
     return PartReport(
         spec.job_id,
@@ -141,7 +144,7 @@ def ended_report(part: Part, now: float) -> PartReport:
         pid=pid,
         message=message,
         time=time,
-        stopped_by_node=part.by_node,
+        stopped_by_node=part.by_node or by_lease,
     )
 
 

@@ -46,7 +46,7 @@ from agent.part import (
     worker_plan,
 )
 from agent.spawn import job_env, spawn_workers
-from agent.worker import StartFailed, boot_id
+from agent.worker import LEASE_DEADLINE_FILE, StartFailed, boot_id
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +341,7 @@ class Runner:
             cwd=cwd,
             envs={wid: job_env(spec, self.node, gpus, wid, join) for wid, gpus in plan},
             status_dir=self.status_dir,
+            lease_file=self.state_dir / LEASE_DEADLINE_FILE,
         )
 
     def _held(self, spec: JobSpec, gpus: Iterable[int] | None = None) -> str:

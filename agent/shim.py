@@ -19,6 +19,12 @@ containerd-shim and slurmstepd are). Standard library only, run as
 5. When the child exits, SIGKILLs what is left of its group, writes {"exit_code": N, "time": T}
    (N < 0: killed by signal -N) to the status file atomically, and exits. So a part whose
    processes end while the agent is away still has its real exit code.
+6. With `--lease FILE`: once a second, reads "DEADLINE GRACE" that the agent keeps there
+   (the wall-clock time of the daemon's last word plus the daemon's lease, docs/fencing.md).
+   Past it, the daemon is about to requeue the job elsewhere, so the shim stops it itself:
+   SIGTERM as a stop would send it, SIGKILL GRACE seconds later, `"lease": true` in the status.
+   This holds when the agent cannot: killed, or frozen. No file, or no number in it: no
+   lease is known, nothing is done.
 
 No json (its import costs as much as the interpreter's start): the two records are written
 by hand.
@@ -36,6 +42,9 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 class _State:
     child = 0  # the command's pid once started
+    lease_file = ""
+    lease_out = False  # the lease ran out and the shim stopped the job
+    kill_at = 0.0
     reaped = False  # after this its pid (and pgid) may belong to a stranger
     to_group = True
     pending: list[int] = []  # noqa: RUF012 (signals that came before the child existed)
@@ -56,6 +65,32 @@ def _on_signal(signum: int, _frame: object) -> None:
             os.kill(_State.child, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _check_lease(_signum: int, _frame: object) -> None:
+    """SIGALRM, once a second: stop the job if the agent's lease with the daemon ran out."""
+    if _State.reaped or not _State.child:
+        return
+    now = time.time()
+    if _State.lease_out:
+        if now >= _State.kill_at:
+            _on_signal(signal.SIGHUP, None)  # SIGKILL to the child's group
+        return
+    try:
+        with open(_State.lease_file, "rb") as f:
+            fields = f.read(64).split()
+        deadline, grace = float(fields[0]), float(fields[1])
+    except (OSError, ValueError, IndexError):
+        return
+    if now > deadline:  # NaN compares false: no lease known
+        _State.lease_out = True
+        _State.kill_at = now + grace
+        print(
+            "schedulerd shim: no word from the daemon within the lease: stopping the job",
+            file=sys.stderr,
+            flush=True,
+        )
+        _on_signal(signal.SIGTERM, None)  # as a stop would: the group, or an elastic worker
 
 
 def _json_str(text: str) -> str:
@@ -141,17 +176,23 @@ def main(argv: list[str]) -> int:
     _say(ready, f"ok {child}")
     for signum in _State.pending:
         _on_signal(signum, None)
+    if opts.get("lease"):
+        _State.lease_file = opts["lease"]
+        signal.signal(signal.SIGALRM, _check_lease)
+        signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)  # waitid is resumed (PEP 475)
 
     # Wait without reaping, kill the stragglers while the pgid is still the child's, then reap.
     info = None
     while info is None:
         info = os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     _on_signal(signal.SIGHUP, None)
     _State.reaped = True
     _, wait_status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(wait_status)
+    lease = ', "lease": true' if _State.lease_out else ""
     try:
-        _write_status(status, f'{{"exit_code": {code}, "time": {time.time()!r}}}')
+        _write_status(status, f'{{"exit_code": {code}, "time": {time.time()!r}{lease}}}')
     except OSError as e:
         print(f"schedulerd shim: cannot write {status}: {e}", file=sys.stderr)
     return code if code >= 0 else 128 - code

@@ -31,6 +31,7 @@ def spawn_workers(
     cwd: Path,
     envs: Mapping[int, Mapping[str, str]],
     status_dir: Path,
+    lease_file: Path | None = None,
 ) -> list[Worker]:
     """Start one worker per (worker id, GPUs) of `plan`. Raises StartFailed or OSError (a bad
     working dir) with nothing left running."""
@@ -49,6 +50,7 @@ def spawn_workers(
                 status_file=status,
                 cgroup_procs=part.box.procs_file(cgroups[-1]),
                 to_group=spec.elastic is None,
+                lease_file=lease_file,
             )
             launched.append((Worker(wid, gpus, cgroups[-1], str(status)), proc, ready_fd))
     except BaseException:

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 SHIM = Path(__file__).resolve().with_name("shim.py")
+# In the state dir: the wall-clock time past which the daemon may have requeued this node's
+# jobs (the link writes it; every shim reads it once a second: docs/fencing.md, leases).
+LEASE_DEADLINE_FILE = "lease-deadline"
 READY_TIMEOUT_S = 10.0  # a shim starts in ~10 ms; this is for a machine on its knees
 
 
@@ -111,6 +114,7 @@ def launch(
     status_file: Path,
     cgroup_procs: str,
     to_group: bool,
+    lease_file: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start a shim for `command`; (the shim, the read end of its ready pipe). A bad `cwd`
     raises OSError here (the shim itself cannot start there)."""
@@ -128,6 +132,7 @@ def launch(
                     "--signal-to",
                     "group" if to_group else "process",
                 ),
+                *(("--lease", str(lease_file)) if lease_file is not None else ()),
                 "--",
                 *command,
             ],
