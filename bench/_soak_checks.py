@@ -160,8 +160,8 @@ class Sampler(threading.Thread):
         self.view_samples = 0
         self.max_procs = 0
         self.unconfirmed = 0  # conflicts not confirmed by a second read (a scan's race)
-        # job -> [attempts seen together, first and last time (wall clock)]
-        self.twice: dict[int, tuple[set[int], float, float]] = {}
+        # job -> ("attempt on node" seen together, first and last time (wall clock))
+        self.twice: dict[int, tuple[set[str], float, float]] = {}
         self.busy_gpu_samples = 0  # sum over samples of the GPUs with a live job process
         self.violations: list[Violation] = []
         self.counts: dict[str, int] = dict.fromkeys(self.KINDS, 0)
@@ -241,11 +241,11 @@ class Sampler(threading.Thread):
             self._check_view(view, sent, procs, kind)
         if kind in ("cgroup2", "cgroup1"):
             self._check_cgroups(procs, kind)
-        attempts: dict[int, set[int]] = defaultdict(set)
+        attempts: dict[int, set[str]] = defaultdict(set)
         for p in procs.values():
-            attempts[p.holder[0]].add(p.holder[1])
+            attempts[p.holder[0]].add(f"{p.holder[1]} on {p.node}")
         for job, seen in attempts.items():
-            if len(seen) > 1:
+            if len({a.split()[0] for a in seen}) > 1:
                 was = self.twice.get(job)
                 if was is None:
                     self.twice[job] = (set(seen), now, now)

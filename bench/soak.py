@@ -27,7 +27,8 @@ CUDA_VISIBLE_DEVICES; zombies skipped) and its cgroup. Violations (bench/_soak_c
   left is cancelled); a job without exactly one terminal event, or whose state does not
   match it; a job FAILED for a reason that is not its own ("lost", "node", "agent");
 - the daemon or an agent exiting when the soak did not kill it; job processes or cgroups
-  left after the agents' orderly shutdown; new untracked files in the repository.
+  left after the agents' orderly shutdown; new untracked files in the repository (other than
+  source files, which someone else may be writing meanwhile: those are only listed).
 
 It prints a Markdown table and exits 1 if any violation. Everything lives in a temporary
 folder (kept, with the logs and soak-events.log, when something was found, or with --keep);
@@ -85,6 +86,8 @@ from schedulerd.client import Client
 TAG_VAR = "SCHEDULERD_SOAK_TAG"
 TAG = uuid.uuid4().hex
 ELASTIC = REPO / "examples" / "elastic_train.py"
+ERROR_LINE = re.compile(r"Error\b|error:|EADDRINUSE|timed out|terminate called")
+SOURCES = (".py", ".md", ".proto", ".yaml", ".toml", ".sh", ".txt", ".pyi")
 ELASTIC_PORT = 29400  # the first store port the daemon hands out (daemon/plans.py)
 POLICY = """version: 1
 consumers:
@@ -396,6 +399,7 @@ class Tally:
     cancels: int = 0
     cancel_errors: int = 0
     elastic_skipped: int = 0
+    fault_log: list[tuple[float, str]] = field(default_factory=list)  # (start, what)
     faults: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -529,6 +533,7 @@ def faulter(
         fault = rng.choices(names, weights)[0]
         node = rng.choice(cluster.nodes)
         tally.faults[fault] += 1
+        tally.fault_log.append((time.time(), f"{fault} ({node})"))
         if fault.startswith("agent SIGKILL"):
             proc = cluster.signal_agent(node, signal.SIGKILL)
             proc.wait(10)
@@ -694,7 +699,7 @@ def run(args: argparse.Namespace, root: Path, outcome: Outcome) -> dict[str, obj
         if bad_agents:
             outcome.notes.append(f"agents' exit codes after SIGTERM: {bad_agents}")
         store = read_store(cluster.db)
-        check_store(store, tally, outcome, facts)
+        check_store(root, store, tally, outcome, facts)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not stop the cleanup
             signal.signal(sig, signal.SIG_IGN)
@@ -715,9 +720,15 @@ def run(args: argparse.Namespace, root: Path, outcome: Outcome) -> dict[str, obj
     for v in sampler.violations:
         outcome.add(v.kind, f"{stamp(v.at)} {v.text}")
     new_files = sorted(git_untracked() - untracked_before)
-    outcome.add("new untracked files in the repository")
+    # Other people may be writing new source files in this checkout meanwhile: those are
+    # listed, not counted; anything else new (a log, a database, a trace) is the soak's.
+    stray = "new untracked files in the repository (not sources)"
+    outcome.add(stray)
     for f in new_files:
-        outcome.add("new untracked files in the repository", f)
+        if f.endswith(SOURCES):
+            outcome.notes.append(f"new untracked source file (someone else's?): {f}")
+        else:
+            outcome.add(stray, f)
     facts.update(
         tally=tally,
         samples=sampler.samples,
@@ -725,7 +736,8 @@ def run(args: argparse.Namespace, root: Path, outcome: Outcome) -> dict[str, obj
         unconfirmed=sampler.unconfirmed,
         max_procs=sampler.max_procs,
         twice={
-            j: f"attempts {sorted(a)} from {stamp(t0)} to {stamp(t1)}"
+            j: f"attempts {', '.join(sorted(a))} from {stamp(t0)} to {stamp(t1)}; "
+            f"last fault before: {last_fault(tally, t0)}"
             for j, (a, t0, t1) in sorted(sampler.twice.items())
         },
         busy_gpus=sampler.busy_gpu_samples / max(1, sampler.samples),
@@ -734,8 +746,23 @@ def run(args: argparse.Namespace, root: Path, outcome: Outcome) -> dict[str, obj
     return facts
 
 
+def last_fault(tally: Tally, t: float) -> str:
+    before = [(at, what) for at, what in tally.fault_log if at <= t]
+    return f"{before[-1][1]} at {stamp(before[-1][0])}" if before else "none"
+
+
+def last_error(root: Path, job_id: int) -> str:
+    """The job's last error line in its logs, all nodes and attempts (why it failed)."""
+    found = ""
+    for log in sorted((root / "agents").glob(f"*/logs/job-{job_id}.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if ERROR_LINE.search(line):
+                found = f"; {log.parent.parent.name}: {line.strip()[:300]}"
+    return found
+
+
 def check_store(
-    store: StoreReport, tally: Tally, outcome: Outcome, facts: dict[str, object]
+    root: Path, store: StoreReport, tally: Tally, outcome: Outcome, facts: dict[str, object]
 ) -> None:
     for kind in (
         "acknowledged job missing from the store",
@@ -777,7 +804,7 @@ def check_store(
         elif state in ("SUCCEEDED", "FAILED") and state != EXPECTED.get(kind):
             unexpected.append(
                 f"job {job_id} ({kind}, attempt {row['attempt']}): {state} "
-                f"exit {row['exit_code']}: {reason}"
+                f"exit {row['exit_code']}: {reason}{last_error(root, job_id)}"
             )
     others = sorted(set(store.jobs) - set(tally.submitted))
     facts.update(
@@ -953,7 +980,7 @@ def main() -> int:
             print(f"  job {job}: {text}")
     for note in outcome.notes:
         print(f"note: {note}")
-    if found or args.keep:
+    if found or unexpected or args.keep:
         print(f"logs kept in {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
