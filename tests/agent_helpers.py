@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from agent.cgroups import Containment, choose_containment, find_mount, own_cgroup
+from agent.cgroups import Containment, choose_containment, purge
 from agent.model import PartReport
 from agent.runner import Runner
 
@@ -68,41 +68,9 @@ def unique_node() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-def cgroup_bases(node: str) -> list[Path]:
-    """Where the agent of `node` keeps its cgroups, for each hierarchy this machine has."""
-    mounts = Path("/proc/self/mounts").read_text()
-    own = Path("/proc/self/cgroup").read_text()
-    bases = []
-    for fstype, controller in (("cgroup2", ""), ("cgroup", "freezer")):
-        mount = find_mount(mounts, fstype, controller)
-        if mount is not None:
-            rel = own_cgroup(own, controller).lstrip("/")
-            bases.append(Path(mount) / rel / f"schedulerd-{node}")
-    return bases
-
-
 def purge_cgroups(node: str) -> None:
     """Kill whatever a test left in `node`'s cgroups and remove them all."""
-    for base in cgroup_bases(node):
-        if not base.exists():
-            continue
-        for kind in ("cgroup2", "cgroup1"):
-            with contextlib.suppress(Exception):
-                box = choose_containment(kind, node)
-                if Path(box.base) == base:
-                    for cgroup in box.leftovers(set()):
-                        box.kill(cgroup)
-        dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-        for path in [*dirs, base]:
-            wait_for(f"{path} to empty", lambda p=path: not _pids(p), timeout=10)  # type: ignore[misc]
-            path.rmdir()
-
-
-def _pids(cgroup: Path) -> list[int]:
-    try:
-        return [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
-    except FileNotFoundError:
-        return []
+    purge(node)
 
 
 def kill_quietly(pid: int) -> None:

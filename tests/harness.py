@@ -209,36 +209,6 @@ def env_without_pythonpath() -> dict[str, str]:
 def remove_agent_cgroups(node: str) -> None:
     """Kill and remove what an agent of `node` left in its cgroups (a SIGKILLed agent,
     --keep-jobs-on-exit): tests must leave no cgroup behind."""
-    from agent.cgroups import find_mount, own_cgroup
+    from agent.cgroups import purge
 
-    mounts = Path("/proc/self/mounts").read_text()
-    own = Path("/proc/self/cgroup").read_text()
-    for fstype, controller in (("cgroup2", ""), ("cgroup", "freezer")):
-        mount = find_mount(mounts, fstype, controller)
-        if mount is None:
-            continue
-        base = Path(mount) / own_cgroup(own, controller).lstrip("/") / f"schedulerd-{node}"
-        if not base.is_dir():
-            continue
-        dirs = sorted((d for d in base.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
-        for d in [*dirs, base]:
-            _kill_cgroup(d, fstype == "cgroup2")
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
-
-
-def _kill_cgroup(d: Path, v2: bool) -> None:
-    if v2 and (d / "cgroup.kill").exists():
-        with contextlib.suppress(OSError):
-            (d / "cgroup.kill").write_text("1")
-        return
-    with contextlib.suppress(OSError):
-        for pid in (d / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+    purge(node)

@@ -17,12 +17,11 @@ from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeNam
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox
 from schedulerd.daemon.endings import end_job
-from schedulerd.daemon.stops import begin_stop, owed_stops
+from schedulerd.daemon.stops import begin_stop, must_stop, owed_stops
 from schedulerd.store import (
     JobRecord,
     JobState,
     NodeRecord,
-    PartPhase,
     PolicyRecord,
     Store,
 )
@@ -270,7 +269,6 @@ def _core_job(job: JobRecord) -> core.Job:
         ),
         None,
     )
-    failing = any(p.phase is PartPhase.EXITED and p.exit_code != 0 for p in job.parts)
     return core.Job(
         id=JobId(job.id),
         consumer=ConsumerPath(job.consumer),
@@ -284,6 +282,8 @@ def _core_job(job: JobRecord) -> core.Job:
         started_at=job.start_time,
         anchor=anchor,
         releasing=tuple(GpuSlot(NodeName(p.node), i) for p in job.parts for i in p.releasing),
-        stopping=running and (job.cancel_requested or job.preempting or failing or job.ending),
+        # Its GPUs are on their way out: a stop is owed (one rule: daemon/stops.py), or
+        # its training has ended.
+        stopping=running and (must_stop(job) or job.ending),
         release_deadline=job.release_deadline,
     )
