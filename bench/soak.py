@@ -37,7 +37,7 @@ and is killed at the end, also on Ctrl-C, SIGTERM or an error, and the agents' c
 removed.
 
     .venv/bin/python bench/soak.py --minutes 3            # a short run
-    nohup .venv/bin/python bench/soak.py > soak.out 2>&1 &  # 30 minutes
+    nohup .venv/bin/python bench/soak.py > /tmp/soak.out 2>&1 &  # 30 minutes
 """
 
 from __future__ import annotations
