@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.cgroups import bases_of, purge
+
 Holder = tuple[int, int]  # (job id, attempt)
 Gpu = tuple[str, int]  # (node, GPU index)
 
@@ -331,65 +333,17 @@ class Sampler(threading.Thread):
 # --- cleanup -----------------------------------------------------------------------------
 
 
-def cgroup_bases(node: str) -> list[tuple[Path, bool]]:
-    """Where an agent of `node` keeps its cgroups: (folder, is v2) for each hierarchy
-    (the logic of agent.cgroups, copied: the bench does not import the agent)."""
-    mounts = Path("/proc/self/mounts").read_text()
-    own = Path("/proc/self/cgroup").read_text()
-    out = []
-    for fstype, controller in (("cgroup2", ""), ("cgroup", "freezer")):
-        mount = find_mount(mounts, fstype, controller)
-        if mount is None:
-            continue
-        kind = "cgroup2" if fstype == "cgroup2" else "cgroup1"
-        rel = _cgroup_line(own, kind) or "/"
-        out.append((Path(mount) / rel.lstrip("/") / f"schedulerd-{node}", fstype == "cgroup2"))
-    return out
-
-
-def find_mount(mounts: str, fstype: str, controller: str = "") -> str | None:
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[2] != fstype:
-            continue
-        if controller and controller not in fields[3].split(","):
-            continue
-        return fields[1].encode().decode("unicode_escape").encode("latin-1").decode()
-    return None
-
-
 def leftover_cgroups(nodes: Iterable[str]) -> list[Path]:
-    return [base for node in nodes for base, _ in cgroup_bases(node) if base.is_dir()]
+    """The cgroup bases of these nodes still on the machine (agent.cgroups finds them)."""
+    return [Path(box.base) for node in nodes for box in bases_of(node)]
 
 
 def remove_agent_cgroups(node: str) -> None:
-    """Kill and remove what an agent of `node` left in its cgroups (a SIGKILLed agent),
-    deepest first."""
-    for base, v2 in cgroup_bases(node):
-        if not base.is_dir():
-            continue
-        dirs = sorted((d for d in base.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
-        for d in [*dirs, base]:
-            _kill_cgroup(d, v2)
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
-
-
-def _kill_cgroup(d: Path, v2: bool) -> None:
-    if v2 and (d / "cgroup.kill").exists():
-        with contextlib.suppress(OSError):
-            (d / "cgroup.kill").write_text("1")
-        return
-    with contextlib.suppress(OSError):
-        for pid in (d / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+    """Kill and remove what an agent of `node` left in its cgroups (a SIGKILLed agent)."""
+    try:
+        purge(node)
+    except OSError as e:  # reported, not raised: the rest of the clean-up must go on
+        print(f"soak: cannot remove the cgroups of {node}: {e}")
 
 
 def port_listened(port: int) -> bool:
