@@ -26,14 +26,12 @@ from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.stops import UNKNOWN_PART_GRACE_S, owed_stops
 from schedulerd.store import JobRecord, NodeRecord, PartPhase, PartRecord
 
-ENDED_PHASES = ("exited", "start_failed", "lost", "refused")
-
 
 @dataclass(frozen=True)
 class PartReport:
     job_id: int
     attempt: int
-    phase: str  # "running", or one of ENDED_PHASES
+    phase: str  # "running", or ended: "exited", "start_failed", "lost", "refused"
     exit_code: int = 0
     pid: int = 0
     message: str = ""

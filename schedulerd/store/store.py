@@ -109,12 +109,6 @@ class Store:
             if event is not None:
                 self._event(event.time, event.job_id, event.kind, event.message)
 
-    def save_jobs(self, jobs: Iterable[tuple[JobRecord, EventRecord]]) -> None:
-        """A plan's starts: all or nothing."""
-        with self.transaction():
-            for job, event in jobs:
-                self.save_job(job, event)
-
     def save_change(
         self,
         jobs: Iterable[JobRecord],
@@ -192,10 +186,6 @@ class Store:
             EventRecord(r["time"], r["job_id"], r["kind"], r["message"])
             for r in self.db.table("events").rows_where("job_id = ?", [job_id], order_by="id")
         ]
-
-    def add_event(self, event: EventRecord) -> None:
-        with self.transaction():
-            self._event(event.time, event.job_id, event.kind, event.message)
 
     def _event(self, time: float, job_id: int, kind: str, message: str) -> None:
         self._insert("events", {"time": time, "job_id": job_id, "kind": kind, "message": message})
