@@ -69,6 +69,31 @@ class AdminStub:
                 request_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ForgetNodeRequest.SerializeToString,
                 response_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ForgetNodeResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/schedulerd.api.v1.Admin/CreateToken',
+                request_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/schedulerd.api.v1.Admin/ListTokens',
+                request_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/schedulerd.api.v1.Admin/RevokeToken',
+                request_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.Token.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/schedulerd.api.v1.Admin/WhoAmI',
+                request_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/schedulerd.api.v1.Admin/ListAudit',
+                request_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -116,6 +141,36 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +208,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ForgetNode,
                     request_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ForgetNodeRequest.FromString,
                     response_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ForgetNodeResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.Token.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
+                    response_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=schedulerd_dot_api_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +424,141 @@ class Admin:
             '/schedulerd.api.v1.Admin/ForgetNode',
             schedulerd_dot_api_dot_v1_dot_admin__pb2.ForgetNodeRequest.SerializeToString,
             schedulerd_dot_api_dot_v1_dot_admin__pb2.ForgetNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerd.api.v1.Admin/CreateToken',
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerd.api.v1.Admin/ListTokens',
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerd.api.v1.Admin/RevokeToken',
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerd.api.v1.Admin/WhoAmI',
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerd.api.v1.Admin/ListAudit',
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            schedulerd_dot_api_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
