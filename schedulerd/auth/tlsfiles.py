@@ -1,0 +1,62 @@
+"""gRPC TLS credentials from the files of docs/certificates.md, and the node name of a
+verified peer.
+
+gRPC's Python server asks for a client certificate only when it requires one:
+`ssl_server_credentials(..., require_client_auth=False)` never requests it, so a
+listener that users reach with tokens can see no agent's certificate. Agents' mTLS
+therefore needs a listener made with `require_client_cert=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+
+from schedulerd.auth.ca import CertError, node_name_of, read_file
+
+# The key under which gRPC's auth context holds the verified peer certificate.
+PEER_CERT_KEY = "x509_pem_cert"
+
+
+def server_credentials(
+    cert_path: Path,
+    key_path: Path,
+    client_ca_path: Path | None = None,
+    *,
+    require_client_cert: bool = False,
+) -> grpc.ServerCredentials:
+    """The daemon's TLS identity. With `require_client_cert`, every client must present
+    a certificate issued by the CA in `client_ca_path` (the agents' listener); without,
+    no client certificate is asked for and callers prove who they are otherwise."""
+    if require_client_cert and client_ca_path is None:
+        raise CertError("requiring client certificates needs the CA that issues them")
+    return grpc.ssl_server_credentials(
+        [(read_file(key_path), read_file(cert_path))],
+        root_certificates=read_file(client_ca_path) if client_ca_path else None,
+        require_client_auth=require_client_cert,
+    )
+
+
+def channel_credentials(
+    ca_path: Path, cert_path: Path | None = None, key_path: Path | None = None
+) -> grpc.ChannelCredentials:
+    """A client's TLS: the daemon's certificate must be issued by the CA in `ca_path`;
+    with `cert_path` and `key_path` (an agent's node certificate) the client proves
+    its own identity too."""
+    if (cert_path is None) != (key_path is None):
+        raise CertError("a client certificate needs both its certificate and its key file")
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_file(ca_path),
+        private_key=read_file(key_path) if key_path else None,
+        certificate_chain=read_file(cert_path) if cert_path else None,
+    )
+
+
+def peer_node_name(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
+    """The node a connected peer proved to be (`context.auth_context()` of a call on a
+    listener that requires client certificates), or None: no certificate, or one that
+    names no node."""
+    pems = auth_context.get(PEER_CERT_KEY) or []
+    return node_name_of(pems[0]) if pems else None
