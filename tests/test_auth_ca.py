@@ -27,7 +27,7 @@ from schedulerd.auth.ca import (
     node_name_of,
     verify_issued_by,
 )
-from schedulerd.auth.tlsfiles import channel_credentials, peer_node_name, server_credentials
+from schedulerd.auth.tlsfiles import channel_credentials, server_credentials
 
 
 def _mode(path: Path) -> int:
@@ -150,7 +150,8 @@ class _Recorder(health.HealthServicer):  # type: ignore[misc]
     def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
-        self.nodes.append(peer_node_name(context.auth_context()))
+        pems = context.auth_context().get("x509_pem_cert")  # as the daemon's gate reads it
+        self.nodes.append(node_name_of(pems[0]) if pems else None)
         return super().Check(request, context)
 
 

@@ -44,10 +44,11 @@ class CA:
 
 @dataclass(frozen=True)
 class Issued:
-    """Where an issued certificate and its key were written."""
+    """Where an issued certificate and its key were written, and when it expires."""
 
     cert_path: Path
     key_path: Path
+    not_after: dt.datetime
 
 
 def check_node_name(name: str) -> str:
@@ -223,7 +224,11 @@ def _issue(
         .sign(ca.key, hashes.SHA256())
     )
     stem.parent.mkdir(parents=True, exist_ok=True)
-    issued = Issued(stem.with_name(stem.name + ".crt"), stem.with_name(stem.name + ".key"))
+    issued = Issued(
+        stem.with_name(stem.name + ".crt"),
+        stem.with_name(stem.name + ".key"),
+        cert.not_valid_after_utc,
+    )
     _write(issued.key_path, _key_pem(key), 0o600, replace=True)
     _write(issued.cert_path, _cert_pem(cert), 0o644, replace=True)
     return issued

@@ -1,23 +1,20 @@
-"""gRPC TLS credentials from the files of docs/certificates.md, and the node name of a
-verified peer.
+"""gRPC TLS credentials from the files of docs/certificates.md.
 
 gRPC's Python server asks for a client certificate only when it requires one:
 `ssl_server_credentials(..., require_client_auth=False)` never requests it, so a
 listener that users reach with tokens can see no agent's certificate. Agents' mTLS
-therefore needs a listener made with `require_client_cert=True`.
+therefore needs a listener made with `require_client_cert=True`. There, gRPC puts
+the verified peer's certificate in `context.auth_context()["x509_pem_cert"]`, and
+`schedulerd.auth.ca.node_name_of` reads the node's name from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
 
-from schedulerd.auth.ca import CertError, node_name_of, read_file
-
-# The key under which gRPC's auth context holds the verified peer certificate.
-PEER_CERT_KEY = "x509_pem_cert"
+from schedulerd.auth.ca import CertError, read_file
 
 
 def server_credentials(
@@ -52,11 +49,3 @@ def channel_credentials(
         private_key=read_file(key_path) if key_path else None,
         certificate_chain=read_file(cert_path) if cert_path else None,
     )
-
-
-def peer_node_name(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
-    """The node a connected peer proved to be (`context.auth_context()` of a call on a
-    listener that requires client certificates), or None: no certificate, or one that
-    names no node."""
-    pems = auth_context.get(PEER_CERT_KEY) or []
-    return node_name_of(pems[0]) if pems else None
