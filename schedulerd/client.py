@@ -5,12 +5,21 @@ that wants to submit or watch jobs.
     with Client("127.0.0.1:50051") as c:
         job = c.submit("/research/vision", ["python", "train.py"], gpus=2)
         print(c.get_job(job.id).reason)
+
+Credentials (docs/security.md, docs/certificates.md), when not given, come from the
+environment: SCHEDULERD_TOKEN (a bearer token) or SCHEDULERD_TOKEN_FILE (a file holding
+one, readable by its owner only), and SCHEDULERD_CA (the cluster CA: TLS). Without a
+token, a client on the daemon's own machine is known by its Unix user.
 """
 
 from __future__ import annotations
 
-import getpass
+import collections
+import ipaddress
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,8 +33,14 @@ from schedulerd.api.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
 )
+from schedulerd.auth.tlsfiles import channel_credentials
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The daemon's own limits (schedulerd/daemon/listeners.py): it answers with at most
+# 32 MiB (a page of jobs is cut far below) and reads at most 16 MiB. Matching them, a
+# large answer is never refused here and a request too large fails before it is sent.
+MAX_RECEIVE_BYTES = 32 * 1024 * 1024
+MAX_SEND_BYTES = 16 * 1024 * 1024
 
 
 class ClientError(RuntimeError):
@@ -45,22 +60,109 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise ClientError(e.code(), e.details() or str(e.code())) from None
 
 
+class CredentialError(ValueError):
+    """A credential setting that cannot be used as it is (the message says why)."""
+
+
+def read_token_file(path: Path) -> str:
+    """The token in a file that only its owner may read (like ssh with a private key:
+    a token readable by others is as good as theirs)."""
+    try:
+        with path.open() as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            text = f.read()
+    except OSError as e:
+        raise CredentialError(f"cannot read token file {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise CredentialError(
+            f"token file {path} has permissions {mode:04o}: readable by others, refused "
+            f"(chmod 600 {path})"
+        )
+    token = text.strip()
+    if not token:
+        raise CredentialError(f"token file {path} is empty")
+    return token
+
+
+def token_from_env(env: Mapping[str, str] = os.environ) -> str | None:
+    """SCHEDULERD_TOKEN, else the token in SCHEDULERD_TOKEN_FILE, else None."""
+    if env.get("SCHEDULERD_TOKEN"):
+        return env["SCHEDULERD_TOKEN"].strip()
+    if env.get("SCHEDULERD_TOKEN_FILE"):
+        return read_token_file(Path(env["SCHEDULERD_TOKEN_FILE"]))
+    return None
+
+
+def is_local_address(address: str) -> bool:
+    """Whether a gRPC target is on this machine (a unix socket or a loopback host)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    target = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    if target.startswith("["):  # [v6]:port
+        host = target[1:].partition("]")[0]
+    elif target.count(":") == 1:  # host:port
+        host = target.partition(":")[0]
+    else:  # a host alone, or a bare IPv6 address
+        host = target
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """`authorization: Bearer <token>` on every call (the services a Client calls have
+    only unary requests). Metadata rather than call credentials: those gRPC sends on
+    TLS channels only, and a token to the daemon's own machine may go in the clear."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _details(self, d: grpc.ClientCallDetails) -> _CallDetails:
+        metadata = [*(d.metadata or ()), self._entry]
+        return _CallDetails(
+            d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
 def job_spec(
     consumer: str,
     command: Sequence[str],
     gpus: int = 1,
     *,
     gpus_max: int | None = None,
-    user: str | None = None,
+    user: str = "",
     name: str = "",
     env: Mapping[str, str] | None = None,
     working_dir: str = "",
     priority: int = 0,
 ) -> jobs_pb2.JobSpec:
-    """A job as `Client.submit` takes it, for `Client.submit_many`."""
+    """A job as `Client.submit` takes it, for `Client.submit_many`. `user` empty: the
+    caller, as its credential proves; another user's name is for cluster admins."""
     return jobs_pb2.JobSpec(
         consumer=consumer,
-        user=user or getpass.getuser(),
+        user=user,
         name=name,
         command=list(command),
         env=dict(env or {}),
@@ -71,10 +173,43 @@ def job_spec(
 
 
 class Client:
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0) -> None:
+    """A connection to the daemon. TLS when `ca` (the cluster CA's certificate file) is
+    given; `cert` and `key` add a client certificate. `token` None: from the
+    environment (see the module's doc); "" : none."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout_s: float = 30.0,
+        *,
+        token: str | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        max_receive_bytes: int = MAX_RECEIVE_BYTES,
+        max_send_bytes: int = MAX_SEND_BYTES,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(address)
+        token = token_from_env() if token is None else token
+        if ca is None and os.environ.get("SCHEDULERD_CA"):
+            ca = Path(os.environ["SCHEDULERD_CA"])
+        if token and ca is None and not is_local_address(address):
+            raise CredentialError(
+                f"a token goes to {address} only over TLS: give the cluster CA "
+                "(--ca or SCHEDULERD_CA)"
+            )
+        options = [
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            ("grpc.max_send_message_length", max_send_bytes),
+        ]
+        if ca is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            creds = channel_credentials(ca, cert, key)
+            self.channel = grpc.secure_channel(address, creds, options=options)
+        if token:
+            self.channel = grpc.intercept_channel(self.channel, _BearerToken(token))
         self.jobs = jobs_pb2_grpc.SchedulerStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentsStub(self.channel)
@@ -99,7 +234,7 @@ class Client:
         gpus: int = 1,
         *,
         gpus_max: int | None = None,
-        user: str | None = None,
+        user: str = "",
         name: str = "",
         env: Mapping[str, str] | None = None,
         working_dir: str = "",
@@ -140,16 +275,27 @@ class Client:
         user: str = "",
         limit: int = 0,
     ) -> list[jobs_pb2.Job]:
-        req = jobs_pb2.ListJobsRequest(
-            consumer=consumer,
-            states=[jobs_pb2.JobState.Value(s.upper()) for s in states],
-            user=user,
-            limit=limit,
-        )
-        return list(_call(self.jobs.ListJobs, req, timeout=self.timeout_s).jobs)
+        """Jobs newest first, across as many pages as the daemon cuts them into;
+        `limit`: only the newest N."""
+        jobs: list[jobs_pb2.Job] = []
+        page = ""
+        while True:
+            req = jobs_pb2.ListJobsRequest(
+                consumer=consumer,
+                states=[jobs_pb2.JobState.Value(s.upper()) for s in states],
+                user=user,
+                limit=limit - len(jobs) if limit else 0,
+                page_token=page,
+            )
+            resp = _call(self.jobs.ListJobs, req, timeout=self.timeout_s)
+            jobs.extend(resp.jobs)
+            page = resp.next_page_token
+            if not page or (limit and len(jobs) >= limit):
+                return jobs[:limit] if limit else jobs
 
-    def cancel(self, job_id: int, user: str | None = None) -> jobs_pb2.Job:
-        req = jobs_pb2.CancelJobRequest(id=job_id, user=user or getpass.getuser())
+    def cancel(self, job_id: int) -> jobs_pb2.Job:
+        """Who cancels is the caller, as its credential proves."""
+        req = jobs_pb2.CancelJobRequest(id=job_id)
         result: jobs_pb2.Job = _call(self.jobs.CancelJob, req, timeout=self.timeout_s)
         return result
 
@@ -229,6 +375,43 @@ class Client:
         result: admin_pb2.Node = _call(self.admin.UndrainNode, req, timeout=self.timeout_s)
         return result
 
+    # -- tokens, identity and audit (docs/security.md) ----------------------
+
+    def create_token(
+        self, user: str, ttl_s: float, scopes: Sequence[str] = (), node: bool = False
+    ) -> admin_pb2.CreateTokenResponse:
+        """A new token for `user` (a node's name with `node`); the response's `secret`
+        is the bearer token itself, which the daemon never shows again."""
+        req = admin_pb2.CreateTokenRequest(
+            user=user, node=node, scopes=list(scopes), ttl_seconds=ttl_s
+        )
+        result: admin_pb2.CreateTokenResponse = _call(
+            self.admin.CreateToken, req, timeout=self.timeout_s
+        )
+        return result
+
+    def list_tokens(self, user: str = "", include_revoked: bool = False) -> list[admin_pb2.Token]:
+        req = admin_pb2.ListTokensRequest(user=user, include_revoked=include_revoked)
+        return list(_call(self.admin.ListTokens, req, timeout=self.timeout_s).tokens)
+
+    def revoke_token(self, token_id: str) -> admin_pb2.Token:
+        req = admin_pb2.RevokeTokenRequest(id=token_id)
+        result: admin_pb2.Token = _call(self.admin.RevokeToken, req, timeout=self.timeout_s)
+        return result
+
+    def whoami(self) -> admin_pb2.WhoAmIResponse:
+        """Who the daemon takes this client for, and how it knows."""
+        req = admin_pb2.WhoAmIRequest()
+        result: admin_pb2.WhoAmIResponse = _call(self.admin.WhoAmI, req, timeout=self.timeout_s)
+        return result
+
+    def audit(
+        self, limit: int = 100, before_id: int = 0, identity: str = ""
+    ) -> list[admin_pb2.AuditRecord]:
+        """Audit records, newest first; `before_id` pages back from an earlier answer."""
+        req = admin_pb2.ListAuditRequest(limit=limit, before_id=before_id, identity=identity)
+        return list(_call(self.admin.ListAudit, req, timeout=self.timeout_s).records)
+
     # -- experiments (docs/hpo.md) ------------------------------------------
 
     def create_experiment(self, spec: experiments_pb2.ExperimentSpec) -> experiments_pb2.Experiment:
@@ -256,8 +439,9 @@ class Client:
             _call(self.experiments.ListExperiments, req, timeout=self.timeout_s).experiments
         )
 
-    def stop_experiment(self, exp_id: int, user: str | None = None) -> experiments_pb2.Experiment:
-        req = experiments_pb2.StopExperimentRequest(id=exp_id, user=user or getpass.getuser())
+    def stop_experiment(self, exp_id: int) -> experiments_pb2.Experiment:
+        """Who stops it is the caller, as its credential proves."""
+        req = experiments_pb2.StopExperimentRequest(id=exp_id)
         result: experiments_pb2.Experiment = _call(
             self.experiments.StopExperiment, req, timeout=self.timeout_s
         )

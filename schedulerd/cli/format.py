@@ -77,19 +77,22 @@ def _range(j: jobs_pb2.Job) -> str:
     return text
 
 
-def job_detail(j: jobs_pb2.Job) -> str:
-    def when(ts: object) -> str:
-        seconds = getattr(ts, "seconds", 0)
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+def timestamp(seconds: float) -> str:
+    """A moment in local time; 0 (a Timestamp left unset) is "-"."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
 
+
+def job_detail(j: jobs_pb2.Job) -> str:
+    command = "(hidden)" if j.redacted else " ".join(j.spec.command)
     lines = [
         f"Job {j.id}: {j.spec.name}",
         f"  state:      {state_name(j)}" + (" (cancel requested)" if j.cancel_requested else ""),
         f"  consumer:   {j.spec.consumer}   user: {j.spec.user}   priority: {j.spec.priority}",
         f"  gpus:       {_range(j)}" + (f"  on {gpus_text(j)}" if j.gpus else ""),
-        f"  command:    {' '.join(j.spec.command)}",
-        f"  submitted:  {when(j.submit_time)}   started: {when(j.start_time)}"
-        f"   ended: {when(j.end_time)}",
+        f"  command:    {command}",
+        f"  submitted:  {timestamp(j.submit_time.seconds)}"
+        f"   started: {timestamp(j.start_time.seconds)}"
+        f"   ended: {timestamp(j.end_time.seconds)}",
     ]
     if j.attempt:
         lines.append(f"  restarts:   {j.attempt} (preempted and run again)")

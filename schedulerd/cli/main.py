@@ -5,8 +5,14 @@
     schedctl consumers | nodes | drain NODE | undrain NODE | node forget NODE
     schedctl policy validate FILE | policy apply FILE [--dry-run] | policy show
     schedctl hpo create FILE | hpo list | hpo show EXP [--watch] | hpo stop EXP | hpo plot EXP
+    schedctl ca init DIR | ca issue-node --ca DIR NODE | ca issue-server --ca DIR --host H
+    schedctl token create --user U --ttl 30d | token list | token revoke ID
+    schedctl whoami | audit [--identity U]
 
 The daemon address comes from --daemon or $SCHEDULERD_ADDRESS (default 127.0.0.1:50051).
+Credentials (docs/security.md): a token from --token, --token-file, $SCHEDULERD_TOKEN or
+$SCHEDULERD_TOKEN_FILE; TLS with the cluster CA's certificate from --ca or $SCHEDULERD_CA.
+On the daemon's machine, with neither, you are your Unix user.
 """
 
 from __future__ import annotations
@@ -17,9 +23,16 @@ import sys
 from pathlib import Path
 
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
+from schedulerd.auth.ca import CertError
+from schedulerd.cli import audit, ca, hpo, tokens
 from schedulerd.cli import format as fmt
-from schedulerd.cli import hpo
-from schedulerd.client import DEFAULT_ADDRESS, Client, ClientError
+from schedulerd.client import (
+    DEFAULT_ADDRESS,
+    Client,
+    ClientError,
+    CredentialError,
+    read_token_file,
+)
 from schedulerd.policy import PolicyError, load_policy
 
 ACTIVE = ["PENDING", "PREEMPTED", "RUNNING"]
@@ -33,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__,
     )
     p.add_argument("--daemon", default=os.environ.get("SCHEDULERD_ADDRESS", DEFAULT_ADDRESS))
+    p.add_argument(
+        "--token",
+        help="a bearer token; prefer --token-file: a command line is visible to every user",
+    )
+    p.add_argument("--token-file", type=Path, help="a file (mode 0600) holding the token")
+    p.add_argument("--ca", type=Path, help="the cluster CA's certificate: talk TLS")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("submit", help="submit a job: schedctl submit --consumer /a -- CMD ...")
@@ -42,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--name", default="")
     s.add_argument("--priority", type=int, default=0)
-    s.add_argument("--user", default=None, help="default: you")
+    s.add_argument("--user", default="", help="default: you; another user: cluster admins")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument(
         "--workdir",
@@ -108,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
     psub.add_parser("show", help="print the policy in force")
     hpo.add_parser(sub)
+    ca.add_parser(sub)
+    tokens.add_parser(sub)
+    audit.add_parsers(sub)
     return p
 
 
@@ -138,8 +160,19 @@ def _env(pairs: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     if args.cmd == "policy" and args.policy_cmd == "validate":
         return _validate(args.file)
-    with Client(args.daemon) as client:
+    if args.cmd == "ca":
+        return ca.run(args)
+    with _client(args) as client:
         return COMMANDS[args.cmd](client, args)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """A client with the options' credentials; what they leave out, Client takes from
+    the environment."""
+    token = args.token
+    if token is None and args.token_file is not None:
+        token = read_token_file(args.token_file)
+    return Client(args.daemon, token=token, ca=args.ca)
 
 
 def _validate(path: Path) -> int:
@@ -282,6 +315,9 @@ COMMANDS = {
     "node": _node,
     "policy": _policy,
     "hpo": hpo.run,
+    "token": tokens.run,
+    "whoami": audit.whoami,
+    "audit": audit.audit,
 }
 
 
@@ -292,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     except ClientError as e:
         print(f"schedctl: {e.details}", file=sys.stderr)
         code = 1
+    except (CredentialError, CertError) as e:
+        print(f"schedctl: {e}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:
