@@ -37,6 +37,7 @@ import grpc
 
 from agent import wire
 from agent.backoff import backoff_delay
+from agent.credentials import DaemonCredentials
 from agent.gpus import GpuDevice
 from agent.model import JobSpec, StopRequest
 from agent.reconcile import Ignore, Report, StartPart, StopPart, reconcile
@@ -57,6 +58,8 @@ LEASE_FILE = "daemon-lease"  # in the state dir: the last lease the daemon gave,
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 330_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # What one daemon message may be (a StartJob is bounded far below this).
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 
 Outbox = asyncio.Queue[agent_pb2.AgentMessage | None]  # None: end the request stream
@@ -85,8 +88,10 @@ class Link:
         rng: random.Random | None = None,
         state_dir: Path | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        credentials: DaemonCredentials | None = None,
     ) -> None:
         self.target = target
+        self.credentials = credentials or DaemonCredentials()
         self.identity = identity
         self.runner = runner
         self._rng = rng or random.Random()
@@ -189,7 +194,7 @@ class Link:
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+        async with self.credentials.channel(self.target, CHANNEL_OPTIONS) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             out: Outbox = asyncio.Queue()
             self.runner.poll()  # fresh state; what changed goes in the Register below
@@ -209,7 +214,7 @@ class Link:
             if self._stopping.is_set():  # request_stop came while we were connecting
                 out.put_nowait(None)
             heartbeats: asyncio.Task[None] | None = None
-            call = stub.Connect(_drain(out))
+            call = stub.Connect(_drain(out), metadata=self.credentials.metadata())
             try:
                 async for msg in call:
                     self._heard()

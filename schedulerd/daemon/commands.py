@@ -11,6 +11,9 @@ from schedulerd.store import JobRecord, PartRecord
 class StartPart:
     job: JobRecord
     part: PartRecord
+    # The policy lets this consumer's jobs of root run as root (run_as_root); the
+    # agent refuses a job of root otherwise (docs/security.md).
+    allow_root: bool = False
 
 
 @dataclass(frozen=True)

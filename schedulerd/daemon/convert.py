@@ -43,16 +43,22 @@ def job_state_from_pb(value: int) -> JobState:
     return JobState(jobs_pb2.JobState.Name(value))
 
 
-def job_to_pb(job: JobRecord, history: list[EventRecord] | None = None) -> jobs_pb2.Job:
+def job_to_pb(
+    job: JobRecord, history: list[EventRecord] | None = None, redacted: bool = False
+) -> jobs_pb2.Job:
+    """`redacted`: for a caller who may not see the job in full (another user's job):
+    its command, env, working dir and history are left out (docs/security.md)."""
+    if redacted:
+        history = None
     msg = jobs_pb2.Job(
         id=job.id,
         spec=jobs_pb2.JobSpec(
             consumer=job.consumer,
             user=job.user,
             name=job.name,
-            command=job.command,
-            env=job.env,
-            working_dir=job.working_dir,
+            command=[] if redacted else job.command,
+            env={} if redacted else job.env,
+            working_dir="" if redacted else job.working_dir,
             gpus=jobs_pb2.GpuRequest(min=job.gpus_min, max=job.gpus_max),
             priority=job.priority,
         ),
@@ -63,6 +69,7 @@ def job_to_pb(job: JobRecord, history: list[EventRecord] | None = None) -> jobs_
         reason=job.reason,
         attempt=job.attempt,
         cancel_requested=job.cancel_requested,
+        redacted=redacted,
     )
     if job.exit_code is not None:
         msg.exit_code = job.exit_code
@@ -75,13 +82,14 @@ def job_to_pb(job: JobRecord, history: list[EventRecord] | None = None) -> jobs_
     return msg
 
 
-def job_from_spec(spec: jobs_pb2.JobSpec) -> JobRecord:
+def job_from_spec(spec: jobs_pb2.JobSpec, user: str) -> JobRecord:
+    """`user`: who submits, from the caller's credential (never spec.user alone)."""
     gpus_min = spec.gpus.min
     gpus_max = spec.gpus.max or spec.gpus.min
     return JobRecord(
         id=0,
         consumer=spec.consumer,
-        user=spec.user,
+        user=user,
         name=spec.name or (spec.command[0] if spec.command else ""),
         command=list(spec.command),
         env=dict(spec.env),
@@ -220,6 +228,7 @@ def command_to_pb(command: Command | ReadLogRequest, epoch: int = 0) -> agent_pb
                 node_rank=part.node_rank,
                 num_nodes=len(job.parts),
                 elastic=_elastic_spec(job, part) if job.elastic else None,
+                allow_root=command.allow_root,
                 epoch=epoch,
             )
         )

@@ -34,6 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="schedulerd", description=__doc__.split("\n")[0])
     p.add_argument("--listen", default="127.0.0.1:50051", help="address:port to serve gRPC on")
     p.add_argument("--db", type=Path, default=Path("var/schedulerd.db"), help="SQLite file")
+    p.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="another address to serve on, like --listen (e.g. unix:/run/schedulerd.sock; "
+        "callers on a Unix socket are known by their token only)",
+    )
     p.add_argument("--policy", type=Path, help="policy file (default: last applied, else built-in)")
     p.add_argument("--tick", type=float, default=1.0, help="seconds between idle cycles")
     p.add_argument(
@@ -53,6 +61,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--advertise",
         default="",
         help="HOST:PORT where trial processes reach the daemon (default: the listen address)",
+    )
+    p.add_argument("--tls-cert", type=Path, help="the daemon's TLS certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="the daemon's TLS private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="the cluster CA: agents on --agent-listen must show a node certificate of it",
+    )
+    p.add_argument(
+        "--agent-listen",
+        default="",
+        help="address:port for agents, with mTLS (node certificates); default: agents "
+        "use --listen with a node token, or as the daemon's user on this machine",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without TLS (trusted networks only)",
+    )
+    p.add_argument(
+        "--admin",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a cluster admin besides the daemon's own user (repeatable)",
     )
     p.add_argument("--local-agent", action="store_true", help="also run an agent on this machine")
     p.add_argument(
@@ -80,7 +113,21 @@ async def run(args: argparse.Namespace) -> int:
         node_timeout_s=args.node_timeout,
         heartbeat_s=args.heartbeat,
         advertise=args.advertise,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        agent_listen=args.agent_listen,
+        also_listen=tuple(args.also_listen),
+        insecure=args.insecure,
+        admins=tuple(args.admin),
     )
+    if args.local_agent and args.tls_cert is not None:
+        print(
+            "schedulerd: --local-agent is for the one-machine setup on a loopback listener "
+            "without TLS; with TLS, run the agent as its own service (docs/deploy.md)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         daemon = Daemon(config)
     except AlreadyLocked as e:
@@ -112,6 +159,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
     host = args.listen.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]"):
+        host = "127.0.0.1"  # it proves who it is by its uid, which needs loopback
     node = f"{socket.gethostname()}-local"
     cmd = [
         sys.executable,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schedulerd.daemon.change import Change
-from schedulerd.daemon.commands import AckPart, Outbox, ResizePart, StartPart, StopPart
+from schedulerd.daemon.commands import AckPart, Outbox, ResizePart, StopPart
 from schedulerd.daemon.endings import finish_parts, released
 from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.stops import UNKNOWN_PART_GRACE_S, owed_stops
@@ -74,7 +74,8 @@ def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -
             if part.phase is PartPhase.ASSIGNED:
                 # Committed but maybe never delivered (daemon restart): deliver now;
                 # the agent ignores a start it already has.
-                ch.out.append((node.name, StartPart(ch.job(live), _same(ch.job(live), part))))
+                copy = ch.job(live)
+                ch.out.append((node.name, state.start_part(copy, _same(copy, part))))
             elif part.phase is PartPhase.RUNNING:
                 copy = ch.job(live)
                 why = f"lost: the agent on {node.name} no longer has it"

@@ -11,7 +11,7 @@ from collections import defaultdict
 from schedulerd import core
 from schedulerd.core import GpuSlot, NodeName
 from schedulerd.daemon.change import Change
-from schedulerd.daemon.commands import Outbox, ResizePart, StartPart
+from schedulerd.daemon.commands import Outbox, ResizePart
 from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.stops import begin_stop, owed_stops
 from schedulerd.store import JobRecord, JobState, PartPhase, PartRecord
@@ -46,7 +46,7 @@ def apply_plan(
         job.reason = start.reason
         ch.event(job.id, "started", start.reason)
         started.append(live)
-        ch.out += [(p.node, StartPart(job, p)) for p in job.parts]
+        ch.out += [(p.node, state.start_part(job, p)) for p in job.parts]
 
     for preempt in plan.preemptions:
         live = state.jobs.get(preempt.job_id)
@@ -102,7 +102,7 @@ def apply_plan(
                 part.node_rank = 1 + max((p.node_rank for p in job.parts), default=-1)
                 job.parts.append(part)
                 _assign_workers(job, [part], indices)
-                ch.out.append((node, StartPart(job, part)))  # joiners: ids >= min
+                ch.out.append((node, state.start_part(job, part)))  # joiners: ids >= min
             else:
                 part = existing
                 uuids = {g.index: g.uuid for g in state.nodes[node].gpus}

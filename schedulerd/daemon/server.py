@@ -25,17 +25,24 @@ from schedulerd.api.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
 )
+from schedulerd.core.model import Policy
+from schedulerd.daemon.audit import AuditTrail
+from schedulerd.daemon.calls import CallWrapper
 from schedulerd.daemon.experiments import ExperimentController
+from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import AgentLinks
+from schedulerd.daemon.listeners import add_listeners, cluster_admins, server_options
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.admin import AdminService
 from schedulerd.daemon.services.agent_link import AgentLinkService
 from schedulerd.daemon.services.experiments import ExperimentsService
 from schedulerd.daemon.services.scheduler import SchedulerService
 from schedulerd.daemon.state import ClusterState
+from schedulerd.daemon.tokenbook import TokenBook
 from schedulerd.lockfile import hold
 from schedulerd.policy import default_policy_text, load_policy
 from schedulerd.store import Store
+from schedulerd.store.security import SecurityStore
 
 log = logging.getLogger("schedulerd")
 
@@ -58,6 +65,16 @@ class DaemonConfig:
     # Where trials' processes reach the daemon (SCHEDULERD_ADDRESS); empty: the
     # listen address, with this host's name for a wildcard host.
     advertise: str = ""
+    # TLS (docs/security.md): the daemon's certificate and key; with them every
+    # listener is TLS. The agents' listener asks each agent for a client certificate
+    # of `tls_client_ca` (mTLS): the node it names is the agent's identity.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    agent_listen: str = ""  # empty: agents use `listen` too (node tokens, or local)
+    also_listen: tuple[str, ...] = ()  # more listeners like `listen` (a Unix socket...)
+    insecure: bool = False  # allow a non-loopback listener without TLS
+    admins: tuple[str, ...] = ()  # cluster admins besides the daemon's own user
 
 
 class Daemon:
@@ -69,11 +86,32 @@ class Daemon:
         self.state = ClusterState(self.store, clock, config.heartbeat_s)
         self.links = AgentLinks()
         self.loop = SchedulingLoop(self.state, self.links, config.tick_s, config.node_timeout_s)
-        self.server = grpc.aio.server()
+        self.security = SecurityStore(self.store)
+        self.audit = AuditTrail(self.security, clock)
+        key_path = config.db_path.with_name(config.db_path.name + ".key")
+        self.tokens = TokenBook(key_path, self.security)
+        self.gate = Gate(
+            self.tokens,
+            self.audit,
+            cluster_admins(config.admins),
+            self._policy,
+            lambda: self.ports,
+            clock,
+        )
+        self.server = grpc.aio.server(
+            interceptors=[CallWrapper(self.audit)], options=server_options()
+        )
         self.port = 0
+        self.agent_port = 0
+        self.ports: frozenset[int] = frozenset()
+        self._audit_task: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._experiments_task: asyncio.Task[None] | None = None
         self.experiments: ExperimentController | None = None
+
+    def _policy(self) -> Policy:
+        assert self.state.policy is not None
+        return self.state.policy
 
     def _load_policy(self) -> None:
         """Startup policy: the file given on the command line, else the last one
@@ -101,14 +139,19 @@ class Daemon:
     async def start(self) -> None:
         self._load_policy()
         jobs_pb2_grpc.add_SchedulerServicer_to_server(
-            SchedulerService(self.state, self.links, self.loop), self.server
+            SchedulerService(self.state, self.links, self.loop, self.gate), self.server
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(self.state, self.loop, self.links), self.server
+            AdminService(self.state, self.loop, self.links, self.gate), self.server
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentLinkService(
-                self.state, self.links, self.loop, self.config.heartbeat_s, self.lease_s()
+                self.state,
+                self.links,
+                self.loop,
+                self.config.heartbeat_s,
+                self.lease_s(),
+                gate=self.gate,
             ),
             self.server,
         )
@@ -117,9 +160,8 @@ class Daemon:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise SystemExit(f"cannot listen on {self.config.listen}")
+        self.port, self.agent_port = add_listeners(self.server, self.config)
+        self.ports = frozenset(p for p in (self.port, self.agent_port) if p)
         # Optuna's database beside ours (FIELD-NOTES: its own file).
         optuna_path = self.config.db_path.with_name(self.config.db_path.name + ".optuna.sqlite")
         self.experiments = ExperimentController(
@@ -127,12 +169,13 @@ class Daemon:
         )
         await self.experiments.start()
         experiments_pb2_grpc.add_ExperimentsServicer_to_server(
-            ExperimentsService(self.state, self.experiments), self.server
+            ExperimentsService(self.state, self.experiments, self.gate), self.server
         )
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._loop_task = asyncio.create_task(self.loop.run())
+        self._audit_task = asyncio.create_task(self.audit.run())
         self._experiments_task = asyncio.create_task(self.experiments.run())
         active = len(self.state.jobs)
         log.info(
@@ -169,4 +212,7 @@ class Daemon:
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.stop_deciding()
         await self.server.stop(grace_s)
+        if self._audit_task is not None:
+            self._audit_task.cancel()
+        self.audit.flush()
         self.store.close()

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from schedulerd import core
 from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeName
 from schedulerd.daemon.change import Change
-from schedulerd.daemon.commands import Outbox
+from schedulerd.daemon.commands import Outbox, StartPart
 from schedulerd.daemon.endings import end_job
 from schedulerd.daemon.stops import begin_stop, must_stop, owed_stops
 from schedulerd.store import (
     JobRecord,
     JobState,
     NodeRecord,
+    PartRecord,
     PolicyRecord,
     Store,
 )
@@ -241,6 +242,13 @@ class ClusterState:
         if self.policy is None or job.consumer not in self.policy.consumers:
             return 30.0
         return self.policy.consumers[ConsumerPath(job.consumer)].grace_s
+
+    def start_part(self, job: JobRecord, part: PartRecord) -> StartPart:
+        """The command that starts `part`, with what the agent must know of the policy."""
+        path = ConsumerPath(job.consumer)
+        policy = self.policy
+        root_ok = policy is not None and path in policy.consumers and policy.runs_as_root(path)
+        return StartPart(job, part, root_ok)
 
     def notify(self, job: JobRecord) -> None:
         for listener in list(self.listeners):

@@ -123,4 +123,29 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN ending INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN requeue_cause TEXT NOT NULL DEFAULT '';
     """,
+    # 5: who may do what (docs/security.md). Every token the daemon signed (its secret is
+    # never kept: only its id, which is what revocation names), and the audit trail.
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,                 -- a user name, or a node name
+        node INTEGER NOT NULL DEFAULT 0,
+        scopes TEXT,                           -- JSON list; NULL: unrestricted
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        identity TEXT NOT NULL,
+        credential TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        result TEXT NOT NULL,                  -- ok, or the refusal's status code
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_by_identity ON audit(identity, id);
+    """,
 ]

@@ -2,41 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import grpc
 
 from schedulerd import core
 from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc
+from schedulerd.auth.authorize import NOTHING, Action, Target
 from schedulerd.daemon import nodes
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb
+from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
+from schedulerd.daemon.services.tokens import TokenService
 from schedulerd.daemon.state import ClusterState
 from schedulerd.policy import PolicyError, load_policy
 from schedulerd.store import StoreUnavailable
 
+MAX_POLICY_CHARS = 1024 * 1024
+
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, state: ClusterState, loop: SchedulingLoop, links: AgentLinks) -> None:
+    def __init__(
+        self, state: ClusterState, loop: SchedulingLoop, links: AgentLinks, gate: Gate
+    ) -> None:
         self.state = state
         self.loop = loop
         self.links = links
+        self.gate = gate
+        self.tokens = TokenService(gate)
 
     async def GetPolicy(
         self, request: admin_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.Policy:
+        await self.gate.check(context, Action.GET_POLICY, NOTHING)
         assert self.state.policy_record is not None
         return policy_to_pb(self.state.policy_record)
 
     async def ApplyPolicy(
         self, request: admin_pb2.ApplyPolicyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ApplyPolicyResponse:
+        action = Action.DRY_RUN_POLICY if request.dry_run else Action.APPLY_POLICY
+        await self.gate.check(context, action, NOTHING)
         source = request.source_name or "<api>"
+        if len(request.text) > MAX_POLICY_CHARS or len(source) > 256:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"text: a policy is at most {MAX_POLICY_CHARS} characters, "
+                "source_name at most 256; nothing was applied",
+            )
         try:
-            policy = load_policy(request.text, source)
+            # Off the event loop: a big or nasty file must not stall scheduling.
+            policy = await asyncio.to_thread(load_policy, request.text, source)
         except PolicyError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         orphans = self.state.orphaned_consumers(policy)
@@ -49,7 +70,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 f"or running: {listed}; keep those consumers or cancel their jobs first",
             )
         # Entitlements under the new policy, from the same pure core the loop runs.
-        plan = core.decide(self.state.snapshot(), policy, self.state.clock())
+        snapshot = self.state.snapshot()
+        plan = await asyncio.to_thread(core.decide, snapshot, policy, self.state.clock())
         consumers = _statuses(policy, plan.consumers)
         if request.dry_run:
             return admin_pb2.ApplyPolicyResponse(applied=False, consumers=consumers)
@@ -66,6 +88,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListConsumers(
         self, request: admin_pb2.ListConsumersRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListConsumersResponse:
+        await self.gate.check(context, Action.LIST_CONSUMERS, NOTHING)
         policy = self.state.policy
         assert policy is not None
         states = self.state.consumer_states
@@ -77,6 +100,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListNodesResponse:
+        await self.gate.check(context, Action.LIST_NODES, NOTHING)
         holders = {
             (p.node, i): job.id
             for job in self.state.jobs.values()
@@ -92,11 +116,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def DrainNode(
         self, request: admin_pb2.DrainNodeRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.Node:
+        await self.gate.check(context, Action.DRAIN_NODE, Target(node=request.node))
+        if len(request.reason) > 1024:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "reason: at most 1024 chars")
         return await self._set_drain(request.node, True, request.reason or "drained", context)
 
     async def UndrainNode(
         self, request: admin_pb2.UndrainNodeRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.Node:
+        await self.gate.check(context, Action.UNDRAIN_NODE, Target(node=request.node))
         return await self._set_drain(request.node, False, "", context)
 
     async def _set_drain(
@@ -122,6 +150,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ForgetNodeResponse:
         """ "I powered it off": its processes are gone, so its jobs are requeued and its
         fences lifted. Refused while its agent is connected: then it is not off."""
+        await self.gate.check(context, Action.FORGET_NODE, Target(node=request.node))
         name = request.node
         if name not in self.state.nodes:
             await self._no_node(name, context)
@@ -141,8 +170,35 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ForgetNodeResponse(requeued_job_ids=requeued, released_gpus=released)
 
     async def _no_node(self, name: str, context: grpc.aio.ServicerContext) -> None:
-        known = ", ".join(self.state.nodes) or "none"
-        await abort(context, grpc.StatusCode.NOT_FOUND, f"no node {name!r} (known: {known})")
+        known = ", ".join(sorted(self.state.nodes)[:20]) or "none"
+        await abort(context, grpc.StatusCode.NOT_FOUND, f"no node {name[:64]!r} (known: {known})")
+
+    # Tokens, identity and the audit trail (services/tokens.py).
+
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CreateTokenResponse:
+        return await self.tokens.create(request, context)
+
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListTokensResponse:
+        return await self.tokens.list(request, context)
+
+    async def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Token:
+        return await self.tokens.revoke(request, context)
+
+    async def WhoAmI(
+        self, request: admin_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.WhoAmIResponse:
+        return await self.tokens.whoami(context)
+
+    async def ListAudit(
+        self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListAuditResponse:
+        return await self.tokens.audit(request, context)
 
 
 def _statuses(

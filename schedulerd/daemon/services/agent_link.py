@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
+from schedulerd.auth.authorize import Action, Target
 from schedulerd.daemon import nodes
 from schedulerd.daemon.convert import command_to_pb, node_from_register, report_from_pb
+from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import HEARTBEAT, AgentLinks, HeartbeatAnswer, LinkQueue
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
@@ -37,7 +39,10 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         loop: SchedulingLoop,
         heartbeat_s: float = 2.0,
         lease_s: float = 60.0,
+        *,
+        gate: Gate,
     ) -> None:
+        self.gate = gate
         self.state = state
         self.links = links
         self.loop = loop
@@ -49,11 +54,16 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[agent_pb2.DaemonMessage]:
+        # Who it is before reading anything it sends: a node's credential, or a cluster
+        # admin's on the daemon's own machine (the local agent).
+        who = await self.gate.who(context, Action.CONNECT_NODE)
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "send Register first")
         reg = first.register
         name = reg.node
+        # The name is the credential's, not the message's: node n1 cannot speak for n2.
+        await self.gate.allow(context, who, Action.CONNECT_NODE, Target(node=name))
         known = self.state.nodes.get(name)
         if known is not None and self.state.liveness(known) is Liveness.UP:
             # Another agent answers for this node right now (two agents with one --node,

@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from schedulerd.api.v1 import jobs_pb2, jobs_pb2_grpc
+from schedulerd.auth.authorize import NOTHING, Action, Target
+from schedulerd.auth.identity import Identity
 from schedulerd.core import is_within
 from schedulerd.daemon.convert import job_from_spec, job_state_from_pb, job_to_pb
+from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import AgentLinks, NodeNotConnected
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
@@ -18,34 +21,65 @@ from schedulerd.daemon.state import ClusterState, SubmitError
 from schedulerd.store import JobRecord, StoreUnavailable
 
 _LOG_CHUNK = 64 * 1024
+MAX_BATCH = 1000
+
+
+# A watcher that falls this far behind (updates converted but not yet read) is ended
+# with RESOURCE_EXHAUSTED: the daemon's memory must not grow with a slow reader.
+WATCH_BACKLOG_BYTES = 8 * 1024 * 1024
+# ListJobs: the most jobs one page holds, whatever the request asks.
+LIST_PAGE_CAP = 1000
+LIST_PAGE_BYTES = 8 * 1024 * 1024
 
 
 class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
-    def __init__(self, state: ClusterState, links: AgentLinks, loop: SchedulingLoop) -> None:
+    def __init__(
+        self, state: ClusterState, links: AgentLinks, loop: SchedulingLoop, gate: Gate
+    ) -> None:
         self.state = state
         self.links = links
         self.loop = loop
+        self.gate = gate
+
+    async def _submitter(
+        self, who: Identity, spec: jobs_pb2.JobSpec, context: grpc.aio.ServicerContext
+    ) -> str:
+        """Who the job is submitted as: the caller, or for a cluster admin the user the
+        spec names (a submission on their behalf). Never the request's word alone."""
+        target = Target(spec.consumer, on_behalf_of=spec.user)
+        await self.gate.allow(context, who, Action.SUBMIT, target)
+        return spec.user or who.name
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobResponse:
+        who = await self.gate.who(context, Action.SUBMIT)
         spec = request.spec
         problem = _spec_problem(spec)
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        user = await self._submitter(who, spec, context)
         try:
-            job = self.state.submit(job_from_spec(spec))
+            job = self.state.submit(job_from_spec(spec, user))
         except SubmitError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {e}")
         except StoreUnavailable as e:
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"job not submitted: {e}")
+        self.gate.audit.note(f"job {job.id}")
         self.loop.wake()
         return jobs_pb2.SubmitJobResponse(job=job_to_pb(job))
 
     async def SubmitJobs(
         self, request: jobs_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobsResponse:
+        who = await self.gate.who(context, Action.SUBMIT)
         count = len(request.jobs)
+        if count > MAX_BATCH:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"jobs: {count} jobs in one batch, at most {MAX_BATCH}; nothing was submitted",
+            )
         for i, one in enumerate(request.jobs):
             problem = _spec_problem(one.spec)
             if problem:
@@ -54,8 +88,14 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"job {i} of {count}: {problem}; no job of this batch was submitted",
                 )
+        users = [await self._submitter(who, one.spec, context) for one in request.jobs]
         try:
-            jobs = self.state.submit_many([job_from_spec(one.spec) for one in request.jobs])
+            jobs = self.state.submit_many(
+                [
+                    job_from_spec(one.spec, user)
+                    for one, user in zip(request.jobs, users, strict=True)
+                ]
+            )
         except SubmitError as e:
             await abort(
                 context,
@@ -67,31 +107,73 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                 context, grpc.StatusCode.UNAVAILABLE, f"no job of this batch was submitted: {e}"
             )
         if jobs:
+            self.gate.audit.note(f"jobs {jobs[0].id}..{jobs[-1].id}")
             self.loop.wake()
         return jobs_pb2.SubmitJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
+        who = await self.gate.who(context, Action.GET_JOB)
         job = self._job(request.id)
         if job is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+        decision = await self.gate.allow(
+            context, who, Action.GET_JOB, Target(job.consumer, owner=job.user)
+        )
+        if not decision.full:
+            return job_to_pb(job, redacted=True)
         return job_to_pb(job, self.state.store.events(job.id))
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
+        caller = await self.gate.check(context, Action.LIST_JOBS, NOTHING)
+        before = 0
+        if request.page_token:
+            if not request.page_token.isdigit() or len(request.page_token) > 20:
+                await abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "page_token: not one of ours"
+                )
+            before = int(request.page_token)
+        limit = min(request.limit or LIST_PAGE_CAP, LIST_PAGE_CAP)
         states = [job_state_from_pb(s).value for s in request.states]
-        jobs = self.state.store.list_jobs(request.consumer, states, request.user, request.limit)
-        # Live records carry what the store does not keep: the current pending reason.
-        live = [self.state.jobs.get(j.id, j) for j in jobs]
-        return jobs_pb2.ListJobsResponse(jobs=[job_to_pb(j) for j in live])
+        jobs = self.state.store.list_jobs(
+            request.consumer, states, request.user, limit + 1, before_id=before
+        )
+        more = len(jobs) > limit
+        jobs = jobs[-limit:] if more else jobs  # the newest `limit`, in queue order
+        # Newest first until the page is full, in jobs or in bytes (a few jobs with big
+        # argv must not make the answer too large for anyone to list).
+        page: list[jobs_pb2.Job] = []
+        size = 0
+        for record in reversed(jobs):
+            # Live records carry what the store does not keep: the current pending reason.
+            j = self.state.jobs.get(record.id, record)
+            msg = job_to_pb(j, redacted=not self.gate.sees_in_full(caller.who, j.consumer, j.user))
+            size += msg.ByteSize()
+            if page and size > LIST_PAGE_BYTES:
+                more = True
+                break
+            page.append(msg)
+        page.reverse()
+        return jobs_pb2.ListJobsResponse(
+            jobs=page, next_page_token=str(page[0].id) if more and page else ""
+        )
 
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
+        who = await self.gate.who(context, Action.CANCEL_JOB)
+        known = self._job(request.id)
+        if known is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+        await self.gate.allow(
+            context, who, Action.CANCEL_JOB, Target(known.consumer, owner=known.user)
+        )
+        self.gate.audit.note(f"job {request.id}")
         try:
-            job, stops = self.state.cancel(request.id, request.user)
+            job, stops = self.state.cancel(request.id, who.label)
         except KeyError:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
         except StoreUnavailable as e:
@@ -105,16 +187,21 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
     async def WatchJobs(
         self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobUpdate]:
+        caller = await self.gate.check(context, Action.WATCH_JOBS, NOTHING)
         ids = set(request.ids)
 
         def wanted(job: JobRecord) -> bool:
             return (not ids or job.id in ids) and is_within(job.consumer, request.consumer)
 
-        queue: asyncio.Queue[jobs_pb2.Job] = asyncio.Queue()
+        def view(job: JobRecord) -> jobs_pb2.Job:
+            full = self.gate.sees_in_full(caller.who, job.consumer, job.user)
+            return job_to_pb(job, redacted=not full)
+
+        backlog = _Backlog(WATCH_BACKLOG_BYTES)
 
         def listener(job: JobRecord) -> None:
             if wanted(job):
-                queue.put_nowait(job_to_pb(job))  # converted now: the record changes later
+                backlog.put(view(job))  # converted now: the record changes later
 
         self.state.listeners.append(listener)
         try:
@@ -122,9 +209,17 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                 current = [self._job(i) for i in sorted(ids)] if ids else self.state.jobs.values()
                 for job in list(current):
                     if job is not None and wanted(job):
-                        yield jobs_pb2.JobUpdate(job=job_to_pb(job))
+                        yield jobs_pb2.JobUpdate(job=view(job))
             while True:
-                yield jobs_pb2.JobUpdate(job=await queue.get())
+                msg = await backlog.get()
+                if msg is None:
+                    await abort(
+                        context,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"this watcher fell more than {WATCH_BACKLOG_BYTES // 2**20} MiB of "
+                        "updates behind and was ended; watch again with include_current",
+                    )
+                yield jobs_pb2.JobUpdate(job=msg)
         finally:
             self.state.listeners.remove(listener)
 
@@ -133,7 +228,14 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
     ) -> AsyncIterator[jobs_pb2.LogChunk]:
         """The logs of every part of the job (one per node), read through their agents,
         each chunk naming its node and rank. With `follow`, waits for a pending job to
-        start and streams until it ends."""
+        start and streams until it ends. Only for its owner and the admins over it."""
+        who = await self.gate.who(context, Action.READ_LOGS)
+        known = self._job(request.id)
+        if known is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+        await self.gate.allow(
+            context, who, Action.READ_LOGS, Target(known.consumer, owner=known.user)
+        )
         offsets: dict[str, int] = {}
         while True:
             job = self._job(request.id)
@@ -174,11 +276,37 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         return self.state.jobs.get(job_id) or self.state.store.load_job(job_id)
 
 
+class _Backlog:
+    """Updates for one watcher, bounded by their size: past the bound, the watcher
+    is told (get() returns None) instead of the daemon's memory growing."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.overflowed = False
+        self._queue: asyncio.Queue[jobs_pb2.Job | None] = asyncio.Queue()
+
+    def put(self, msg: jobs_pb2.Job) -> None:
+        if self.overflowed:
+            return
+        size = msg.ByteSize()
+        if self.bytes + size > self.max_bytes:
+            self.overflowed = True
+            self._queue.put_nowait(None)
+            return
+        self.bytes += size
+        self._queue.put_nowait(msg)
+
+    async def get(self) -> jobs_pb2.Job | None:
+        msg = await self._queue.get()
+        if msg is not None:
+            self.bytes -= msg.ByteSize()
+        return msg
+
+
 def _spec_problem(spec: jobs_pb2.JobSpec) -> str | None:
     if not spec.consumer.startswith("/"):
         return "spec.consumer: a consumer path like /team/project is required"
-    if not spec.user:
-        return "spec.user: the submitting user is required"
     if not spec.command or not spec.command[0]:
         return "spec.command: a command (argv) is required"
     if spec.gpus.min < 1:

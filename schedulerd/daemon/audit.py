@@ -1,0 +1,119 @@
+"""The audit trail: who did what (identity, action, object, result).
+
+Recorded: every refusal, and every allowed change (submit, cancel, policy, nodes,
+tokens, experiments, agent connections). Reads that succeed are not: they change
+nothing and would drown the trail.
+
+The servicer's gate names the caller and the object; the result is only known when
+the call ends, so the call wrapper (daemon/calls.py) finishes the record. Records
+are written in batches, one transaction every FLUSH_S, so that auditing does not
+double the commits of a submission storm; a crash of the machine may lose the last
+FLUSH_S of records (docs/security.md), never a change itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from schedulerd.auth.authorize import Action, Target
+from schedulerd.auth.identity import Identity
+from schedulerd.store import StoreUnavailable
+from schedulerd.store.security import AuditEntry, SecurityStore
+
+log = logging.getLogger("schedulerd.audit")
+
+FLUSH_S = 0.2
+# Past this many unwritten records the trail writes at once, whatever the timer.
+MAX_BUFFERED = 5000
+
+CHANGES = frozenset(
+    {
+        Action.SUBMIT,
+        Action.CANCEL_JOB,
+        Action.APPLY_POLICY,
+        Action.DRAIN_NODE,
+        Action.UNDRAIN_NODE,
+        Action.FORGET_NODE,
+        Action.CREATE_TOKEN,
+        Action.REVOKE_TOKEN,
+        Action.CREATE_EXPERIMENT,
+        Action.STOP_EXPERIMENT,
+    }
+)
+# Long-lived streams: recorded when they are let in, not when they end.
+AT_ENTRY = frozenset({Action.CONNECT_NODE})
+
+
+@dataclass
+class _Pending:
+    who: Identity
+    action: Action
+    target: Target
+    notes: list[str] = field(default_factory=list)
+
+
+_current: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
+    "schedulerd_audit", default=None
+)
+
+
+class AuditTrail:
+    def __init__(self, store: SecurityStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._buffer: list[AuditEntry] = []
+
+    def allowed(self, who: Identity, action: Action, target: Target) -> None:
+        if action in AT_ENTRY:
+            self._add(who, action, target.describe(), "ok", "")
+        elif action in CHANGES:
+            _current.set(_Pending(who, action, target))
+
+    def note(self, text: str) -> None:
+        """More about the object, known only once the change is made (a job's id)."""
+        pending = _current.get()
+        if pending is not None:
+            pending.notes.append(text)
+
+    def refused(self, who: Identity, action: Action, target: Target, code: str, why: str) -> None:
+        self._add(who, action, target.describe(), code, why)
+
+    def begin_call(self) -> contextvars.Token[_Pending | None]:
+        return _current.set(None)
+
+    def end_call(self, token: contextvars.Token[_Pending | None], result: str, detail: str) -> None:
+        pending = _current.get()
+        _current.reset(token)
+        if pending is None:
+            return
+        obj = ", ".join(p for p in (pending.target.describe(), *pending.notes) if p)
+        self._add(pending.who, pending.action, obj, result, detail)
+
+    def _add(self, who: Identity, action: Action, obj: str, result: str, detail: str) -> None:
+        entry = AuditEntry(
+            self.clock(), who.label, who.credential.value, action.value, obj, result, detail[:500]
+        )
+        self._buffer.append(entry)
+        if len(self._buffer) >= MAX_BUFFERED:
+            self.flush()
+
+    def flush(self) -> None:
+        entries, self._buffer = self._buffer, []
+        try:
+            self.store.add_audit(entries)
+        except StoreUnavailable as e:
+            # Keep them for the next try, but bounded: the store being full must not
+            # grow the daemon's memory without end.
+            log.error("audit records not written (%d kept): %s", len(entries), e)
+            self._buffer = (entries + self._buffer)[-MAX_BUFFERED:]
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            if self._buffer:
+                self.flush()
