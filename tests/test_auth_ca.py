@@ -38,6 +38,10 @@ def _cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
+def _pem(ca: CA) -> bytes:
+    return ca.cert.public_bytes(Encoding.PEM)
+
+
 @pytest.fixture
 def ca(tmp_path: Path) -> CA:
     return init_ca(tmp_path / "ca")
@@ -87,7 +91,7 @@ def test_a_node_certificate_names_its_node(ca: CA, tmp_path: Path) -> None:
     usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    verify_issued_by(pem, ca.cert.public_bytes(Encoding.PEM))
+    verify_issued_by(pem, _pem(ca))
 
 
 def test_reissuing_a_node_certificate_replaces_it(ca: CA, tmp_path: Path) -> None:
@@ -119,7 +123,7 @@ def test_a_server_certificate_holds_host_names_and_addresses(ca: CA, tmp_path: P
 
 def test_a_certificate_of_another_ca_or_out_of_its_dates_is_refused(ca: CA, tmp_path: Path) -> None:
     other = init_ca(tmp_path / "other")
-    ca_pem = ca.cert.public_bytes(Encoding.PEM)
+    ca_pem = _pem(ca)
     stranger = issue_node(other, "n1", tmp_path / "o").cert_path.read_bytes()
     with pytest.raises(CertError, match="CN=n1 was not issued by CN=schedulerd cluster CA"):
         verify_issued_by(stranger, ca_pem)
@@ -265,3 +269,31 @@ def test_credentials_name_what_is_missing(tmp_path: Path) -> None:
         server_credentials(tmp_path / "s.crt", tmp_path / "s.key", require_client_cert=True)
     with pytest.raises(CertError, match=f"cannot read {tmp_path / 's.key'}"):
         server_credentials(tmp_path / "s.crt", tmp_path / "s.key")
+
+
+def test_during_a_ca_rotation_a_bundle_of_both_cas_trusts_either(ca: CA, tmp_path: Path) -> None:
+    """docs/certificates.md: the old and the new CA in one file, for the daemon's client
+    CA and for clients, while certificates are reissued."""
+    new = init_ca(tmp_path / "new")
+    bundle = tmp_path / "both.crt"
+    bundle.write_bytes((tmp_path / "ca" / "ca.crt").read_bytes() + _pem(new))
+    server = issue_server(new, ["127.0.0.1"], tmp_path / "s")
+    seen = _Recorder()
+    daemon = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(seen, daemon)
+    creds = server_credentials(server.cert_path, server.key_path, bundle, require_client_cert=True)
+    port = daemon.add_secure_port("127.0.0.1:0", creds)
+    daemon.start()
+    try:
+        old_node = issue_node(ca, "old", tmp_path / "n")
+        new_node = issue_node(new, "new", tmp_path / "n")
+        for node in (old_node, new_node):
+            client = channel_credentials(bundle, node.cert_path, node.key_path)
+            assert _check(port, client) == grpc.StatusCode.OK
+        only_old = channel_credentials(
+            tmp_path / "ca" / "ca.crt", old_node.cert_path, old_node.key_path
+        )
+        assert _check(port, only_old) == grpc.StatusCode.UNAVAILABLE  # the new server cert
+    finally:
+        daemon.stop(grace=None)
+    assert seen.nodes == ["old", "new"]
