@@ -10,15 +10,13 @@
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from schedulerd.auth.tlsfiles import channel_credentials
-
-MAX_TOKEN_FILE_BYTES = 8192
+from schedulerd.client import CredentialError, read_token_file
 
 
 @dataclass(frozen=True)
@@ -51,14 +49,6 @@ def load(
 
 def _read_token(path: Path) -> str:
     try:
-        info = path.stat()
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SystemExit(f"{path}: a token file must be readable by its owner only (chmod 600)")
-        if info.st_size > MAX_TOKEN_FILE_BYTES:
-            raise SystemExit(f"{path}: too big to be a token")
-        token = path.read_text().strip()
-    except OSError as e:
-        raise SystemExit(f"cannot read the token file {path}: {e.strerror or e}") from None
-    if not token:
-        raise SystemExit(f"{path}: the token file is empty")
-    return token
+        return read_token_file(path)
+    except CredentialError as e:
+        raise SystemExit(str(e)) from None

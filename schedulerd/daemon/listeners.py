@@ -4,7 +4,6 @@ message size limits on every call (docs/security.md)."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import pwd
@@ -16,6 +15,7 @@ import grpc
 
 from schedulerd.auth.ca import CertError
 from schedulerd.auth.tlsfiles import server_credentials
+from schedulerd.client import is_local_address
 
 if TYPE_CHECKING:
     from schedulerd.daemon.server import DaemonConfig
@@ -36,19 +36,6 @@ def server_options() -> list[tuple[str, int]]:
         # A peer that opens streams without end must not hold the daemon's memory.
         ("grpc.max_concurrent_streams", 1000),
     ]
-
-
-def is_local_address(address: str) -> bool:
-    """A Unix socket, or a loopback host (127.0.0.0/8, ::1, localhost)."""
-    if address.startswith("unix:"):
-        return True
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name or a wildcard: reachable from elsewhere
 
 
 def add_listeners(server: grpc.aio.Server, config: DaemonConfig) -> tuple[int, int]:
