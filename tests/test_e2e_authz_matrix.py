@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import hpo_helpers
 import pytest
+from harness import Cluster
 
 from schedulerd.api.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from schedulerd.client import Client
-from tests import hpo_helpers
-from tests.harness import Cluster
 
 POLICY = """
 version: 1
