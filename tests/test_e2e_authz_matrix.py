@@ -67,8 +67,7 @@ class World:
 
     def fresh_experiment(self) -> int:
         assert self.owner is not None
-        root = self.cluster.root
-        return self.owner.create_experiment(hpo_helpers.spec(root, "/a", trials=1, parallel=1)).id
+        return self.owner.create_experiment(_experiment_pb(self)).id
 
     def fresh_node(self) -> str:
         self.counter += 1
@@ -134,7 +133,9 @@ def _first(stream: Any) -> Any:
 
 
 def _experiment_pb(w: World) -> Any:
-    return hpo_helpers.spec(w.cluster.root, "/a", trials=1, parallel=1)
+    spec = hpo_helpers.spec(w.cluster.root, "/a", trials=1, parallel=1)
+    spec.user = ""  # the caller's
+    return spec
 
 
 ROWS: list[tuple[str, Call, str]] = [
@@ -144,7 +145,8 @@ ROWS: list[tuple[str, Call, str]] = [
         lambda w, r: _jobs(w, r).SubmitJob(
             jobs_pb2.SubmitJobRequest(spec=_spec("/a")), metadata=w.metadata(r), timeout=10
         ),
-        "UADDADD",
+        # The admin (root) is not in /a's users: the policy binds admins too.
+        "UADDDDD",
     ),
     (
         "SubmitJobs",
@@ -153,7 +155,7 @@ ROWS: list[tuple[str, Call, str]] = [
             metadata=w.metadata(r),
             timeout=10,
         ),
-        "UADDADD",
+        "UADDDDD",
     ),
     (
         "GetJob",
@@ -305,7 +307,7 @@ ROWS: list[tuple[str, Call, str]] = [
         lambda w, r: _exps(w, r).CreateExperiment(
             _create_experiment_request(w), metadata=w.metadata(r), timeout=20
         ),
-        "UADDADD",
+        "UADDDDD",
     ),
     (
         "GetExperiment",

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 from gpu_sampler import GpuSampler, daemon_view_of, job_processes
-from harness import Cluster, remove_agent_cgroups, sleep_job, wait_for
+from harness import Cluster, free_port, remove_agent_cgroups, sleep_job, wait_for
 
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
+from schedulerd.auth.ca import CA_CERT, init_ca, issue_node, issue_server
 
 POLICY = "version: 1\nconsumers:\n  a: {grace: 1s}\n"
 HEARTBEAT_S = 0.5
@@ -61,16 +62,36 @@ def namespace() -> Iterator[tuple[str, str, str]]:
 def test_a_partition_requeues_the_job_once_and_never_runs_it_twice(tmp_path: Path) -> None:
     far, near = f"far-{os.getpid()}", f"near-{os.getpid()}"
     with namespace() as (ns, link, host_addr):
+        # Beyond the link the agent is on another "host": it proves it is node `far`
+        # with a certificate of the cluster CA, on the daemon's mTLS listener.
+        ca = init_ca(tmp_path / "ca")
+        ca_cert = tmp_path / "ca" / CA_CERT
+        server = issue_server(ca, [host_addr, "127.0.0.1"], tmp_path / "tls")
+        node = issue_node(ca, far, tmp_path / "tls")
+        agent_port = free_port()
         cluster = Cluster(
             tmp_path,
             POLICY,
-            daemon_args=("--heartbeat", str(HEARTBEAT_S), "--node-timeout", str(TIMEOUT_S)),
-            listen="0.0.0.0:PORT",
+            daemon_args=(
+                *("--heartbeat", str(HEARTBEAT_S), "--node-timeout", str(TIMEOUT_S)),
+                *("--agent-listen", f"0.0.0.0:{agent_port}"),
+                *("--tls-cert", str(server.cert_path), "--tls-key", str(server.key_path)),
+                *("--tls-client-ca", str(ca_cert)),
+            ),
         )
         sampler = GpuSampler(daemon_view_of(cluster.client.nodes), nodes=[far, near])
         try:
             cluster.start_daemon()
-            cluster.start_agent(far, 2, prefix=_in_netns(ns), daemon=f"{host_addr}:{cluster.port}")
+            cluster.start_agent(
+                far,
+                2,
+                prefix=_in_netns(ns),
+                daemon=f"{host_addr}:{agent_port}",
+                extra_args=(
+                    *("--tls-ca", str(ca_cert)),
+                    *("--tls-cert", str(node.cert_path), "--tls-key", str(node.key_path)),
+                ),
+            )
             cluster.start_agent(near, 2)
             cluster.wait_nodes_up(2)
             c = cluster.client

@@ -224,10 +224,10 @@ def _submit(who: Identity, target: Target, rules: Rules, scope: Scope) -> Decisi
             )
         user = target.on_behalf_of
     path = ConsumerPath(target.consumer)
-    if path not in rules.policy.consumers or is_cluster_admin(who, rules):
-        # Unknown consumers: the submission check says so (INVALID_ARGUMENT). Cluster
-        # admins may submit anywhere (they could change the policy to do so anyway).
-        return _yes()
+    if path not in rules.policy.consumers:
+        return _yes()  # the submission check says it does not exist (INVALID_ARGUMENT)
+    # SEMANTICS: only users the policy allows submit to a consumer; cluster admins too
+    # (they may change the policy, which is then audited).
     allowed = rules.policy.allowed_users(path)
     if "*" not in allowed and user not in allowed:
         return _no(

@@ -130,7 +130,7 @@ MIGRATIONS: list[str] = [
         id TEXT PRIMARY KEY,
         subject TEXT NOT NULL,                 -- a user name, or a node name
         node INTEGER NOT NULL DEFAULT 0,
-        scopes TEXT,                           -- JSON list; NULL: unrestricted
+        scopes TEXT,                           -- JSON list, NULL: unrestricted
         created_at REAL NOT NULL,
         expires_at REAL NOT NULL,
         created_by TEXT NOT NULL,
