@@ -78,11 +78,11 @@ def test_a_refused_job_refuses_the_batch_and_is_named(cluster: Cluster) -> None:
 
 def test_a_malformed_spec_refuses_the_batch_and_is_named(cluster: Cluster) -> None:
     before = _ids(cluster)
-    bad = jobs_pb2.JobSpec(consumer="/lab/x", command=["true"], gpus=jobs_pb2.GpuRequest(min=1))
+    bad = jobs_pb2.JobSpec(consumer="/lab/x", command=[], gpus=jobs_pb2.GpuRequest(min=1))
     with pytest.raises(ClientError) as refused:
         cluster.client.submit_many([job_spec("/lab/x", ["true"], 1, user="ana"), bad])
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.value.details.startswith("job 1 of 2: spec.user")
+    assert refused.value.details.startswith("job 1 of 2: spec.command")
     assert _ids(cluster) == before
 
 
