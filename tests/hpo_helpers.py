@@ -58,7 +58,7 @@ def spec(
         ExperimentSpec(
             name="bowl",
             consumer=consumer,
-            user="tester",
+            user="",  # the caller's own (root here: trials run as root)
             command=tuple(command),
             params=(FloatParam("x", 0.0, 1.0), IntParam("k", 1, 3)),
             metric="loss",

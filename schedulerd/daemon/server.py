@@ -25,6 +25,7 @@ from schedulerd.api.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
 )
+from schedulerd.auth.identity import Scope
 from schedulerd.core.model import Policy
 from schedulerd.daemon.audit import AuditTrail
 from schedulerd.daemon.calls import CallWrapper
@@ -45,6 +46,7 @@ from schedulerd.store import Store
 from schedulerd.store.security import SecurityStore
 
 log = logging.getLogger("schedulerd")
+TRIAL_TOKEN_TTL_S = 7 * 86400.0
 
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
@@ -165,7 +167,13 @@ class Daemon:
         # Optuna's database beside ours (FIELD-NOTES: its own file).
         optuna_path = self.config.db_path.with_name(self.config.db_path.name + ".optuna.sqlite")
         self.experiments = ExperimentController(
-            self.state, self.links, self.loop, optuna_path, self._advertise(), self.config.tick_s
+            self.state,
+            self.links,
+            self.loop,
+            optuna_path,
+            self._advertise(),
+            self.config.tick_s,
+            self._trial_token,
         )
         await self.experiments.start()
         experiments_pb2_grpc.add_ExperimentsServicer_to_server(
@@ -193,6 +201,19 @@ class Daemon:
         if host in ("", "0.0.0.0", "[::]", "::"):
             host = socket.getfqdn()
         return f"{host}:{self.port}"
+
+    def _trial_token(self, user: str) -> str:
+        """A token for the trials of `user`'s experiments: scope "experiments" only,
+        for a week (docs/hpo.md); one per user per daemon run."""
+        _, secret = self.tokens.mint(
+            user,
+            False,
+            frozenset({Scope.EXPERIMENTS}),
+            TRIAL_TOKEN_TTL_S,
+            "schedulerd",
+            self.state.clock(),
+        )
+        return secret
 
     def lease_s(self) -> float:
         """How long an agent that hears nothing from the daemon keeps its jobs: half the

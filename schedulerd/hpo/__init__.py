@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 PARAMS_VAR = "SCHEDULERD_HPO_PARAMS"
@@ -100,11 +101,20 @@ def _send(step: int, value: float, final: bool) -> Any:
     # report is idempotent, so a retry after a lost answer is harmless.
     deadline = time.monotonic() + float(env.get(RETRY_S_VAR, "300"))
     delay = 0.2
+    # Who reports: the trial's token (the daemon puts one in its env), over TLS when
+    # the node has the cluster CA (docs/security.md).
+    token = env.get("SCHEDULERD_TOKEN", "")
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    ca = env.get("SCHEDULERD_CA", "")
     while True:
         try:
-            with grpc.insecure_channel(address) as channel:
+            with (
+                grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(ca).read_bytes()))
+                if ca
+                else grpc.insecure_channel(address)
+            ) as channel:
                 stub = experiments_pb2_grpc.ExperimentsStub(channel)
-                return stub.ReportTrial(request, timeout=30, wait_for_ready=True)
+                return stub.ReportTrial(request, timeout=30, wait_for_ready=True, metadata=metadata)
         except grpc.RpcError as e:
             code = e.code()
             retry = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -63,6 +63,7 @@ class ExperimentController:
         optuna_path: Path,
         address: str,
         tick_s: float = 1.0,
+        trial_token: Callable[[str], str] | None = None,
     ) -> None:
         self.state = state
         self.links = links
@@ -70,6 +71,10 @@ class ExperimentController:
         self.optuna_path = optuna_path
         self.address = address  # where trials reach the daemon (SCHEDULERD_ADDRESS)
         self.tick_s = tick_s
+        # user -> a token its trials report with (scope "experiments"): a trial on
+        # another node has no loopback uid to be known by.
+        self.trial_token = trial_token
+        self._tokens: dict[str, str] = {}
         self.store = ExperimentStore(state.store)
         self.running: dict[int, ExperimentRecord] = {}
         self.trials: dict[int, dict[int, TrialRecord]] = {}  # running experiments only
@@ -250,6 +255,10 @@ class ExperimentController:
             "SCHEDULERD_HPO_PARAMS": json.dumps(params),
             "SCHEDULERD_HPO_METRIC": spec.metric,
         }
+        if self.trial_token is not None:
+            if spec.user not in self._tokens:
+                self._tokens[spec.user] = self.trial_token(spec.user)
+            env["SCHEDULERD_TOKEN"] = self._tokens[spec.user]
         job = JobRecord(
             id=0,
             consumer=spec.consumer,
