@@ -14,6 +14,7 @@ from schedulerd.core import (
     Policy,
     check_submission,
 )
+from schedulerd.core.submission import MAX_JOB_GPUS
 
 
 def tree(*specs: tuple[str, dict[str, Any]]) -> Policy:
@@ -149,9 +150,30 @@ def test_accepted(consumer: str, user: str, gpus: int, shape: ClusterShape) -> N
 
 def test_elastic_range_is_accepted_and_its_min_is_what_must_fit() -> None:
     shape = ClusterShape((4, 4))
-    assert check_submission(POLICY, shape, "/batch", "alice", 2, 64) is None
+    assert check_submission(POLICY, shape, "/batch", "alice", 2, 8) is None
     refused = check_submission(POLICY, shape, "/batch", "alice", 9, 12)
     assert refused is not None and "the job needs 9" in refused
+
+
+def test_an_elastic_max_above_the_cluster_is_refused() -> None:
+    # A max it could never grow into is refused, not clamped: the job is not what was
+    # asked for, and a max of 2**32 - 1 made every scheduling cycle work for it.
+    refused = check_submission(POLICY, SHAPE, "/batch", "alice", 1, 4294967295)
+    assert refused == (
+        "can never fit: elastic max 4294967295 is above the cluster's 16 GPUs "
+        "(on 2 node(s)); ask for at most 16"
+    )
+    assert check_submission(POLICY, SHAPE, "/batch", "alice", 1, 17) is not None
+    assert check_submission(POLICY, SHAPE, "/batch", "alice", 1, 16) is None
+
+
+def test_without_a_node_counts_are_bounded_by_the_absolute_cap() -> None:
+    none = ClusterShape(())
+    assert check_submission(POLICY, none, "/batch", "alice", 1, MAX_JOB_GPUS) is None
+    elastic = check_submission(POLICY, none, "/batch", "alice", 1, MAX_JOB_GPUS + 1)
+    assert elastic == "can never fit: elastic max 1000001 is above any cluster's 1,000,000 GPUs"
+    rigid = check_submission(POLICY, none, "/batch", "alice", 2**32, 2**32)
+    assert rigid is not None and "the job needs 4294967296" in rigid
 
 
 def test_everyone_may_submit_when_no_list_is_set() -> None:

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 from schedulerd.core.model import ConsumerPath, Policy
 
+# The most GPUs a job may ask for, in any cluster (schedulerd.bounds.MAX_GPUS): the bound
+# when the cluster's size is not known yet (no node has registered).
+MAX_JOB_GPUS = 1_000_000
+
 
 @dataclass(frozen=True)
 class ClusterShape:
@@ -44,6 +48,7 @@ def check_submission(
         return "a job needs at least 1 GPU"
     if gpus_max < gpus_min:
         return f"GPU range {gpus_min}:{gpus_max} is empty (max below min)"
+
     for p in policy.ancestors(path):
         limit = policy.consumers[p].limit
         if limit is not None and gpus_min > limit:
@@ -56,6 +61,16 @@ def check_submission(
             f"can never fit: the cluster has {shape.total} GPUs on {len(shape.node_gpus)} "
             f"node(s) and the job needs {gpus_min}"
         )
+    # An elastic job whose max is above the whole cluster would be refused for less: its
+    # max is a promise of GPUs to grow into, and the loop's work grows with it.
+    if shape.node_gpus and gpus_max > shape.total:
+        return (
+            f"can never fit: elastic max {gpus_max} is above the cluster's {shape.total} GPUs "
+            f"(on {len(shape.node_gpus)} node(s)); ask for at most {shape.total}"
+        )
+    if not shape.node_gpus and gpus_max > MAX_JOB_GPUS:  # no node yet: the absolute bound
+        what = "elastic max" if gpus_max > gpus_min else "the job needs"
+        return f"can never fit: {what} {gpus_max} is above any cluster's {MAX_JOB_GPUS:,} GPUs"
     return None
 
 
