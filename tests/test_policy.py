@@ -23,11 +23,13 @@ EVERYONE = frozenset({"*"})
 
 
 def cp(path: str, **kw: Any) -> ConsumerPolicy:
+    kw.setdefault("run_as_root", False)  # the loader resolves it: the root's, else false
     return ConsumerPolicy(path=ConsumerPath(path), **kw)
 
 
-def root(users: frozenset[str] = EVERYONE) -> ConsumerPolicy:
-    return ConsumerPolicy(path=ROOT, users=users)
+def root(users: frozenset[str] = EVERYONE, **kw: Any) -> ConsumerPolicy:
+    kw.setdefault("run_as_root", False)
+    return ConsumerPolicy(path=ROOT, users=users, **kw)
 
 
 def load(text: str) -> Policy:
@@ -193,18 +195,6 @@ VALID = [
         """
         version: 1
         consumers:
-          a: &team {share: 2, grace: 1m}
-          b:
-            <<: *team
-            share: 3
-        """,
-        [root(), cp("/a", share=2.0, grace_s=60.0), cp("/b", share=3.0, grace_s=60.0)],
-        id="yaml-merge-key-own-keys-win",
-    ),
-    pytest.param(
-        """
-        version: 1
-        consumers:
           a-1.b_2: {}
           "0ops": {}
         """,
@@ -361,9 +351,9 @@ ERRORS = [
             users:
         """,
         [
-            (5, "consumers.a.owned", "whole number of GPUs >= 0, got 2.5"),
-            (6, "consumers.a.share", "number >= 0, got true"),
-            (7, "consumers.a.limit", ">= 1, or null for no limit; got 0"),
+            (5, "consumers.a.owned", "whole number of GPUs from 0 to 1,000,000, got 2.5"),
+            (6, "consumers.a.share", "number from 0 to 1,000,000, got true"),
+            (7, "consumers.a.limit", "from 1 to 1,000,000, or null for no limit; got 0"),
             (8, "consumers.a.lend", "true or false, got 'maybe'"),
             (9, "consumers.a.borrow", "true or false, got 'true'"),
             (10, "consumers.a.grace", "duration like 45s, 10m, 1h30m"),
@@ -461,8 +451,27 @@ ERRORS = [
             consumers:
               b: *loop
         """,
-        [(4, "consumers.a.consumers.b", "contain itself")],
+        [
+            (4, "consumers.a", "YAML anchors (&loop) are not allowed in a policy"),
+            (6, "consumers.a.consumers.b", "YAML aliases (*loop) are not allowed in a policy"),
+        ],
         id="recursive-alias-is-an-error-not-a-hang",
+    ),
+    pytest.param(
+        """
+        version: 1
+        consumers:
+          a: &team {share: 2, grace: 1m}
+          b:
+            <<: *team
+            share: 3
+        """,
+        [
+            (4, "consumers.a", "YAML anchors (&team) are not allowed"),
+            (6, "consumers.b", "YAML merge keys (<<) are not allowed in a policy"),
+            (6, "consumers.b.<<", "YAML aliases (*team) are not allowed"),
+        ],
+        id="merge-keys-anchors-and-aliases-are-refused",
     ),
 ]
 
@@ -480,7 +489,7 @@ def test_issue_and_error_text() -> None:
     issues = issues_of("version: 2\nconsumers:\n  a: {share: x}\n")
     assert [str(i) for i in issues] == [
         "p.yaml:1: version: unsupported version 2; this schedulerd reads version 1",
-        "p.yaml:3: consumers.a.share: must be a number >= 0, got 'x'",
+        "p.yaml:3: consumers.a.share: must be a number from 0 to 1,000,000, got 'x'",
     ]
     error = PolicyError(issues)
     assert isinstance(error, ValueError)
@@ -583,3 +592,76 @@ def test_priority_preemption_is_a_per_consumer_flag() -> None:
     with pytest.raises(PolicyError) as err:
         load_policy("version: 1\nconsumers:\n  a: {priority_preemption: 2}\n", "p.yaml")
     assert "p.yaml:3: consumers.a.priority_preemption" in str(err.value)
+
+
+def test_admins_add_up_from_the_root_down() -> None:
+    text = """
+    version: 1
+    admins: [ops]
+    consumers:
+      research:
+        admins: [lead]
+        consumers:
+          nlp: {admins: [carol, lead]}
+          vision: {}
+      product: {}
+    """
+    policy = load(text)
+    p = ConsumerPath
+    assert policy.consumers[ROOT].admins == frozenset({"ops"})
+    assert policy.consumers[p("/research/vision")].admins == frozenset()
+    assert policy.admins_of(p("/research/nlp")) == frozenset({"ops", "lead", "carol"})
+    assert policy.admins_of(p("/research/vision")) == frozenset({"ops", "lead"})
+    assert policy.admins_of(p("/product")) == frozenset({"ops"})
+    assert policy.admins_of(ROOT) == frozenset({"ops"})
+    assert policy.admins_of(p("/nope/x")) == frozenset({"ops"})  # the root's, at least
+    assert policy.admins_of(p("not-a-path")) == frozenset()
+
+
+def test_run_as_root_is_inherited_and_false_by_default() -> None:
+    text = """
+    version: 1
+    run_as_root: true
+    consumers:
+      ws:
+        consumers: {a: {}, b: {run_as_root: false}}
+      shared: {run_as_root: false, consumers: {c: {}, d: {run_as_root: true}}}
+    """
+    policy = load(text)
+    got = {str(path): policy.runs_as_root(path) for path in policy.consumers}
+    assert got == {
+        "/": True,
+        "/ws": True,
+        "/ws/a": True,
+        "/ws/b": False,
+        "/shared": False,
+        "/shared/c": False,
+        "/shared/d": True,
+    }
+    plain = load("version: 1\nconsumers: {a: {}}\n")
+    assert not plain.runs_as_root(ConsumerPath("/a")) and not plain.runs_as_root(ROOT)
+    assert plain.consumers[ConsumerPath("/a")].run_as_root is False  # resolved by the loader
+    issues = issues_of("version: 1\nrun_as_root: yes please\nconsumers: {a: {}}\n")
+    assert [(i.line, i.key) for i in issues] == [(2, "run_as_root")]
+
+
+def test_a_policy_built_by_hand_resolves_run_as_root_through_ancestors() -> None:
+    policy = Policy(
+        consumers={
+            ROOT: ConsumerPolicy(path=ROOT, run_as_root=True),
+            ConsumerPath("/a"): ConsumerPolicy(path=ConsumerPath("/a")),
+        }
+    )
+    assert policy.runs_as_root(ConsumerPath("/a"))
+    assert not Policy(consumers={ROOT: ConsumerPolicy(path=ROOT)}).runs_as_root(ROOT)
+
+
+def test_only_the_single_workstation_default_runs_jobs_as_root() -> None:
+    default = load_policy(default_policy_text())
+    assert default.runs_as_root(ConsumerPath("/default"))
+    assert "shared cluster must NOT" in default_policy_text()
+    multi = load_policy_file(POLICIES / "multi-team.yaml")
+    assert not any(multi.runs_as_root(p) for p in multi.consumers)
+    assert "run_as_root:" not in (POLICIES / "multi-team.yaml").read_text()
+    assert multi.consumers[ROOT].admins
+    assert any(c.admins for p, c in multi.consumers.items() if p != ROOT)

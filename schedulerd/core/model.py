@@ -43,6 +43,12 @@ class ConsumerPolicy:
     priority_preemption: bool = False
     # Users allowed to submit here; None inherits the parent's list. "*" is everyone.
     users: frozenset[str] | None = None
+    # This consumer's own admins (the policy's `admins:`): they may see, cancel and read
+    # the logs of every job of its subtree. Policy.admins_of adds the ancestors' admins.
+    admins: frozenset[str] = frozenset()
+    # Whether jobs that root submits here may run as uid 0 on the nodes; None inherits
+    # the parent's value (the policy loader fills it in: the root's default is false).
+    run_as_root: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,29 @@ class Policy:
             if users is not None:
                 return users
         return frozenset({"*"})
+
+    def admins_of(self, path: ConsumerPath) -> frozenset[str]:
+        """Who administers `path`: the admins of it and of every ancestor, the root's
+        (the whole tree's admins) included."""
+        admins: set[str] = set()
+        if not path.startswith("/"):  # not a path: ancestors() would never reach the root
+            return frozenset()
+        for p in self.ancestors(path):
+            spec = self.consumers.get(p)
+            if spec is not None:
+                admins |= spec.admins
+        return frozenset(admins)
+
+    def runs_as_root(self, path: ConsumerPath) -> bool:
+        """Whether a job that root submits to `path` may run as uid 0: the nearest value
+        set on it or an ancestor, else false."""
+        if not path.startswith("/"):
+            return False
+        for p in self.ancestors(path):
+            spec = self.consumers.get(p)
+            if spec is not None and spec.run_as_root is not None:
+                return spec.run_as_root
+        return False
 
 
 def _chain(path: ConsumerPath) -> tuple[ConsumerPath, ...]:

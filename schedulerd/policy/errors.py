@@ -48,19 +48,35 @@ class PolicyError(ValueError):
         return "\n".join([head, *(f"  {i}" for i in self.issues)])
 
 
+# A file with more problems than this is reported with the first ones and a note: the
+# pass stops there (a hostile file must not cost more than a useful report).
+MAX_ISSUES = 100
+
+
+class TooManyIssues(Exception):
+    """Raised by `Issues.add` once the list is full: the reading pass ends at once and
+    `raise_if_any` reports what was found."""
+
+
 class Issues:
     """Collects issues for one source; `raise_if_any` ends the pass."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self._issues: list[PolicyIssue] = []
+        self._seen: set[PolicyIssue] = set()
+        self.truncated = False
 
     def add(self, at: Node | int, key: str, message: str) -> None:
         line = at.start_mark.line + 1 if isinstance(at, Node) else at
         issue = PolicyIssue(self.source, line, key, message)
-        # A YAML alias reuses one node in several places; report each problem once.
-        if issue not in self._issues:
-            self._issues.append(issue)
+        if issue in self._seen:  # the same problem reached twice: report it once
+            return
+        if len(self._issues) >= MAX_ISSUES:
+            self.truncated = True
+            raise TooManyIssues
+        self._seen.add(issue)
+        self._issues.append(issue)
 
     def __bool__(self) -> bool:
         return bool(self._issues)
@@ -68,4 +84,8 @@ class Issues:
     def raise_if_any(self) -> None:
         if self._issues:
             # Line order reads like the file; the sort is stable, so walk order breaks ties.
-            raise PolicyError(sorted(self._issues, key=lambda i: i.line))
+            issues = sorted(self._issues, key=lambda i: i.line)
+            if self.truncated:
+                note = f"more errors not listed: fix these {len(issues)} first"
+                issues.append(PolicyIssue(self.source, 0, "", note))
+            raise PolicyError(issues)

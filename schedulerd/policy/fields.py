@@ -13,6 +13,7 @@ import re
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
+from schedulerd.bounds import MAX_GPUS, USER_NAME, USER_NAME_RULE, YEAR_S
 from schedulerd.core.model import Order
 from schedulerd.policy.errors import Issues
 from schedulerd.policy.nodes import BOOL, FLOAT, INT, NULL, STR, describe, value
@@ -26,16 +27,27 @@ _DURATION = re.compile(
     re.ASCII,
 )
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-_DURATION_HELP = "a duration like 45s, 10m, 1h30m, or a number of seconds >= 0"
+_DURATION_HELP = "a duration like 45s, 10m, 1h30m, or a number of seconds >= 0, at most a year"
+# Every number a policy holds is bounded, so that sums and ratios of them stay finite.
+MAX_SHARE = 1_000_000.0
+MAX_DURATION_S = YEAR_S
 
 
 def gpus(node: Node, key: str, issues: Issues, minimum: int) -> int | None:
     """A whole number of GPUs. Floats are refused: half a GPU cannot be owned or held."""
+    n = _whole(node)
+    if n is not None and minimum <= n <= MAX_GPUS:
+        return n
+    message = f"must be a whole number of GPUs from {minimum} to {MAX_GPUS:,}"
+    issues.add(node, key, f"{message}, got {describe(node)}")
+    return None
+
+
+def _whole(node: Node) -> int | None:
     if isinstance(node, ScalarNode) and node.tag == INT:
         n = value(node)
-        if isinstance(n, int) and n >= minimum:
+        if isinstance(n, int) and not isinstance(n, bool):
             return n
-    issues.add(node, key, f"must be a whole number of GPUs >= {minimum}, got {describe(node)}")
     return None
 
 
@@ -43,26 +55,33 @@ def limit(node: Node, key: str, issues: Issues) -> int | None:
     """At least 1 GPU; null means no limit (the same as leaving it out)."""
     if isinstance(node, ScalarNode) and node.tag == NULL:
         return None
-    if isinstance(node, ScalarNode) and node.tag == INT:
-        n = value(node)
-        if isinstance(n, int) and n >= 1:
-            return n
-    issues.add(
-        node,
-        key,
-        f"must be a whole number of GPUs >= 1, or null for no limit; got {describe(node)}",
-    )
+    n = _whole(node)
+    if n is not None and 1 <= n <= MAX_GPUS:
+        return n
+    message = f"must be a whole number of GPUs from 1 to {MAX_GPUS:,}, or null for no limit"
+    issues.add(node, key, f"{message}; got {describe(node)}")
     return None
 
 
 def share(node: Node, key: str, issues: Issues) -> float | None:
     """A weight >= 0; 0 means the consumer never gets surplus (SEMANTICS: words, share)."""
     if isinstance(node, ScalarNode) and node.tag in (INT, FLOAT):
-        x = value(node)
-        if isinstance(x, int | float) and math.isfinite(x) and x >= 0:
-            return float(x)
-    issues.add(node, key, f"must be a number >= 0, got {describe(node)}")
+        x = _finite(value(node))
+        if x is not None and 0 <= x <= MAX_SHARE:
+            return x
+    issues.add(node, key, f"must be a number from 0 to {MAX_SHARE:,.0f}, got {describe(node)}")
     return None
+
+
+def _finite(x: object) -> float | None:
+    """A finite int or float (not a bool) as a float, else None."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    try:
+        f = float(x)
+    except OverflowError:  # an int beyond any float
+        return None
+    return f if math.isfinite(f) else None
 
 
 def flag(node: Node, key: str, issues: Issues) -> bool | None:
@@ -79,14 +98,13 @@ def flag(node: Node, key: str, issues: Issues) -> bool | None:
 def duration(node: Node, key: str, issues: Issues) -> float | None:
     """Seconds, from "1h30m"-style text or a plain number of seconds."""
     if isinstance(node, ScalarNode):
+        seconds: float | None = None
         if node.tag in (INT, FLOAT):
-            x = value(node)
-            if isinstance(x, int | float) and math.isfinite(x) and x >= 0:
-                return float(x)
+            seconds = _finite(value(node))
         elif node.tag == STR:
             seconds = parse_duration(node.value)
-            if seconds is not None:
-                return seconds
+        if seconds is not None and 0 <= seconds <= MAX_DURATION_S:
+            return seconds
     issues.add(node, key, f"must be {_DURATION_HELP}; got {describe(node)}")
     return None
 
@@ -96,7 +114,8 @@ def parse_duration(text: str) -> float | None:
     m = _DURATION.fullmatch(text)
     if not text or m is None:
         return None
-    return sum(float(v) * _UNIT_S[u] for u, v in m.groupdict().items() if v is not None)
+    seconds = sum(float(v) * _UNIT_S[u] for u, v in m.groupdict().items() if v is not None)
+    return seconds if math.isfinite(seconds) else None  # "999...9s" reads as inf
 
 
 def order(node: Node, key: str, issues: Issues) -> Order | None:
@@ -115,32 +134,46 @@ def users(node: Node, key: str, issues: Issues) -> frozenset[str] | None:
     (a consumer closed to new work, or a parent whose children each name their users)."""
     if isinstance(node, ScalarNode) and node.tag == STR and node.value == "*":
         return frozenset({"*"})
+    return _names(node, key, issues, everyone=True)
+
+
+def admins(node: Node, key: str, issues: Issues) -> frozenset[str] | None:
+    """A list of user names (no "*": an admin is someone in particular); empty or null:
+    none of its own."""
+    if isinstance(node, ScalarNode) and node.tag == NULL:
+        return frozenset()
+    return _names(node, key, issues, everyone=False)
+
+
+def _names(node: Node, key: str, issues: Issues, everyone: bool) -> frozenset[str] | None:
+    want = '"*" or a list of user names' if everyone else "a list of user names"
     if not isinstance(node, SequenceNode):
         hint = ""
         if isinstance(node, ScalarNode) and node.tag == STR and node.value:
-            hint = f" (for one user write [{node.value}])"
-        issues.add(node, key, f'must be "*" or a list of user names, got {describe(node)}{hint}')
+            hint = f" (for one user write [{describe(node)[1:-1]}])"
+        issues.add(node, key, f"must be {want}, got {describe(node)}{hint}")
         return None
     names: set[str] = set()
     ok = True
     for i, item in enumerate(node.value):
-        name = _user_name(item)
+        name = _user_name(item, everyone)
         if name is None:
             ok = False
+            star = ', or "*" for everyone' if everyone else ""
             issues.add(
                 item,
                 f"{key}[{i}]",
-                "must be a user name (text without spaces; quote names YAML reads as "
-                f"numbers or booleans), got {describe(item)}",
+                f"must be {USER_NAME_RULE}{star} (quote names YAML reads as numbers or "
+                f"booleans), got {describe(item)}",
             )
         else:
             names.add(name)
     return frozenset(names) if ok else None
 
 
-def _user_name(node: Node) -> str | None:
+def _user_name(node: Node, everyone: bool) -> str | None:
     if isinstance(node, ScalarNode) and node.tag == STR:
         text = str(node.value)
-        if text and not any(c.isspace() for c in text):
+        if USER_NAME.fullmatch(text) or (everyone and text == "*"):
             return text
     return None

@@ -7,17 +7,24 @@ limits) and applies inheritance. Problems are collected, never raised one by one
 
 from __future__ import annotations
 
-import re
 from importlib import resources
 from pathlib import Path
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from schedulerd.bounds import (
+    CONSUMER_NAME,
+    CONSUMER_NAME_RULE,
+    MAX_CONSUMER_NAME,
+    MAX_CONSUMER_PATH,
+    MAX_POLICY_BYTES,
+)
 from schedulerd.core.model import ROOT, ConsumerPath, ConsumerPolicy, Policy
 from schedulerd.policy import fields
-from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue
+from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue, TooManyIssues
 from schedulerd.policy.nodes import (
     INT,
+    POLICY_LIMITS,
     compose,
     describe,
     entries,
@@ -28,22 +35,29 @@ from schedulerd.policy.nodes import (
 from schedulerd.policy.tree import Draft, Inherited, or_, resolve
 
 VERSION = 1
-TOP_KEYS = ("version", "users", "defaults", "consumers")
+TOP_KEYS = ("version", "users", "admins", "run_as_root", "defaults", "consumers")
 DEFAULT_KEYS = ("grace", "min_runtime", "order")
 CONSUMER_KEYS = (
     *("owned", "share", "limit", "lend", "borrow"),
-    *("grace", "min_runtime", "order", "priority_preemption", "users", "consumers"),
+    *("grace", "min_runtime", "order", "priority_preemption", "users", "admins"),
+    *("run_as_root", "consumers"),
 )
 # Lowercase so that paths are unambiguous in CLIs, logs and URLs; no "/" since it separates.
-NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-NAME_RULE = "lowercase letters, digits, '_', '.' and '-', starting with a letter or digit"
+NAME = CONSUMER_NAME
+NAME_RULE = CONSUMER_NAME_RULE
+# The most consumers one policy may have (the tree is walked at every scheduling cycle).
+MAX_CONSUMERS = 10_000
 
 
 def load_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate policy text; raise PolicyError listing every problem."""
     issues = Issues(source)
-    doc = compose(text, issues)
-    policy = _read_document(doc, issues) if not issues else None
+    policy = None
+    try:
+        doc = compose(text, issues, POLICY_LIMITS)
+        policy = _read_document(doc, issues) if not issues else None
+    except TooManyIssues:  # reported by raise_if_any, with a note that there are more
+        pass
     issues.raise_if_any()
     if policy is None:  # unreachable: no issues means the document was read in full
         raise AssertionError("policy not read, yet no issue was reported")
@@ -53,7 +67,12 @@ def load_policy(text: str, source: str = "<policy>") -> Policy:
 def load_policy_file(path: str | Path) -> Policy:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # no more than a policy may hold: the rest is refused
+            data = f.read(MAX_POLICY_BYTES + 1)
+        if len(data) > MAX_POLICY_BYTES:
+            message = f"the file is too large for a policy (at most {MAX_POLICY_BYTES:,} bytes)"
+            raise PolicyError([PolicyIssue(source, 0, "", message)])
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise PolicyError([PolicyIssue(source, 0, "", "policy file not found")]) from None
     except UnicodeDecodeError as e:
@@ -80,18 +99,25 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
         return None
     seen: set[str] = set()
     root_users: frozenset[str] | None = None
+    root_admins: frozenset[str] | None = None
+    run_as_root: bool | None = None
     inherited = Inherited()
     tops: list[Draft] = []
+    count = _Count()
     for name, k, v in entries(doc, "", issues):  # a repeated key: reported, the last wins
         seen.add(name)
         if name == "version":
             _check_version(v, issues)
         elif name == "users":
             root_users = fields.users(v, "users", issues)
+        elif name == "admins":
+            root_admins = fields.admins(v, "admins", issues)
+        elif name == "run_as_root":
+            run_as_root = fields.flag(v, "run_as_root", issues)
         elif name == "defaults":
             inherited = _read_defaults(v, issues)
         elif name == "consumers":
-            tops = _read_children(v, "consumers", ROOT, issues, ())
+            tops = _read_children(v, "consumers", ROOT, issues, count)
             if is_null(v) or (isinstance(v, MappingNode) and not v.value):
                 issues.add(v, "consumers", "must name at least one consumer")
         else:
@@ -100,8 +126,21 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
         if required not in seen:
             issues.add(doc, required, "missing; a policy needs 'version: 1' and 'consumers'")
     everyone = frozenset({"*"})
-    root = ConsumerPolicy(path=ROOT, users=everyone if root_users is None else root_users)
+    inherited.run_as_root = or_(run_as_root, False)
+    root = ConsumerPolicy(
+        path=ROOT,
+        users=everyone if root_users is None else root_users,
+        admins=or_(root_admins, frozenset()),
+        run_as_root=inherited.run_as_root,
+    )
     return resolve(root, tops, inherited, issues)
+
+
+class _Count:
+    """Consumers read so far, against MAX_CONSUMERS."""
+
+    def __init__(self) -> None:
+        self.n = 0
 
 
 def _check_version(node: Node, issues: Issues) -> None:
@@ -136,7 +175,7 @@ def _read_defaults(node: Node, issues: Issues) -> Inherited:
 
 
 def _read_children(
-    node: Node, key: str, parent: ConsumerPath, issues: Issues, seen: tuple[int, ...]
+    node: Node, key: str, parent: ConsumerPath, issues: Issues, count: _Count
 ) -> list[Draft]:
     """The consumers under `key`. Null means none (a leaf); the caller decides if that is ok."""
     if is_null(node):
@@ -145,29 +184,37 @@ def _read_children(
         want = "must be a mapping of consumer names to their settings"
         issues.add(node, key, f"{want}, got {describe(node)}")
         return []
-    drafts = []
+    drafts: list[Draft] = []
     for name, k, v in entries(node, key, issues):
         ckey = join(key, name)
+        path = ConsumerPath(f"{parent.rstrip('/')}/{name}")
+        count.n += 1
+        if count.n > MAX_CONSUMERS:
+            issues.add(k, ckey, f"more than {MAX_CONSUMERS:,} consumers in one policy")
+            return drafts
         if not NAME.fullmatch(name):
             hint = f"; did you mean '{name.lower()}'?" if NAME.fullmatch(name.lower()) else ""
-            message = f"consumer name '{name}' is not allowed: names use {NAME_RULE}{hint}"
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            message = f"consumer name '{shown}' is not allowed: names use {NAME_RULE}{hint}"
             issues.add(k, ckey, message)
-        path = ConsumerPath(f"{parent.rstrip('/')}/{name}")
-        drafts.append(_read_consumer(v, ckey, path, issues, seen))
+        elif len(name) > MAX_CONSUMER_NAME:
+            message = f"consumer name of {len(name)} characters, at most {MAX_CONSUMER_NAME}"
+            issues.add(k, ckey, message)
+        elif len(path) > MAX_CONSUMER_PATH:
+            message = f"the path {path[:64]}... is longer than {MAX_CONSUMER_PATH} characters"
+            issues.add(k, ckey, message)
+        drafts.append(_read_consumer(v, ckey, path, issues, count))
     return drafts
 
 
 def _read_consumer(
-    node: Node, key: str, path: ConsumerPath, issues: Issues, seen: tuple[int, ...]
+    node: Node, key: str, path: ConsumerPath, issues: Issues, count: _Count
 ) -> Draft:
     d = Draft(path=path)
     if is_null(node):  # `batch:` with nothing: a leaf with every default
         return d
     if not isinstance(node, MappingNode):
         issues.add(node, key, f"must be a mapping of settings, got {describe(node)}")
-        return d
-    if id(node) in seen:  # an alias to an enclosing consumer would nest forever
-        issues.add(node, key, "a YAML alias makes this consumer contain itself")
         return d
     for name, k, v in entries(node, key, issues):
         vkey = join(key, name)
@@ -191,8 +238,12 @@ def _read_consumer(
             d.order = fields.order(v, vkey, issues)
         elif name == "users":
             d.users = fields.users(v, vkey, issues)
+        elif name == "admins":
+            d.admins = or_(fields.admins(v, vkey, issues), d.admins)
+        elif name == "run_as_root":
+            d.run_as_root = fields.flag(v, vkey, issues)
         elif name == "consumers":
-            d.children = _read_children(v, vkey, path, issues, (*seen, id(node)))
+            d.children = _read_children(v, vkey, path, issues, count)
         else:
             message = unknown_key(name, CONSUMER_KEYS)
             if isinstance(v, MappingNode) and "did you mean" not in message:

@@ -3,17 +3,27 @@
 The loader works on nodes rather than on `yaml.safe_load`'s plain dicts because nodes keep
 their line numbers (so every error can name its line) and keep repeated keys, which
 `safe_load` silently collapses to the last one.
+
+Composing is where hostile files are stopped, before any tree is walked: anchors, aliases
+and merge keys are refused as they are read (an alias is one node reached from many places:
+a 1 KB file of nested aliases reads as a million consumers), and the file's size, its
+nesting, its number of values and the length of each value are bounded (`Limits`).
+The policy loader and the experiment file loader (hpo/file.py) share this.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from schedulerd.bounds import MAX_POLICY_BYTES
 from schedulerd.policy.errors import Issues
 
 STR = "tag:yaml.org,2002:str"
@@ -26,10 +36,110 @@ MERGE = "tag:yaml.org,2002:merge"
 Entry = tuple[str, Node, Node]
 
 
-def compose(text: str, issues: Issues) -> Node | None:
-    """The document's root node, or None after reporting a syntax error."""
+@dataclass(frozen=True)
+class Limits:
+    """What one YAML file may hold. `what` names the kind of file in messages."""
+
+    what: str
+    max_bytes: int = 1024 * 1024  # the file's UTF-8 size
+    max_depth: int = 32  # mappings and lists inside each other
+    max_nodes: int = 200_000  # every key, value and list item
+    max_text: int = 1024  # characters of one scalar (a key or a value)
+
+
+POLICY_LIMITS = Limits("a policy", max_bytes=MAX_POLICY_BYTES)
+
+
+class _Stop(Exception):
+    """A limit was hit and reported: composing ends here."""
+
+
+class _Composer(yaml.SafeLoader):
+    """PyYAML's composer (pure Python, so each node passes through `compose_node`) that
+    refuses anchors, aliases and merge keys, and bounds depth, size and text as it goes.
+    It knows the dotted key of each node, so every refusal names it."""
+
+    def __init__(self, text: str, issues: Issues, limits: Limits) -> None:
+        super().__init__(text)
+        self.issues = issues
+        self.limits = limits
+        self.keys: list[str] = []  # the dotted key of each node being composed
+        self.count = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        # `index`: for a mapping's value, its key node; for a list item, its position.
+        what = self.limits.what
+        key = self._key_of(index)
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1
+        if isinstance(event, AliasEvent):
+            self.get_event()  # type: ignore[no-untyped-call]
+            self.issues.add(line, key, f"YAML aliases (*{event.anchor}) are not allowed in {what}")
+            # Nothing is shared: the alias reads as nothing, and the pass reports it.
+            start: Any = event.start_mark  # PyYAML's pure-Python Mark
+            return ScalarNode(NULL, "", start, start)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self.issues.add(line, key, f"YAML anchors (&{anchor}) are not allowed in {what}")
+            event.anchor = None
+        self.count += 1
+        if self.count > self.limits.max_nodes:
+            most = self.limits.max_nodes
+            self.issues.add(line, key, f"more than {most:,} YAML values: too large for {what}")
+            raise _Stop
+        if len(self.keys) >= self.limits.max_depth:
+            most = self.limits.max_depth
+            self.issues.add(line, key, f"nested more than {most} levels deep")
+            raise _Stop
+        self.keys.append(key)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.keys.pop()
+        if isinstance(node, ScalarNode):
+            self._check_scalar(node, parent, index, key)
+        return node
+
+    def _check_scalar(self, node: ScalarNode, parent: Node | None, index: object, key: str) -> None:
+        if len(node.value) > self.limits.max_text:
+            most = self.limits.max_text
+            message = f"text of {len(node.value):,} characters, at most {most:,}"
+            self.issues.add(node, key, message)
+        if "\0" in node.value:
+            self.issues.add(node, key, "contains a NUL character (\\0)")
+        if node.tag == MERGE and index is None and isinstance(parent, MappingNode):
+            message = f"YAML merge keys (<<) are not allowed in {self.limits.what}"
+            self.issues.add(node, key, message)
+
+    def _key_of(self, index: object) -> str:
+        """The dotted key of the node about to be composed: a mapping's key node is
+        `index` for its value, None for the key itself; a list item's is its position."""
+        up = self.keys[-1] if self.keys else ""
+        if isinstance(index, ScalarNode):
+            name = str(index.value)
+            return join(up, name if len(name) <= 64 else name[:64] + "...")
+        if isinstance(index, int):
+            return f"{up}[{index}]"
+        return up
+
+
+def compose(text: str, issues: Issues, limits: Limits = POLICY_LIMITS) -> Node | None:
+    """The document's root node, or None after reporting why there is none (a syntax
+    error, a limit, an alias...). Other problems found while composing are reported
+    too; the caller reads the tree only when there are none."""
+    size = len(text)
+    if size <= limits.max_bytes and not text.isascii():
+        size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        most = limits.max_bytes
+        issues.add(0, "", f"{size:,} bytes is too large for {limits.what} (at most {most:,})")
+        return None
+    loader: _Composer | None = None
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _Composer(text, issues, limits)  # the reader checks every character here
+        return loader.get_single_node()
+    except _Stop:
+        pass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         # PyYAML phrases some problems as the second half of a sentence ("but found ...").
@@ -44,6 +154,9 @@ def compose(text: str, issues: Issues) -> Node | None:
         issues.add(line, "", f"YAML syntax error: control character U+{code:04X} is not allowed")
     except yaml.YAMLError as e:
         issues.add(1, "", f"YAML error: {e}")
+    finally:
+        if loader is not None:
+            loader.dispose()
     return None
 
 
@@ -64,9 +177,10 @@ def describe(node: Node) -> str:
         return "a list"
     if node.tag == NULL:
         return "null" if node.value else "nothing"
-    if node.tag == STR:
-        return repr(node.value)
-    return str(node.value)
+    text = str(node.value)
+    if len(text) > 64:
+        text = text[:64] + "..."
+    return repr(text) if node.tag == STR else text
 
 
 def is_null(node: Node) -> bool:
@@ -78,18 +192,13 @@ def entries(node: MappingNode, key: str, issues: Issues) -> list[Entry]:
 
     Reports repeated keys (PyYAML would keep the last silently) but still returns every
     copy, so that the values of the first are checked too. Skips, with an error, keys that
-    are not plain scalars. Applies YAML merge keys (`<<: *anchor`): the mapping's own keys
-    win, and among several merged mappings the first wins, as the YAML merge spec says.
+    are not plain scalars. Merge keys (`<<`) never get here: compose refuses them.
     """
     own: list[Entry] = []
     first_line: dict[str, int] = {}
-    merged: list[Entry] = []
     for k, v in node.value:
-        if not isinstance(k, ScalarNode):
+        if not isinstance(k, ScalarNode) or k.tag == MERGE:
             issues.add(k, key, f"keys must be plain names, got {describe(k)}")
-            continue
-        if k.tag == MERGE:
-            merged.extend(_merge_sources(v, key, issues))
             continue
         name = str(k.value)
         if name in first_line:
@@ -98,20 +207,7 @@ def entries(node: MappingNode, key: str, issues: Issues) -> list[Entry]:
         else:
             first_line[name] = k.start_mark.line + 1
         own.append((name, k, v))
-    for entry in merged:
-        if entry[0] not in first_line:
-            first_line[entry[0]] = 0
-            own.append(entry)
     return own
-
-
-def _merge_sources(node: Node, key: str, issues: Issues) -> Iterable[Entry]:
-    sources = node.value if isinstance(node, SequenceNode) else [node]
-    for s in sources:
-        if isinstance(s, MappingNode):
-            yield from entries(s, key, issues)
-        else:
-            issues.add(s, key, f"'<<' merges mappings only, got {describe(s)}")
 
 
 def unknown_key(name: str, allowed: Iterable[str]) -> str:

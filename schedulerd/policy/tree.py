@@ -25,6 +25,7 @@ class Inherited:
     grace_s: float = ConsumerPolicy.grace_s
     min_runtime_s: float = ConsumerPolicy.min_runtime_s
     order: Order = ConsumerPolicy.order
+    run_as_root: bool = False  # the policy's top-level `run_as_root`, else false
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Draft:
     min_runtime_s: float | None = None
     order: Order | None = None
     users: frozenset[str] | None = None
+    admins: frozenset[str] = frozenset()
+    run_as_root: bool | None = None
     children: list[Draft] = field(default_factory=list)
 
 
@@ -89,6 +92,7 @@ def _emit(
         grace_s=or_(d.grace_s, up.grace_s),
         min_runtime_s=or_(d.min_runtime_s, up.min_runtime_s),
         order=or_(d.order, up.order),
+        run_as_root=or_(d.run_as_root, up.run_as_root),
     )
     out[d.path] = ConsumerPolicy(
         path=d.path,
@@ -102,6 +106,8 @@ def _emit(
         min_runtime_s=here.min_runtime_s,
         order=here.order,
         users=d.users,
+        admins=d.admins,
+        run_as_root=here.run_as_root,
     )
     for c in d.children:
         _emit(c, here, owned, out)
