@@ -94,6 +94,44 @@ def test_problems_name_the_field(change: dict[str, object], field: str, words: s
     assert any(f == field and words in why for f, why in found), found
 
 
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"max_trials": 10**9}, "max_trials", "at most 100,000"),
+        ({"max_parallel": 5000}, "max_parallel", "at most 1,000"),
+        ({"seed": 2**40}, "seed", "from 0 to 4,294,967,295"),
+        ({"priority": 2**31}, "priority", "outside -1,000,000..1,000,000"),
+        ({"gpus_min": 1, "gpus_max": 2**32 - 1}, "gpus", "at most 1,000,000 GPUs"),
+        ({"pruner": PrunerSpec("asha", min_resource=10**12)}, "pruner.min_resource", "at most"),
+        ({"params": (FloatParam("lr", -1e308, 1e308),)}, "params.lr.low", "within +-1e15"),
+        ({"params": (IntParam("lr", 0, 10**30),)}, "params.lr.high", "within +-1e15"),
+        ({"params": (CategoricalParam("lr", tuple(range(1001))),)}, "params.lr.choices", "1,001"),
+        ({"params": (CategoricalParam("lr", ("x" * 2000,)),)}, "params.lr.choices", "1,024"),
+        (
+            {"params": tuple(FloatParam(f"p{i}", 0, 1) for i in range(65))},
+            "params",
+            "65 parameters, at most 64",
+        ),
+        ({"command": ("x", "a\0b")}, "command[1]", "NUL"),
+        ({"command": ("x",) * 2000}, "command", "2,000 arguments"),
+        ({"env": {"A": "x" * 40_000}}, "env[A]", "at most 32,768"),
+        ({"name": "n" * 300}, "name", "at most 256"),
+    ],
+)
+def test_problems_bound_every_number_and_size(
+    change: dict[str, object], field: str, words: str
+) -> None:
+    found = problems(_spec(**change))
+    assert any(f == field and words in why for f, why in found), found
+
+
+def test_a_grid_of_a_tiny_step_over_a_huge_range_is_counted_not_built() -> None:
+    # (high - low) / step overflows to inf: it is far too many points, not a crash.
+    huge = FloatParam("lr", -1e308, 1e308, step=1e-300)
+    found = problems(_spec(sampler="grid", params=(huge,), max_trials=0))
+    assert any(f == "params.lr" and "on a grid (at most 100,000)" in why for f, why in found)
+
+
 def test_a_valid_spec_has_no_problems_and_grid_zero_means_the_whole_grid() -> None:
     assert problems(_spec()) == []
     grid = _spec(

@@ -16,6 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schedulerd.hpo.file import PARAM_KEYS, PRUNER_KEYS, ExperimentFileError, load_experiment
+from schedulerd.hpo.file import TOP_KEYS as TOP
 from schedulerd.policy import PolicyError, PolicyIssue, load_policy, load_policy_file
 from schedulerd.policy.errors import MAX_ISSUES, Issues
 from schedulerd.policy.loader import CONSUMER_KEYS, MAX_CONSUMERS, TOP_KEYS
@@ -272,3 +274,174 @@ def test_fuzz_policy_structures_only_raise_policy_error(data: Any) -> None:
     text = yaml.safe_dump(data, allow_unicode=True)
     with contextlib.suppress(PolicyError):
         load_policy(text)
+
+
+# --- experiment files: the same composer, the same refusals -------------------------------
+
+EXPERIMENT = """\
+consumer: /team
+command: [python, t.py, "{lr}"]
+params:
+  lr: {type: float, low: 0.001, high: 0.1}
+max_trials: 10
+"""
+
+
+def experiment_issues(text: str) -> list[str]:
+    with pytest.raises(ExperimentFileError) as e:
+        load_experiment(text, "exp.yaml", Path("/tmp"), "me")
+    return [str(i) for i in e.value.issues]
+
+
+def test_the_base_experiment_loads() -> None:
+    assert load_experiment(EXPERIMENT, "exp.yaml", Path("/tmp"), "me").max_trials == 10
+
+
+def test_experiment_aliases_are_refused_naming_an_experiment_file() -> None:
+    text = EXPERIMENT.replace("max_trials: 10", "max_trials: &n 10\nmax_parallel: *n")
+    assert experiment_issues(text) == [
+        "exp.yaml:5: max_trials: YAML anchors (&n) are not allowed in an experiment file",
+        "exp.yaml:6: max_parallel: YAML aliases (*n) are not allowed in an experiment file",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(
+            ("max_trials: 10", "max_trials: 1000000000"),
+            "exp.yaml:5: max_trials: 1,000,000,000 trials, at most 100,000",
+            id="trials",
+        ),
+        pytest.param(
+            ("max_trials: 10", "max_trials: 10\nmax_parallel: 100000"),
+            "exp.yaml:6: max_parallel: 100,000, at most 1,000",
+            id="parallelism",
+        ),
+        pytest.param(
+            ("high: 0.1", "high: 1.0e+300"),
+            "exp.yaml:4: params.lr.high: must be a finite number within +-1e15, got 1e+300",
+            id="float-range",
+        ),
+        pytest.param(
+            ("high: 0.1", "high: .inf"),
+            "exp.yaml:4: params.lr.high: must be a number, got .inf",
+            id="float-infinite",
+        ),
+        pytest.param(
+            (
+                "{type: float, low: 0.001, high: 0.1}",
+                "{type: int, low: 0, high: 0x7fffffffffffffff}",
+            ),
+            "exp.yaml:4: params.lr.high: must be a finite number within +-1e15",
+            id="int-range",
+        ),
+        pytest.param(
+            ("max_trials: 10", "max_trials: 10\nseed: -1"),
+            "exp.yaml:6: seed: must be from 0 to 4,294,967,295, got -1",
+            id="seed",
+        ),
+        pytest.param(
+            ("max_trials: 10", "max_trials: 10\ngpus: 1:4294967295"),
+            "exp.yaml:6: gpus: give N, or MIN:MAX for elastic trials, at most 1,000,000",
+            id="gpus",
+        ),
+        pytest.param(
+            ("max_trials: 10", "max_trials: 10\ngpus: ²"),
+            "exp.yaml:6: gpus: give N, or MIN:MAX",
+            id="gpus-unicode-digit",
+        ),
+        pytest.param(
+            ("max_trials: 10", "max_trials: 10\npriority: 99999999999"),
+            "exp.yaml:6: priority: 99,999,999,999 is outside -1,000,000..1,000,000",
+            id="priority",
+        ),
+        pytest.param(
+            ("max_trials: 10", "max_trials: 10\npruner: {type: asha, min_resource: 10000000000}"),
+            "exp.yaml:6: pruner.min_resource: at most 1,000,000,000",
+            id="pruner",
+        ),
+        pytest.param(
+            ("max_trials: 10", 'max_trials: 10\nenv: {A: "\\0"}'),
+            "exp.yaml:6: env.A: contains a NUL character (\\0)",
+            id="nul",
+        ),
+        pytest.param(
+            ("max_trials: 10", 'max_trials: 10\nworkdir: "a\\0b"'),
+            "exp.yaml:6: workdir: contains a NUL character (\\0)",
+            id="nul-in-workdir",
+        ),
+        pytest.param(
+            ("max_trials: 10", "max_trials: 10\nenv: {1BAD: x}"),
+            "exp.yaml:6: env: '1BAD' is not a variable name",
+            id="env-name",
+        ),
+        pytest.param(
+            ('[python, t.py, "{lr}"]', '[python, t.py, "{lr}"' + ", x" * 1100 + "]"),
+            "exp.yaml:2: command: 1,103 arguments, at most 1,024",
+            id="argv",
+        ),
+    ],
+)
+def test_experiment_numbers_and_sizes_are_bounded(change: tuple[str, str], expected: str) -> None:
+    old, new = change
+    assert old in EXPERIMENT
+    issues = experiment_issues(EXPERIMENT.replace(old, new))
+    assert any(i.startswith(expected) for i in issues), issues
+
+
+def test_experiment_choices_are_read_as_yaml_types() -> None:
+    text = EXPERIMENT.replace(
+        "{type: float, low: 0.001, high: 0.1}", "{type: categorical, choices: [0x10, 1_000, yes]}"
+    )
+    spec = load_experiment(text, "exp.yaml", Path("/tmp"), "me")
+    assert spec.params[0].choices == (16, 1000, True)  # type: ignore[union-attr]
+    bad = text.replace("yes]", "yes, .nan, .inf, 0b2]")
+    issues = experiment_issues(bad)
+    assert issues and all("choices are plain values" in i for i in issues), issues
+    many = text.replace("[0x10, 1_000, yes]", str(list(range(1001))))
+    assert any("1,001 choices, at most 1,000" in i for i in experiment_issues(many))
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_fuzz_experiment_text_only_raises_its_error(text: str) -> None:
+    with contextlib.suppress(ExperimentFileError):
+        load_experiment(text, "exp.yaml", Path("/tmp"), "me")
+
+
+EXPERIMENT_KEYS = st.sampled_from(
+    [*TOP, *PARAM_KEYS["float"], "choices", *PRUNER_KEYS, "metric", "direction", "lr", "<<"]
+)
+PARAM_TYPES = st.sampled_from(["float", "int", "categorical", "x"])
+
+
+def _experiment_like() -> st.SearchStrategy[Any]:
+    value = st.one_of(SCALARS, st.lists(SCALARS, max_size=4))
+    param = st.fixed_dictionaries(
+        {"type": PARAM_TYPES},
+        optional={k: value for k in ("low", "high", "step", "log", "choices")},
+    )
+    return st.fixed_dictionaries(
+        {
+            "consumer": st.sampled_from(["/a", "a", ""]),
+            "command": st.one_of(st.lists(st.text(max_size=10), max_size=4), SCALARS),
+            "params": st.dictionaries(st.text(max_size=6), st.one_of(param, _trees()), max_size=3),
+        },
+        optional={
+            **{k: value for k in ("max_trials", "max_parallel", "seed", "priority", "gpus")},
+            "env": st.dictionaries(st.text(max_size=6), value, max_size=3),
+            "pruner": st.one_of(SCALARS, st.dictionaries(EXPERIMENT_KEYS, value, max_size=4)),
+            "objective": _trees(),
+            "sampler": st.sampled_from(["grid", "tpe", "random", 1]),
+            "workdir": st.text(max_size=10),
+        },
+    )
+
+
+@FUZZ
+@given(st.one_of(_experiment_like(), _trees()))
+def test_fuzz_experiment_structures_only_raise_its_error(data: Any) -> None:
+    text = yaml.safe_dump(data, allow_unicode=True)
+    with contextlib.suppress(ExperimentFileError):
+        load_experiment(text, "exp.yaml", Path("/tmp"), "me")

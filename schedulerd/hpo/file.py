@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import getpass
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from schedulerd.bounds import MAX_ENV_VALUE, MAX_GPUS
 from schedulerd.hpo.spec import (
     CategoricalParam,
     Choice,
@@ -27,17 +29,19 @@ from schedulerd.hpo.spec import (
     PrunerSpec,
     problems,
 )
-from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue
+from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue, TooManyIssues
 from schedulerd.policy.nodes import (
     BOOL,
     FLOAT,
     INT,
     STR,
+    Limits,
     compose,
     describe,
     entries,
     join,
     unknown_key,
+    value,
 )
 
 TOP_KEYS = (
@@ -53,6 +57,11 @@ PRUNER_KEYS = (
     *("type", "min_resource", "max_resource", "reduction_factor"),
     *("startup_trials", "warmup_steps"),
 )
+# Like a policy (no anchors, aliases or merge keys; 1 MiB, 32 levels), but a value may be
+# as long as an environment variable's. Numbers are bounded by spec.problems().
+LIMITS = Limits("an experiment file", max_text=MAX_ENV_VALUE)
+_CHOICE_TYPES = {INT: int, FLOAT: float, BOOL: bool}
+_GPUS = re.compile(r"\s*([0-9]{1,7})\s*(?::\s*([0-9]{1,7})\s*)?")
 
 
 class ExperimentFileError(PolicyError):
@@ -69,11 +78,14 @@ class ExperimentFileError(PolicyError):
 def load_experiment_file(path: str | Path, user: str | None = None) -> ExperimentSpec:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        with open(path, "rb") as f:  # no more than a file may hold: the rest is refused
+            data = f.read(LIMITS.max_bytes + 1)
+        text = data.decode("utf-8")
+        base = Path(path).resolve().parent
+    except (OSError, UnicodeDecodeError, ValueError, RuntimeError) as e:
         why = getattr(e, "strerror", None) or str(e)
         raise ExperimentFileError([PolicyIssue(source, 0, "", f"cannot read: {why}")]) from None
-    return load_experiment(text, source, Path(path).resolve().parent, user)
+    return load_experiment(text, source, base, user)
 
 
 def load_experiment(
@@ -82,21 +94,28 @@ def load_experiment(
     """Parse and check an experiment file; a relative workdir is taken from `base`."""
     issues = Issues(source)
     reader = _Reader(issues)
-    doc = compose(text, issues)
     spec = None
-    if doc is not None and not issues:
-        spec = reader.document(doc, base or Path.cwd(), user or getpass.getuser())
-    elif doc is None and not issues:
-        issues.add(1, "", "the file is empty; see docs/hpo.md for the format")
-    if spec is not None and not issues:
-        for key, why in problems(spec):
-            issues.add(reader.line_of(key), key, why)
+    try:
+        doc = compose(text, issues, LIMITS)
+        if doc is not None and not issues:
+            spec = reader.document(doc, base or Path.cwd(), user or getpass.getuser())
+        elif doc is None and not issues:
+            issues.add(1, "", "the file is empty; see docs/hpo.md for the format")
+        if spec is not None and not issues:
+            for key, why in problems(spec):
+                issues.add(reader.line_of(key), key, why)
+    except TooManyIssues:  # reported below, with a note that there are more
+        pass
     try:
         issues.raise_if_any()
     except PolicyError as e:
         raise ExperimentFileError(e.issues) from None
     assert spec is not None
     return spec
+
+
+def _finite(x: object) -> bool:
+    return not isinstance(x, float) or math.isfinite(x)
 
 
 class _Reader:
@@ -152,6 +171,11 @@ class _Reader:
         if self.issues:
             return None
         workdir = got.get("workdir") or "."
+        try:
+            working_dir = str((base / workdir).resolve())
+        except (OSError, ValueError, RuntimeError) as e:  # a NUL, a symlink loop...
+            self.issues.add(self.line_of("workdir"), "workdir", f"not a usable path: {e}")
+            return None
         gmin, gmax = got.get("gpus", (1, 1))
         return ExperimentSpec(
             name=got.get("name", ""),
@@ -170,7 +194,7 @@ class _Reader:
             gpus_max=gmax,
             priority=got.get("priority", 0),
             env=got.get("env", {}),
-            working_dir=str((base / workdir).resolve()),
+            working_dir=working_dir,
         )
 
     # -- sections -----------------------------------------------------------
@@ -247,13 +271,17 @@ class _Reader:
 
     def _gpus(self, node: Node) -> tuple[int, int]:
         text = node.value if isinstance(node, ScalarNode) else ""
-        low, sep, high = str(text).partition(":")
-        if not low.strip().isdigit() or (sep and not high.strip().isdigit()):
+        m = _GPUS.fullmatch(str(text))
+        if m is None or int(m.group(1)) > MAX_GPUS or int(m.group(2) or 0) > MAX_GPUS:
             self.issues.add(
-                node, "gpus", f"give N, or MIN:MAX for elastic trials; got {describe(node)}"
+                node,
+                "gpus",
+                f"give N, or MIN:MAX for elastic trials, at most {MAX_GPUS:,}; "
+                f"got {describe(node)}",
             )
             return (1, 1)
-        return int(low), int(high) if sep else int(low)
+        low = int(m.group(1))
+        return low, int(m.group(2)) if m.group(2) is not None else low
 
     def _env(self, node: Node) -> dict[str, str]:
         out = {}
@@ -292,16 +320,15 @@ class _Reader:
             return []
         out: list[Choice] = []
         for item in node.value:
-            if isinstance(item, ScalarNode) and item.tag == INT:
-                out.append(int(item.value))
-            elif isinstance(item, ScalarNode) and item.tag == FLOAT:
-                out.append(float(item.value))
-            elif isinstance(item, ScalarNode) and item.tag == BOOL:
-                out.append(item.value.lower() in ("true", "yes", "on"))
-            elif isinstance(item, ScalarNode) and item.tag == STR:
+            # Typed as YAML reads them: 0x10 is 16, 1_000 is 1000, .inf is not a choice.
+            got = value(item) if isinstance(item, ScalarNode) else None
+            if isinstance(item, ScalarNode) and item.tag == STR:
                 out.append(str(item.value))
+            elif type(got) is _CHOICE_TYPES.get(item.tag) and _finite(got):
+                out.append(got)  # type: ignore[arg-type]
             else:
-                self.issues.add(item, key, f"choices are plain values, got {describe(item)}")
+                why = "plain values (finite numbers, text, true or false)"
+                self.issues.add(item, key, f"choices are {why}, got {describe(item)}")
         return out
 
     def _str(self, node: Node, key: str) -> str:
@@ -314,7 +341,7 @@ class _Reader:
         if isinstance(node, ScalarNode) and node.tag == INT:
             try:
                 return int(node.value.replace("_", ""), 0)
-            except ValueError:
+            except ValueError:  # 0b2, 1:30, more than 4,300 digits...
                 pass
         self.issues.add(node, key, f"must be a whole number, got {describe(node)}")
         return 0

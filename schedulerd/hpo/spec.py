@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from schedulerd import bounds
+
 Choice = str | int | float | bool
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -115,7 +117,14 @@ def grid_count(p: Param) -> int:
         return max(0, (p.high - p.low) // (p.step or 1) + 1)
     if p.step is None or not (math.isfinite(p.step) and p.step > 0):
         return 0
-    return math.floor((p.high - p.low) / p.step + 1e-9) + 1
+    steps = (p.high - p.low) / p.step
+    if not math.isfinite(steps) or steps > _HUGE_GRID:  # a tiny step or a huge range
+        return _HUGE_GRID
+    return math.floor(steps + 1e-9) + 1
+
+
+# What grid_count answers for a float range it cannot count exactly: far above MAX_GRID.
+_HUGE_GRID = 2**53
 
 
 def grid_values(p: Param) -> list[Choice] | None:
@@ -163,6 +172,7 @@ def problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     out += _command_problems(spec)
     out += _pruner_problems(spec.pruner)
     out += _limit_problems(spec)
+    out += _bound_problems(spec)
     return out
 
 
@@ -255,3 +265,72 @@ def _limit_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     elif spec.gpus_max < spec.gpus_min:
         out.append(("gpus", f"{spec.gpus_min}:{spec.gpus_max} is empty (max below min)"))
     return out
+
+
+def _bound_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """Sizes and magnitudes (schedulerd.bounds): what the API would refuse, and what would
+    cost the daemon or Optuna without bound (a 10^300 range, 10^9 trials)."""
+    b = bounds
+    checks = [
+        b.check_text(spec.name, "name", b.MAX_JOB_NAME),
+        b.check_consumer_path(spec.consumer, "consumer") if spec.consumer.startswith("/") else None,
+        b.check_text(spec.user, "user", b.MAX_USER),
+        b.check_argv(spec.command, "command") if spec.command and spec.command[0] else None,
+        b.check_env(spec.env, "env"),
+        b.check_text(spec.working_dir, "workdir", b.MAX_PATH),
+        b.check_text(spec.metric, "objective.metric", b.MAX_METRIC),
+        b.check_priority(spec.priority, "priority"),
+    ]
+    out = [(r.field, _why(r)) for r in checks if r is not None]
+    if spec.gpus_min > b.MAX_GPUS or spec.gpus_max > b.MAX_GPUS:
+        out.append(("gpus", f"at most {b.MAX_GPUS:,} GPUs per trial"))
+    if spec.seed is not None and not 0 <= spec.seed <= b.MAX_SEED:
+        out.append(("seed", f"must be from 0 to {b.MAX_SEED:,}, got {spec.seed}"))
+    if spec.max_trials > b.MAX_TRIALS:
+        out.append(("max_trials", f"{spec.max_trials:,} trials, at most {b.MAX_TRIALS:,}"))
+    if spec.max_parallel > b.MAX_PARALLEL:
+        out.append(("max_parallel", f"{spec.max_parallel:,}, at most {b.MAX_PARALLEL:,}"))
+    pruner = spec.pruner
+    for name in ("min_resource", "max_resource", "reduction_factor", "startup_trials"):
+        if getattr(pruner, name) > b.MAX_PRUNER_NUMBER:
+            out.append((f"pruner.{name}", f"at most {b.MAX_PRUNER_NUMBER:,}"))
+    if pruner.warmup_steps > b.MAX_PRUNER_NUMBER:
+        out.append(("pruner.warmup_steps", f"at most {b.MAX_PRUNER_NUMBER:,}"))
+    if len(spec.params) > b.MAX_PARAMS:
+        out.append(("params", f"{len(spec.params)} parameters, at most {b.MAX_PARAMS}"))
+    for p in spec.params:
+        out += _param_bounds(p)
+    return out
+
+
+def _param_bounds(p: Param) -> list[tuple[str, str]]:
+    key = f"params.{p.name}"
+    out = []
+    if len(p.name) > bounds.MAX_PARAM_NAME:
+        out.append((key, f"a name of {len(p.name)} characters, at most {bounds.MAX_PARAM_NAME}"))
+    if isinstance(p, CategoricalParam):
+        if len(p.choices) > bounds.MAX_CHOICES:
+            out.append((f"{key}.choices", f"{len(p.choices):,} choices, at most 1,000"))
+        for c in p.choices:
+            if isinstance(c, str) and len(c) > bounds.MAX_CHOICE_TEXT:
+                out.append((f"{key}.choices", f"a choice of {len(c):,} characters, at most 1,024"))
+            elif isinstance(c, int | float) and not _bounded(c):
+                out.append((f"{key}.choices", f"{c} is not a finite number within +-1e15"))
+        return out
+    for name in ("low", "high", "step"):
+        x = getattr(p, name)
+        if x is not None and not _bounded(x):
+            out.append((f"{key}.{name}", f"must be a finite number within +-1e15, got {x}"))
+    return out
+
+
+def _bounded(x: float) -> bool:
+    try:
+        return math.isfinite(x) and abs(x) <= bounds.MAX_EXPERIMENT_NUMBER
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def _why(r: bounds.Refusal) -> str:
+    """A refusal's reason without its field (the caller names the field)."""
+    return r.message.removeprefix(f"{r.field}: ")
