@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from schedulerd.store import EventRecord, JobRecord, JobState, PartPhase, PartRecord, Store
+from schedulerd.store.store import LIST_CAP
 
 
 def _job(consumer: str = "/a") -> JobRecord:
@@ -77,6 +78,45 @@ def test_list_jobs_filters_by_subtree_state_and_user(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     for consumer in ["/a", "/a/x", "/ab", "/b"]:
         store.insert_job(_job(consumer))
-    assert [j.consumer for j in store.list_jobs("/a")] == ["/a", "/a/x"]
+    assert [j.consumer for j in store.list_jobs("/a")] == ["/a/x", "/a"]  # newest first
+    assert [j.consumer for j in store.list_jobs("/a/")] == ["/a/x", "/a"]
     assert store.list_jobs(states=["RUNNING"]) == []
     assert len(store.list_jobs(user="u", limit=2)) == 2
+    assert store.list_jobs(user="v") == []
+
+
+def test_list_jobs_pages_newest_first(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    ids = [store.insert_job(_job()).id for _ in range(7)]
+    pages, before = [], 0
+    while True:
+        page = store.list_jobs(limit=3, before_id=before)
+        pages.append([j.id for j in page])
+        if len(page) < 3:
+            break
+        before = page[-1].id
+    assert pages == [ids[6:3:-1], ids[3:0:-1], ids[:1]]
+    assert [j.id for j in store.list_jobs(before_id=ids[2])] == [ids[1], ids[0]]
+
+
+def test_list_jobs_is_capped_whatever_the_limit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    with store.transaction():
+        for _ in range(LIST_CAP + 5):
+            store.insert_job(_job())
+    assert len(store.list_jobs()) == LIST_CAP
+    assert len(store.list_jobs(limit=2**32 - 1)) == LIST_CAP
+    assert len(store.list_jobs(limit=-1)) == LIST_CAP
+    newest = store.list_jobs(limit=1)[0].id
+    assert newest == LIST_CAP + 5
+
+
+def test_list_jobs_consumer_filter_is_literal(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    for consumer in ["/a_b/x", "/aXb/y", "/a%/z", "/a%b/w", "/a\\b/v", "/a\\/u"]:
+        store.insert_job(_job(consumer))
+    assert [j.consumer for j in store.list_jobs("/a_b")] == ["/a_b/x"]
+    assert [j.consumer for j in store.list_jobs("/a%")] == ["/a%/z"]
+    assert [j.consumer for j in store.list_jobs("/a\\b")] == ["/a\\b/v"]
+    assert [j.consumer for j in store.list_jobs("/a\\")] == ["/a\\/u"]
+    assert store.list_jobs("/%") == [] and store.list_jobs("/_") == []

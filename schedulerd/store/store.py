@@ -30,6 +30,9 @@ from schedulerd.store.records import (
 )
 from schedulerd.store.schema import MIGRATIONS
 
+# The most jobs one list_jobs page holds, whatever the caller asks.
+LIST_CAP = 1000
+
 
 class StoreUnavailable(RuntimeError):
     """A write could not be committed (disk full, I/O error, locked): nothing changed.
@@ -144,27 +147,38 @@ class Store:
         return job
 
     def list_jobs(
-        self, consumer: str = "", states: list[str] | None = None, user: str = "", limit: int = 0
+        self,
+        consumer: str = "",
+        states: list[str] | None = None,
+        user: str = "",
+        limit: int = 0,
+        before_id: int = 0,
     ) -> list[JobRecord]:
-        """Jobs matching the filters, in queue order (newest first when limited)."""
-        where, args = ["1=1"], []
+        """One page of the jobs matching the filters, newest first: at most `limit` jobs
+        (LIST_CAP when `limit` is 0 or above it), with ids below `before_id` when it is
+        set. The next page is `before_id=page[-1].id`; a page shorter than its limit is
+        the last. `consumer` is a subtree: itself and every path under it, matched
+        literally (a `_` or `%` in it is a character, not a pattern)."""
+        where: list[str] = ["1=1"]
+        args: list[str | int] = []
         if consumer not in ("", "/"):
-            where.append("(consumer = ? OR consumer LIKE ?)")
-            args += [consumer, consumer.rstrip("/") + "/%"]
+            prefix = consumer.rstrip("/")
+            where.append("(consumer = ? OR consumer LIKE ? ESCAPE '\\')")
+            args += [prefix, _like_escape(prefix) + "/%"]
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             args += states
         if user:
             where.append("user = ?")
             args.append(user)
-        order = "id desc" if limit else "id"
+        if before_id > 0:
+            where.append("id < ?")
+            args.append(before_id)
+        cap = LIST_CAP if limit <= 0 or limit > LIST_CAP else limit
         rows = self.db.table("jobs").rows_where(
-            " AND ".join(where), args, order_by=order, limit=limit or None
+            " AND ".join(where), args, order_by="id desc", limit=cap
         )
-        jobs = [_job_from_row(r) for r in rows]
-        if limit:
-            jobs.reverse()
-        return self._with_parts(jobs)
+        return self._with_parts([_job_from_row(r) for r in rows])
 
     def _with_parts(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Attach each job's parts of its current attempt, in a few queries."""
@@ -238,6 +252,11 @@ class Store:
             return None
         r = rows[0]
         return PolicyRecord(r["version"], r["text"], r["source"], r["applied_at"])
+
+
+def _like_escape(text: str) -> str:
+    """`text` for a LIKE pattern with ESCAPE '\\': its \\, % and _ match themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _pk(value: object) -> int:
