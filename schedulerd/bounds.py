@@ -322,15 +322,17 @@ def check_submit_job(request: jobs_pb2.SubmitJobRequest) -> Refusal | None:
 
 
 def check_submit_jobs(request: jobs_pb2.SubmitJobsRequest) -> Refusal | None:
-    """The batch's size, then each job's spec ("jobs[3].spec.command: ..."). An empty
-    batch is allowed: it submits nothing."""
+    """The batch's size, then each job's spec. A job's refusal reads as the daemon names
+    jobs of a batch, "job 3 of 10: spec.command: ..." (its field: jobs[3].spec.command).
+    An empty batch is allowed: it submits nothing."""
     problem = _check_count(request.jobs, "jobs", MAX_BATCH, "jobs in one batch")
     if problem:
         return problem
     for i, job in enumerate(request.jobs):
-        problem = check_job_spec(job.spec, f"jobs[{i}].spec")
+        problem = check_job_spec(job.spec, "spec")
         if problem:
-            return problem
+            n = len(request.jobs)
+            return Refusal(f"jobs[{i}].{problem.field}", f"job {i} of {n}: {problem.message}")
     return None
 
 
