@@ -61,9 +61,9 @@ def test_sigkill_mid_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path) ->
         cluster.start_daemon()
 
         # Right after the restart, before the agents are back: the same jobs, in
-        # the same states, in the same order.
+        # the same states, in the same order (newest first).
         after = c.list_jobs()
-        assert [j.id for j in after] == [*long_ids, *queued_ids]
+        assert [j.id for j in after] == [*long_ids, *queued_ids][::-1]
         assert {j.id: j.state for j in after} == before
 
         wait_for(

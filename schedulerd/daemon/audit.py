@@ -83,6 +83,13 @@ class AuditTrail:
     def refused(self, who: Identity, action: Action, target: Target, code: str, why: str) -> None:
         self._add(who, action, target.describe(), code, why)
 
+    def refused_call(self, who: Identity, action: str, code: str, why: str) -> None:
+        """A refusal before the action is known by the gate (a malformed request)."""
+        entry = AuditEntry(
+            self.clock(), who.label, who.credential.value, action, "", code, why[:500]
+        )
+        self._append(entry)
+
     def begin_call(self) -> contextvars.Token[_Pending | None]:
         return _current.set(None)
 
@@ -98,6 +105,9 @@ class AuditTrail:
         entry = AuditEntry(
             self.clock(), who.label, who.credential.value, action.value, obj, result, detail[:500]
         )
+        self._append(entry)
+
+    def _append(self, entry: AuditEntry) -> None:
         self._buffer.append(entry)
         if len(self._buffer) >= MAX_BUFFERED:
             self.flush()

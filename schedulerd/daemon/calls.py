@@ -1,4 +1,5 @@
-"""What wraps every RPC handler: the end of its audit record, and the last line of
+"""What wraps every RPC handler: the bounds of its request (schedulerd/bounds.py),
+checked before anything else runs; the end of its audit record; and the last line of
 defence against an unexpected exception.
 
 A handler that raises something other than an abort is a bug: the caller gets
@@ -15,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from schedulerd import bounds
+from schedulerd.auth.identity import ANONYMOUS, SCOPE_NAMES, Identity
 from schedulerd.daemon.audit import AuditTrail
 
 log = logging.getLogger("schedulerd.calls")
@@ -22,8 +25,23 @@ _refs = itertools.count(1)
 
 
 class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, audit: AuditTrail) -> None:
+    def __init__(self, audit: AuditTrail, identify: Callable[[Any], Identity]) -> None:
         self.audit = audit
+        self.identify = identify
+
+    async def _refuse_malformed(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext
+    ) -> None:
+        """INVALID_ARGUMENT naming the field, before any work; audited."""
+        refusal = bounds.check_request(request, SCOPE_NAMES)
+        if refusal is None:
+            return
+        try:
+            who = self.identify(context)
+        except Exception:  # an invalid credential: the malformed request is the news
+            who = ANONYMOUS
+        self.audit.refused_call(who, _action_name(method), "INVALID_ARGUMENT", refusal.message)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal.message)
 
     async def intercept_service(
         self,
@@ -56,6 +74,7 @@ class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _unary(self, method: str, behavior: Any) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._refuse_malformed(method, request, context)
             token = self.audit.begin_call()
             result, detail = "ok", ""
             try:
@@ -73,6 +92,8 @@ class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _stream(self, method: str, behavior: Any) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if not hasattr(request, "__aiter__"):  # a request stream is checked per message
+                await self._refuse_malformed(method, request, context)
             token = self.audit.begin_call()
             result, detail = "ok", ""
             try:
@@ -88,6 +109,12 @@ class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self.audit.end_call(token, result, detail)
 
         return wrapped
+
+
+def _action_name(method: str) -> str:
+    """/schedulerd.api.v1.Scheduler/SubmitJob -> Scheduler.SubmitJob (as Action says)."""
+    service, _, name = method.rpartition("/")
+    return f"{service.rsplit('.', 1)[-1]}.{name}"
 
 
 def _status(context: grpc.aio.ServicerContext) -> tuple[str, str]:

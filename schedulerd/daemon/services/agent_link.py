@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from schedulerd import bounds
 from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 from schedulerd.auth.authorize import Action, Target
 from schedulerd.daemon import nodes
@@ -60,6 +61,9 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "send Register first")
+        refusal = bounds.check_agent_message(first)
+        if refusal is not None:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, refusal.message)
         reg = first.register
         name = reg.node
         # The name is the credential's, not the message's: node n1 cannot speak for n2.
@@ -141,6 +145,10 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                     log.warning("agent %s speaks on a stream of a node gone down: closing", name)
                     break
                 node.last_seen = self.state.clock()  # liveness: any message counts
+                refusal = bounds.check_agent_message(msg)
+                if refusal is not None:
+                    log.warning("agent %s sent a malformed message: %s", name, refusal.message)
+                    break
                 which = msg.WhichOneof("msg")
                 if which == "heartbeat":
                     if msg.heartbeat.shutting_down and name not in self.state.stopping_nodes:

@@ -11,6 +11,7 @@ import grpc
 from schedulerd.api.v1 import jobs_pb2, jobs_pb2_grpc
 from schedulerd.auth.authorize import NOTHING, Action, Target
 from schedulerd.auth.identity import Identity
+from schedulerd.bounds import MAX_PAGE_BYTES, USER_NAME, USER_NAME_RULE
 from schedulerd.core import is_within
 from schedulerd.daemon.convert import job_from_spec, job_state_from_pb, job_to_pb
 from schedulerd.daemon.gate import Gate
@@ -21,7 +22,6 @@ from schedulerd.daemon.state import ClusterState, SubmitError
 from schedulerd.store import JobRecord, StoreUnavailable
 
 _LOG_CHUNK = 64 * 1024
-MAX_BATCH = 1000
 
 
 # A watcher that falls this far behind (updates converted but not yet read) is ended
@@ -29,7 +29,6 @@ MAX_BATCH = 1000
 WATCH_BACKLOG_BYTES = 8 * 1024 * 1024
 # ListJobs: the most jobs one page holds, whatever the request asks.
 LIST_PAGE_CAP = 1000
-LIST_PAGE_BYTES = 8 * 1024 * 1024
 
 
 class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
@@ -48,6 +47,12 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         spec names (a submission on their behalf). Never the request's word alone."""
         target = Target(spec.consumer, on_behalf_of=spec.user)
         await self.gate.allow(context, who, Action.SUBMIT, target)
+        if spec.user and not USER_NAME.fullmatch(spec.user):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"spec.user: {spec.user[:40]!r} is not a user name ({USER_NAME_RULE})",
+            )
         return spec.user or who.name
 
     async def SubmitJob(
@@ -55,9 +60,6 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
     ) -> jobs_pb2.SubmitJobResponse:
         who = await self.gate.who(context, Action.SUBMIT)
         spec = request.spec
-        problem = _spec_problem(spec)
-        if problem:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         user = await self._submitter(who, spec, context)
         try:
             job = self.state.submit(job_from_spec(spec, user))
@@ -73,21 +75,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self, request: jobs_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobsResponse:
         who = await self.gate.who(context, Action.SUBMIT)
-        count = len(request.jobs)
-        if count > MAX_BATCH:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"jobs: {count} jobs in one batch, at most {MAX_BATCH}; nothing was submitted",
-            )
-        for i, one in enumerate(request.jobs):
-            problem = _spec_problem(one.spec)
-            if problem:
-                await abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"job {i} of {count}: {problem}; no job of this batch was submitted",
-                )
+        # (Each spec's bounds were checked with the request: daemon/calls.py.)
         users = [await self._submitter(who, one.spec, context) for one in request.jobs]
         try:
             jobs = self.state.submit_many(
@@ -130,35 +118,30 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
     ) -> jobs_pb2.ListJobsResponse:
         caller = await self.gate.check(context, Action.LIST_JOBS, NOTHING)
         before = 0
-        if request.page_token:
-            if not request.page_token.isdigit() or len(request.page_token) > 20:
-                await abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, "page_token: not one of ours"
-                )
+        if request.page_token:  # its syntax was checked with the request (bounds.py)
             before = int(request.page_token)
         limit = min(request.limit or LIST_PAGE_CAP, LIST_PAGE_CAP)
         states = [job_state_from_pb(s).value for s in request.states]
         jobs = self.state.store.list_jobs(
-            request.consumer, states, request.user, limit + 1, before_id=before
+            request.consumer, states, request.user, limit, before_id=before
         )
-        more = len(jobs) > limit
-        jobs = jobs[-limit:] if more else jobs  # the newest `limit`, in queue order
         # Newest first until the page is full, in jobs or in bytes (a few jobs with big
-        # argv must not make the answer too large for anyone to list).
+        # argv must not make the answer too large for anyone to list). A full page
+        # always names the next (which may turn out empty).
+        more = len(jobs) == limit
         page: list[jobs_pb2.Job] = []
         size = 0
-        for record in reversed(jobs):
+        for record in jobs:
             # Live records carry what the store does not keep: the current pending reason.
             j = self.state.jobs.get(record.id, record)
             msg = job_to_pb(j, redacted=not self.gate.sees_in_full(caller.who, j.consumer, j.user))
             size += msg.ByteSize()
-            if page and size > LIST_PAGE_BYTES:
+            if page and size > MAX_PAGE_BYTES:
                 more = True
                 break
             page.append(msg)
-        page.reverse()
         return jobs_pb2.ListJobsResponse(
-            jobs=page, next_page_token=str(page[0].id) if more and page else ""
+            jobs=page, next_page_token=str(page[-1].id) if more and page else ""
         )
 
     async def CancelJob(
@@ -302,13 +285,3 @@ class _Backlog:
         if msg is not None:
             self.bytes -= msg.ByteSize()
         return msg
-
-
-def _spec_problem(spec: jobs_pb2.JobSpec) -> str | None:
-    if not spec.consumer.startswith("/"):
-        return "spec.consumer: a consumer path like /team/project is required"
-    if not spec.command or not spec.command[0]:
-        return "spec.command: a command (argv) is required"
-    if spec.gpus.min < 1:
-        return "spec.gpus.min: a job needs at least 1 GPU"
-    return None
