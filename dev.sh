@@ -31,9 +31,9 @@ case "$cmd" in
   install) install ;;
   run)
     install
-    # Jobs inherit the agent's PATH: put the venv first, so that a job's `python`
-    # is the one with torch and schedulerd.elastic (examples/README.md).
-    PATH="$(cd "$VENV/bin" && pwd):$PATH" exec "$VENV/bin/schedulerd" --local-agent "$@"
+    # Jobs start from a clean environment; the local agent's job PATH puts this venv
+    # first, so that a job's `python` has torch and schedulerd.elastic (examples/README.md).
+    exec "$VENV/bin/schedulerd" --local-agent "$@"
     ;;
   test)
     install

@@ -179,6 +179,10 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
         str(args.db.parent / "agent-state"),
         "--log-level",
         args.log_level,
+        # Jobs start from a clean environment (docs/security.md); on this one machine
+        # their `python` is the one schedulerd runs with (torch, schedulerd.elastic).
+        "--job-path",
+        f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         *(["--keep-jobs-on-exit"] if args.keep_jobs_on_exit else []),
     ]
     log.info("starting local agent %s", node)
