@@ -51,6 +51,7 @@ def take_back(record: PartRecord, box: Containment, boot: str, wall: float, mono
         workers,
         record.report,
         box,
+        user=record.user,
         stop_reason=record.stop_reason,
         by_node=record.by_node,
     )

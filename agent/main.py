@@ -34,6 +34,7 @@ from pathlib import Path
 from agent import __version__
 from agent.cgroups import KINDS, ContainmentUnavailable, choose_containment
 from agent.gpus import NoGpusFound, choose_backend
+from agent.jobenv import DEFAULT_JOB_PATH
 from agent.link import Identity, Link
 from agent.runner import Runner
 from schedulerd.lockfile import AlreadyLocked, hold
@@ -118,6 +119,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="on agent shutdown, SIGKILL jobs this long after SIGTERM (default: 10)",
     )
+    p.add_argument(
+        "--job-path",
+        default=DEFAULT_JOB_PATH,
+        metavar="PATH",
+        help="the PATH a job's environment starts with; nothing else of the agent's "
+        f"environment reaches a job (default: {DEFAULT_JOB_PATH})",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
@@ -161,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.node,
         gpu_indices=[g.index for g in gpus],
         containment=containment,
+        job_path=args.job_path,
     )
     adopted = runner.adopt()  # before the first Register, which lists them
     if adopted:

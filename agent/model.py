@@ -62,11 +62,14 @@ class JobSpec:
     working_dir: str = ""
     gpu_indices: tuple[int, ...] = ()
     consumer: str = ""
-    user: str = ""
+    user: str = ""  # the job runs as this user of the node (agent/users.py)
     name: str = ""
     node_rank: int = 0
     num_nodes: int = 1
     elastic: ElasticSpec | None = None
+    # The policy lets this consumer's jobs run as root: without it a job whose user is root
+    # is refused.
+    allow_root: bool = False
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a spec is a value, never edited after it arrives.

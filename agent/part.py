@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.cgroups import Containment
+from agent.jobenv import env_problem
 from agent.model import JobSpec, PartReport, Phase
 from agent.partstate import PartRecord, WorkerRecord
+from agent.users import JobUser
 from agent.worker import ShimProcess, read_status
 
 START_FAILED_EXIT_CODE = 127  # what a shell says for "command not found"
@@ -41,6 +43,7 @@ class Part:
     workers: list[Worker]  # empty when it never started
     report: PartReport
     box: Containment  # where its cgroups are (the kind it was started with)
+    user: JobUser | None = None  # who its processes run as; None when it never started
     stop_reason: str = ""
     by_node: bool = False  # stop_all(by_node=True) asked for it: the node ended it
     changed: bool = field(default=False, compare=False)  # a report poll() has not returned
@@ -65,6 +68,7 @@ class Part:
             by_node=self.by_node,
             containment=self.box.kind,
             boot_id=boot_id,
+            user=self.user,
         )
 
 
@@ -173,4 +177,4 @@ def spec_problem(spec: JobSpec, node: str, node_gpus: frozenset[int] | None) -> 
         if unknown:
             have = ",".join(map(str, sorted(node_gpus))) or "none"
             return f"GPU {unknown} not on node {node} (it has GPUs {have})"
-    return ""
+    return env_problem(spec.env)

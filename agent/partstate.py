@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.model import ElasticSpec, JobSpec, PartKey, PartReport, Phase
+from agent.users import JobUser
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class PartRecord:
     by_node: bool = False  # the node stopped it (PartReport.stopped_by_node)
     containment: str = "pgroup"  # agent.cgroups kind its cgroups belong to
     boot_id: str = ""
+    # Who its processes run as, as resolved when it started: its joiners run as the same
+    # uid, gid and groups even if the node's passwd changes meanwhile. None: never started.
+    user: JobUser | None = None
 
 
 def path_of(parts_dir: Path, key: PartKey) -> Path:
@@ -119,6 +123,7 @@ def _encode(record: PartRecord) -> dict[str, Any]:
         "by_node": record.by_node,
         "containment": record.containment,
         "boot_id": record.boot_id,
+        "user": None if record.user is None else asdict(record.user),
     }
 
 
@@ -136,6 +141,7 @@ def _decode(data: dict[str, Any]) -> PartRecord:
             }
         )
     report = dict(data["report"])
+    user = data.get("user")  # absent from the records of agents before jobs ran as users
     return PartRecord(
         spec=JobSpec(**spec, elastic=elastic),
         workers=[WorkerRecord(**{**w, "gpus": tuple(w["gpus"])}) for w in data["workers"]],
@@ -150,6 +156,7 @@ def _decode(data: dict[str, Any]) -> PartRecord:
         by_node=bool(data["by_node"]),
         containment=str(data["containment"]),
         boot_id=str(data["boot_id"]),
+        user=None if user is None else JobUser(**{**user, "groups": tuple(user["groups"])}),
     )
 
 

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import IO
 
 from agent import adopt as adoption
-from agent import joblog, partstate, watch
+from agent import jobdirs, joblog, partstate, watch
 from agent.cgroups import Containment, bases_of, choose_containment
+from agent.jobenv import DEFAULT_JOB_PATH, job_env
 from agent.model import JobSpec, PartKey, PartReport, Phase, ResizeRequest, StopRequest
 from agent.part import (
     START_FAILED_EXIT_CODE,
@@ -45,7 +46,8 @@ from agent.part import (
     spec_problem,
     worker_plan,
 )
-from agent.spawn import job_env, spawn_workers
+from agent.spawn import spawn_workers
+from agent.users import JobUser, UserRefused, job_user
 from agent.worker import LEASE_DEADLINE_FILE, StartFailed, boot_id
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,11 @@ class Runner:
         monotonic: Callable[[], float] = time.monotonic,
         gpu_indices: Iterable[int] | None = None,
         containment: Containment | None = None,
+        job_path: str = DEFAULT_JOB_PATH,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.node = node
+        self.job_path = job_path  # the PATH a job's environment starts with (agent/jobenv)
         # The node's GPUs; a job asking for another one is refused. None: no check.
         self.gpu_indices = None if gpu_indices is None else frozenset(gpu_indices)
         self.containment = choose_containment("auto", node) if containment is None else containment
@@ -77,19 +81,28 @@ class Runner:
         self.status_dir = self.state_dir / "status"
         self._wall = wall_clock
         self._mono = monotonic
+        # Root switches every job to its user; any other agent runs only its own user's.
+        self._uid, self._gid = os.geteuid(), os.getegid()
         self._boot = boot_id()
         self._parts: dict[PartKey, Part] = {}
 
     # --- what the daemon asks -------------------------------------------------------------
 
     def start(self, spec: JobSpec) -> PartReport:
-        """Start a part. A bad command gives START_FAILED, GPUs held by another live part or
-        an agent shutting down give REFUSED; never an exception."""
+        """Start a part as its user. A bad command, working dir or user gives START_FAILED,
+        GPUs held by another live part or an agent shutting down give REFUSED; never an
+        exception."""
         known = self._parts.get(spec.key)
         if known is not None:  # idempotent: reconcile normally catches this first
             return known.report
+        user: JobUser | None = None
+        not_allowed = ""
         try:
-            logfile = self._open_log(spec.job_id)
+            user = job_user(spec, self.node, self._uid)
+        except UserRefused as e:
+            not_allowed = str(e)
+        try:
+            logfile = self._new_log(spec.job_id, user)
         except OSError as e:
             return self._ended_at_start(spec, Phase.START_FAILED, f"cannot open the job's log: {e}")
         with logfile:
@@ -104,16 +117,22 @@ class Runner:
             refused = "the agent is shutting down" if self.stopping else self._held(spec)
             if refused:
                 return self._ended_at_start(spec, Phase.REFUSED, refused, logfile)
-            problem = spec_problem(spec, self.node, self.gpu_indices)
-            if problem:
+            problem = spec_problem(spec, self.node, self.gpu_indices) or not_allowed
+            if problem or user is None:
                 return self._ended_at_start(spec, Phase.START_FAILED, problem, logfile)
             part = Part(
-                spec, [], PartReport(spec.job_id, spec.attempt, Phase.RUNNING), self.containment
+                spec,
+                [],
+                PartReport(spec.job_id, spec.attempt, Phase.RUNNING),
+                self.containment,
+                user=user,
             )
             try:
-                cwd = self._working_dir(spec)
-                part.workers = self._spawn(part, worker_plan(spec), logfile, cwd, join=False)
-            except (OSError, StartFailed) as e:
+                cwd = self._working_dir(spec, user)
+                part.workers = self._spawn(part, user, worker_plan(spec), logfile, cwd, join=False)
+            except StartFailed as e:  # the shim's message says it all
+                return self._ended_at_start(spec, Phase.START_FAILED, str(e), logfile)
+            except OSError as e:
                 return self._ended_at_start(
                     spec, Phase.START_FAILED, f"cannot start {spec.command[0]!r}: {e}", logfile
                 )
@@ -274,13 +293,18 @@ class Runner:
     def any_running(self) -> bool:
         return any(not p.report.phase.ended for p in self._parts.values())
 
+    def log_dir(self, job_id: int) -> Path:
+        """The job's log folder, its user's (agent/jobdirs)."""
+        return self.logs_dir / f"job-{job_id}"
+
     def log_path(self, job_id: int) -> Path:
-        return self.logs_dir / f"job-{job_id}.log"
+        return self.log_dir(job_id) / joblog.LOG_NAME
 
     def read_log(self, job_id: int, offset: int, max_bytes: int) -> tuple[bytes, bool, int]:
-        """(data, found, next_offset); max_bytes 0 means a default, and it is capped. Never
-        through a symlink, and only a regular file (agent/joblog)."""
-        return joblog.read_page(self.log_path(job_id), offset, max_bytes)
+        """(data, found, next_offset); max_bytes 0 means a default, and it is capped. Only
+        this job's log, never through a link, and only a regular file of the job's user
+        (agent/joblog)."""
+        return joblog.read_page(self.log_dir(job_id), offset, max_bytes)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -316,17 +340,20 @@ class Runner:
             )
             return
         try:
+            # The user the part started as; a part adopted from an agent that did not record
+            # it (before jobs ran as their users) is looked up again.
+            user = part.user or job_user(part.spec, self.node, self._uid)
             with self._open_log(part.spec.job_id) as logfile:
-                part.workers += self._spawn(
-                    part, joiners, logfile, self._working_dir(part.spec), join=True
-                )
-        except (OSError, StartFailed) as e:
+                cwd = self._working_dir(part.spec, user)
+                part.workers += self._spawn(part, user, joiners, logfile, cwd, join=True)
+        except (OSError, StartFailed, UserRefused) as e:
             log.warning("job %d: cannot start joiners %s: %s", req.job_id, list(req.add), e)
         part.report = replace(part.report, gpu_indices=part.live_gpus())
 
     def _spawn(
         self,
         part: Part,
+        user: JobUser,
         plan: Sequence[tuple[int, tuple[int, ...]]],
         logfile: IO[bytes],
         cwd: Path,
@@ -337,9 +364,14 @@ class Runner:
         return spawn_workers(
             part,
             plan,
+            user=user,
+            switch_user=self._uid == 0,
             logfile=logfile,
             cwd=cwd,
-            envs={wid: job_env(spec, self.node, gpus, wid, join) for wid, gpus in plan},
+            envs={
+                wid: job_env(spec, user, self.job_path, self.node, gpus, wid, join)
+                for wid, gpus in plan
+            },
             status_dir=self.status_dir,
             lease_file=self.state_dir / LEASE_DEADLINE_FILE,
         )
@@ -358,12 +390,10 @@ class Runner:
                 )
         return "; ".join(holders)
 
-    def _working_dir(self, spec: JobSpec) -> Path:
-        if spec.working_dir:
-            return Path(spec.working_dir)  # must exist: a missing one is START_FAILED
-        path = self.work_dir / f"job-{spec.job_id}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def _working_dir(self, spec: JobSpec, user: JobUser) -> Path:
+        if spec.working_dir:  # entered by the shim as the user: one it may not is START_FAILED
+            return Path(spec.working_dir)
+        return jobdirs.owned_dir(self.work_dir, f"job-{spec.job_id}", user.uid, user.gid)
 
     def _box(self, kind: str) -> Containment:
         return adoption.containment_of(kind, self.containment, self.node)
@@ -401,5 +431,15 @@ class Runner:
         except OSError:
             log.debug("cannot append to the log of job %d", spec.job_id, exc_info=True)
 
+    def _new_log(self, job_id: int, user: JobUser | None) -> IO[bytes]:
+        """The log for a new attempt, in a folder of the job's user. When no user can be had
+        here the folder is left as it is (its owner's, or the agent's when new): why the
+        attempt failed is written there, and nobody is given it."""
+        folder = self.log_dir(job_id)
+        if user is not None or not folder.exists():
+            uid, gid = (user.uid, user.gid) if user is not None else (self._uid, self._gid)
+            folder = jobdirs.owned_dir(self.logs_dir, folder.name, uid, gid)
+        return joblog.open_for_append(folder)
+
     def _open_log(self, job_id: int) -> IO[bytes]:
-        return joblog.open_for_append(self.log_path(job_id))
+        return joblog.open_for_append(self.log_dir(job_id))

@@ -2,12 +2,21 @@
 containerd-shim and slurmstepd are). Standard library only, run as
 `python -I -S agent/shim.py ...` so that it starts in about 10 ms and imports nothing of ours.
 
-    shim.py --status FILE --ready-fd N [--cgroup-procs FILE] --signal-to group|process -- CMD...
+    shim.py --status FILE --ready-fd N --env-fd N --cwd DIR --user NAME
+            [--uid U --gid G --groups G1,G2,...] [--cgroup-procs FILE]
+            --signal-to group|process [--lease FILE] -- CMD...
+
+The shim runs as the agent's user (root) with the agent's environment, never the job's (a
+root process started with the job's LD_PRELOAD would run the job's code as root). The job's
+environment comes on --env-fd (a memfd of NAME=VALUE entries, each ending in NUL).
 
 1. Joins the worker's cgroup (writes "0" to FILE) before any job code exists: the command
-   starts inside it, and so does everything the command forks.
-2. Starts CMD as its child in a new session (its own process group). A command that cannot
-   be executed is reported as {"start_failed": "..."}.
+   starts inside it, and so does everything the command forks. Its cgroup files stay root's.
+2. Forks the command's process, which, in this order: starts a new session (its own process
+   group); takes the job's identity (setgroups, setgid, setuid: for good, as root can);
+   sets the umask; enters the working dir, as the job's user, so that a folder the user may
+   not enter is refused (subprocess would chdir before dropping root); execs CMD with the
+   job's environment. A step that fails is reported as {"start_failed": "..."}.
 3. Says "ok <child pid>" or "error <message>" on the ready fd and closes it: the agent waits
    for this, so a bad command is START_FAILED at once and signals sent after the start find
    the handlers below in place.
@@ -32,12 +41,31 @@ by hand.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 import time
 
+TYPE_CHECKING = False  # typing alone costs 10 ms at every start
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# Held back from the fork until the command's process has its default handlers: one that came
+# in between would otherwise run the shim's handler in the child and be lost.
+HELD = (*FORWARDED, signal.SIGHUP)
+# Python ignores SIGPIPE and SIGXFSZ; the job gets the defaults, as subprocess does.
+DEFAULTED = (*HELD, signal.SIGPIPE, signal.SIGXFSZ)
+# The job's files are written as its user's command run by hand would (022 is the login
+# default of Debian and most distributions): a group or a team reading its checkpoints keeps
+# working. What must stay private is in its 0700 folders (its log's and its default working
+# dir), whatever the umask; a job that wants more sets its own.
+JOB_UMASK = 0o022
+
+
+class StartError(Exception):
+    """The command cannot be started; the message says why, in full."""
 
 
 class _State:
@@ -139,32 +167,120 @@ def _say(fd: int, line: str) -> None:
         pass  # the agent is gone: the status file is what counts now
 
 
+def _read_env(fd: int) -> dict[str, str]:
+    os.lseek(fd, 0, os.SEEK_SET)  # the agent wrote it, and shares the offset
+    data = b""
+    while chunk := os.read(fd, 1 << 16):
+        data += chunk
+    os.close(fd)
+    env = {}
+    for entry in data.split(b"\0")[:-1]:
+        name, _, value = os.fsdecode(entry).partition("=")
+        env[name] = value
+    return env
+
+
+def _start(command: list[str], env: dict[str, str], opts: dict[str, str]) -> int:
+    """Fork and exec the command (see 2. above); its pid, or StartError. An exec that works
+    closes the error pipe; one that fails writes why on it."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(err_r)
+        os.close(err_w)
+        raise
+    if pid == 0:
+        os.close(err_r)
+        _child(command, env, opts, mask, err_w)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    os.close(err_w)
+    why = b""
+    while chunk := os.read(err_r, 4096):
+        why += chunk
+    os.close(err_r)
+    if why:
+        os.waitpid(pid, 0)
+        raise StartError(why.decode(errors="replace"))
+    return pid
+
+
+def _child(
+    command: list[str], env: dict[str, str], opts: dict[str, str], mask: set[int], err: int
+) -> NoReturn:
+    """The command's process until its exec; never returns."""
+    try:
+        os.setsid()
+        for sig in DEFAULTED:
+            signal.signal(sig, signal.SIG_DFL)
+        if "uid" in opts:
+            uid, gid = int(opts["uid"]), int(opts["gid"])
+            try:
+                os.setgroups([int(g) for g in opts["groups"].split(",") if g])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)  # all three: root cannot be taken back
+            except OSError as e:
+                raise StartError(f"cannot run as user {opts['user']}: {e.strerror}") from e
+        os.umask(JOB_UMASK)
+        try:
+            os.chdir(opts["cwd"])
+        except OSError as e:
+            raise StartError(
+                f"working_dir {opts['cwd']} is not usable by user {opts['user']}: {e.strerror}"
+            ) from e
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a held signal is delivered here
+        try:
+            _exec(command, env)
+        except OSError as e:  # named as given, not as the last PATH entry tried
+            raise StartError(
+                f"cannot start {command[0]!r}: {OSError(e.errno, e.strerror, command[0])}"
+            ) from e
+    except BaseException as e:
+        message = str(e) if isinstance(e, StartError) else f"cannot start {command[0]!r}: {e}"
+        os.write(err, message.encode(errors="replace"))
+    os._exit(127)
+
+
+def _exec(command: list[str], env: dict[str, str]) -> None:
+    """execvpe by hand, searching the job's PATH: os.execvpe imports a module, which the job's
+    user may not be able to read (a Python under /root)."""
+    name = command[0]
+    if "/" in name:
+        os.execve(name, command, env)
+    first: OSError | None = None  # the first error that is not "not there", as execvp says
+    last: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    for folder in env.get("PATH", os.defpath).split(":"):
+        try:
+            os.execve(os.path.join(folder, name), command, env)
+        except OSError as e:
+            last = e
+            if first is None and e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                first = e
+    raise first or last
+
+
 def main(argv: list[str]) -> int:
     opts, command = _parse(argv)
     status, ready = opts["status"], int(opts["ready-fd"])
     os.set_inheritable(ready, False)  # the job must not hold the agent's pipe open
     _State.to_group = opts.get("signal-to", "group") == "group"
-    for sig in (*FORWARDED, signal.SIGHUP):
+    for sig in HELD:
         signal.signal(sig, _on_signal)
     try:
+        if not command:
+            raise StartError("empty command")
+        env = _read_env(int(opts["env-fd"]))
         if opts.get("cgroup-procs"):
             fd = os.open(opts["cgroup-procs"], os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
-        if not command:
-            raise ValueError("empty command")
-        # Python ignores SIGPIPE and SIGXFSZ; the job gets the defaults, as subprocess does.
-        child = os.posix_spawnp(
-            command[0],
-            command,
-            os.environ,
-            setsid=True,
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED, signal.SIGHUP),
-        )
-    except (OSError, ValueError) as e:
-        message = str(e)
+        child = _start(command, env, opts)
+    except (OSError, StartError) as e:
+        message = str(e) if isinstance(e, StartError) else f"cannot start {command[0]!r}: {e}"
         try:  # for an agent that died meanwhile; this one hears it on the pipe
             body = f'{{"start_failed": {_json_str(message)}, "time": {time.time()!r}}}'
             _write_status(status, body)

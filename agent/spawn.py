@@ -1,5 +1,5 @@
-"""Starting a part's workers: each in its own cgroup, under its own shim, with the job's
-environment; all or none.
+"""Starting a part's workers: each in its own cgroup, under its own shim, as the job's user
+with the job's environment (agent/jobenv.py); all or none.
 
 The shims of a part start side by side and the agent then waits for each one's word (it
 comes once the command runs, see agent/shim.py), so an elastic part of 8 workers costs about
@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from agent.model import JobSpec
 from agent.part import Part, Worker
+from agent.users import JobUser
 from agent.worker import READY_TIMEOUT_S, StartFailed, await_ready, launch
 
 
@@ -27,14 +27,17 @@ def spawn_workers(
     part: Part,
     plan: Sequence[tuple[int, tuple[int, ...]]],
     *,
+    user: JobUser,
+    switch_user: bool,
     logfile: IO[bytes],
     cwd: Path,
     envs: Mapping[int, Mapping[str, str]],
     status_dir: Path,
     lease_file: Path | None = None,
 ) -> list[Worker]:
-    """Start one worker per (worker id, GPUs) of `plan`. Raises StartFailed or OSError (a bad
-    working dir) with nothing left running."""
+    """Start one worker per (worker id, GPUs) of `plan`, as `user` (switched to when
+    `switch_user`). Raises StartFailed (a bad command or working dir) or OSError with nothing
+    left running."""
     spec = part.spec
     cgroups: list[str] = []
     launched: list[tuple[Worker, subprocess.Popen[bytes], int]] = []
@@ -46,6 +49,8 @@ def spawn_workers(
                 spec.command,
                 env=envs[wid],
                 cwd=cwd,
+                user=user,
+                switch_user=switch_user,
                 log=logfile,
                 status_file=status,
                 cgroup_procs=part.box.procs_file(cgroups[-1]),
@@ -101,46 +106,3 @@ def _abort(
         while part.box.populated(cgroup) and time.monotonic() < deadline:
             time.sleep(0.005)
     part.box.remove(cgroups)
-
-
-def job_env(
-    spec: JobSpec, node: str, gpus: tuple[int, ...], worker_id: int, join: bool
-) -> dict[str, str]:
-    # The job's env may add to the agent's, but not override the GPU assignment or the
-    # identity: those are the scheduler's word, so they are applied last.
-    env = dict(os.environ)
-    env.update(spec.env)
-    env.update(
-        {
-            "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
-            # CUDA's default order (fastest first) may differ from NVML's (PCI bus), and
-            # the indices we hand out are NVML's.
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            "SCHEDULERD_JOB_ID": str(spec.job_id),
-            "SCHEDULERD_ATTEMPT": str(spec.attempt),
-            "SCHEDULERD_CONSUMER": spec.consumer,
-            "SCHEDULERD_USER": spec.user,
-            "SCHEDULERD_JOB_NAME": spec.name,
-            "SCHEDULERD_NODE": node,
-            "SCHEDULERD_NODE_RANK": str(spec.node_rank),
-            "SCHEDULERD_NUM_NODES": str(spec.num_nodes),
-            "SCHEDULERD_GPUS": str(len(gpus)),
-        }
-    )
-    elastic = spec.elastic
-    if elastic is not None:  # docs/elastic.md: the contract with the workers
-        # One process per GPU: like torchrun, one CPU thread each unless the job
-        # says otherwise (N workers x all cores each thrash a CPU box).
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.update(
-            {
-                "SCHEDULERD_ELASTIC": "1",
-                "SCHEDULERD_WORKER_ID": str(worker_id),
-                "SCHEDULERD_ELASTIC_INITIAL": ",".join(map(str, elastic.initial_worker_ids)),
-                "SCHEDULERD_ELASTIC_JOIN": "1" if join or elastic.join else "0",
-                "SCHEDULERD_ELASTIC_STORE": elastic.store_address,
-                "SCHEDULERD_ELASTIC_MIN": str(elastic.min),
-                "SCHEDULERD_ELASTIC_MAX": str(elastic.max),
-            }
-        )
-    return env

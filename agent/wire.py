@@ -47,6 +47,7 @@ def job_spec(msg: agent_pb2.StartJob) -> JobSpec:
         # proto3 has no "unset": 0 nodes cannot be meant, a single-node job is.
         num_nodes=msg.num_nodes or 1,
         elastic=elastic,
+        allow_root=msg.allow_root,
     )
 
 

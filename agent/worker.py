@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from agent.users import JobUser
+
 SHIM = Path(__file__).resolve().with_name("shim.py")
 # In the state dir: the wall-clock time past which the daemon may have requeued this node's
 # jobs (the link writes it; every shim reads it once a second: docs/fencing.md, leases).
@@ -110,22 +112,35 @@ def launch(
     *,
     env: Mapping[str, str],
     cwd: Path,
+    user: JobUser,
+    switch_user: bool,
     log: IO[bytes],
     status_file: Path,
     cgroup_procs: str,
     to_group: bool,
     lease_file: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a shim for `command`; (the shim, the read end of its ready pipe). A bad `cwd`
-    raises OSError here (the shim itself cannot start there)."""
+    """Start a shim for `command`; (the shim, the read end of its ready pipe). The shim
+    switches to `user` when `switch_user` (a root agent), and enters `cwd` as that user."""
     with contextlib.suppress(FileNotFoundError):
         status_file.unlink()  # never a previous record for this worker
-    read_fd, write_fd = os.pipe()
+    identity: tuple[str, ...] = ()
+    if switch_user:
+        groups = ",".join(map(str, user.groups))
+        identity = ("--uid", str(user.uid), "--gid", str(user.gid), "--groups", groups)
+    env_fd = _env_memfd(env)
+    try:
+        read_fd, write_fd = os.pipe()
+    except BaseException:
+        os.close(env_fd)
+        raise
     try:
         proc = subprocess.Popen(
             [
                 *(sys.executable, "-I", "-S", str(SHIM)),
                 *("--status", str(status_file), "--ready-fd", str(write_fd)),
+                *("--env-fd", str(env_fd), "--cwd", str(cwd), "--user", user.name),
+                *identity,
                 *(
                     "--cgroup-procs",
                     cgroup_procs,
@@ -140,16 +155,31 @@ def launch(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=dict(env),
-            pass_fds=(write_fd,),
+            cwd="/",  # the job's own working dir is entered as its user, by the shim
+            pass_fds=(write_fd, env_fd),
         )
     except BaseException:
         os.close(read_fd)
         raise
     finally:
         os.close(write_fd)
+        os.close(env_fd)
     return proc, read_fd
+
+
+def _env_memfd(env: Mapping[str, str]) -> int:
+    """The job's environment in a memfd for the shim: NAME=VALUE entries ending in NUL (a
+    file, not a pipe: an environment of any size is written without waiting for a reader)."""
+    fd = os.memfd_create("schedulerd-job-env", os.MFD_CLOEXEC)
+    data = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def await_ready(proc: subprocess.Popen[bytes], read_fd: int, deadline: float) -> ChildShim:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,11 +20,15 @@ from typing import Any
 
 import pytest
 from agent_helpers import (
+    Users,
+    job_spec,
     kill_quietly,
     make_runner,
+    open_dir,
     pid_alive,
     read_pid,
     sh,
+    throwaway_users,
     unique_node,
     wait_ended,
     wait_for,
@@ -32,7 +37,7 @@ from agent_helpers import (
 import agent
 from agent import partstate
 from agent.cgroups import ContainmentUnavailable, choose_containment, find_mount
-from agent.model import JobSpec, PartReport, Phase, ResizeRequest, StopRequest
+from agent.model import PartReport, Phase, ResizeRequest, StopRequest
 from agent.part import LOST_MESSAGE
 from agent.runner import Runner
 from agent.worker import start_time
@@ -40,7 +45,7 @@ from agent.worker import start_time
 # The first agent: a Runner that starts, stops and polls parts when told (one JSON line each) and
 # answers with the part's report, until it is SIGKILLed.
 DRIVER = """
-import json, sys
+import json, os, pwd, sys
 from pathlib import Path
 from agent.cgroups import choose_containment
 from agent.model import ElasticSpec, JobSpec, StopRequest
@@ -56,7 +61,8 @@ for line in sys.stdin:
             elastic = ElasticSpec("127.0.0.1:1", 1, 4, tuple(elastic), workers)
         report = runner.start(JobSpec(
             cmd["job"], 0, tuple(cmd["command"]), env=cmd.get("env", {}),
-            working_dir=cmd["wd"], gpu_indices=tuple(cmd.get("gpus", ())), elastic=elastic))
+            working_dir=cmd["wd"], gpu_indices=tuple(cmd.get("gpus", ())), elastic=elastic,
+            user=cmd.get("user", pwd.getpwuid(os.geteuid()).pw_name), allow_root=True))
     elif cmd["op"] == "stop":
         report = runner.stop(StopRequest(cmd["job"], 0, cmd["grace"], "preempted"))
     else:
@@ -163,7 +169,7 @@ def test_a_running_part_is_adopted_stopped_and_its_real_exit_code_seen(
     (report,) = second.adopt()
     assert (report.phase, report.pid, report.gpu_indices) == (Phase.RUNNING, started["pid"], (0,))
     # Its GPU is held: a part of another job is refused it.
-    assert second.start(JobSpec(2, 0, ("true",), gpu_indices=(0,))).phase is Phase.REFUSED
+    assert second.start(job_spec(2, 0, ("true",), gpu_indices=(0,))).phase is Phase.REFUSED
     second.stop(StopRequest(1, 0, 30.0, "preempted"))
     ended = wait_ended(second, 1)
     assert (ended.phase, ended.exit_code) == (Phase.EXITED, 7)  # from the shim's status file
@@ -263,6 +269,47 @@ def test_an_adopted_elastic_part_can_be_shrunk_and_stopped(
     assert wait_ended(second, 1).exit_code == 143
 
 
+@pytest.fixture
+def users() -> Iterator[Users]:
+    with throwaway_users() as made:
+        yield made
+
+
+# Each worker writes the uid it runs as, then says who it is in the log.
+WHO = (
+    "id -u > uid-$SCHEDULERD_WORKER_ID.tmp; mv uid-$SCHEDULERD_WORKER_ID.tmp "
+    "uid-$SCHEDULERD_WORKER_ID; echo worker $SCHEDULERD_WORKER_ID; exec sleep 1000"
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None, reason="makes a user: root only"
+)
+def test_a_user_s_part_is_adopted_and_its_joiners_run_as_that_user(
+    users: Users, first: FirstAgent, second: Runner
+) -> None:
+    """The record keeps who a part runs as: a joiner started by the next agent runs as the
+    same user, and the job's log, in its user's folder, is still read and written."""
+    user = users.add()  # `users` first: torn down last, once no process of the user is left
+    with open_dir() as wd:
+        os.chown(wd, user.pw_uid, user.pw_gid)
+        first.ask(
+            op="start", job=1, command=sh(WHO), wd=str(wd), gpus=[0], elastic=[0], user=user.pw_name
+        )
+        assert read_pid(wd / "uid-0") == user.pw_uid
+        first.sigkill()
+
+        (report,) = second.adopt()
+        assert report.phase is Phase.RUNNING
+        second.resize(ResizeRequest(1, 0, add=((1, 1),)))
+        assert read_pid(wd / "uid-1") == user.pw_uid
+        second.stop(StopRequest(1, 0, 0.0, "done"))
+        wait_ended(second, 1)
+    log = second.read_log(1, 0, 0)[0].decode().splitlines()
+    assert {"worker 0", "worker 1"} <= set(log)
+    assert log[-1].startswith("--- schedulerd job 1 attempt 0 ended: killed by signal 9")
+
+
 def test_an_elastic_part_whose_training_ended_before_the_restart_gets_no_joiners(
     tmp_path: Path, first: FirstAgent, second: Runner, wd: Path
 ) -> None:
@@ -329,7 +376,7 @@ def test_a_reused_pid_is_not_taken_for_the_shim(tmp_path: Path) -> None:
     try:
         started = wait_for("the stranger to start", lambda: start_time(stranger.pid))
         with make_runner(tmp_path / "state", "pgroup") as runner:
-            spec = JobSpec(1, 0, ("true",))
+            spec = job_spec(1, 0, ("true",))
             worker = partstate.WorkerRecord(
                 0,
                 (),
@@ -364,11 +411,23 @@ def test_an_unreadable_record_is_set_aside(
         assert any("3.0.json" in r.getMessage() for r in caplog.records)
 
 
+def test_a_record_of_an_agent_before_jobs_ran_as_users_is_read(tmp_path: Path) -> None:
+    """No user in it (the part ran as the agent's user), no allow_root in its spec."""
+    parts = tmp_path / "parts"
+    record = partstate.PartRecord(job_spec(1, 0, ("true",)), [], PartReport(1, 0, Phase.LOST))
+    partstate.save(parts, record)
+    data = json.loads((parts / "1.0.json").read_text())
+    del data["user"], data["spec"]["allow_root"]
+    (parts / "1.0.json").write_text(json.dumps(data))
+    (loaded,) = partstate.load_all(parts)
+    assert (loaded.user, loaded.spec.allow_root) == (None, False)
+
+
 def test_ended_parts_survive_a_restart_until_acked(tmp_path: Path) -> None:
     state, node = tmp_path / "state", unique_node()
     with make_runner(state, node=node) as runner:
-        runner.start(JobSpec(1, 0, sh("exit 2")))
-        refused = runner.start(JobSpec(2, 0, ("true",), gpu_indices=(0, 0)))
+        runner.start(job_spec(1, 0, sh("exit 2")))
+        refused = runner.start(job_spec(2, 0, ("true",), gpu_indices=(0, 0)))
         ended = wait_ended(runner, 1)
     with make_runner(state, node=node) as runner:
         assert runner.adopt() == [ended, refused]

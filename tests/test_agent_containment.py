@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import (
+    job_spec,
     kill_quietly,
     make_runner,
     pid_alive,
@@ -30,7 +31,7 @@ from agent.cgroups import (
     find_mount,
     own_cgroup,
 )
-from agent.model import JobSpec, StopRequest
+from agent.model import StopRequest
 from agent.runner import Runner
 
 HYBRID_MOUNTS = """\
@@ -159,7 +160,7 @@ def assert_all_gone(runner: Runner, job: int, pids: list[int]) -> None:
 
 def test_a_setsid_child_dies_with_its_job(runner: Runner, wd: Path) -> None:
     script = f'{python(SETSID_CHILD)[0]} -c "$CODE" & while [ ! -s esc.pid ]; do sleep 0.01; done'
-    runner.start(JobSpec(1, 0, sh(script), env={"CODE": SETSID_CHILD}, working_dir=str(wd)))
+    runner.start(job_spec(1, 0, sh(script), env={"CODE": SETSID_CHILD}, working_dir=str(wd)))
     escapee = read_pid(wd / "esc.pid")
     assert in_the_workers_cgroup(runner, escapee, 1)
     ended = wait_ended(runner, 1)
@@ -168,7 +169,7 @@ def test_a_setsid_child_dies_with_its_job(runner: Runner, wd: Path) -> None:
 
 
 def test_a_double_forked_daemon_dies_with_its_job(runner: Runner, wd: Path) -> None:
-    runner.start(JobSpec(2, 0, python(DOUBLE_FORK), working_dir=str(wd)))
+    runner.start(job_spec(2, 0, python(DOUBLE_FORK), working_dir=str(wd)))
     daemon = read_pid(wd / "esc.pid")
     ended = wait_ended(runner, 2)
     assert ended.exit_code == 0
@@ -182,7 +183,7 @@ def test_a_job_ignoring_sigterm_is_killed_with_all_it_started(runner: Runner, wd
         "sleep 1000 & echo $! > child.pid; "
         "while [ ! -s esc.pid ]; do sleep 0.01; done; echo $$ > leader.pid; wait"
     )
-    runner.start(JobSpec(3, 0, sh(script), env={"CODE": SETSID_CHILD}, working_dir=str(wd)))
+    runner.start(job_spec(3, 0, sh(script), env={"CODE": SETSID_CHILD}, working_dir=str(wd)))
     pids = [read_pid(wd / "leader.pid"), read_pid(wd / "child.pid"), read_pid(wd / "esc.pid")]
     runner.stop(StopRequest(3, 0, 0.3, "reclaim"))
     ended = wait_ended(runner, 3)
@@ -216,7 +217,7 @@ def test_a_cgroup_the_job_made_inside_its_own_is_killed_and_removed(
     kind = runner.containment.kind
     fstype, controller = ("cgroup2", "") if kind == "cgroup2" else ("cgroup", "freezer")
     mount = find_mount(Path("/proc/self/mounts").read_text(), fstype, controller)
-    runner.start(JobSpec(4, 0, python(NESTED, str(mount), kind), working_dir=str(wd)))
+    runner.start(job_spec(4, 0, python(NESTED, str(mount), kind), working_dir=str(wd)))
     hidden = read_pid(wd / "esc.pid")
     assert wait_ended(runner, 4).exit_code == 0
     assert_all_gone(runner, 4, [hidden])
@@ -228,7 +229,7 @@ def test_with_process_groups_only_a_setsid_child_escapes(tmp_path: Path, wd: Pat
         script = (
             f'{python(SETSID_CHILD)[0]} -c "$CODE" & while [ ! -s esc.pid ]; do sleep 0.01; done'
         )
-        runner.start(JobSpec(1, 0, sh(script), env={"CODE": SETSID_CHILD}, working_dir=str(wd)))
+        runner.start(job_spec(1, 0, sh(script), env={"CODE": SETSID_CHILD}, working_dir=str(wd)))
         escapee = read_pid(wd / "esc.pid")
         try:
             assert wait_ended(runner, 1).exit_code == 0

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from agent_helpers import job_spec
+
 from agent.model import ElasticSpec, JobSpec, Phase, ResizeRequest, StopRequest
 from agent.runner import Runner
 
@@ -29,7 +31,7 @@ while True:
 
 
 def _spec(tmp: Path, env: dict[str, str] | None = None) -> JobSpec:
-    return JobSpec(
+    return job_spec(
         job_id=7,
         attempt=0,
         command=(sys.executable, "-c", WORKER, str(tmp)),

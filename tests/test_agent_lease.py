@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent_helpers import make_runner, python, wait_ended
+from agent_helpers import job_spec, make_runner, python, wait_ended
 
-from agent.model import JobSpec, Phase
+from agent.model import Phase
 from agent.worker import LEASE_DEADLINE_FILE
 
 IGNORES_TERM = python(
@@ -27,7 +27,7 @@ def test_a_shim_stops_its_job_when_the_lease_runs_out(tmp_path: Path) -> None:
     state.mkdir()
     _deadline(state, 1.0, 0.5)
     with make_runner(state) as runner:
-        runner.start(JobSpec(1, 0, IGNORES_TERM, gpu_indices=(0,)))
+        runner.start(job_spec(1, 0, IGNORES_TERM, gpu_indices=(0,)))
         ended = wait_ended(runner, 1)  # no stop asked by the runner: the shim did it
         assert ended.phase is Phase.EXITED and ended.stopped_by_node
         assert ended.exit_code == -9  # it ignored SIGTERM: killed after the grace
@@ -39,7 +39,7 @@ def test_a_moving_deadline_keeps_the_job(tmp_path: Path) -> None:
     state.mkdir()
     _deadline(state, 1.5, 0.1)
     with make_runner(state) as runner:
-        runner.start(JobSpec(2, 0, ("sleep", "600"), gpu_indices=(0,)))
+        runner.start(job_spec(2, 0, ("sleep", "600"), gpu_indices=(0,)))
         for _ in range(6):  # 3 s: past the first deadline twice over
             time.sleep(0.5)
             _deadline(state, 1.5, 0.1)
@@ -52,7 +52,7 @@ def test_no_deadline_file_means_no_lease(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     with make_runner(state) as runner:
-        runner.start(JobSpec(3, 0, ("sleep", "600"), gpu_indices=(0,)))
+        runner.start(job_spec(3, 0, ("sleep", "600"), gpu_indices=(0,)))
         time.sleep(2.5)
         runner.poll()
         report = runner.report((3, 0))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import pwd
 import random
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,6 +31,8 @@ from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 from schedulerd.api.v1.agent_pb2 import PHASE_EXITED, PHASE_RUNNING, PHASE_START_FAILED
 
 DEADLINE = 30.0
+# The agent runs jobs as their users (docs/agent.md); these run as the test's own, maybe root.
+AS_ME: dict[str, Any] = {"user": pwd.getpwuid(os.geteuid()).pw_name, "allow_root": True}
 AgentMessage = agent_pb2.AgentMessage
 DaemonMessage = agent_pb2.DaemonMessage
 
@@ -167,7 +171,7 @@ def job_7(wd: Path) -> agent_pb2.StartJob:
     )
     return agent_pb2.StartJob(
         job_id=7, attempt=0, command=[sys.executable, "-c", code], working_dir=str(wd),
-        gpu_indices=[1], consumer="/team", user="ada", name="seven", num_nodes=1,
+        gpu_indices=[1], consumer="/team", name="seven", num_nodes=1, **AS_ME,
     )  # fmt: skip
 
 
@@ -209,11 +213,11 @@ async def _scenario(port: int, wd: Path, proc: subprocess.Popen[bytes]) -> None:
     assert not (await daemon.round_trip(43, job=99)).found
 
     # 4. StopJob: SIGTERM ends a plain job (-15); a bad command is START_FAILED; both acked.
-    daemon.send(start=agent_pb2.StartJob(job_id=8, command=["sleep", "1000"]))
+    daemon.send(start=agent_pb2.StartJob(job_id=8, command=["sleep", "1000"], **AS_ME))
     await daemon.report(8, PHASE_RUNNING)
     daemon.send(stop=agent_pb2.StopJob(job_id=8, grace_seconds=20, reason="test"))
     assert (await daemon.report(8, PHASE_EXITED)).exit_code == -15
-    daemon.send(start=agent_pb2.StartJob(job_id=9, command=["/no/such/program"]))
+    daemon.send(start=agent_pb2.StartJob(job_id=9, command=["/no/such/program"], **AS_ME))
     failed = await daemon.report(9, PHASE_START_FAILED)
     assert failed.exit_code == 127 and "/no/such/program" in failed.message
     daemon.send(ack=agent_pb2.AckReport(job_id=8))
@@ -238,7 +242,7 @@ async def _scenario(port: int, wd: Path, proc: subprocess.Popen[bytes]) -> None:
 
     # 7. AckReport clears it: the next Register no longer lists it.
     daemon.send(ack=agent_pb2.AckReport(job_id=7, attempt=0))
-    daemon.send(start=agent_pb2.StartJob(job_id=10, command=["sleep", "1000"]))
+    daemon.send(start=agent_pb2.StartJob(job_id=10, command=["sleep", "1000"], **AS_ME))
     ten = await daemon.report(10, PHASE_RUNNING)
     await server.stop(None)
     server, daemon = await start_daemon(port)
@@ -289,7 +293,7 @@ async def _two_agents(
         daemon.send(registered=agent_pb2.Registered(heartbeat_interval=1))
         # The same job id on both nodes: each agent has its own state dir, so its own log.
         command = ["sh", "-c", "echo node=$SCHEDULERD_NODE; exec sleep 1000"]
-        daemon.send(start=agent_pb2.StartJob(job_id=1, command=command))
+        daemon.send(start=agent_pb2.StartJob(job_id=1, command=command, **AS_ME))
         pids[node] = (await daemon.report(1, PHASE_RUNNING)).pid
     for node, daemon in daemons.items():
         for n in ports:

@@ -12,7 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import make_runner, pid_alive, python, read_pid, sh, wait_ended, wait_for
+from agent_helpers import (
+    ME,
+    job_spec,
+    make_runner,
+    pid_alive,
+    python,
+    read_pid,
+    sh,
+    wait_ended,
+    wait_for,
+)
 
 from agent.model import ElasticSpec, JobSpec, Phase, ResizeRequest, StopRequest
 from agent.runner import START_FAILED_EXIT_CODE, Runner
@@ -34,7 +44,7 @@ def wd(tmp_path: Path) -> Path:
 
 def test_job_env_has_gpus_and_identity(runner: Runner, wd: Path) -> None:
     dump = "import json, os; json.dump(dict(os.environ), open('env.json', 'w'))"
-    spec = JobSpec(
+    spec = job_spec(
         job_id=12,
         attempt=2,
         command=python(dump),
@@ -42,7 +52,6 @@ def test_job_env_has_gpus_and_identity(runner: Runner, wd: Path) -> None:
         working_dir=str(wd),
         gpu_indices=(0, 3),
         consumer="/research/vision",
-        user="ada",
         name="resnet",
         node_rank=1,
         num_nodes=2,
@@ -51,14 +60,14 @@ def test_job_env_has_gpus_and_identity(runner: Runner, wd: Path) -> None:
     assert wait_ended(runner, 12, 2).exit_code == 0
     env = json.loads((wd / "env.json").read_text())
     assert env["FOO"] == "bar"
-    assert env["PATH"] == os.environ["PATH"]  # the agent's environment is inherited
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"  # --job-path, not the agent's
     assert env["CUDA_VISIBLE_DEVICES"] == "0,3"
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert {k: v for k, v in env.items() if k.startswith("SCHEDULERD_")} == {
         "SCHEDULERD_JOB_ID": "12",
         "SCHEDULERD_ATTEMPT": "2",
         "SCHEDULERD_CONSUMER": "/research/vision",
-        "SCHEDULERD_USER": "ada",
+        "SCHEDULERD_USER": ME,
         "SCHEDULERD_JOB_NAME": "resnet",
         "SCHEDULERD_NODE": runner.node,
         "SCHEDULERD_NODE_RANK": "1",
@@ -69,14 +78,14 @@ def test_job_env_has_gpus_and_identity(runner: Runner, wd: Path) -> None:
 
 def test_job_without_gpus_sees_none(runner: Runner, wd: Path) -> None:
     dump = "import os; open('cvd', 'w').write(os.environ['CUDA_VISIBLE_DEVICES'])"
-    runner.start(JobSpec(1, 0, python(dump), working_dir=str(wd)))
+    runner.start(job_spec(1, 0, python(dump), working_dir=str(wd)))
     wait_ended(runner, 1)
     assert (wd / "cvd").read_text() == ""
 
 
 @pytest.mark.parametrize("code", [0, 3])
 def test_exit_code_is_reported(runner: Runner, code: int) -> None:
-    started = runner.start(JobSpec(5, 0, python(f"import sys; sys.exit({code})")))
+    started = runner.start(job_spec(5, 0, python(f"import sys; sys.exit({code})")))
     assert started.pid > 0
     ended = wait_ended(runner, 5)
     assert (ended.phase, ended.exit_code, ended.pid) == (Phase.EXITED, code, started.pid)
@@ -86,12 +95,12 @@ def test_exit_code_is_reported(runner: Runner, code: int) -> None:
 
 def test_stdout_and_stderr_land_in_the_log(runner: Runner) -> None:
     script = sh("echo to-stdout; echo to-stderr >&2; pwd")
-    runner.start(JobSpec(12, 0, script, gpu_indices=(0, 1)))
+    runner.start(job_spec(12, 0, script, gpu_indices=(0, 1)))
     wait_ended(runner, 12)
-    runner.start(JobSpec(12, 1, script))
+    runner.start(job_spec(12, 1, script))
     wait_ended(runner, 12, 1)
     log = runner.log_path(12).read_text()
-    assert runner.log_path(12) == runner.state_dir / "logs" / "job-12.log"
+    assert runner.log_path(12) == runner.state_dir / "logs" / "job-12" / "job.log"
     lines = log.splitlines()
     assert lines[0] == f"--- schedulerd job 12 attempt 0 on node {runner.node}, GPUs 0,1 ---"
     assert "to-stdout" in lines and "to-stderr" in lines
@@ -103,7 +112,7 @@ def test_stdout_and_stderr_land_in_the_log(runner: Runner) -> None:
 
 
 def test_read_log_pages_through_the_file(runner: Runner) -> None:
-    runner.start(JobSpec(4, 0, sh("echo hello")))
+    runner.start(job_spec(4, 0, sh("echo hello")))
     wait_ended(runner, 4)
     whole = runner.log_path(4).read_bytes()
     data, found, nxt = runner.read_log(4, 0, 10)
@@ -131,7 +140,7 @@ def test_bad_command_is_start_failed(
         plain = tmp_path / "plain-file"
         plain.write_text("echo never\n")
         command = (str(plain),)
-    report = runner.start(JobSpec(3, 0, command, working_dir=working_dir))
+    report = runner.start(job_spec(3, 0, command, working_dir=working_dir))
     assert report.phase is Phase.START_FAILED
     assert report.exit_code == START_FAILED_EXIT_CODE == 127
     assert report.message and report.pid == 0
@@ -140,13 +149,13 @@ def test_bad_command_is_start_failed(
 
 
 def test_start_failure_is_written_to_the_log(runner: Runner) -> None:
-    report = runner.start(JobSpec(3, 0, ("/no/such/program",)))
+    report = runner.start(job_spec(3, 0, ("/no/such/program",)))
     assert report.message in runner.log_path(3).read_text()
 
 
 def test_resent_start_does_not_start_a_second_process(runner: Runner) -> None:
-    first = runner.start(JobSpec(6, 0, sh("exec sleep 1000")))
-    assert runner.start(JobSpec(6, 0, sh("exec sleep 1000"))) == first
+    first = runner.start(job_spec(6, 0, sh("exec sleep 1000")))
+    assert runner.start(job_spec(6, 0, sh("exec sleep 1000"))) == first
     assert runner.reports() == [first]
 
 
@@ -157,7 +166,7 @@ def test_stop_sends_sigterm_and_a_trapping_job_exits_0(runner: Runner, wd: Path)
         "pathlib.Path('ready').write_text('1')\n"
         "while True: time.sleep(0.05)\n"
     )
-    runner.start(JobSpec(8, 0, python(code), working_dir=str(wd)))
+    runner.start(job_spec(8, 0, python(code), working_dir=str(wd)))
     wait_for("the job to trap SIGTERM", (wd / "ready").exists)
     assert runner.stop(StopRequest(8, 0, 60.0, "preempted")) is not None
     ended = wait_ended(runner, 8)
@@ -166,7 +175,7 @@ def test_stop_sends_sigterm_and_a_trapping_job_exits_0(runner: Runner, wd: Path)
 
 
 def test_stop_of_a_plain_job_ends_it_by_sigterm(runner: Runner, wd: Path) -> None:
-    runner.start(JobSpec(8, 0, sh("echo 1 > ready; exec sleep 1000"), working_dir=str(wd)))
+    runner.start(job_spec(8, 0, sh("echo 1 > ready; exec sleep 1000"), working_dir=str(wd)))
     wait_for("the job to start", (wd / "ready").exists)
     runner.stop(StopRequest(8, 0, 60.0, "user asked"))
     assert wait_ended(runner, 8).exit_code == -15
@@ -175,7 +184,7 @@ def test_stop_of_a_plain_job_ends_it_by_sigterm(runner: Runner, wd: Path) -> Non
 def test_job_ignoring_sigterm_is_killed_with_its_whole_group(runner: Runner, wd: Path) -> None:
     # The child inherits the ignored SIGTERM too: only the group SIGKILL can end it.
     script = "trap '' TERM; sleep 1000 & echo $! > child.pid; echo 1 > ready; wait"
-    runner.start(JobSpec(9, 0, sh(script), working_dir=str(wd)))
+    runner.start(job_spec(9, 0, sh(script), working_dir=str(wd)))
     wait_for("the job and its child to start", (wd / "ready").exists)
     child = int((wd / "child.pid").read_text())
     assert pid_alive(child)
@@ -187,7 +196,7 @@ def test_job_ignoring_sigterm_is_killed_with_its_whole_group(runner: Runner, wd:
 
 
 def test_stragglers_die_when_the_leader_exits(runner: Runner, wd: Path) -> None:
-    runner.start(JobSpec(10, 0, sh("sleep 1000 & echo $! > child.pid"), working_dir=str(wd)))
+    runner.start(job_spec(10, 0, sh("sleep 1000 & echo $! > child.pid"), working_dir=str(wd)))
     assert wait_ended(runner, 10).exit_code == 0
     child = int((wd / "child.pid").read_text())
     wait_for("the leftover child to die", lambda: not pid_alive(child))
@@ -195,15 +204,15 @@ def test_stragglers_die_when_the_leader_exits(runner: Runner, wd: Path) -> None:
 
 def test_stop_of_unknown_or_ended_parts_is_harmless(runner: Runner) -> None:
     assert runner.stop(StopRequest(1, 0, 1.0)) is None
-    runner.start(JobSpec(1, 0, sh("exit 4")))
+    runner.start(job_spec(1, 0, sh("exit 4")))
     ended = wait_ended(runner, 1)
     assert runner.stop(StopRequest(1, 0, 1.0)) == ended
     assert runner.stop(StopRequest(1, 1, 1.0)) is None  # another attempt: unknown
 
 
 def test_reports_are_kept_until_acked(runner: Runner) -> None:
-    running = runner.start(JobSpec(2, 0, sh("exec sleep 1000")))
-    runner.start(JobSpec(1, 0, sh("exit 3")))
+    running = runner.start(job_spec(2, 0, sh("exec sleep 1000")))
+    runner.start(job_spec(1, 0, sh("exit 3")))
     ended = wait_ended(runner, 1)
     for _ in range(3):
         runner.poll()
@@ -226,7 +235,7 @@ def test_gpus_the_node_does_not_have_are_start_failed(
 ) -> None:
     with make_runner(tmp_path / "state", gpu_indices=[0, 1]) as runner:
         expected = expected.format(node=runner.node)
-        report = runner.start(JobSpec(3, 0, ("true",), gpu_indices=gpus))
+        report = runner.start(job_spec(3, 0, ("true",), gpu_indices=gpus))
         assert (report.phase, report.message) == (Phase.START_FAILED, expected)
         assert expected in runner.log_path(3).read_text()
 
@@ -235,14 +244,14 @@ def test_gpus_the_node_does_not_have_are_start_failed(
 
 
 def test_a_job_killed_by_a_signal_reports_minus_the_signal(runner: Runner) -> None:
-    runner.start(JobSpec(5, 0, sh("kill -USR2 $$")))
+    runner.start(job_spec(5, 0, sh("kill -USR2 $$")))
     ended = wait_ended(runner, 5)
     assert (ended.phase, ended.exit_code) == (Phase.EXITED, -signal.SIGUSR2)
     assert ended.message == "killed by signal 12 (SIGUSR2)"
 
 
 def test_the_shim_records_the_exit_status_and_ack_removes_every_trace(runner: Runner) -> None:
-    running = runner.start(JobSpec(5, 1, sh("exit 3")))
+    running = runner.start(job_spec(5, 1, sh("exit 3")))
     state = runner.state_dir
     record = json.loads((state / "parts" / "5.1.json").read_text())
     assert record["report"]["phase"] == "running" and record["report"]["pid"] == running.pid
@@ -261,7 +270,7 @@ def test_the_shim_records_the_exit_status_and_ack_removes_every_trace(runner: Ru
 
 
 def test_a_command_that_cannot_be_executed_leaves_no_cgroup(runner: Runner) -> None:
-    report = runner.start(JobSpec(3, 0, ("no-such-program-on-path-xyz", "arg")))
+    report = runner.start(job_spec(3, 0, ("no-such-program-on-path-xyz", "arg")))
     assert report.message == (
         "cannot start 'no-such-program-on-path-xyz': "
         "[Errno 2] No such file or directory: 'no-such-program-on-path-xyz'"
@@ -279,27 +288,27 @@ def test_a_command_that_cannot_be_executed_leaves_no_cgroup(runner: Runner) -> N
 
 
 def test_gpus_held_by_another_live_part_are_refused(runner: Runner) -> None:
-    holder = runner.start(JobSpec(1, 0, sh("exec sleep 1000"), gpu_indices=(0, 1)))
-    refused = runner.start(JobSpec(2, 0, sh("echo never"), gpu_indices=(1, 2)))
+    holder = runner.start(job_spec(1, 0, sh("exec sleep 1000"), gpu_indices=(0, 1)))
+    refused = runner.start(job_spec(2, 0, sh("echo never"), gpu_indices=(1, 2)))
     assert refused.phase is Phase.REFUSED
     assert refused.message == "GPU 1 is held by job 1 attempt 0"
     assert (refused.exit_code, refused.pid) == (0, 0)
     assert "never" not in runner.log_path(2).read_text()
     # Another attempt of the same job is "another part" too: it may still be dying.
-    assert runner.start(JobSpec(1, 1, ("true",), gpu_indices=(0,))).phase is Phase.REFUSED
-    assert runner.start(JobSpec(3, 0, sh("exec sleep 1000"), gpu_indices=(2,))).phase is (
+    assert runner.start(job_spec(1, 1, ("true",), gpu_indices=(0,))).phase is Phase.REFUSED
+    assert runner.start(job_spec(3, 0, sh("exec sleep 1000"), gpu_indices=(2,))).phase is (
         Phase.RUNNING
     )
     assert runner.report(holder.key) == holder
     # An ended part holds nothing, acked or not.
     runner.stop(StopRequest(1, 0, 0.0))
     wait_ended(runner, 1)
-    assert runner.start(JobSpec(2, 1, ("true",), gpu_indices=(0, 1))).phase is Phase.RUNNING
+    assert runner.start(job_spec(2, 1, ("true",), gpu_indices=(0, 1))).phase is Phase.RUNNING
 
 
 def test_nothing_starts_while_the_agent_is_stopping(runner: Runner) -> None:
     runner.stopping = True
-    report = runner.start(JobSpec(4, 0, sh("echo never")))
+    report = runner.start(job_spec(4, 0, sh("echo never")))
     assert (report.phase, report.message) == (Phase.REFUSED, "the agent is shutting down")
     assert runner.reports() == [report] and not runner.any_running()
     assert "the agent is shutting down" in runner.log_path(4).read_text()
@@ -309,10 +318,10 @@ def test_nothing_starts_while_the_agent_is_stopping(runner: Runner) -> None:
 
 
 def test_stop_all_by_node_marks_the_reports(runner: Runner, wd: Path) -> None:
-    runner.start(JobSpec(1, 0, sh("exec sleep 1000")))
+    runner.start(job_spec(1, 0, sh("exec sleep 1000")))
     # Job 2 is already being stopped by the daemon: that stop is the daemon's, not the node's.
     runner.start(
-        JobSpec(
+        job_spec(
             2, 0, sh("trap '' TERM; echo 1 > ready; while :; do sleep 1; done"), working_dir=str(wd)
         )
     )
@@ -327,7 +336,7 @@ def test_stop_all_by_node_marks_the_reports(runner: Runner, wd: Path) -> None:
 
 
 def test_stop_all_without_by_node_is_the_daemon_s_stop(runner: Runner) -> None:
-    runner.start(JobSpec(1, 0, sh("exec sleep 1000")))
+    runner.start(job_spec(1, 0, sh("exec sleep 1000")))
     runner.stop_all(5.0, "drain")
     ended = wait_ended(runner, 1)
     assert (ended.exit_code, ended.stopped_by_node) == (-signal.SIGTERM, False)
@@ -339,19 +348,22 @@ def test_stop_all_without_by_node_is_the_daemon_s_stop(runner: Runner) -> None:
 def test_read_log_refuses_symlinks_and_fifos(runner: Runner, tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("root's secret\n")
-    runner.logs_dir.mkdir(parents=True)
+    for job in (4, 5):
+        runner.log_dir(job).mkdir(parents=True)
     runner.log_path(4).symlink_to(secret)
     assert runner.read_log(4, 0, 100) == (b"", False, 0)
     os.mkfifo(runner.log_path(5))  # opening it to read would block without O_NONBLOCK
     assert runner.read_log(5, 0, 100) == (b"", False, 0)
+    runner.log_dir(6).symlink_to(secret.parent)  # the folder itself is not followed either
+    assert runner.read_log(6, 0, 100) == (b"", False, 0)
 
 
 def test_a_log_that_is_a_symlink_is_not_written_through(runner: Runner, tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.write_text("keep\n")
-    runner.logs_dir.mkdir(parents=True)
+    runner.log_dir(6).mkdir(parents=True)
     runner.log_path(6).symlink_to(target)
-    report = runner.start(JobSpec(6, 0, sh("echo clobbered")))
+    report = runner.start(job_spec(6, 0, sh("echo clobbered")))
     assert report.phase is Phase.START_FAILED
     assert report.message.startswith("cannot open the job's log")
     assert target.read_text() == "keep\n"
@@ -395,7 +407,7 @@ while True:
 
 
 def elastic(wd: Path, env: dict[str, str] | None = None) -> JobSpec:
-    return JobSpec(
+    return job_spec(
         job_id=7,
         attempt=0,
         command=python(ELASTIC_WORKER, str(wd)),
