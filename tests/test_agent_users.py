@@ -167,6 +167,24 @@ for what, path in (("list", sys.argv[1]), ("read", sys.argv[2]), ("list", sys.ar
     ]
 
 
+def test_a_job_s_folder_of_another_user_is_set_aside_not_handed_over(
+    runner: Runner, users: Users
+) -> None:
+    """Job 1 again, of another user (the daemon's store was reset): what alice left is not
+    given to bob, nor is her log served as his."""
+    alice, bob = users.add(), users.add()
+    runner.start(spec_of(alice.pw_name, 1, "print('alice was here')"))
+    assert wait_ended(runner, 1).exit_code == 0
+    runner.ack(1, 0)
+    runner.start(spec_of(bob.pw_name, 1, WHOAMI))
+    assert whoami(runner, 1)["ids"][0] == bob.pw_uid
+    for parent in (runner.logs_dir, runner.state_dir / "work"):
+        assert (parent / "job-1").stat().st_uid == bob.pw_uid
+        (aside,) = parent.glob(f"job-1.uid-{alice.pw_uid}.*")
+        assert aside.stat().st_uid == alice.pw_uid
+    assert "alice was here" not in runner.log_path(1).read_text()
+
+
 def test_a_working_dir_the_user_cannot_enter_fails_the_start(
     runner: Runner, users: Users, state: Path
 ) -> None:
