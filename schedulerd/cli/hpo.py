@@ -25,7 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     hsub = h.add_subparsers(dest="hpo_cmd", required=True, metavar="ACTION")
     c = hsub.add_parser("create", help="start an experiment from a YAML file")
     c.add_argument("file", type=Path)
-    c.add_argument("--user", default=None, help="default: the file's user, else you")
+    c.add_argument(
+        "--user",
+        default=None,
+        help="default: the file's user, else you (another user: cluster admins only)",
+    )
     c.add_argument("--json", action="store_true")
     ls = hsub.add_parser("list", help="experiments with their progress and best value")
     ls.add_argument("--consumer", default="")

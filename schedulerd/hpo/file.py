@@ -10,7 +10,6 @@ docs/hpo.md.
 
 from __future__ import annotations
 
-import getpass
 import math
 import re
 from pathlib import Path
@@ -98,7 +97,7 @@ def load_experiment(
     try:
         doc = compose(text, issues, LIMITS)
         if doc is not None and not issues:
-            spec = reader.document(doc, base or Path.cwd(), user or getpass.getuser())
+            spec = reader.document(doc, base or Path.cwd(), user or "")  # "": the caller
         elif doc is None and not issues:
             issues.add(1, "", "the file is empty; see docs/hpo.md for the format")
         if spec is not None and not issues:

@@ -157,8 +157,6 @@ def problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if not spec.consumer.startswith("/"):
         out.append(("consumer", "a leaf consumer path like /team/project is required"))
-    if not spec.user:
-        out.append(("user", "the submitting user is required"))
     if not spec.metric:
         out.append(("objective.metric", "name the metric the trials report"))
     if spec.direction not in DIRECTIONS:
