@@ -29,6 +29,7 @@ _LOG_CHUNK = 64 * 1024
 WATCH_BACKLOG_BYTES = 8 * 1024 * 1024
 # ListJobs: the most jobs one page holds, whatever the request asks.
 LIST_PAGE_CAP = 1000
+MAX_HISTORY = 1000  # events in a GetJob answer
 
 
 class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
@@ -111,7 +112,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         )
         if not decision.full:
             return job_to_pb(job, redacted=True)
-        return job_to_pb(job, self.state.store.events(job.id))
+        # The newest events only: a job requeued without end must not grow the answer.
+        return job_to_pb(job, self.state.store.events(job.id)[-MAX_HISTORY:])
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
