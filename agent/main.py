@@ -33,6 +33,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.cgroups import KINDS, ContainmentUnavailable, choose_containment
+from agent.credentials import load as load_credentials
 from agent.gpus import NoGpusFound, choose_backend
 from agent.jobenv import DEFAULT_JOB_PATH
 from agent.link import Identity, Link
@@ -126,6 +127,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the PATH a job's environment starts with; nothing else of the agent's "
         f"environment reaches a job (default: {DEFAULT_JOB_PATH})",
     )
+    tls = p.add_argument_group("credentials (docs/security.md)")
+    tls.add_argument("--tls-ca", type=Path, help="the cluster CA: the daemon's TLS is checked")
+    tls.add_argument("--tls-cert", type=Path, help="this node's certificate (mTLS)")
+    tls.add_argument("--tls-key", type=Path, help="this node's private key")
+    tls.add_argument(
+        "--token-file",
+        type=Path,
+        help="a node token (schedctl token create --node NAME), in a file only its owner reads",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
@@ -198,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_dir,
         args.daemon,
     )
-    link = Link(args.daemon, identity, runner, state_dir=state_dir)
+    credentials = load_credentials(args.tls_ca, args.tls_cert, args.tls_key, args.token_file)
+    link = Link(args.daemon, identity, runner, state_dir=state_dir, credentials=credentials)
     return asyncio.run(_serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace))
 
 
