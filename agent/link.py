@@ -107,6 +107,8 @@ class Link:
         self.lease_s = _read_lease(self._lease_file)
         self.lease_expired = False
         self.shutting_down = False
+        # The live session's key for vouching for this node's users (agent/vouch.py).
+        self.vouch_key: bytes | None = None
 
     async def run(self) -> None:
         """Poll the jobs and keep a session with the daemon, until `request_stop`."""
@@ -221,6 +223,7 @@ class Link:
                     if msg.WhichOneof("msg") == "registered":
                         self._epoch = msg.registered.epoch
                         self._set_lease(msg.registered.lease_seconds)
+                        self.vouch_key = msg.registered.vouch_key or None
                         interval = _heartbeat_interval(msg.registered.heartbeat_interval)
                         log.info(
                             "registered with the daemon at %s as node %r (%d jobs reported), "
@@ -238,6 +241,7 @@ class Link:
                         await self._handle(msg)
             finally:
                 self._out = None
+                self.vouch_key = None  # the daemon takes it back with the session
                 if heartbeats is not None:
                     heartbeats.cancel()
                 call.cancel()

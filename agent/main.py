@@ -38,6 +38,8 @@ from agent.gpus import NoGpusFound, choose_backend
 from agent.jobenv import DEFAULT_JOB_PATH
 from agent.link import Identity, Link
 from agent.runner import Runner
+from agent.vouch import DEFAULT_SOCKET as DEFAULT_VOUCH_SOCKET
+from agent.vouch import serve as serve_vouching
 from schedulerd.lockfile import AlreadyLocked, hold
 
 log = logging.getLogger("agent")
@@ -128,6 +130,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"environment reaches a job (default: {DEFAULT_JOB_PATH})",
     )
     tls = p.add_argument_group("credentials (docs/security.md)")
+    tls.add_argument(
+        "--auth-socket",
+        default=str(DEFAULT_VOUCH_SOCKET),
+        metavar="PATH",
+        help="the Unix socket where this node's users get a credential vouched by this agent "
+        f"(default: {DEFAULT_VOUCH_SOCKET}; empty: none)",
+    )
     tls.add_argument("--tls-ca", type=Path, help="the cluster CA: the daemon's TLS is checked")
     tls.add_argument("--tls-cert", type=Path, help="this node's certificate (mTLS)")
     tls.add_argument("--tls-key", type=Path, help="this node's private key")
@@ -210,10 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     credentials = load_credentials(args.tls_ca, args.tls_cert, args.tls_key, args.token_file)
     link = Link(args.daemon, identity, runner, state_dir=state_dir, credentials=credentials)
-    return asyncio.run(_serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace))
+    vouching = Path(args.auth_socket) if args.auth_socket else None
+    return asyncio.run(_serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace, vouching))
 
 
-async def _serve(link: Link, runner: Runner, keep_jobs: bool, grace: float) -> int:
+async def _serve(
+    link: Link, runner: Runner, keep_jobs: bool, grace: float, vouching: Path | None
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -229,6 +241,11 @@ async def _serve(link: Link, runner: Runner, keep_jobs: bool, grace: float) -> i
 
     link_task = asyncio.create_task(link.run())
     stop_task = asyncio.create_task(stop.wait())
+    vouch_task = (
+        asyncio.create_task(serve_vouching(vouching, link.identity.node, lambda: link.vouch_key))
+        if vouching is not None
+        else None
+    )
     await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     stop_task.cancel()
     if link_task.done():  # run() only returns on request; this is a bug, let it show
@@ -236,6 +253,8 @@ async def _serve(link: Link, runner: Runner, keep_jobs: bool, grace: float) -> i
         return 1
 
     # First refuse new work, and say so, so that the daemon places nothing more here.
+    if vouch_task is not None:
+        vouch_task.cancel()
     runner.stopping = True
     link.announce_shutdown()
     if keep_jobs:

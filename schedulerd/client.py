@@ -33,6 +33,7 @@ from schedulerd.api.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
 )
+from schedulerd.auth import vouch
 from schedulerd.auth.tlsfiles import channel_credentials
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -112,6 +113,14 @@ def is_local_address(address: str) -> bool:
         return False
 
 
+def _needs_vouching(address: str, ca: Path | None) -> bool:
+    """A daemon that cannot know the caller by its loopback uid: a Unix socket, or
+    another machine (over TLS only: the credential is a secret for a minute)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    return ca is not None and not is_local_address(address)
+
+
 class _CallDetails(
     collections.namedtuple(
         "_CallDetails",
@@ -130,11 +139,11 @@ class _BearerToken(
     only unary requests). Metadata rather than call credentials: those gRPC sends on
     TLS channels only, and a token to the daemon's own machine may go in the clear."""
 
-    def __init__(self, token: str) -> None:
-        self._entry = ("authorization", f"Bearer {token}")
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token  # called per call: a vouched credential lives a minute
 
     def _details(self, d: grpc.ClientCallDetails) -> _CallDetails:
-        metadata = [*(d.metadata or ()), self._entry]
+        metadata = [*(d.metadata or ()), ("authorization", f"Bearer {self._token()}")]
         return _CallDetails(
             d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression
         )
@@ -175,7 +184,9 @@ def job_spec(
 class Client:
     """A connection to the daemon. TLS when `ca` (the cluster CA's certificate file) is
     given; `cert` and `key` add a client certificate. `token` None: from the
-    environment (see the module's doc); "" : none."""
+    environment (see the module's doc), else, to a remote daemon over TLS, a credential
+    this node's agent vouches for (SCHEDULERD_AUTH_SOCKET, default
+    /run/schedulerd/auth.sock); "" : none."""
 
     def __init__(
         self,
@@ -209,7 +220,21 @@ class Client:
             creds = channel_credentials(ca, cert, key)
             self.channel = grpc.secure_channel(address, creds, options=options)
         if token:
-            self.channel = grpc.intercept_channel(self.channel, _BearerToken(token))
+            secret = token
+            self.channel = grpc.intercept_channel(self.channel, _BearerToken(lambda: secret))
+        elif token is None and _needs_vouching(address, ca):
+            # No token, and no loopback uid to be known by: this node's agent vouches.
+            socket_path = os.environ.get("SCHEDULERD_AUTH_SOCKET", vouch.DEFAULT_SOCKET)
+            if os.path.exists(socket_path):
+                cached = vouch.CachedVouch(socket_path)
+
+                def provider() -> str:
+                    try:
+                        return cached()
+                    except vouch.BadVouch as e:
+                        raise CredentialError(str(e)) from None
+
+                self.channel = grpc.intercept_channel(self.channel, _BearerToken(provider))
         self.jobs = jobs_pb2_grpc.SchedulerStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentsStub(self.channel)

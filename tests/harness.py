@@ -143,6 +143,9 @@ class Cluster:
                 str(self.root / "agents"),
                 "--log-level",
                 "DEBUG",
+                # Its own vouching socket: the machine's default belongs to no test.
+                "--auth-socket",
+                str(self.root / f"auth-{node}.sock"),
                 *extra_args,
             ],
             stdout=log,

@@ -147,8 +147,8 @@ _OWNER_OR_ADMIN = frozenset(
 
 
 def is_cluster_admin(who: Identity, rules: Rules) -> bool:
-    if who.kind is not Kind.USER:
-        return False
+    if who.kind is not Kind.USER or who.credential is Credential.VOUCHED:
+        return False  # root on one node must not own the cluster (auth/vouch.py)
     # Root on the daemon's own machine can read its store and signing key anyway.
     return who.name in rules.cluster_admins or (who.local and who.uid == 0)
 

@@ -17,6 +17,7 @@ class Credential(enum.Enum):
     CERTIFICATE = "certificate"  # an mTLS client certificate of the cluster CA
     TOKEN = "token"  # a bearer token the daemon signed (schedctl token create)
     LOCAL_UID = "local-uid"  # the uid the kernel reports for a loopback peer
+    VOUCHED = "node-vouched"  # a node's agent vouches for the uid on its Unix socket
 
 
 class Scope(enum.Enum):
@@ -43,6 +44,7 @@ class Identity:
     # Proven by the kernel of the daemon's own machine (a loopback peer's uid).
     local: bool = False
     uid: int | None = None
+    vouched_by: str = ""  # the node whose agent vouched for this user
 
     @property
     def label(self) -> str:

@@ -4,7 +4,9 @@ rule, schedulerd/auth/authorize.py), and a record of it in the audit trail.
 Identity, strongest proof first:
 1. a client certificate of the cluster CA (only the agents' mTLS port asks for one,
    and gRPC has verified it against the CA): the node it names;
-2. an `authorization: Bearer` token the daemon signed, not expired, not revoked;
+2. an `authorization: Bearer` token the daemon signed, not expired, not revoked; or a
+   credential a node's agent vouched for (one of its Unix users, auth/vouch.py), while
+   that agent's session lasts;
 3. a loopback peer: the uid that owns the client socket, as the kernel reports it;
 4. otherwise anonymous.
 A token that is presented but bad is refused outright (UNAUTHENTICATED), never
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from schedulerd.auth import vouch
 from schedulerd.auth.authorize import (
     NOTHING,
     Action,
@@ -72,6 +75,8 @@ class Gate:
         self._policy = policy
         self._ports = ports
         self.clock = clock
+        # node -> its live agent session's vouching key (services/agent_link.py).
+        self.vouch_keys: dict[str, bytes] = {}
 
     def rules(self) -> Rules:
         return Rules(self.cluster_admins, self._policy())
@@ -87,6 +92,9 @@ class Gate:
             return Identity(node, Kind.NODE, Credential.CERTIFICATE)
         bearer = _bearer(context)
         if bearer is not None:
+            node = vouch.vouching_node(bearer)
+            if node is not None:
+                return self._vouched(node, bearer)
             try:
                 claims = verify(self.tokens.key, bearer, self.clock())
             except BadToken as e:
@@ -100,6 +108,16 @@ class Gate:
         if uid is not None:
             return Identity(_user_name(uid), Kind.USER, Credential.LOCAL_UID, local=True, uid=uid)
         return ANONYMOUS
+
+    def _vouched(self, node: str, credential: str) -> Identity:
+        key = self.vouch_keys.get(node)
+        if key is None:
+            raise Unauthenticated(f"node {node[:64]!r} has no live session to vouch with")
+        try:
+            got = vouch.verify(key, node, credential, self.clock())
+        except vouch.BadVouch as e:
+            raise Unauthenticated(str(e)) from None
+        return Identity(got.user, Kind.USER, Credential.VOUCHED, uid=got.uid, vouched_by=got.node)
 
     async def check(
         self, context: grpc.aio.ServicerContext, action: Action, target: Target

@@ -78,6 +78,15 @@ def _bind(
     return port
 
 
+def open_unix_sockets(config: DaemonConfig) -> None:
+    """Let every local user connect to the Unix-socket listeners (after the server
+    started: gRPC creates them with the umask's mode). Who they are is then their
+    token's or their node agent's word, never the socket's."""
+    for address in (config.listen, *config.also_listen):
+        if address.startswith("unix:") and not address.startswith("unix:@"):
+            os.chmod(address.removeprefix("unix:").removeprefix("//"), 0o666)
+
+
 def _tls_pair(config: DaemonConfig) -> tuple[Path, Path] | None:
     if config.tls_cert is None and config.tls_key is None:
         if config.agent_listen and not config.insecure:

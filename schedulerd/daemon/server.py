@@ -32,7 +32,12 @@ from schedulerd.daemon.calls import CallWrapper
 from schedulerd.daemon.experiments import ExperimentController
 from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import AgentLinks
-from schedulerd.daemon.listeners import add_listeners, cluster_admins, server_options
+from schedulerd.daemon.listeners import (
+    add_listeners,
+    cluster_admins,
+    open_unix_sockets,
+    server_options,
+)
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.admin import AdminService
 from schedulerd.daemon.services.agent_link import AgentLinkService
@@ -180,6 +185,7 @@ class Daemon:
             ExperimentsService(self.state, self.experiments, self.gate), self.server
         )
         await self.server.start()
+        open_unix_sockets(self.config)
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._loop_task = asyncio.create_task(self.loop.run())

@@ -107,14 +107,16 @@ class AgentMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[JobReport, _Mapping]] = ..., log_data: _Optional[_Union[LogData, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("heartbeat_interval", "epoch", "lease_seconds")
+    __slots__ = ("heartbeat_interval", "epoch", "lease_seconds", "vouch_key")
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VOUCH_KEY_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval: float
     epoch: int
     lease_seconds: float
-    def __init__(self, heartbeat_interval: _Optional[float] = ..., epoch: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    vouch_key: bytes
+    def __init__(self, heartbeat_interval: _Optional[float] = ..., epoch: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., vouch_key: _Optional[bytes] = ...) -> None: ...
 
 class ElasticWorker(_message.Message):
     __slots__ = ("worker_id", "gpu_index")

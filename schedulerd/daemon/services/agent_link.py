@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import grpc
@@ -94,6 +95,9 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
             )
         epoch = self.state.nodes[name].epoch
         queue = self.links.attach(name)
+        # This session's key for vouching for the node's users (auth/vouch.py).
+        vouch_key = secrets.token_bytes(32)
+        self.gate.vouch_keys[name] = vouch_key
         log.info("agent %s connected with %d %s (session %d)", name, len(reg.gpus), kind, epoch)
         self.links.send_all(commands)
         self.loop.wake()
@@ -105,6 +109,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                     heartbeat_interval=self.heartbeat_s,
                     epoch=epoch,
                     lease_seconds=self.lease_s,
+                    vouch_key=vouch_key,
                 )
             )
             while (command := await queue.get()) is not None:
@@ -113,6 +118,8 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                 else:
                     yield command_to_pb(command, epoch)
         finally:
+            if self.gate.vouch_keys.get(name) is vouch_key:
+                del self.gate.vouch_keys[name]  # its credentials die with the session
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
