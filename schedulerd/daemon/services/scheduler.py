@@ -187,6 +187,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         def listener(job: JobRecord) -> None:
             if wanted(job):
                 backlog.put(view(job))  # converted now: the record changes later
+                if backlog.overflowed:  # it will be ended: no more work for it
+                    self.state.listeners.remove(listener)
 
         self.state.listeners.append(listener)
         try:
@@ -206,7 +208,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                     )
                 yield jobs_pb2.JobUpdate(job=msg)
         finally:
-            self.state.listeners.remove(listener)
+            if listener in self.state.listeners:
+                self.state.listeners.remove(listener)
 
     async def StreamLogs(
         self, request: jobs_pb2.StreamLogsRequest, context: grpc.aio.ServicerContext
@@ -263,27 +266,30 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
 
 class _Backlog:
     """Updates for one watcher, bounded by their size: past the bound, the watcher
-    is told (get() returns None) instead of the daemon's memory growing."""
+    is told (get() returns None) instead of the daemon's memory growing. Kept
+    serialized: a parsed Job takes about 15 times its wire size in memory."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.overflowed = False
-        self._queue: asyncio.Queue[jobs_pb2.Job | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     def put(self, msg: jobs_pb2.Job) -> None:
         if self.overflowed:
             return
-        size = msg.ByteSize()
-        if self.bytes + size > self.max_bytes:
+        data = msg.SerializeToString()
+        if self.bytes + len(data) > self.max_bytes:
             self.overflowed = True
             self._queue.put_nowait(None)
             return
-        self.bytes += size
-        self._queue.put_nowait(msg)
+        self.bytes += len(data)
+        self._queue.put_nowait(data)
 
     async def get(self) -> jobs_pb2.Job | None:
-        msg = await self._queue.get()
-        if msg is not None:
-            self.bytes -= msg.ByteSize()
-        return msg
+        data = await self._queue.get()
+        if data is None:
+            return None
+        self.bytes -= len(data)
+        job: jobs_pb2.Job = jobs_pb2.Job.FromString(data)
+        return job
