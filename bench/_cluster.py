@@ -88,7 +88,7 @@ class BenchCluster:
                     resp = health_pb2_grpc.HealthStub(ch).Check(
                         health_pb2.HealthCheckRequest(), timeout=1
                     )
-                    return resp.status == health_pb2.HealthCheckResponse.SERVING
+                    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
             except grpc.RpcError:
                 return False
 

@@ -1,23 +1,21 @@
 """The Unix uid of a loopback TCP peer, as the kernel reports it.
 
-On the daemon's own machine a user needs no credential file: the kernel's socket
-table (/proc/net/tcp, /proc/net/tcp6) says which uid owns the client end of a
-loopback connection, the way identd and SO_PEERCRED do. gRPC tells us the peer's
-address and port ("ipv4:127.0.0.1:54321"); the socket whose local end is that address
-and whose remote end is one of our ports is the caller's. Only loopback peers are
-looked up: for any other address the table would describe this machine's sockets,
-not the caller's.
+On the daemon's own machine a user needs no credential file: the kernel says which
+uid owns the client end of a loopback connection (sock_diag, as `ss -e` shows it: 20 µs
+a lookup, where reading /proc/net/tcp took 4-10 ms on the event loop), the way identd
+and SO_PEERCRED do. gRPC tells us the peer's address and port
+("ipv4:127.0.0.1:54321"); the socket whose own end is that address and port and whose
+other end is one of our ports is the caller's: nobody else can hold that 4-tuple. Only
+loopback peers are looked up: for any other address this machine's sockets are not
+the caller's.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Collection
-from pathlib import Path
-
-_ESTABLISHED = "01"
-_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 
 
 def parse_peer(peer: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
@@ -46,38 +44,70 @@ def loopback_peer_uid(peer: str, our_ports: Collection[int]) -> int | None:
     if parsed is None or not is_loopback(parsed[0]):
         return None
     addr, port = parsed
-    wanted = _hex_endpoint(addr, port)
-    for table in _TABLES:
-        try:
-            lines = table.read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            # sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
-            if len(fields) < 8 or fields[1] not in wanted or fields[3] != _ESTABLISHED:
-                continue
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if remote_port in our_ports:
-                return int(fields[7])
+    for our_port in our_ports:
+        for family, src, dst in _candidates(addr):
+            uid = _diag_uid(family, src, port, dst, our_port)
+            if uid is not None:
+                return uid
     return None
 
 
-def _hex_endpoint(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> set[str]:
-    """How /proc/net/tcp{,6} spell an endpoint: the address as the kernel's words
-    in host byte order, then the port, in hex. An IPv4 peer of a dual-stack socket
-    appears in tcp6 as ::ffff:a.b.c.d."""
+def _candidates(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[tuple[int, bytes, bytes]]:
+    """(family, client address, server address) as the client's socket may hold them:
+    an IPv4 peer of a dual-stack listener shows as ::ffff:a.b.c.d here, and its socket
+    may be AF_INET, or AF_INET6 connected to the mapped address. On loopback the
+    client's address is the one it connected to, or 127.0.0.1."""
     v4 = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else addr
-    spelled = set()
-    if v4 is not None:
-        spelled.add(f"{_words(v4.packed)}:{port:04X}")
-        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + v4.packed)
-        spelled.add(f"{_words(mapped.packed)}:{port:04X}")
-    else:
-        spelled.add(f"{_words(addr.packed)}:{port:04X}")
-    return spelled
+    if v4 is None:
+        return [(socket.AF_INET6, addr.packed, addr.packed)]
+    out: list[tuple[int, bytes, bytes]] = []
+    for dst in dict.fromkeys((v4, ipaddress.IPv4Address("127.0.0.1"))):
+        out.append((socket.AF_INET, v4.packed, dst.packed))
+        out.append((socket.AF_INET6, _mapped(v4), _mapped(dst)))
+    return out
 
 
-def _words(packed: bytes) -> str:
-    words = struct.unpack(f"={len(packed) // 4}I", packed)
-    return "".join(f"{w:08X}" for w in words)
+def _mapped(v4: ipaddress.IPv4Address) -> bytes:
+    return b"\0" * 10 + b"\xff\xff" + v4.packed
+
+
+# sock_diag (linux/inet_diag.h): the kernel looks one socket up by its exact 4-tuple,
+# the way `ss` does; reading /proc/net/tcp instead walks every socket (~4 ms here).
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_NLMSG_HEADER = struct.Struct("=IHHII")
+_REQ_HEAD = struct.Struct("=BBBxI")  # family, protocol, ext, pad, states
+_PORTS = struct.Struct("!HH")  # sport, dport: network order
+_REQ_TAIL = struct.Struct("=III")  # interface, cookie (none: ~0, ~0)
+_UID_AT = _NLMSG_HEADER.size + 4 + 48 + 12  # inet_diag_msg: ..., expires, rqueue, wqueue, uid
+
+
+def _diag_uid(family: int, src: bytes, sport: int, dst: bytes, dport: int) -> int | None:
+    request = (
+        _REQ_HEAD.pack(family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF)
+        + _PORTS.pack(sport, dport)
+        + src.ljust(16, b"\0")
+        + dst.ljust(16, b"\0")
+        + _REQ_TAIL.pack(0, 0xFFFFFFFF, 0xFFFFFFFF)
+    )
+    header = _NLMSG_HEADER.pack(
+        _NLMSG_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0
+    )
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as s:
+            s.settimeout(1.0)
+            s.sendto(header + request, (0, 0))
+            answer = s.recv(4096)
+    except OSError:
+        return None
+    if len(answer) < _UID_AT + 4:
+        return None  # NLMSG_ERROR (no such socket) is shorter than a found socket
+    _len, kind, _flags, _seq, _pid = _NLMSG_HEADER.unpack_from(answer)
+    if kind != _SOCK_DIAG_BY_FAMILY:
+        return None
+    (uid,) = struct.unpack_from("=I", answer, _UID_AT)
+    return int(uid)
