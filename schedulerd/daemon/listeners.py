@@ -57,7 +57,9 @@ def _bind(
     tls: tuple[Path, Path] | None,
     mtls: bool,
 ) -> int:
-    if tls is None:
+    # Loopback and Unix sockets need no TLS (nothing crosses a network, and the loopback
+    # uid is how local users are known); the agents' mTLS listener always has it.
+    if tls is None or (is_local_address(address) and not mtls):
         if not is_local_address(address):
             if not config.insecure:
                 raise SystemExit(
