@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from agent.gpus import GpuDevice
 from agent.model import ElasticSpec, JobSpec, PartReport, Phase, ResizeRequest, StopRequest
 from schedulerd.api.v1 import agent_pb2
+from schedulerd.bounds import MAX_REPORT_MESSAGE
 
 _PHASES = {
     Phase.RUNNING: agent_pb2.PHASE_RUNNING,
@@ -66,6 +67,11 @@ def stop_request(msg: agent_pb2.StopJob) -> StopRequest:
     return StopRequest(msg.job_id, msg.attempt, msg.grace_seconds, msg.reason)
 
 
+def _clip(text: str, max_bytes: int) -> str:
+    data = text.encode()
+    return text if len(data) <= max_bytes else data[: max_bytes - 3].decode(errors="ignore") + "..."
+
+
 def job_report(r: PartReport) -> agent_pb2.JobReport:
     return agent_pb2.JobReport(
         job_id=r.job_id,
@@ -73,7 +79,8 @@ def job_report(r: PartReport) -> agent_pb2.JobReport:
         phase=_PHASES[r.phase],
         exit_code=r.exit_code,
         pid=r.pid,
-        message=r.message,
+        # The daemon refuses a longer one (schedulerd/bounds.py), and its stream with it.
+        message=_clip(r.message, MAX_REPORT_MESSAGE),
         time=r.time,
         gpu_indices=r.gpu_indices,
         stopped_by_node=r.stopped_by_node,
