@@ -147,6 +147,7 @@ class Daemon:
             ca = init_ca(self.root / "ca")
             issued = issue_server(ca, ["127.0.0.1"], self.root / "ca")
             cmd += ["--tls-cert", str(issued.cert_path), "--tls-key", str(issued.key_path)]
+            cmd += ["--tls-loopback"]  # loopback is plaintext otherwise
         if self.unix:
             cmd += ["--also-listen", f"unix:{self.socket_path}"]
         env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -58,8 +58,9 @@ def _bind(
     mtls: bool,
 ) -> int:
     # Loopback and Unix sockets need no TLS (nothing crosses a network, and the loopback
-    # uid is how local users are known); the agents' mTLS listener always has it.
-    if tls is None or (is_local_address(address) and not mtls):
+    # uid is how local users are known) unless asked; the agents' mTLS listener always has it.
+    plain_here = is_local_address(address) and not mtls and not config.tls_loopback
+    if tls is None or plain_here:
         if not is_local_address(address):
             if not config.insecure:
                 raise SystemExit(

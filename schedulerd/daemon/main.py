@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="allow listening on a non-loopback address without TLS (trusted networks only)",
     )
     p.add_argument(
+        "--tls-loopback",
+        action="store_true",
+        help="serve TLS on loopback listeners too (default: plaintext there, where nothing "
+        "crosses a network and local users are known by their uid)",
+    )
+    p.add_argument(
         "--admin",
         action="append",
         default=[],
@@ -119,6 +125,7 @@ async def run(args: argparse.Namespace) -> int:
         agent_listen=args.agent_listen,
         also_listen=tuple(args.also_listen),
         insecure=args.insecure,
+        tls_loopback=args.tls_loopback,
         admins=tuple(args.admin),
     )
     if args.local_agent and args.tls_cert is not None:

@@ -81,6 +81,7 @@ class DaemonConfig:
     agent_listen: str = ""  # empty: agents use `listen` too (node tokens, or local)
     also_listen: tuple[str, ...] = ()  # more listeners like `listen` (a Unix socket...)
     insecure: bool = False  # allow a non-loopback listener without TLS
+    tls_loopback: bool = False  # TLS on loopback listeners too (default: plaintext there)
     admins: tuple[str, ...] = ()  # cluster admins besides the daemon's own user
 
 
