@@ -64,9 +64,10 @@ def _short(rows: list[tuple[Any, ...]]) -> str:
 
 
 def digest(db: Path) -> tuple[Any, ...]:
-    """A cheap summary: counts and largest ids of the big tables, and the small ones
-    (nodes, policies' versions, tokens) in full. Two equal digests around a call:
-    it added, removed and changed no job, part, event, node, policy or token."""
+    """A cheap summary: counts and largest ids of the big tables, the states of jobs,
+    trials and experiments, and the small tables (nodes, policies' versions, tokens) in
+    full. Two equal digests around a call: it added or removed no job, part, event,
+    experiment, trial, node, policy or token, and changed no state."""
     conn = _connect(db)
     try:
         big = tuple(
@@ -77,10 +78,17 @@ def digest(db: Path) -> tuple[Any, ...]:
             "SELECT group_concat(state || ':' || cancel_requested, ',') FROM "
             "(SELECT state, cancel_requested FROM jobs ORDER BY id)"
         ).fetchone()
+        trials = conn.execute(
+            "SELECT count(*), group_concat(state, ',') FROM "
+            "(SELECT state FROM trials ORDER BY experiment_id, number)"
+        ).fetchone()
+        experiments = conn.execute(
+            "SELECT group_concat(state, ',') FROM (SELECT state FROM experiments ORDER BY id)"
+        ).fetchone()
         nodes = tuple(conn.execute("SELECT * FROM nodes ORDER BY name"))
         policy = conn.execute("SELECT max(version) FROM policies").fetchone()
         tokens = tuple(conn.execute("SELECT id, revoked_at FROM tokens ORDER BY id"))
-        return (big, states, nodes, policy, tokens)
+        return (big, states, trials, experiments, nodes, policy, tokens)
     finally:
         conn.close()
 

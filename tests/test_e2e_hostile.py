@@ -234,17 +234,18 @@ def connect(
     return list(stub.Connect(iter(messages), metadata=metadata, timeout=timeout))
 
 
-def settled(db: Path) -> None:
-    """Wait until the store stops changing by itself (two equal snapshots 0.3 s apart)."""
+def settled(db: Path, quiet_s: float = 0.3) -> None:
+    """Wait until the store stops changing by itself (two snapshots `quiet_s` apart
+    are the same)."""
+    deadline = time.monotonic() + 30
     last = snapshot(db)
-
-    def same() -> bool:
-        nonlocal last
+    while True:
+        time.sleep(quiet_s)
         now = snapshot(db)
-        same, last = now == last, now
-        return same
-
-    wait_for("the store to settle", same, every_s=0.3)
+        if now == last:
+            return
+        last = now
+        assert time.monotonic() < deadline, "the store never settled"
 
 
 def _pid_or_none(w: World, job_id: int) -> int | None:
@@ -842,6 +843,40 @@ def test_watchers_that_do_not_read_cannot_blow_the_daemons_memory(world: World) 
     assert w.cluster.client.get_job(w.holder).state == jobs_pb2.RUNNING
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a server stream that its client cancels while the daemon waits to write "
+    "to it is closed later by asyncio's async-generator finalizer, in another context; "
+    "CallWrapper._stream's finally then calls AuditTrail.end_call, whose "
+    "ContextVar.reset(token) raises ValueError ('was created in a different Context'), "
+    "logged as 'ERROR asyncio: Task exception was never retrieved' with a traceback "
+    "(and that call's audit record is lost)",
+)
+def test_a_watcher_that_hangs_up_leaves_no_error_in_the_log(world: World) -> None:
+    """Watchers that hang up while the daemon still has updates to write to them (their
+    connection's window is full): the daemon closes their streams quietly."""
+    w = world
+    big = {"BLOB": "e" * (30 * 1024)}
+    have = sum(1 for r in snapshot(w.cluster.db, ("jobs",))["jobs"] if r[1] == "/a")
+    if have < 300:  # enough current jobs (in full for the admin) to fill the window
+        w.cluster.client.submit_many(
+            [job_spec("/a", ["x"], gpus=2, user="alice", env=big) for _ in range(300 - have)]
+        )
+    errors = daemon_log(w).count("Task exception was never retrieved")
+    for _ in range(5):
+        sw = SlowWatcher(w)
+        next(sw.call)
+        time.sleep(0.2)  # the daemon blocks writing the rest
+        sw.close()
+    time.sleep(1.0)
+    assert w.cluster.daemon is not None and w.cluster.daemon.poll() is None
+    log = daemon_log(w)
+    new = log.count("Task exception was never retrieved") - errors
+    assert new == 0, "\n".join(
+        line for line in log.splitlines()[-60:] if "Context" in line or "ERROR" in line
+    )
+
+
 def test_ended_jobs_with_big_argv_do_not_break_list_jobs(world: World) -> None:
     w = world
     admin = w.cluster.client
@@ -1074,7 +1109,8 @@ def test_a_revoked_token_is_refused(world: World) -> None:
 
 
 class TlsCluster(Cluster):
-    """A daemon with TLS on its listeners and an mTLS listener for agents."""
+    """A daemon with TLS configured and an mTLS listener for agents (its loopback
+    listener stays plaintext: the tests' admin client and health checks use it)."""
 
     def __init__(self, root: Path) -> None:
         self.pki = root / "pki"
@@ -1097,25 +1133,6 @@ class TlsCluster(Cluster):
                 f"127.0.0.1:{self.agent_port}",
             ),
         )
-        self.client = Client(self.address, timeout_s=10, token="", ca=self.pki / "ca.crt")
-
-    def wait_healthy(self) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        creds = grpc.ssl_channel_credentials((self.pki / "ca.crt").read_bytes())
-
-        def serving() -> bool:
-            assert self.daemon is not None and self.daemon.poll() is None, self.log_tail()
-            try:
-                with grpc.secure_channel(self.address, creds) as ch:
-                    resp = health_pb2_grpc.HealthStub(ch).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-            except grpc.RpcError:
-                return False
-
-        wait_for("the TLS daemon to serve", serving, every_s=0.2)
 
     def agent_channel(self, node: str | None, ca: Path | None = None) -> grpc.Channel:
         """A channel to the agents' listener with `node`'s certificate (None: none)."""
