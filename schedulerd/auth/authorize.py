@@ -264,10 +264,17 @@ def _tokens(who: Identity, action: Action, target: Target, rules: Rules) -> Deci
         return _scoped(who, Scope.ADMIN, action)
     if target.node or (target.user and target.user != who.name):
         return _no(Denial.FORBIDDEN, "only cluster admins manage node tokens or others' tokens")
-    # A token may not mint tokens: a stolen one must not outlive its expiry or revocation.
-    if action is Action.CREATE_TOKEN and who.credential is Credential.TOKEN:
-        return _no(Denial.FORBIDDEN, "a token cannot create tokens; use your local login")
-    return _yes()
+    # Only a login on the daemon's own machine mints tokens: a stolen token must not
+    # outlive its expiry or revocation, and a node's word for a user must not outlive
+    # that node's session (a node's root could otherwise mint a year of "root").
+    if action is Action.CREATE_TOKEN and who.credential is not Credential.LOCAL_UID:
+        return _no(
+            Denial.FORBIDDEN,
+            "tokens are made from a login on the daemon's machine, or by a cluster admin",
+        )
+    # A scoped token manages tokens only with the admin scope (a CI token that reads
+    # must not revoke its holder's other tokens).
+    return _scoped(who, Scope.ADMIN, action)
 
 
 def _scoped(who: Identity, scope: Scope, action: Action) -> Decision:

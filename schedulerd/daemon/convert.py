@@ -82,14 +82,16 @@ def job_to_pb(
     return msg
 
 
-def job_from_spec(spec: jobs_pb2.JobSpec, user: str) -> JobRecord:
-    """`user`: who submits, from the caller's credential (never spec.user alone)."""
+def job_from_spec(spec: jobs_pb2.JobSpec, user: str, vouched: bool = False) -> JobRecord:
+    """`user`: who submits, from the caller's credential (never spec.user alone);
+    `vouched`: that credential was a node's word (it never runs as root)."""
     gpus_min = spec.gpus.min
     gpus_max = spec.gpus.max or spec.gpus.min
     return JobRecord(
         id=0,
         consumer=spec.consumer,
         user=user,
+        vouched=vouched,
         name=spec.name or (spec.command[0] if spec.command else ""),
         command=list(spec.command),
         env=dict(spec.env),

@@ -4,7 +4,7 @@ waiting for an agent's answer."""
 from __future__ import annotations
 
 import asyncio
-import itertools
+import secrets
 
 from schedulerd.daemon.commands import Command, Outbox
 
@@ -39,8 +39,9 @@ class AgentLinks:
 
     def __init__(self) -> None:
         self._queues: dict[str, LinkQueue] = {}
-        self._pending_logs: dict[int, asyncio.Future[tuple[bytes, bool, int]]] = {}
-        self._ids = itertools.count(1)
+        # request id -> (the node asked, its answer to come). Random ids, and only the
+        # node asked may answer: another node must not put words in this one's log.
+        self._pending_logs: dict[int, tuple[str, asyncio.Future[tuple[bytes, bool, int]]]] = {}
 
     def attach(self, node: str) -> LinkQueue:
         """A new stream for `node`; an older one still open is told to end."""
@@ -85,16 +86,21 @@ class AgentLinks:
         queue = self._queues.get(node)
         if queue is None:
             raise NodeNotConnected(node)
-        request = ReadLogRequest(next(self._ids), job_id, offset, max_bytes)
+        request = ReadLogRequest(secrets.randbits(63), job_id, offset, max_bytes)
         future: asyncio.Future[tuple[bytes, bool, int]] = asyncio.get_running_loop().create_future()
-        self._pending_logs[request.request_id] = future
+        self._pending_logs[request.request_id] = (node, future)
         queue.put_nowait(request)
         try:
             return await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending_logs.pop(request.request_id, None)
 
-    def log_answer(self, request_id: int, data: bytes, found: bool, next_offset: int) -> None:
-        future = self._pending_logs.get(request_id)
-        if future is not None and not future.done():
+    def log_answer(
+        self, node: str, request_id: int, data: bytes, found: bool, next_offset: int
+    ) -> None:
+        pending = self._pending_logs.get(request_id)
+        if pending is None or pending[0] != node:
+            return  # not asked of this node: ignored
+        future = pending[1]
+        if not future.done():
             future.set_result((data, found, next_offset))

@@ -248,7 +248,7 @@ class ClusterState:
         path = ConsumerPath(job.consumer)
         policy = self.policy
         root_ok = policy is not None and path in policy.consumers and policy.runs_as_root(path)
-        return StartPart(job, part, root_ok)
+        return StartPart(job, part, root_ok and not job.vouched)
 
     def notify(self, job: JobRecord) -> None:
         for listener in list(self.listeners):

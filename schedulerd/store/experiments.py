@@ -40,6 +40,7 @@ class ExperimentRecord:
     created: float
     reason: str = ""
     ended: float | None = None
+    vouched: bool = False  # created with a node-vouched credential: its trials too
 
     @property
     def study_name(self) -> str:
@@ -77,6 +78,7 @@ class ExperimentStore:
             "reason": exp.reason,
             "created": exp.created,
             "ended": exp.ended,
+            "vouched": int(exp.vouched),
         }
         with self.store.transaction():
             pk = self.db.table("experiments").insert(row).last_pk
@@ -158,6 +160,7 @@ def _experiment_from_row(r: dict[str, Any]) -> ExperimentRecord:
         created=r["created"],
         reason=r["reason"],
         ended=r["ended"],
+        vouched=bool(r["vouched"]),
     )
 
 

@@ -86,6 +86,10 @@ class JobRecord:
     # Elastic: its training has ended (worker 0, or a whole part, exited 0 without being
     # released): the rest of its workers are finishing, and it is never grown again.
     ending: bool = False
+    # Submitted with a credential a node's agent vouched for (docs/security.md): such a
+    # job never runs as root, whatever the policy's run_as_root (a node's root must not
+    # get root on every node).
+    vouched: bool = False
     parts: list[PartRecord] = field(default_factory=list)
 
     @property

@@ -148,4 +148,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_by_identity ON audit(identity, id);
     """,
+    # 6: jobs and experiments submitted with a node-vouched credential never run as root.
+    """
+    ALTER TABLE jobs ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE experiments ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -34,6 +34,9 @@ from schedulerd.store.schema import MIGRATIONS
 LIST_CAP = 1000
 
 
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 class StoreUnavailable(RuntimeError):
     """A write could not be committed (disk full, I/O error, locked): nothing changed.
     Servicers answer UNAVAILABLE; memory is left as it was (check, commit, apply)."""
@@ -42,7 +45,13 @@ class StoreUnavailable(RuntimeError):
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The store holds every job's command and env: its owner's only (SQLite gives
+        # the -wal and -shm files the database's mode).
+        self.path.touch(mode=0o600, exist_ok=True)
+        for f in (self.path, *(self.path.with_name(self.path.name + s) for s in SIDE_FILES)):
+            if f.exists():
+                f.chmod(0o600)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -273,6 +282,7 @@ def _job_row(job: JobRecord) -> dict[str, object]:
     row["cancel_requested"] = int(job.cancel_requested)
     row["preempting"] = int(job.preempting)
     row["ending"] = int(job.ending)
+    row["vouched"] = int(job.vouched)
     return row
 
 
@@ -284,6 +294,7 @@ def _job_from_row(r: dict[str, object]) -> JobRecord:
     r["cancel_requested"] = bool(r["cancel_requested"])
     r["preempting"] = bool(r["preempting"])
     r["ending"] = bool(r["ending"])
+    r["vouched"] = bool(r["vouched"])
     return JobRecord(**r)  # type: ignore[arg-type]
 
 

@@ -263,6 +263,7 @@ class ExperimentController:
             id=0,
             consumer=spec.consumer,
             user=spec.user,
+            vouched=exp.vouched,
             name=f"{spec.name or f'experiment-{exp.id}'} trial {number}",
             command=fill_command(spec.command, values),
             env=env,
@@ -386,8 +387,12 @@ class ExperimentController:
                 found.append((field, error))
         return found
 
-    async def create(self, spec: ExperimentSpec) -> ExperimentRecord:
-        exp = ExperimentRecord(0, spec, ExperimentState.RUNNING, self.state.clock())
+    async def create(self, spec: ExperimentSpec, vouched: bool = False) -> ExperimentRecord:
+        """`vouched`: created with a node's word for its user: its trials never run as
+        root (docs/security.md)."""
+        exp = ExperimentRecord(
+            0, spec, ExperimentState.RUNNING, self.state.clock(), vouched=vouched
+        )
         async with self._lock:
             self.store.insert_experiment(exp)
             self.running[exp.id] = exp
@@ -490,6 +495,8 @@ class ExperimentController:
 def _make_book(path: Path) -> StudyBook:
     from schedulerd.daemon.experiments.study import StudyBook
 
+    path.touch(mode=0o600, exist_ok=True)  # experiments' params and values: the owner's
+    path.chmod(0o600)
     return StudyBook(path)
 
 

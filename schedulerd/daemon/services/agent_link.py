@@ -175,7 +175,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                     self.loop.wake()
                 elif which == "log_data":
                     d = msg.log_data
-                    self.links.log_answer(d.request_id, d.data, d.found, d.next_offset)
+                    self.links.log_answer(name, d.request_id, d.data, d.found, d.next_offset)
         except Exception as e:  # the stream broke: end the writer side too
             log.info("agent %s stream ended: %s", name, e)
         finally:

@@ -11,7 +11,7 @@ import grpc
 from schedulerd.api.v1 import experiments_pb2 as pb
 from schedulerd.api.v1 import experiments_pb2_grpc
 from schedulerd.auth.authorize import NOTHING, Action, Target
-from schedulerd.auth.identity import Identity
+from schedulerd.auth.identity import Credential, Identity
 from schedulerd.core import is_within
 from schedulerd.daemon.experiments import ExperimentController, NotFound, ReportRefused
 from schedulerd.daemon.experiments.convert import experiment_to_pb, trial_state
@@ -57,7 +57,7 @@ class ExperimentsService(experiments_pb2_grpc.ExperimentsServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"experiment refused: {listed}; nothing was created",
             )
-        exp = await self.controller.create(spec)
+        exp = await self.controller.create(spec, vouched=who.credential is Credential.VOUCHED)
         self.gate.audit.note(f"experiment {exp.id}")
         msg = self._pb(exp.id, with_trials=True, intermediate=False)
         assert msg is not None

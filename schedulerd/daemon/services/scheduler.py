@@ -10,7 +10,7 @@ import grpc
 
 from schedulerd.api.v1 import jobs_pb2, jobs_pb2_grpc
 from schedulerd.auth.authorize import NOTHING, Action, Target
-from schedulerd.auth.identity import Identity
+from schedulerd.auth.identity import Credential, Identity
 from schedulerd.bounds import MAX_PAGE_BYTES, USER_NAME, USER_NAME_RULE
 from schedulerd.core import is_within
 from schedulerd.daemon.convert import job_from_spec, job_state_from_pb, job_to_pb
@@ -63,7 +63,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         spec = request.spec
         user = await self._submitter(who, spec, context)
         try:
-            job = self.state.submit(job_from_spec(spec, user))
+            job = self.state.submit(job_from_spec(spec, user, _vouched(who)))
         except SubmitError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {e}")
         except StoreUnavailable as e:
@@ -262,6 +262,10 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
 
     def _job(self, job_id: int) -> JobRecord | None:
         return self.state.jobs.get(job_id) or self.state.store.load_job(job_id)
+
+
+def _vouched(who: Identity) -> bool:
+    return who.credential is Credential.VOUCHED
 
 
 class _Backlog:
