@@ -15,6 +15,7 @@ reason (NOT_FOUND...), which is fine: only the door is tested here.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,7 +280,8 @@ ROWS: list[tuple[str, Call, str]] = [
         lambda w, r: _admin(w, r).RevokeToken(
             admin_pb2.RevokeTokenRequest(id=w.spare_token()), metadata=w.metadata(r), timeout=10
         ),
-        "UADDADD",
+        # Someone else's token is NOT_FOUND, as a token that does not exist (no probing).
+        "UAaaADD",
     ),
     (
         "WhoAmI",
@@ -470,3 +472,39 @@ def test_a_submission_runs_as_its_credential_not_its_user_field(world: World) ->
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
     job = world.owner.submit("/a", [sys.executable, "-c", "pass"])  # type: ignore[union-attr]
     assert job.spec.user == "alice"
+
+
+def test_others_ended_jobs_show_no_agent_words(world: World) -> None:
+    """An ended job's reason may quote its command or paths: others see its state only,
+    and a name that defaulted to argv[0] is left out."""
+    assert world.owner is not None
+    job = world.owner.submit("/a", ["/opt/secret-tool", "--password=hunter2"])
+    world.owner.cancel(job.id)
+    seen = _jobs(world, "other").GetJob(
+        jobs_pb2.GetJobRequest(id=job.id), metadata=world.metadata("other"), timeout=10
+    )
+    assert seen.redacted and seen.reason == "cancelled" and seen.spec.name == ""
+    own = world.owner.get_job(job.id)
+    assert own.spec.name == "/opt/secret-tool" and "cancelled" in own.reason
+
+
+def test_watchers_are_bounded_per_identity(world: World) -> None:
+    """Each watcher may hold 8 MiB of backlog: one identity opens at most 16."""
+    stub = _jobs(world, "other")
+    streams = [
+        stub.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=world.metadata("other"), timeout=30)
+        for _ in range(17)
+    ]
+    try:
+        # A watcher let in sends nothing yet (no job changes); a refused one ends at once.
+        refused = None
+        deadline = time.monotonic() + 10
+        while refused is None and time.monotonic() < deadline:
+            refused = next((s for s in streams if s.done()), None)
+            time.sleep(0.05)
+        assert refused is not None, "no watcher was refused"
+        assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert sum(1 for s in streams if s.done()) == 1
+    finally:
+        for s in streams:
+            s.cancel()

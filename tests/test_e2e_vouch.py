@@ -17,7 +17,7 @@ import pytest
 from harness import Cluster, wait_for
 from unix_users import throwaway_user
 
-from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc
+from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from schedulerd.auth.vouch import fetch
 
 POLICY = """
@@ -188,3 +188,39 @@ def test_nothing_is_vouched_for_a_uid_without_a_name() -> None:
 
     assert answer(os.getuid(), "n", None, 0).startswith(b"error")
     assert answer(2**31 - 7, "n", b"k" * 32, 0).startswith(b"error uid")
+
+
+def test_a_node_vouched_user_mints_no_token_and_never_runs_as_root(cluster: Cluster) -> None:
+    """Root on a node holds the session's key and could vouch for anyone: such a
+    credential makes no token (which would outlive the session and carry admin), and
+    its jobs never run as root, though the policy lets root run as root here."""
+    secret = fetch(str(_socket(cluster)))
+    meta = (("authorization", f"Bearer {secret}"),)
+    with grpc.insecure_channel(f"unix:{cluster.root}/daemon.sock") as ch:
+        with pytest.raises(grpc.RpcError) as refused:
+            admin_pb2_grpc.AdminStub(ch).CreateToken(
+                admin_pb2.CreateTokenRequest(user="root", ttl_seconds=3600),
+                metadata=meta,
+                timeout=10,
+            )
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        spec = jobs_pb2.JobSpec(
+            consumer="/a", command=["/bin/true"], gpus=jobs_pb2.GpuRequest(min=1)
+        )
+        job = (
+            jobs_pb2_grpc.SchedulerStub(ch)
+            .SubmitJob(jobs_pb2.SubmitJobRequest(spec=spec), metadata=meta, timeout=10)
+            .job
+        )
+    assert job.spec.user == "root"
+    ended = wait_for(
+        "the vouched root job to end",
+        lambda: (j := cluster.client.get_job(job.id)).state == jobs_pb2.FAILED and j,
+    )
+    assert "root" in ended.reason and "run_as_root" in ended.reason, ended.reason
+    # The same job from root's login on the daemon's machine runs (as root).
+    local = cluster.client.submit("/a", ["/bin/true"])
+    wait_for(
+        "root's own job to succeed",
+        lambda: cluster.client.get_job(local.id).state == jobs_pb2.SUCCEEDED,
+    )

@@ -30,6 +30,13 @@ log = logging.getLogger("schedulerd.audit")
 FLUSH_S = 0.2
 # Past this many unwritten records the trail writes at once, whatever the timer.
 MAX_BUFFERED = 5000
+# Refusals recorded one by one per identity and window; past that they are counted, and
+# the count recorded when the window ends (a client spraying bad credentials must not
+# grow the store 2 MB every 10 s).
+REFUSALS_PER_WINDOW = 20
+WINDOW_S = 10.0
+# The newest records kept; older ones are dropped as new ones come.
+KEEP_RECORDS = 1_000_000
 
 CHANGES = frozenset(
     {
@@ -67,6 +74,9 @@ class AuditTrail:
         self.store = store
         self.clock = clock
         self._buffer: list[AuditEntry] = []
+        self._window_start = clock()
+        self._refusals: dict[str, int] = {}  # identity label -> refusals this window
+        self._written = 0
 
     def allowed(self, who: Identity, action: Action, target: Target) -> None:
         if action in AT_ENTRY:
@@ -81,10 +91,13 @@ class AuditTrail:
             pending.notes.append(text)
 
     def refused(self, who: Identity, action: Action, target: Target, code: str, why: str) -> None:
-        self._add(who, action, target.describe(), code, why)
+        if self._count_refusal(who):
+            self._add(who, action, target.describe(), code, why)
 
     def refused_call(self, who: Identity, action: str, code: str, why: str) -> None:
         """A refusal before the action is known by the gate (a malformed request)."""
+        if not self._count_refusal(who):
+            return
         entry = AuditEntry(
             self.clock(), who.label, who.credential.value, action, "", code, why[:500]
         )
@@ -112,10 +125,38 @@ class AuditTrail:
         if len(self._buffer) >= MAX_BUFFERED:
             self.flush()
 
+    def _count_refusal(self, who: Identity) -> bool:
+        """Whether this refusal is recorded one by one (else only counted)."""
+        now = self.clock()
+        if now - self._window_start >= WINDOW_S:
+            for label, n in self._refusals.items():
+                if n > REFUSALS_PER_WINDOW:
+                    extra = n - REFUSALS_PER_WINDOW
+                    self._append(
+                        AuditEntry(
+                            now,
+                            label,
+                            "",
+                            "(refusals)",
+                            "",
+                            "suppressed",
+                            f"{extra} more refusals in {WINDOW_S:g} s, not recorded one by one",
+                        )
+                    )
+            self._refusals.clear()
+            self._window_start = now
+        n = self._refusals.get(who.label, 0) + 1
+        self._refusals[who.label] = n
+        return n <= REFUSALS_PER_WINDOW
+
     def flush(self) -> None:
         entries, self._buffer = self._buffer, []
         try:
             self.store.add_audit(entries)
+            self._written += len(entries)
+            if self._written >= KEEP_RECORDS // 100:
+                self._written = 0
+                self.store.prune_audit(KEEP_RECORDS)
         except StoreUnavailable as e:
             # Keep them for the next try, but bounded: the store being full must not
             # grow the daemon's memory without end.

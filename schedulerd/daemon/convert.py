@@ -48,14 +48,21 @@ def job_to_pb(
 ) -> jobs_pb2.Job:
     """`redacted`: for a caller who may not see the job in full (another user's job):
     its command, env, working dir and history are left out (docs/security.md)."""
+    name, reason = job.name, job.reason
     if redacted:
         history = None
+        # An ended job's reason may quote its command or paths (an agent's words), and
+        # a name left out defaults to argv[0]: the scheduler's own words only.
+        if job.state.ended:
+            reason = job.state.value.lower()
+        if job.command and name == job.command[0]:
+            name = ""
     msg = jobs_pb2.Job(
         id=job.id,
         spec=jobs_pb2.JobSpec(
             consumer=job.consumer,
             user=job.user,
-            name=job.name,
+            name=name,
             command=[] if redacted else job.command,
             env={} if redacted else job.env,
             working_dir="" if redacted else job.working_dir,
@@ -66,7 +73,7 @@ def job_to_pb(
         submit_time=timestamp(job.submit_time),
         start_time=timestamp(job.start_time),
         end_time=timestamp(job.end_time),
-        reason=job.reason,
+        reason=reason,
         attempt=job.attempt,
         cancel_requested=job.cancel_requested,
         redacted=redacted,

@@ -1,5 +1,6 @@
 """Tokens and the audit trail in the store (migration 5). The audit is append-only:
-nothing in the daemon updates or deletes a record."""
+nothing in the daemon updates a record, and only retention (the newest million kept,
+daemon/audit.py) deletes the oldest."""
 
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ class SecurityStore:
         if rows:
             with self.store.transaction():
                 self.db.table("audit").insert_all(rows)
+
+    def prune_audit(self, keep: int) -> None:
+        """Drop all but the newest `keep` records."""
+        with self.store.transaction():
+            self.db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", [keep])
 
     def list_audit(self, limit: int, before_id: int = 0, identity: str = "") -> list[AuditEntry]:
         """Newest first, at most AUDIT_PAGE_CAP."""

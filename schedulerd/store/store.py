@@ -189,6 +189,17 @@ class Store:
         )
         return self._with_parts([_job_from_row(r) for r in rows])
 
+    def load_jobs_by_ids(self, ids: list[int]) -> list[JobRecord]:
+        """The jobs of these ids that exist, in id order."""
+        jobs: list[JobRecord] = []
+        for i in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[i : i + 500]
+            rows = self.db.table("jobs").rows_where(
+                f"id IN ({','.join('?' * len(chunk))})", chunk, order_by="id"
+            )
+            jobs += [_job_from_row(r) for r in rows]
+        return self._with_parts(jobs)
+
     def _with_parts(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Attach each job's parts of its current attempt, in a few queries."""
         by_id = {j.id: j for j in jobs}

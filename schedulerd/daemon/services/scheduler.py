@@ -4,6 +4,7 @@ they never decide (ARCHITECTURE: the shell)."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
@@ -27,6 +28,8 @@ _LOG_CHUNK = 64 * 1024
 # A watcher that falls this far behind (updates converted but not yet read) is ended
 # with RESOURCE_EXHAUSTED: the daemon's memory must not grow with a slow reader.
 WATCH_BACKLOG_BYTES = 8 * 1024 * 1024
+WATCHERS_PER_IDENTITY = 16
+WATCHERS_TOTAL = 1000
 # ListJobs: the most jobs one page holds, whatever the request asks.
 LIST_PAGE_CAP = 1000
 MAX_HISTORY = 1000  # events in a GetJob answer
@@ -40,6 +43,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self.links = links
         self.loop = loop
         self.gate = gate
+        self._watchers: Counter[str] = Counter()  # open WatchJobs per identity
 
     async def _submitter(
         self, who: Identity, spec: jobs_pb2.JobSpec, context: grpc.aio.ServicerContext
@@ -173,13 +177,39 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobUpdate]:
         caller = await self.gate.check(context, Action.WATCH_JOBS, NOTHING)
+        who = caller.who.label
+        # Each watcher may hold WATCH_BACKLOG_BYTES: their number is bounded too.
+        if self._watchers[who] >= WATCHERS_PER_IDENTITY or sum(self._watchers.values()) >= (
+            WATCHERS_TOTAL
+        ):
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many watchers: at most {WATCHERS_PER_IDENTITY} per identity and "
+                f"{WATCHERS_TOTAL} in all; close one first",
+            )
+        self._watchers[who] += 1
+        try:
+            async for update in self._watch(request, context, caller.who):
+                yield update
+        finally:
+            self._watchers[who] -= 1
+            if not self._watchers[who]:
+                del self._watchers[who]
+
+    async def _watch(
+        self,
+        request: jobs_pb2.WatchJobsRequest,
+        context: grpc.aio.ServicerContext,
+        viewer: Identity,
+    ) -> AsyncIterator[jobs_pb2.JobUpdate]:
         ids = set(request.ids)
 
         def wanted(job: JobRecord) -> bool:
             return (not ids or job.id in ids) and is_within(job.consumer, request.consumer)
 
         def view(job: JobRecord) -> jobs_pb2.Job:
-            full = self.gate.sees_in_full(caller.who, job.consumer, job.user)
+            full = self.gate.sees_in_full(viewer, job.consumer, job.user)
             return job_to_pb(job, redacted=not full)
 
         backlog = _Backlog(WATCH_BACKLOG_BYTES)
@@ -193,9 +223,9 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self.state.listeners.append(listener)
         try:
             if request.include_current:
-                current = [self._job(i) for i in sorted(ids)] if ids else self.state.jobs.values()
-                for job in list(current):
-                    if job is not None and wanted(job):
+                current = self._jobs(sorted(ids)) if ids else list(self.state.jobs.values())
+                for job in current:
+                    if wanted(job):
                         yield jobs_pb2.JobUpdate(job=view(job))
             while True:
                 msg = await backlog.get()
@@ -262,6 +292,13 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
 
     def _job(self, job_id: int) -> JobRecord | None:
         return self.state.jobs.get(job_id) or self.state.store.load_job(job_id)
+
+    def _jobs(self, ids: list[int]) -> list[JobRecord]:
+        """Live records where there are, the rest from the store in a few queries
+        (a watch of 10,000 ids must not make 10,000 on the event loop)."""
+        live = [self.state.jobs[i] for i in ids if i in self.state.jobs]
+        rest = [i for i in ids if i not in self.state.jobs]
+        return live + self.state.store.load_jobs_by_ids(rest)
 
 
 def _vouched(who: Identity) -> bool:

@@ -60,9 +60,15 @@ class TokenService:
         self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.Token:
         who = await self.gate.who(context, Action.REVOKE_TOKEN)
+        if who.kind is not Kind.USER:  # nodes and the anonymous: refused at the door
+            await self.gate.allow(context, who, Action.REVOKE_TOKEN, Target(user=who.name))
         record = self.book.records.get(request.id[:64])
-        if record is None:
-            # The same answer as for someone else's token: ids are not to be probed.
+        mine = record is not None and (record.subject == who.name and not record.node)
+        if record is None or not (mine or is_cluster_admin(who, self.gate.rules())):
+            # Someone else's token gets the same answer as none: ids are not to be probed.
+            self.gate.audit.refused(
+                who, Action.REVOKE_TOKEN, Target(), "NOT_FOUND", "no such token of theirs"
+            )
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no token {request.id[:64]!r}")
         target = Target(
             node=record.subject if record.node else "",

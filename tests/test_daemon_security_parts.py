@@ -1,0 +1,66 @@
+"""Pieces of the daemon's security, each alone: only the node asked answers a log read;
+the audit counts a flood of refusals instead of recording each; the store is its
+owner's only."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+from schedulerd.auth.authorize import Action, Target
+from schedulerd.auth.identity import ANONYMOUS
+from schedulerd.daemon.audit import REFUSALS_PER_WINDOW, WINDOW_S, AuditTrail
+from schedulerd.daemon.links import AgentLinks
+from schedulerd.store import Store
+from schedulerd.store.security import SecurityStore
+
+
+def test_only_the_node_asked_answers_a_log_read() -> None:
+    async def scenario() -> tuple[bytes, bool, int]:
+        links = AgentLinks()
+        queue = links.attach("n1")
+        links.attach("n2")
+        read = asyncio.create_task(links.read_log("n1", 7, 0, 100, timeout_s=5))
+        request = await queue.get()
+        assert request is not None
+        rid = request.request_id  # type: ignore[union-attr]
+        links.log_answer("n2", rid, b"INJECTED", True, 10**6)  # another node: ignored
+        links.log_answer("n1", rid, b"real", True, 4)
+        return await read
+
+    assert asyncio.run(scenario()) == (b"real", True, 4)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_flood_of_refusals_is_counted_not_recorded_one_by_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    clock = Clock()
+    trail = AuditTrail(SecurityStore(store), clock)
+    for _ in range(REFUSALS_PER_WINDOW + 500):
+        trail.refused(ANONYMOUS, Action.LIST_JOBS, Target(), "UNAUTHENTICATED", "bad token")
+    clock.now += WINDOW_S
+    trail.refused(ANONYMOUS, Action.LIST_JOBS, Target(), "UNAUTHENTICATED", "bad token")
+    trail.flush()
+    records = SecurityStore(store).list_audit(10_000)
+    one_by_one = [r for r in records if r.action == Action.LIST_JOBS.value]
+    summaries = [r for r in records if r.result == "suppressed"]
+    assert len(one_by_one) == REFUSALS_PER_WINDOW + 1
+    assert len(summaries) == 1 and summaries[0].detail.startswith("500 more refusals")
+
+
+def test_the_store_is_its_owners_only(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "s.db"
+    Store(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    path.chmod(0o644)  # an older store, made before this rule: tightened at open
+    Store(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
