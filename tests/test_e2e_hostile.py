@@ -801,11 +801,12 @@ def daemon_log(w: World) -> str:
 
 
 class SlowWatcher:
-    """A WatchJobs stream on a connection of its own that reads only when told to."""
+    """A WatchJobs stream on a connection of its own that reads only when told to:
+    the admin's (root over loopback), or with `role`'s token over the Unix socket."""
 
-    def __init__(self, w: World) -> None:
+    def __init__(self, w: World, role: str = "admin") -> None:
         self.channel = grpc.insecure_channel(
-            w.cluster.address,
+            w.cluster.address if role == "admin" else w.socket,
             options=[
                 ("grpc.use_local_subchannel_pool", 1),
                 ("grpc.max_receive_message_length", 2**26),
@@ -814,7 +815,7 @@ class SlowWatcher:
         stub = jobs_pb2_grpc.SchedulerStub(self.channel)
         # include_current: its first update (alice's job) shows the daemon has it.
         request = jobs_pb2.WatchJobsRequest(consumer="/a", include_current=True)
-        self.call = stub.WatchJobs(request, timeout=60)
+        self.call = stub.WatchJobs(request, timeout=60, metadata=w.md(role))
 
     def read_to_end(self) -> tuple[int, grpc.StatusCode, str]:
         n = 0
@@ -831,12 +832,13 @@ class SlowWatcher:
 
 
 def test_watchers_that_do_not_read_cannot_blow_the_daemons_memory(world: World) -> None:
-    """20 watchers read one update and then nothing while 800 jobs with a 30 KB env
-    each are submitted (24 MB of updates for each watcher): each is cut at 8 MiB of
-    backlog, so the daemon's memory grows to a plateau and stays there; a watcher that
-    reads then gets RESOURCE_EXHAUSTED. (Left pending: they hold no GPUs.)"""
+    """20 watchers (10 of the admin's, 10 of alice's: both see her jobs in full) read
+    one update and then nothing while 800 jobs with a 30 KB env each are submitted
+    (24 MB of updates for each watcher): each is cut at 8 MiB of backlog, so the
+    daemon's memory grows to a plateau and stays there; a watcher that reads then gets
+    RESOURCE_EXHAUSTED. (Left pending: they hold no GPUs.)"""
     w = world
-    watchers = [SlowWatcher(w) for _ in range(20)]
+    watchers = [SlowWatcher(w, role) for role in ("admin", "alice") for _ in range(10)]
     try:
         for sw in watchers:
             first = next(sw.call)
@@ -867,6 +869,37 @@ def test_watchers_that_do_not_read_cannot_blow_the_daemons_memory(world: World) 
             sw.close()
     # The daemon still answers everyone.
     assert w.cluster.client.get_job(w.holder).state == jobs_pb2.RUNNING
+
+
+def test_one_identity_cannot_open_watchers_without_end(world: World) -> None:
+    """At most 16 watchers per identity: the 17th is RESOURCE_EXHAUSTED; once they are
+    closed, watching works again."""
+    w = world
+    watchers = [SlowWatcher(w, "bob") for _ in range(16)]
+    try:
+        for sw in watchers:
+            next(sw.call)
+        extra = SlowWatcher(w, "bob")
+        try:
+            refused(Code.RESOURCE_EXHAUSTED, lambda: next(extra.call), "too many watchers")
+        finally:
+            extra.close()
+    finally:
+        for sw in watchers:
+            sw.close()
+
+    def watch_again() -> bool:
+        again = SlowWatcher(w, "bob")
+        try:
+            next(again.call)
+            return True
+        except grpc.RpcError as e:
+            assert e.code() is Code.RESOURCE_EXHAUSTED, e
+            return False
+        finally:
+            again.close()
+
+    wait_for("a watcher of bob's to be let in again", watch_again, timeout_s=10, every_s=0.3)
 
 
 @pytest.mark.xfail(
@@ -1209,7 +1242,8 @@ def test_a_bad_credential_is_refused_never_replaced_by_the_uid(
     world: World, header: Callable[[World], str], words: str
 ) -> None:
     """Over loopback, where root's uid would make the caller a cluster admin: a bad
-    token ends the call (UNAUTHENTICATED), and nothing is done."""
+    token ends the call (UNAUTHENTICATED), and nothing is done. (One call each: the
+    audit records 20 refusals of an identity, here "anonymous", per 10 s one by one.)"""
     w = world
     md = (("authorization", header(w)),)
     mark = w.audit_mark()
@@ -1221,14 +1255,21 @@ def test_a_bad_credential_is_refused_never_replaced_by_the_uid(
             ),
             words,
         )
+    audited(w, mark, "Admin.DrainNode", "UNAUTHENTICATED")
+
+
+def test_a_bad_credential_cancels_nothing(world: World) -> None:
+    w = world
+    md = (("authorization", "Bearer " + _forged(w, jti="e" * 16, sub="root")),)
+    with nothing_changes(w):
         refused(
             Code.UNAUTHENTICATED,
             lambda: w.jobs("admin").CancelJob(
                 jobs_pb2.CancelJobRequest(id=w.holder), metadata=md, timeout=10
             ),
-            words,
+            "not known to this daemon",
         )
-    audited(w, mark, "Admin.DrainNode", "UNAUTHENTICATED")
+    assert w.cluster.client.get_job(w.holder).state == jobs_pb2.RUNNING
 
 
 @pytest.mark.xfail(

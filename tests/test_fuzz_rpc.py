@@ -643,6 +643,8 @@ class Fuzzed:
     node_token: str
     channel: grpc.Channel
     templates: dict[str, Any] = field(default_factory=dict)
+    user_channel: grpc.Channel | None = None  # the Unix socket: known by token only
+    user_token: str = ""  # alice's (a user of /b/d and of everywhere "*" allows)
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
@@ -691,6 +693,7 @@ def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         # A node that hung up stays UNREACHABLE (kept in memory), never DOWN (a write).
         daemon_args=("--also-listen", sock, "--node-timeout", "3600", "--log-level", "INFO"),
     )
+    f: Fuzzed | None = None
     channel = grpc.insecure_channel(
         cluster.address,
         options=[
@@ -712,10 +715,14 @@ def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         spare = admin.create_token("bob", 3600).token.id
         f = Fuzzed(cluster, sock, node_token, channel)
         f.templates = _templates(experiment, jobs, watched, stopped.id, spare)
+        f.user_channel = grpc.insecure_channel(sock)
+        f.user_token = admin.create_token("alice", 3600).secret
         _settle(f)
         yield f
     finally:
         channel.close()
+        if f is not None and f.user_channel is not None:
+            f.user_channel.close()
         cluster.stop()
 
 
@@ -802,10 +809,14 @@ def _path(method: Any) -> str:
     return f"/{method.containing_service.full_name}/{method.name}"
 
 
-def call(f: Fuzzed, method: Any, request: Any, metadata: Any = ()) -> Outcome:
+def call(
+    f: Fuzzed, method: Any, request: Any, metadata: Any = (), channel: grpc.Channel | None = None
+) -> Outcome:
+    """One call as the cluster admin (or with `metadata` on `channel`)."""
+    channel = channel or f.channel
     out_cls = _message_class(method.output_type)
     if not method.server_streaming:
-        unary = f.channel.unary_unary(
+        unary = channel.unary_unary(
             _path(method),
             request_serializer=type(request).SerializeToString,
             response_deserializer=out_cls.FromString,
@@ -817,7 +828,7 @@ def call(f: Fuzzed, method: Any, request: Any, metadata: Any = ()) -> Outcome:
             )
         except grpc.RpcError as e:
             return Outcome(e.code(), e.details() or "")
-    stream = f.channel.unary_stream(
+    stream = channel.unary_stream(
         _path(method),
         request_serializer=type(request).SerializeToString,
         response_deserializer=out_cls.FromString,
@@ -888,14 +899,18 @@ def undo(f: Fuzzed, name: str, request: Any, out: Outcome, before: Any) -> None:
         assert NODE0 in known, "the fuzzer forgot the node it must not"
         if SPARE not in known:
             _register_node(f.channel, SPARE, 0)
-    # The experiments' controller answers a trial's end (its job's, or a final report)
-    # on its own time, and may ask Optuna for the next trial: when such a call changed
-    # something, wait longer for what follows.
+    # Every change above is made before its call returns, except what the experiments'
+    # controller does on its own time: it answers a trial's end (its job cancelled, a
+    # final report) and may ask Optuna for the next trial. A stopped experiment asks for
+    # none.
     trial = name == "CancelJob" and reply is not None and _is_trial(reply)
-    if (trial or name == "ReportTrial") and digest(f.cluster.db) != before:
-        _settle(f, 0.2, rounds=3)
-    else:
-        _settle(f)
+    experiments = name in ("ReportTrial", "StopExperiment", "CreateExperiment")
+    if trial or experiments:
+        changed = digest(f.cluster.db) != before
+        if changed and (trial or name == "ReportTrial"):
+            _settle(f, 0.2, rounds=3)
+        elif changed or name == "ReportTrial":
+            _settle(f)
 
 
 def _is_trial(job: jobs_pb2.Job) -> bool:
@@ -944,6 +959,36 @@ def test_fuzz_every_rpc_as_the_cluster_admin(fz: Fuzzed, method: Any) -> None:
     one()
     grown = rss_kib(fz.pid) - rss0
     assert grown < 100 * 1024, f"the daemon's RSS grew by {grown // 1024} MiB"
+
+
+USER_EXAMPLES = 40
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[_path(m)[1:] for m in METHODS])
+def test_fuzz_every_rpc_as_a_user(fz: Fuzzed, method: Any) -> None:
+    """The same requests from alice's token: her own rights, and refusals at the door
+    for everything else; a refusal changes nothing."""
+    requests = requests_for(fz, method)
+    examples = min(USER_EXAMPLES, STREAMING_EXAMPLES)
+    md = (("authorization", f"Bearer {fz.user_token}"),)
+
+    @settings(FUZZ, max_examples=examples)
+    @given(request=requests)
+    def one(request: Any) -> None:
+        before = digest(fz.cluster.db)
+        out = call(fz, method, request, md, fz.user_channel)
+        check(fz, f"{method.name} (alice)", request, out)
+        fz.count(f"{method.name} (alice)", out.code.name)
+        if out.code is not Code.OK or method.name in READS or _dry(method, request):
+            after = digest(fz.cluster.db)
+            assert after == before, (
+                f"{method.name} (alice) answered {out.code.name} ({out.details[:200]!r}) but "
+                f"the store changed\nrequest: {str(request)[:600]}"
+            )
+        else:
+            undo(fz, method.name, request, out, before)
+
+    one()
 
 
 def _dry(method: Any, request: Any) -> bool:
