@@ -108,7 +108,12 @@ class AuditTrail:
 
     def end_call(self, token: contextvars.Token[_Pending | None], result: str, detail: str) -> None:
         pending = _current.get()
-        _current.reset(token)
+        try:
+            _current.reset(token)
+        except ValueError:
+            # A stream closed by asyncio's async-generator finalizer runs this in another
+            # context: nothing of this call is pending there (streams record at entry).
+            return
         if pending is None:
             return
         obj = ", ".join(p for p in (pending.target.describe(), *pending.notes) if p)

@@ -7,7 +7,6 @@ the agents' streams), commit the plan, hand the starts to the agents."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -16,6 +15,7 @@ from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.nodes import expire_nodes
 from schedulerd.daemon.plans import DEFAULT_STORE_PORTS, apply_plan
 from schedulerd.daemon.state import ClusterState
+from schedulerd.daemon.wake import woken
 from schedulerd.store import JobRecord, StoreUnavailable
 
 log = logging.getLogger("schedulerd.loop")
@@ -45,8 +45,7 @@ class SchedulingLoop:
         """Cycle until cancelled (`Daemon.stop_deciding`). A cancel lands only at an
         await: a plan is either committed and sent whole, or dropped."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
+            await woken(self._wake, self.tick_s)
             self._wake.clear()
             began = time.perf_counter()
             try:

@@ -30,6 +30,7 @@ from schedulerd import core
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.state import ClusterState, SubmitError
+from schedulerd.daemon.wake import woken
 from schedulerd.hpo.spec import ExperimentSpec, fill_command, problems
 from schedulerd.store import JobRecord, JobState
 from schedulerd.store.experiments import (
@@ -182,8 +183,7 @@ class ExperimentController:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
+            await woken(self._wake, self.tick_s)
             self._wake.clear()
             try:
                 async with self._lock:

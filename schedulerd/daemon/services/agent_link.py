@@ -12,12 +12,14 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 
 from schedulerd import bounds
 from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 from schedulerd.auth.authorize import Action, Target
+from schedulerd.auth.identity import Identity
 from schedulerd.daemon import nodes
 from schedulerd.daemon.convert import command_to_pb, node_from_register, report_from_pb
 from schedulerd.daemon.gate import Gate
@@ -61,10 +63,11 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         who = await self.gate.who(context, Action.CONNECT_NODE)
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
-            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "send Register first")
+            await self._malformed(context, who, "", "FAILED_PRECONDITION", "send Register first")
         refusal = bounds.check_agent_message(first)
         if refusal is not None:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, refusal.message)
+            node = first.register.node[:64]
+            await self._malformed(context, who, node, "INVALID_ARGUMENT", refusal.message)
         reg = first.register
         name = reg.node
         # The name is the credential's, not the message's: node n1 cannot speak for n2.
@@ -127,6 +130,14 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                 nodes.disconnect(self.state, name)
                 log.warning("agent %s disconnected", name)
                 self.loop.wake()
+
+    async def _malformed(
+        self, context: grpc.aio.ServicerContext, who: Identity, node: str, code: str, why: str
+    ) -> NoReturn:
+        """A stream refused for what it sent (audited: the call wrapper checks no
+        request streams)."""
+        self.gate.audit.refused(who, Action.CONNECT_NODE, Target(node=node), code, why)
+        await abort(context, grpc.StatusCode[code], why)
 
     async def _refuse(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
