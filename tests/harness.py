@@ -104,7 +104,7 @@ class Cluster:
                 with grpc.insecure_channel(self.address) as ch:
                     stub = health_pb2_grpc.HealthStub(ch)
                     resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    return resp.status == health_pb2.HealthCheckResponse.SERVING
+                    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
             except grpc.RpcError:
                 return False
 
