@@ -32,7 +32,7 @@ from schedulerd.auth.authorize import (
     Target,
     authorize,
 )
-from schedulerd.auth.ca import node_name_of
+from schedulerd.auth.ca import CertError, node_name_of
 from schedulerd.auth.identity import ANONYMOUS, Credential, Identity, Kind
 from schedulerd.auth.peer import loopback_peer_uid
 from schedulerd.auth.tokens import BadToken, verify
@@ -86,7 +86,10 @@ class Gate:
         auth = context.auth_context()
         pem = auth.get("x509_pem_cert")
         if pem:
-            node = node_name_of(pem[0])
+            try:
+                node = node_name_of(pem[0])
+            except CertError:
+                node = None
             if node is None:
                 raise Unauthenticated("the client certificate names no schedulerd node")
             return Identity(node, Kind.NODE, Credential.CERTIFICATE)
