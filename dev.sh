@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two Quick start commands (README.md):
-#   ./dev.sh run    install everything, then run the daemon with a local agent
-#   ./dev.sh test   install everything, then lint, type-check and run the tests
+#   ./dev.sh run    install everything (if pyproject.toml or this file changed since),
+#                   then run the daemon with a local agent
+#   ./dev.sh test   install everything (likewise), then lint, type-check and run the tests
 # Other uses: ./dev.sh install | ./dev.sh lint | ./dev.sh bench
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,14 +10,27 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
+# What the environment was installed from: when it is unchanged, a start skips pip
+# (half a minute of it) and listens within seconds.
+STAMP="$VENV/.installed-from"
+
+wanted() {
+  sha256sum pyproject.toml dev.sh | sha256sum | cut -d' ' -f1
+}
+
 install() {
+  if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(wanted)" ]; then
+    return 0
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
   fi
+  rm -f "$STAMP"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # The pinned torch first (a local CPU wheel on these machines), then the rest.
   "$VENV/bin/python" -m pip install --quiet torch==2.13.0 numpy
   "$VENV/bin/python" -m pip install --quiet -e '.[dev,train,sim,hpo]'
+  wanted > "$STAMP"
 }
 
 lint() {
