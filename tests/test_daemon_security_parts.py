@@ -64,3 +64,18 @@ def test_the_store_is_its_owners_only(tmp_path: Path) -> None:
     path.chmod(0o644)  # an older store, made before this rule: tightened at open
     Store(path).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_one_noisy_anonymous_client_does_not_hide_another(tmp_path: Path) -> None:
+    """Callers without a credential are counted apart by their address."""
+    store = Store(tmp_path / "s.db")
+    trail = AuditTrail(SecurityStore(store), Clock())
+    trail.set_peer("ipv4:10.0.0.9:40000")
+    for _ in range(REFUSALS_PER_WINDOW + 50):
+        trail.refused(ANONYMOUS, Action.LIST_JOBS, Target(), "UNAUTHENTICATED", "noise")
+    trail.set_peer("ipv4:10.0.0.7:40001")
+    trail.refused(ANONYMOUS, Action.GET_JOB, Target(), "UNAUTHENTICATED", "the quiet one")
+    trail.flush()
+    records = SecurityStore(store).list_audit(10_000)
+    assert any(r.detail == "the quiet one" for r in records)
+    assert sum(1 for r in records if r.detail == "noise") == REFUSALS_PER_WINDOW

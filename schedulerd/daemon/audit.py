@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schedulerd.auth.authorize import Action, Target
-from schedulerd.auth.identity import Identity
+from schedulerd.auth.identity import Identity, Kind
+from schedulerd.auth.peer import parse_peer
 from schedulerd.store import StoreUnavailable
 from schedulerd.store.security import AuditEntry, SecurityStore
 
@@ -67,6 +68,9 @@ class _Pending:
 _current: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
     "schedulerd_audit", default=None
 )
+# The calling peer's address (no port): callers without a credential are told apart by it
+# when their refusals are counted, so that one noisy client does not hide the others.
+_peer: contextvars.ContextVar[str] = contextvars.ContextVar("schedulerd_peer", default="")
 
 
 class AuditTrail:
@@ -102,6 +106,10 @@ class AuditTrail:
             self.clock(), who.label, who.credential.value, action, "", code, why[:500]
         )
         self._append(entry)
+
+    def set_peer(self, peer: str) -> None:
+        parsed = parse_peer(peer)
+        _peer.set(str(parsed[0]) if parsed else peer[:128])
 
     def begin_call(self) -> contextvars.Token[_Pending | None]:
         return _current.set(None)
@@ -150,8 +158,9 @@ class AuditTrail:
                     )
             self._refusals.clear()
             self._window_start = now
-        n = self._refusals.get(who.label, 0) + 1
-        self._refusals[who.label] = n
+        key = who.label if who.kind is not Kind.ANONYMOUS else f"anonymous@{_peer.get()}"
+        n = self._refusals.get(key, 0) + 1
+        self._refusals[key] = n
         return n <= REFUSALS_PER_WINDOW
 
     def flush(self) -> None:

@@ -74,6 +74,7 @@ class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _unary(self, method: str, behavior: Any) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self.audit.set_peer(context.peer())
             await self._refuse_malformed(method, request, context)
             token = self.audit.begin_call()
             result, detail = "ok", ""
@@ -92,6 +93,7 @@ class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _stream(self, method: str, behavior: Any) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            self.audit.set_peer(context.peer())
             if not hasattr(request, "__aiter__"):  # a request stream is checked per message
                 await self._refuse_malformed(method, request, context)
             token = self.audit.begin_call()
