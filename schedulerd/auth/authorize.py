@@ -228,8 +228,8 @@ def _submit(who: Identity, target: Target, rules: Rules, scope: Scope) -> Decisi
         return _yes()  # the submission check says it does not exist (INVALID_ARGUMENT)
     # SEMANTICS: only users the policy allows submit to a consumer; cluster admins too
     # (they may change the policy, which is then audited).
-    allowed = rules.policy.allowed_users(path)
-    if "*" not in allowed and user not in allowed:
+    if not rules.policy.may_submit(path, user):
+        allowed = rules.policy.allowed_users(path)
         return _no(
             Denial.FORBIDDEN,
             f"user {user!r} may not submit to {target.consumer} "

@@ -94,6 +94,11 @@ class Policy:
                 return users
         return frozenset({"*"})
 
+    def may_submit(self, path: ConsumerPath, user: str) -> bool:
+        """SEMANTICS: only users the policy allows submit to a consumer."""
+        allowed = self.allowed_users(path)
+        return "*" in allowed or user in allowed
+
     def admins_of(self, path: ConsumerPath) -> frozenset[str]:
         """Who administers `path`: the admins of it and of every ancestor, the root's
         (the whole tree's admins) included."""

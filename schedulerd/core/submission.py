@@ -41,8 +41,8 @@ def check_submission(
     if not policy.is_leaf(path):
         kids = ", ".join(policy.children(path))
         return f"consumer {consumer} is a parent; jobs go to its leaves: {kids}"
-    allowed = policy.allowed_users(path)
-    if "*" not in allowed and user not in allowed:
+    if not policy.may_submit(path, user):
+        allowed = policy.allowed_users(path)
         return f"user {user!r} may not submit to {consumer} (allowed: {', '.join(sorted(allowed))})"
     if gpus_min < 1:
         return "a job needs at least 1 GPU"

@@ -106,12 +106,11 @@ def _send(step: int, value: float, final: bool) -> Any:
     token = env.get("SCHEDULERD_TOKEN", "")
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     ca = env.get("SCHEDULERD_CA", "")
+    tls = grpc.ssl_channel_credentials(Path(ca).read_bytes()) if ca else None  # read once
     while True:
         try:
             with (
-                grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(ca).read_bytes()))
-                if ca
-                else grpc.insecure_channel(address)
+                grpc.secure_channel(address, tls) if tls else grpc.insecure_channel(address)
             ) as channel:
                 stub = experiments_pb2_grpc.ExperimentsStub(channel)
                 return stub.ReportTrial(request, timeout=30, wait_for_ready=True, metadata=metadata)
