@@ -109,6 +109,9 @@ class Link:
         self.shutting_down = False
         # The live session's key for vouching for this node's users (agent/vouch.py).
         self.vouch_key: bytes | None = None
+        # Called after every look at the job processes: the systemd watchdog and STATUS
+        # are fed from here (agent/main.py), so a wedged agent stops feeding them.
+        self.on_poll: Callable[[], None] | None = None
 
     async def run(self) -> None:
         """Poll the jobs and keep a session with the daemon, until `request_stop`."""
@@ -142,6 +145,11 @@ class Link:
             self.lease_grace_s(), f"no word from the daemon for {silent:.0f} s", by_node=True
         )
         return True
+
+    @property
+    def connected(self) -> bool:
+        """Registered with the daemon in the live session."""
+        return self._registered and self._out is not None
 
     def request_stop(self) -> None:
         """End the stream politely (half-close); `run` returns when the daemon ends its side."""
@@ -325,6 +333,8 @@ class Link:
                 self.poll_once()
             except Exception:
                 log.exception("polling the job processes failed")
+            if self.on_poll is not None:
+                self.on_poll()
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _heartbeats(self, out: Outbox, interval: float) -> None:

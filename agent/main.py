@@ -28,7 +28,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import __version__
@@ -41,6 +41,7 @@ from agent.runner import Runner
 from agent.vouch import DEFAULT_SOCKET as DEFAULT_VOUCH_SOCKET
 from agent.vouch import serve as serve_vouching
 from schedulerd.lockfile import AlreadyLocked, hold
+from schedulerd.sdnotify import Notifier
 
 log = logging.getLogger("agent")
 
@@ -220,11 +221,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     credentials = load_credentials(args.tls_ca, args.tls_cert, args.tls_key, args.token_file)
     link = Link(args.daemon, identity, runner, state_dir=state_dir, credentials=credentials)
     vouching = Path(args.auth_socket) if args.auth_socket else None
-    return asyncio.run(_serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace, vouching))
+    notifier = Notifier()  # systemd's, when it started us (deploy/systemd)
+    link.on_poll = _fed(notifier, link, runner, len(gpus))
+    return asyncio.run(
+        _serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace, vouching, notifier)
+    )
+
+
+def _fed(notifier: Notifier, link: Link, runner: Runner, gpus: int) -> Callable[[], None]:
+    """What each look at the jobs tells systemd: alive (WATCHDOG) and a STATUS line."""
+
+    def on_poll() -> None:
+        notifier.watchdog()
+        parts, busy = runner.summary()
+        where = "connected to" if link.connected else "waiting for"
+        notifier.status(
+            f"{where} the daemon at {link.target}; {parts} job parts running on "
+            f"{busy} of {gpus} GPUs"
+        )
+
+    return on_poll
 
 
 async def _serve(
-    link: Link, runner: Runner, keep_jobs: bool, grace: float, vouching: Path | None
+    link: Link,
+    runner: Runner,
+    keep_jobs: bool,
+    grace: float,
+    vouching: Path | None,
+    notifier: Notifier,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -246,6 +271,9 @@ async def _serve(
         if vouching is not None
         else None
     )
+    # Its jobs are adopted and it asks the daemon for work: started, as far as systemd
+    # is concerned, whether or not the daemon answers yet (the STATUS line says).
+    notifier.ready(f"waiting for the daemon at {link.target}")
     await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     stop_task.cancel()
     if link_task.done():  # run() only returns on request; this is a bug, let it show
@@ -253,6 +281,7 @@ async def _serve(
         return 1
 
     # First refuse new work, and say so, so that the daemon places nothing more here.
+    notifier.stopping("stopping" + (", leaving its jobs running" if keep_jobs else ""))
     if vouch_task is not None:
         vouch_task.cancel()
     runner.stopping = True

@@ -293,6 +293,11 @@ class Runner:
     def any_running(self) -> bool:
         return any(not p.report.phase.ended for p in self._parts.values())
 
+    def summary(self) -> tuple[int, int]:
+        """(job parts running, GPUs they hold), for the agent's STATUS line."""
+        live = [p for p in self._parts.values() if not p.report.phase.ended]
+        return len(live), sum(len(p.live_gpus()) for p in live)
+
     def log_dir(self, job_id: int) -> Path:
         """The job's log folder, its user's (agent/jobdirs)."""
         return self.logs_dir / f"job-{job_id}"

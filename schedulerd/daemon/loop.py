@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from schedulerd import core
 from schedulerd.daemon.links import AgentLinks
@@ -29,8 +32,19 @@ class SchedulingLoop:
         tick_s: float = 1.0,
         node_timeout_s: float = 120.0,
         store_ports: range = DEFAULT_STORE_PORTS,
+        *,
+        on_turn: Callable[[], None] | None = None,
+        max_wait_s: float | None = None,
+        hang_when: Path | None = None,
     ) -> None:
         self.store_ports = store_ports
+        # Called after every turn, however it went: the systemd watchdog is fed from
+        # here, so a loop that wedges (a deadlock, a call that never returns) stops
+        # feeding it and systemd restarts the daemon. `max_wait_s` keeps idle turns
+        # frequent enough for it.
+        self.on_turn = on_turn
+        self.max_wait_s = tick_s if max_wait_s is None else min(tick_s, max_wait_s)
+        self.hang_when = hang_when  # the loop-hang failpoint (schedulerd/failpoints.py)
         self.state = state
         self.links = links
         self.tick_s = tick_s
@@ -45,20 +59,25 @@ class SchedulingLoop:
         """Cycle until cancelled (`Daemon.stop_deciding`). A cancel lands only at an
         await: a plan is either committed and sent whole, or dropped."""
         while True:
-            await woken(self._wake, self.tick_s)
+            await woken(self._wake, self.max_wait_s)
             self._wake.clear()
             began = time.perf_counter()
+            if self.hang_when is not None and self.hang_when.exists():
+                log.warning("failpoint loop-hang: the scheduling loop blocks for good")
+                await asyncio.to_thread(threading.Event().wait)
             try:
                 await self.cycle()
             except Exception:  # a bad cycle must not kill the daemon; the next one retries
                 log.exception("scheduling cycle failed")
+            if self.on_turn is not None:
+                self.on_turn()
             # Every submission and report wakes the loop, and a cycle costs time in
             # proportion to all the jobs held: run back to back under a burst, cycles
             # starved the handlers (sequential submissions fell from 134/s to 13/s as
             # 2,000 jobs queued). Rest as long as the cycle took, so that cycles take at
             # most half of the daemon's time; the wakes that come meanwhile are served
             # by one cycle. On a small cluster the rest is a millisecond or two.
-            await asyncio.sleep(min(time.perf_counter() - began, self.tick_s))
+            await asyncio.sleep(min(time.perf_counter() - began, self.max_wait_s))
 
     async def cycle(self) -> None:
         down, commands = expire_nodes(self.state, self.node_timeout_s)

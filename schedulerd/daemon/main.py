@@ -16,9 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from schedulerd.daemon.reload import Reloads
 from schedulerd.daemon.server import Daemon, DaemonConfig
 from schedulerd.lockfile import AlreadyLocked
 from schedulerd.policy import PolicyError
+from schedulerd.sdnotify import Notifier
 
 log = logging.getLogger("schedulerd")
 
@@ -135,8 +137,9 @@ async def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    notifier = Notifier()  # systemd's, when it started us (deploy/systemd)
     try:
-        daemon = Daemon(config)
+        daemon = Daemon(config, notifier=notifier)
     except AlreadyLocked as e:
         print(f"schedulerd: cannot start: {e}", file=sys.stderr)
         return 2
@@ -147,9 +150,13 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     agent = _start_local_agent(args, daemon.port) if args.local_agent else None
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop.set)
+    reloads = Reloads(daemon, notifier)
+    loop.add_signal_handler(signal.SIGHUP, reloads.request)
     await stop.wait()
+    notifier.stopping("stopping: no more scheduling decisions")
     # Orderly (docs/fencing.md): decide nothing more, then let the local agent stop its
     # jobs while the daemon still records their reports (they go back to the queue as
     # "its node was shut down"), then stop serving. Jobs on other agents keep running.

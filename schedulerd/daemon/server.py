@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from schedulerd import failpoints
 from schedulerd.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -39,14 +40,17 @@ from schedulerd.daemon.listeners import (
     server_options,
 )
 from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.policy_swap import put_in_force
 from schedulerd.daemon.services.admin import AdminService
 from schedulerd.daemon.services.agent_link import AgentLinkService
 from schedulerd.daemon.services.experiments import ExperimentsService
 from schedulerd.daemon.services.scheduler import SchedulerService
 from schedulerd.daemon.state import ClusterState
+from schedulerd.daemon.status import summary
 from schedulerd.daemon.tokenbook import TokenBook
 from schedulerd.lockfile import hold
-from schedulerd.policy import default_policy_text, load_policy
+from schedulerd.policy import default_policy_text, load_policy, read_policy_file
+from schedulerd.sdnotify import Notifier, loop_wait_s
 from schedulerd.store import Store
 from schedulerd.store.security import SecurityStore
 
@@ -59,6 +63,9 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name,
 )
+
+
+STATUS_EVERY_S = 2.0
 
 
 @dataclass
@@ -86,14 +93,31 @@ class DaemonConfig:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
+        # systemd (Type=notify): READY once serving, STATUS, and WATCHDOG from the loop.
+        self.notifier = notifier or Notifier({})
+        self._status_at = 0.0
         # Before the store opens: a second daemon on the same file must not decide too.
         self._lock = hold(config.db_path.with_name(config.db_path.name + ".lock"), "the store")
         self.store = Store(config.db_path)
         self.state = ClusterState(self.store, clock, config.heartbeat_s)
         self.links = AgentLinks()
-        self.loop = SchedulingLoop(self.state, self.links, config.tick_s, config.node_timeout_s)
+        hang = failpoints.parse().get("loop-hang")
+        self.loop = SchedulingLoop(
+            self.state,
+            self.links,
+            config.tick_s,
+            config.node_timeout_s,
+            on_turn=self._turned,
+            max_wait_s=loop_wait_s(config.tick_s, self.notifier),
+            hang_when=Path(hang) if hang else None,
+        )
         self.security = SecurityStore(self.store)
         self.audit = AuditTrail(self.security, clock)
         key_path = config.db_path.with_name(config.db_path.name + ".key")
@@ -117,6 +141,34 @@ class Daemon:
         self._experiments_task: asyncio.Task[None] | None = None
         self.experiments: ExperimentController | None = None
 
+    def _turned(self) -> None:
+        """After each turn of the scheduling loop: it is alive (the watchdog), and
+        what the cluster looks like (STATUS, at most every 2 s: it counts every job)."""
+        self.notifier.watchdog()
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY_S:
+            self._status_at = now
+            self.notifier.status(summary(self.state))
+
+    async def reload_policy(self, path: Path | None = None) -> str:
+        """Re-read the policy file (SIGHUP, `systemctl reload`): the one given, else
+        the one the daemon started with. Returns what happened, for the log; raises
+        PolicyError (FILE:LINE: KEY: why), PolicyRefused or StoreUnavailable, and then
+        the policy in force stays as it was."""
+        path = path or self.config.policy_path
+        if path is None:
+            return "no policy file configured (policy): the policy in force stays"
+        # Off the event loop, as ApplyPolicy: a big file must not stall the agents' streams.
+        text = await asyncio.to_thread(read_policy_file, path)
+        policy = await asyncio.to_thread(load_policy, text, str(path))
+        record = self.state.policy_record
+        if record is not None and (record.text, record.source) == (text, str(path)):
+            return f"policy {path} unchanged (version {record.version})"
+        record = put_in_force(self.state, policy, text, str(path))
+        self.config.policy_path = path
+        self.loop.wake()
+        return f"policy {path} (version {record.version}) in force"
+
     def _policy(self) -> Policy:
         assert self.state.policy is not None
         return self.state.policy
@@ -127,7 +179,8 @@ class Daemon:
         self.state.load()
         stored = self.state.policy_record
         if self.config.policy_path is not None:
-            text, source = self.config.policy_path.read_text(), str(self.config.policy_path)
+            path = self.config.policy_path
+            text, source = read_policy_file(path), str(path)
         elif stored is not None:
             text, source = stored.text, stored.source
         else:
@@ -189,6 +242,7 @@ class Daemon:
         open_unix_sockets(self.config)
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.notifier.ready(summary(self.state))
         self._loop_task = asyncio.create_task(self.loop.run())
         self._audit_task = asyncio.create_task(self.audit.run())
         self._experiments_task = asyncio.create_task(self.experiments.run())

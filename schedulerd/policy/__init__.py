@@ -2,7 +2,12 @@
 naming the file, line and key of every problem."""
 
 from schedulerd.policy.errors import PolicyError, PolicyIssue
-from schedulerd.policy.loader import default_policy_text, load_policy, load_policy_file
+from schedulerd.policy.loader import (
+    default_policy_text,
+    load_policy,
+    load_policy_file,
+    read_policy_file,
+)
 
 __all__ = [
     "PolicyError",
@@ -10,4 +15,5 @@ __all__ = [
     "default_policy_text",
     "load_policy",
     "load_policy_file",
+    "read_policy_file",
 ]

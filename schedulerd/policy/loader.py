@@ -65,6 +65,11 @@ def load_policy(text: str, source: str = "<policy>") -> Policy:
 
 
 def load_policy_file(path: str | Path) -> Policy:
+    return load_policy(read_policy_file(path), str(path))
+
+
+def read_policy_file(path: str | Path) -> str:
+    """A policy file's text, bounded and decoded; PolicyError naming the file if not."""
     source = str(path)
     try:
         with open(path, "rb") as f:  # no more than a policy may hold: the rest is refused
@@ -81,7 +86,7 @@ def load_policy_file(path: str | Path) -> Policy:
     except OSError as e:
         message = f"cannot read the policy file: {e.strerror or e}"
         raise PolicyError([PolicyIssue(source, 0, "", message)]) from None
-    return load_policy(text, source)
+    return text
 
 
 def default_policy_text() -> str:

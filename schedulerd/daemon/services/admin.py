@@ -16,6 +16,7 @@ from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb
 from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.policy_swap import PolicyRefused, put_in_force, refusal
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.services.tokens import TokenService
 from schedulerd.daemon.state import ClusterState
@@ -60,15 +61,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             policy = await asyncio.to_thread(load_policy, request.text, source)
         except PolicyError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        orphans = self.state.orphaned_consumers(policy)
-        if orphans:
-            listed = ", ".join(f"{c} ({n} jobs)" for c, n in sorted(orphans.items()))
-            await abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"policy {source} refused: it has no leaf consumer for jobs that are waiting "
-                f"or running: {listed}; keep those consumers or cancel their jobs first",
-            )
+        why = refusal(self.state, policy, source)
+        if why is not None:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, why)
         # Entitlements under the new policy, from the same pure core the loop runs.
         snapshot = self.state.snapshot()
         plan = await asyncio.to_thread(core.decide, snapshot, policy, self.state.clock())
@@ -76,10 +71,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if request.dry_run:
             return admin_pb2.ApplyPolicyResponse(applied=False, consumers=consumers)
         try:
-            record = self.state.store.save_policy(request.text, source, self.state.clock())
+            record = put_in_force(self.state, policy, request.text, source)
+        except PolicyRefused as e:  # jobs came meanwhile for a consumer it drops
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except StoreUnavailable as e:
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"policy not applied: {e}")
-        self.state.set_policy(policy, record)
         self.loop.wake()
         return admin_pb2.ApplyPolicyResponse(
             applied=True, version=record.version, consumers=consumers
