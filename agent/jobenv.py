@@ -55,6 +55,9 @@ def job_env(
             "SCHEDULERD_GPUS": str(len(gpus)),
         }
     )
+    if spec.master_address:
+        host, _, port = spec.master_address.rpartition(":")
+        env.update({"MASTER_ADDR": host.strip("[]"), "MASTER_PORT": port})
     elastic = spec.elastic
     if elastic is not None:  # docs/elastic.md: the contract with the workers
         # One process per GPU: like torchrun, one CPU thread each unless the job

@@ -70,6 +70,9 @@ class JobSpec:
     # The policy lets this consumer's jobs run as root: without it a job whose user is root
     # is refused.
     allow_root: bool = False
+    # HOST:PORT of node rank 0 for a job on several nodes that is not elastic: its
+    # processes meet there (MASTER_ADDR/MASTER_PORT, as torch's env:// expects).
+    master_address: str = ""
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a spec is a value, never edited after it arrives.

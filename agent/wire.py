@@ -49,6 +49,7 @@ def job_spec(msg: agent_pb2.StartJob) -> JobSpec:
         num_nodes=msg.num_nodes or 1,
         elastic=elastic,
         allow_root=msg.allow_root,
+        master_address=msg.master_address,
     )
 
 

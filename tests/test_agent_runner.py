@@ -55,6 +55,7 @@ def test_job_env_has_gpus_and_identity(runner: Runner, wd: Path) -> None:
         name="resnet",
         node_rank=1,
         num_nodes=2,
+        master_address="10.1.2.3:29500",
     )
     assert runner.start(spec).phase is Phase.RUNNING
     assert wait_ended(runner, 12, 2).exit_code == 0
@@ -63,6 +64,7 @@ def test_job_env_has_gpus_and_identity(runner: Runner, wd: Path) -> None:
     assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"  # --job-path, not the agent's
     assert env["CUDA_VISIBLE_DEVICES"] == "0,3"
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("10.1.2.3", "29500")
     assert {k: v for k, v in env.items() if k.startswith("SCHEDULERD_")} == {
         "SCHEDULERD_JOB_ID": "12",
         "SCHEDULERD_ATTEMPT": "2",

@@ -73,15 +73,34 @@ def test_escaping_processes_are_gone_when_the_job_ends(tmp_path: Path) -> None:
         remove_agent_cgroups(node)
 
 
+# Rank 0 listens at MASTER_ADDR:MASTER_PORT, rank 1 connects: each prints the other's node.
+MEET = (
+    "import os, socket, time\n"
+    "me = os.environ['SCHEDULERD_NODE'].encode()\n"
+    "at = (os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']))\n"
+    "if os.environ['SCHEDULERD_NODE_RANK'] == '0':\n"
+    "    s = socket.create_server(at)\n"
+    "    c, _ = s.accept()\n"
+    "else:\n"
+    "    for _ in range(200):\n"
+    "        try:\n"
+    "            c = socket.create_connection(at); break\n"
+    "        except OSError:\n"
+    "            time.sleep(0.05)\n"
+    "c.sendall(me); print('met', c.recv(100).decode(), flush=True)\n"
+)
+
+
 def test_the_logs_of_a_job_on_two_nodes_show_every_part(tmp_path: Path) -> None:
     nodes = {f"left-{os.getpid()}": 2, f"right-{os.getpid()}": 2}
     try:
         with running_cluster(tmp_path, POLICY, nodes) as cluster:
             c = cluster.client
             say = "echo hello from $SCHEDULERD_NODE rank $SCHEDULERD_NODE_RANK"
-            job = c.submit("/a", ["sh", "-c", say], gpus=4)
+            meet = ["sh", "-c", f'{say} && exec "$0" -c "$1"', sys.executable, MEET]
+            job = c.submit("/a", meet, gpus=4)
             done = wait_for("the job", lambda: (j := c.get_job(job.id)).state in ENDED and j)
-            assert done.state == jobs_pb2.SUCCEEDED
+            assert done.state == jobs_pb2.SUCCEEDED, cluster.log_tail()
             chunks = list(c.log_chunks(job.id, follow=False))
             assert {ch.node for ch in chunks} == set(nodes)
             out = subprocess.run(
@@ -103,6 +122,11 @@ def test_the_logs_of_a_job_on_two_nodes_show_every_part(tmp_path: Path) -> None:
             assert sorted(ranks.values()) == [0, 1]
             for node, rank in ranks.items():
                 assert f"[{node} r{rank}] hello from {node} rank {rank}" in out, out
+            # The two parts met at MASTER_ADDR:MASTER_PORT, on rank 0's node.
+            rank0 = next(n for n, r in ranks.items() if r == 0)
+            rank1 = next(n for n, r in ranks.items() if r == 1)
+            assert f"[{rank0} r0] met {rank1}" in out, out
+            assert f"[{rank1} r1] met {rank0}" in out, out
     finally:
         for node in nodes:
             remove_agent_cgroups(node)

@@ -238,6 +238,7 @@ def command_to_pb(command: Command | ReadLogRequest, epoch: int = 0) -> agent_pb
                 num_nodes=len(job.parts),
                 elastic=_elastic_spec(job, part) if job.elastic else None,
                 allow_root=command.allow_root,
+                master_address="" if job.elastic else job.store_address,
                 epoch=epoch,
             )
         )

@@ -39,6 +39,9 @@ def apply_plan(
         job.parts = _parts(state, job, start.slots)
         if job.elastic:
             _assign_workers(job, job.parts)
+        if job.elastic or len(job.parts) > 1:
+            # Where its processes meet: the elastic store, or a rigid job's rendezvous
+            # on node rank 0 (MASTER_ADDR/MASTER_PORT).
             job.store_address = _store_address(state, job, ports, taken_ports)
             taken_ports.add(job.store_address)
         job.state = JobState.RUNNING
@@ -159,8 +162,8 @@ def _assign_workers(
 
 
 def _store_address(state: ClusterState, job: JobRecord, ports: range, taken: set[str]) -> str:
-    """Worker 0 hosts the job's store on the first part's node, on a port no
-    other live elastic job there uses."""
+    """Worker 0 hosts the job's store (or a multi-node job's rank 0 its rendezvous) on
+    the first part's node, on a port no other live job there was given."""
     node = state.nodes[job.parts[0].node]
     host = node.address or "127.0.0.1"
     for port in ports:

@@ -81,7 +81,7 @@ class JobRecord:
     requeue_cause: str = ""
     # When the grace of the stop or shrink under way ends (unix seconds).
     release_deadline: float | None = None
-    store_address: str = ""  # elastic: host:port of the store worker 0 hosts
+    store_address: str = ""  # host:port of the elastic store, or of a multi-node rendezvous
     next_worker_id: int = 0  # elastic: worker ids are never reused within an attempt
     # Elastic: its training has ended (worker 0, or a whole part, exited 0 without being
     # released): the rest of its workers are finishing, and it is never grown again.
