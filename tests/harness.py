@@ -52,9 +52,11 @@ class Cluster:
         tick_s: float = 0.2,
         daemon_args: tuple[str, ...] = (),
         listen: str = "",
+        daemon_env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.daemon_args = daemon_args
+        self.daemon_env = daemon_env  # more environment for the daemon (NOTIFY_SOCKET...)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Where the daemon listens (a wildcard when agents in network namespaces must
@@ -94,6 +96,7 @@ class Cluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,
+            env=None if self.daemon_env is None else {**os.environ, **self.daemon_env},
         )
         self.wait_healthy()
 
