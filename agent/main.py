@@ -40,6 +40,7 @@ from agent.link import Identity, Link
 from agent.runner import Runner
 from agent.vouch import DEFAULT_SOCKET as DEFAULT_VOUCH_SOCKET
 from agent.vouch import serve as serve_vouching
+from schedulerd.configfile import ConfigError, Source, parse_args_with_config, read_config
 from schedulerd.lockfile import AlreadyLocked, hold
 from schedulerd.sdnotify import Notifier
 
@@ -62,12 +63,68 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+# Read when it exists; `--config FILE` names another, `--no-config` reads none.
+DEFAULT_CONFIG = Path("/etc/schedulerd/agent.toml")
+
+
+def _node_name(text: str) -> str:
+    if not _NODE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a node name is letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit"
+        )
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags over the config file over the defaults (schedulerd/configfile)."""
+    args, sources = parse_args_with_config(build_parser(), argv, DEFAULT_CONFIG)
+    args.sources = sources  # a SIGHUP re-reads only what the command line did not set
+    if args.config_path is not None:
+        args.config_path = Path(args.config_path).absolute()
+    if args.node is None:
+        try:
+            args.node = _node_name(socket.gethostname())
+        except argparse.ArgumentTypeError as e:
+            raise SystemExit(f"schedulerd-agent: set node; the host name: {e}") from None
+    return args
+
+
+def _reloader(args: argparse.Namespace, notifier: Notifier) -> Callable[[], None]:
+    """SIGHUP (`systemctl reload schedulerd-agent`): the log level of the config file.
+    The rest of the agent's settings take effect at its next start, which its jobs
+    survive (deploy/systemd)."""
+
+    def reload() -> None:
+        notifier.reloading()
+        try:
+            if args.config_path is None or args.sources.get("log_level") == Source("command line"):
+                log.info("SIGHUP: no config file to re-read the log level from")
+                return
+            found = read_config(args.config_path, build_parser())
+            level = found["log_level"][0] if "log_level" in found else "INFO"
+            logging.getLogger().setLevel(level)
+            log.info("SIGHUP: log level %s; other settings take effect at the next start", level)
+        except ConfigError as e:
+            log.error("SIGHUP: nothing changed; the config file has errors:\n%s", e)
+        finally:
+            notifier.ready()
+
+    return reload
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every option is a flag and a key of the config file (docs/deploy.md)."""
     p = argparse.ArgumentParser(
-        prog="schedulerd-agent", description="The schedulerd agent of one GPU node."
+        prog="schedulerd-agent",
+        description="The schedulerd agent of one GPU node.",
+        epilog=f"Every option can be set in the config file ({DEFAULT_CONFIG} by default) "
+        "as KEY = VALUE, KEY being the flag without '--'; flags win over the file.",
     )
     p.add_argument("--daemon", default="127.0.0.1:50051", metavar="HOST:PORT")
-    p.add_argument("--node", default=None, metavar="NAME", help="default: the hostname")
+    p.add_argument(
+        "--node", default=None, type=_node_name, metavar="NAME", help="default: the hostname"
+    )
     p.add_argument("--pool", default="default")
     p.add_argument(
         "--address",
@@ -146,13 +203,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="a node token (schedctl token create --node NAME), in a file only its owner reads",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="INFO by default; SIGHUP re-reads it from the config file",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    args = p.parse_args(argv)
-    args.node = args.node or socket.gethostname()
-    if not _NODE_NAME.fullmatch(args.node):
-        p.error(f"--node {args.node!r}: use letters, digits, '.', '_' and '-'")
-    return args
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,7 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier = Notifier()  # systemd's, when it started us (deploy/systemd)
     link.on_poll = _fed(notifier, link, runner, len(gpus))
     return asyncio.run(
-        _serve(link, runner, args.keep_jobs_on_exit, args.shutdown_grace, vouching, notifier)
+        _serve(
+            link,
+            runner,
+            args.keep_jobs_on_exit,
+            args.shutdown_grace,
+            vouching,
+            notifier,
+            _reloader(args, notifier),
+        )
     )
 
 
@@ -250,6 +317,7 @@ async def _serve(
     grace: float,
     vouching: Path | None,
     notifier: Notifier,
+    reload: Callable[[], None],
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -263,6 +331,7 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, reload)  # not its default: that would kill it
 
     link_task = asyncio.create_task(link.run())
     stop_task = asyncio.create_task(stop.wait())

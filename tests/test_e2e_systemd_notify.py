@@ -8,6 +8,8 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,8 +18,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import Cluster, remove_agent_cgroups, wait_for
+from harness import Cluster, free_port, remove_agent_cgroups, wait_for
 
+from schedulerd.client import Client
 from schedulerd.sdnotify import Notifier
 
 POLICY_A = "version: 1\nconsumers:\n  a: {owned: 2}\n"
@@ -190,6 +193,10 @@ def test_the_agent_is_ready_says_how_it_is_and_feeds_the_watchdog(
         began = time.monotonic()
         notify.drain(3.0)
         assert len(notify.pings(since=began)) >= 2, notify.got
+        # SIGHUP (ExecReload) re-reads its config; it must not end the agent.
+        cluster.agents[node].send_signal(signal.SIGHUP)
+        notify.wait("RELOADING", "1")
+        assert cluster.agents[node].poll() is None
         cluster.agents[node].terminate()
         notify.wait("STOPPING", "1")
     finally:
@@ -216,3 +223,58 @@ def test_an_abstract_notify_socket_is_reached() -> None:
         n.ready("a status\nthat spans lines")
         assert sock.recv(4096) == b"READY=1\nSTATUS=a status that spans lines"
         n.close()
+
+
+def test_sighup_rereads_the_config_file_live_keys_and_says_what_waits_for_a_restart(
+    tmp_path: Path, notify: NotifySocket
+) -> None:
+    port = free_port()
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("run_as_root: true\n" + POLICY_A)
+    second.write_text("run_as_root: true\n" + POLICY_AB)
+    config = tmp_path / "schedulerd.toml"
+
+    def write_config(policy: Path, level: str, tick: float) -> None:
+        config.write_text(
+            f'listen = "127.0.0.1:{port}"\ndb = "{tmp_path / "s.db"}"\n'
+            f'policy = "{policy}"\nlog-level = "{level}"\ntick = {tick}\n'
+        )
+
+    write_config(first, "INFO", 0.5)
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "schedulerd.daemon", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
+        )
+    client = Client(f"127.0.0.1:{port}", timeout_s=10)
+    try:
+        notify.wait("READY", "1")
+        assert client.get_policy().source_name == str(first)
+
+        # Another policy file, DEBUG, and a tick that only a restart can change.
+        write_config(second, "DEBUG", 0.7)
+        notify.got.clear()
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait("RELOADING", "1")
+        notify.wait("READY", "1")
+        assert client.get_policy().source_name == str(second)
+        assert [x.path for x in client.consumers().consumers] == ["/", "/a", "/b"]
+        text = log.read_text()
+        assert f"tick changed in {config}:5; it takes effect at the next start" in text, text
+        wait_for("a DEBUG line", lambda: " DEBUG schedulerd" in log.read_text())
+
+        # A config file with an error changes nothing, and says where.
+        config.write_text(config.read_text() + "colour = 'red'\n")
+        notify.got.clear()
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait("READY", "1")
+        assert client.get_policy().source_name == str(second)
+        assert f"{config}:6: colour: unknown key" in log.read_text()
+        assert daemon.poll() is None
+    finally:
+        client.close()
+        daemon.terminate()
+        daemon.wait(15)

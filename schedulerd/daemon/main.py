@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from schedulerd.configfile import parse_args_with_config
 from schedulerd.daemon.reload import Reloads
 from schedulerd.daemon.server import Daemon, DaemonConfig
 from schedulerd.lockfile import AlreadyLocked
@@ -32,8 +33,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# Read when it exists; `--config FILE` names another, `--no-config` reads none.
+DEFAULT_CONFIG = Path("/etc/schedulerd/schedulerd.toml")
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="schedulerd", description=__doc__.split("\n")[0])
+    """Flags over the config file over the defaults (schedulerd/configfile)."""
+    args, sources = parse_args_with_config(build_parser(), argv, DEFAULT_CONFIG)
+    args.sources = sources  # a SIGHUP re-reads only what the command line did not set
+    if args.config_path is not None:  # re-read on SIGHUP, whatever the directory by then
+        args.config_path = Path(args.config_path).absolute()
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every option is a flag and a key of the config file (docs/deploy.md)."""
+    p = argparse.ArgumentParser(
+        prog="schedulerd",
+        description=__doc__.split("\n")[0],
+        epilog=f"Every option can be set in the config file ({DEFAULT_CONFIG} by default) "
+        "as KEY = VALUE, KEY being the flag without '--'; flags win over the file.",
+    )
     p.add_argument("--listen", default="127.0.0.1:50051", help="address:port to serve gRPC on")
     p.add_argument("--db", type=Path, default=Path("var/schedulerd.db"), help="SQLite file")
     p.add_argument(
@@ -108,8 +129,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --local-agent: on shutdown leave its jobs running, to be adopted at the "
         "next start (default: stop them; they go back to the queue)",
     )
-    p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="INFO by default; SIGHUP re-reads it from the config file",
+    )
+    return p
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -153,7 +180,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads = Reloads(daemon, notifier)
+    reloads = Reloads(daemon, notifier, args, build_parser())
     loop.add_signal_handler(signal.SIGHUP, reloads.request)
     await stop.wait()
     notifier.stopping("stopping: no more scheduling decisions")
