@@ -210,6 +210,9 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
         "-P",
         "-m",
         "agent",
+        # Everything it needs is here: not the machine's agent.toml, which is for the
+        # agent service of a cluster node.
+        "--no-config",
         "--daemon",
         f"{host}:{port}",
         "--node",
