@@ -8,12 +8,17 @@ works as on a real host; each unit is run by a `Unit`.
 
 Paths. Units and config files name absolute paths of a real host (`/etc/schedulerd`,
 `/var/lib/...`, `/run/schedulerd`, `/opt/schedulerd/bin`). `PathMap.map_text` rewrites,
-textually, every path that starts with `/etc`, `/var/lib`, `/var/log`, `/var/cache`,
-`/run` or `/root` into the same path under `root`, and `/opt/schedulerd` into one shared
-installation (`install_schedulerd`: launchers of this checkout's programs, runnable by
-any user). Other paths (`/bin/kill`, `/usr/bin/...`, `/tmp`, `/home`) are this machine's.
-A path counts only at the start of a word (after a space, quote, `=` or `:`), so a path
-already under `root` is never mapped twice.
+textually, every path that starts with `/etc`, `/var`, `/run` or `/root` into the same
+path under `root`, and `/opt/schedulerd` into the installation given (shared by the
+hosts, as over NFS; `install_schedulerd` makes one of launchers of this checkout's
+programs, runnable by any user). Other paths (`/bin/kill`, `/usr/bin/...`, `/tmp`,
+`/home`) are this machine's. A path counts only at the start of a word (after a space,
+quote, `=`, `:`, `(` or a redirection), so a path already under `root` is never mapped
+twice. Config files (`root/etc/schedulerd/*.toml`) are mapped in place before each start
+and reload: they may have been copied there as they are (`Machine.map_files`).
+
+`Machine.shell` runs a script on the host as a deployment guide's shell would, its paths
+mapped, with `systemctl` in it served by the Machine (see `systemctl` for the verbs).
 
 What is emulated, from the [Service] section:
 - ExecStart= (one command) and ExecReload=: split like a shell line (shlex), `$VAR` and
@@ -83,6 +88,7 @@ import struct
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -108,6 +114,13 @@ IGNORED = {
 }  # fmt: skip
 
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# `systemctl` in a Machine.shell script: one line, so that the script's line numbers in
+# bash's errors are off by one only.
+SYSTEMCTL_FUNCTION = (
+    'systemctl() { printf "%s\\n" "$*" > "$UNIT_RUNNER_REQUEST"; local rc; '
+    '{ IFS= read -r rc; cat; } < "$UNIT_RUNNER_REPLY"; return "$rc"; }\n'
+)
+_STOP = "\0stop\0"
 DEFAULT_TIMEOUT_S = 90.0  # systemd's DefaultTimeoutStartSec / DefaultTimeoutStopSec
 _DIRS = {  # directive -> (where under root, owned by the unit's user)
     "StateDirectory": ("var/lib", True),
@@ -126,7 +139,12 @@ _ENV_OF_DIR = {
 
 
 class UnitError(RuntimeError):
-    """A unit failed to start, stop or reload; the message holds its log's tail."""
+    """A unit failed to start, stop or reload; the message holds its log's tail. `rc` is
+    what systemctl would exit with."""
+
+    def __init__(self, message: str, rc: int = 1) -> None:
+        super().__init__(message)
+        self.rc = rc
 
 
 class UnsupportedDirective(UnitError):
@@ -137,14 +155,12 @@ class UnsupportedDirective(UnitError):
 
 
 class PathMap:
-    """A host's absolute paths onto this machine: `/etc/...`, `/var/lib/...`, `/run/...`
-    (and /var/log, /var/cache, root's home /root) under `root`; `/opt/schedulerd` onto `install`."""
+    """A host's absolute paths onto this machine: `/etc/...`, `/var/...`, `/run/...` and
+    root's home `/root/...` under `root`; `/opt/schedulerd` onto `install`."""
 
-    # A path starts a word: at the start of the text or after a space, quote, = : or (.
-    _PATH = re.compile(
-        r"(?<![^\s\"'=:(])(/opt/schedulerd|/etc|/var/lib|/var/log|/var/cache|/run|/root)"
-        r"(?=[/\s\"';:,)]|$)"
-    )
+    PREFIXES = ("/opt/schedulerd", "/etc", "/var", "/run", "/root")
+    # A path starts a word: at the start of the text or after a space, quote, = : ( < >.
+    _PATH = re.compile(r"(?<![^\s\"'=:(<>])(" + "|".join(PREFIXES) + r")(?=[/\s\"';:,)<>]|$)")
 
     def __init__(self, root: Path, install: Path) -> None:
         self.root = root
@@ -467,13 +483,15 @@ class Unit:
         self.exit_codes: list[int] = []  # of main processes that ended, in order
         self.sessions: set[int] = set()  # of its main processes (each a session leader)
         self.service: dict[str, list[str]] = {}
+        self.sections: dict[str, dict[str, list[str]]] = {}
 
     # -- reading the unit
 
     def load(self) -> None:
         """Read (again) the unit file, paths mapped, and refuse what is not emulated."""
         text = self.machine.paths.map_text(self.path.read_text())
-        self.service = parse_unit(text).get("Service", {})
+        self.sections = parse_unit(text)
+        self.service = self.sections.get("Service", {})
         unknown = sorted(set(self.service) - EMULATED - IGNORED)
         if unknown:
             raise UnsupportedDirective(
@@ -540,6 +558,26 @@ class Unit:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status_text(self) -> str:
+        """What `systemctl status` shows first: the state, the main pid, the last STATUS=
+        and the log's tail (the journal's)."""
+        if not self.sections:
+            self.load()
+        description = (self.sections.get("Unit", {}).get("Description") or [""])[-1]
+        state = "active (running)" if self.active() else "inactive (dead)"
+        lines = [
+            f"* {self.name} - {description}",
+            f"     Loaded: loaded ({self.path})",
+            f"     Active: {state}",
+        ]
+        if self.active():
+            lines.append(f"   Main PID: {self.main_pid}")
+        if self.notify is not None and self.notify.state.status:
+            lines.append(f'     Status: "{self.notify.state.status}"')
+        if self.cgroup is not None:
+            lines.append(f"     CGroup: {self.cgroup}")
+        return "\n".join([*lines, "", self.log_tail(10)])
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -808,6 +846,23 @@ class Unit:
                     self.notify.close()
 
 
+def _fifo_write(path: Path, text: str, timeout_s: float = 10.0) -> None:
+    """Write `text` into a FIFO once its reader has it open; give up after `timeout_s`
+    (a reader that is gone, a shell killed meanwhile) rather than wait forever."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:  # ENXIO: no reader yet
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def _signal(name: str) -> int:
     return int(getattr(signal, name if name.startswith("SIG") else "SIG" + name))
 
@@ -858,6 +913,7 @@ class Machine:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.units: dict[str, Unit] = {}
+        self.config_globs = ["etc/schedulerd/*.toml"]
         self._cgroup_parent: Path | None = None
         self._cgroup_tried = False
         root.mkdir(parents=True, exist_ok=True)
@@ -896,10 +952,21 @@ class Machine:
                 raise UnitError(f"{self.name}: unit {name} not found")
         return self.units[name]
 
-    def systemctl(self, *args: str) -> None:
+    def map_files(self) -> None:
+        """Map the paths in this host's config files in place (`config_globs`, under
+        root): a file copied from a repository names the real host's paths."""
+        for pattern in self.config_globs:
+            for path in self.root.glob(pattern):
+                text = path.read_text()
+                mapped = self.paths.map_text(text)
+                if mapped != text:
+                    path.write_text(mapped)
+
+    def systemctl(self, *args: str) -> str:
         """The systemctl verbs a deployment uses: daemon-reload (nothing to do: units
         are read at each start), enable [--now], disable [--now], start, stop, restart,
-        reload, try-restart; several units per verb."""
+        try-restart, reload, status, is-active; several units per verb. Returns what
+        systemctl prints; raises UnitError (its `rc`: systemctl's exit code) on failure."""
         words = list(args)
         if not words:
             raise UnitError("systemctl: no verb")
@@ -907,24 +974,100 @@ class Machine:
         now = "--now" in rest
         names = [w for w in rest if not w.startswith("-")]
         if verb == "daemon-reload":
-            return
+            return ""
         if not names:
             raise UnitError(f"systemctl {verb}: no unit")
+        out = []
         for name in names:
             unit = self.unit(name)
-            if verb in ("enable", "start") and (verb == "start" or now):
+            if verb in ("start", "restart", "try-restart", "reload", "enable"):
+                self.map_files()
+            if verb == "start" or (verb == "enable" and now):
                 unit.start()
             elif verb == "enable":
                 unit.load()  # enablement itself is not emulated; the unit must be valid
-            elif verb in ("stop", "disable"):
-                if verb == "stop" or now:
-                    unit.stop()
+            elif verb == "stop" or (verb == "disable" and now):
+                unit.stop()
+            elif verb == "disable":
+                pass
             elif verb == "restart" or (verb == "try-restart" and unit.active()):
                 unit.restart()
             elif verb == "reload":
                 unit.reload()
+            elif verb in ("status", "is-active"):
+                text = (
+                    unit.status_text()
+                    if verb == "status"
+                    else ("active" if unit.active() else "inactive")
+                )
+                if not unit.active():
+                    raise UnitError(text, rc=3)
+                out.append(text)
             elif verb != "try-restart":
                 raise UnitError(f"systemctl {verb}: not emulated")
+        return "\n".join(out)
+
+    def shell(
+        self,
+        script: str,
+        env: Mapping[str, str],
+        cwd: Path,
+        user: str = "",
+        timeout_s: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """`bash -euo pipefail -c script` on this host (its network), as root or `user`
+        (runuser), the script's paths mapped; `systemctl` in it is this Machine's (a
+        shell function that asks this process over a pair of FIFOs, so the whole script
+        is one shell: variables set before a systemctl line are there after it)."""
+        with tempfile.TemporaryDirectory(prefix="sdunit-ctl-") as tmp:
+            request, reply = Path(tmp, "request"), Path(tmp, "reply")
+            os.mkfifo(request, 0o600)
+            os.mkfifo(reply, 0o600)
+            server = threading.Thread(
+                target=self._serve_systemctl, args=(request, reply), daemon=True
+            )
+            server.start()
+            argv = [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                SYSTEMCTL_FUNCTION + self.paths.map_text(script),
+            ]
+            if user:
+                argv = [shutil.which("runuser") or "runuser", "-u", user, "--", *argv]
+            try:
+                return subprocess.run(
+                    [*self.enter, *argv],
+                    env={
+                        **env,
+                        "UNIT_RUNNER_REQUEST": str(request),
+                        "UNIT_RUNNER_REPLY": str(reply),
+                    },
+                    cwd=cwd,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout_s,
+                    check=False,
+                )
+            finally:
+                if server.is_alive():  # its last request: stop
+                    _fifo_write(request, _STOP)
+                server.join(timeout_s)
+
+    def _serve_systemctl(self, request: Path, reply: Path) -> None:
+        while True:
+            with open(request) as f:  # waits for the shell's (or the stop) request
+                line = f.read()
+            if line == _STOP:
+                return
+            try:
+                rc, out = 0, self.systemctl(*shlex.split(line))
+            except UnitError as e:
+                rc, out = e.rc, str(e)
+            except Exception as e:  # the shell must get an answer whatever happens
+                rc, out = 1, f"unit_runner: {e!r}"
+            _fifo_write(reply, f"{rc}\n{out}\n" if out else f"{rc}\n")
 
     def close(self) -> None:
         """Stop every unit, remove their cgroups; never leaves a process behind."""
