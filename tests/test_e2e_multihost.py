@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -108,61 +108,73 @@ print("released", flush=True)
 
 @dataclass
 class Site:
-    """The machines of the deployment and the ways a deployment guide acts on them:
-    a shell on a host (`sh`), a file copied between hosts (`copy`), `systemctl`."""
+    """The machines of a deployment and the ways a deployment guide acts on them: a shell
+    on a host (`sh`, with `systemctl`), a file copied between hosts (`copy`)."""
 
     root: Path  # the test's folder (0755, under /tmp: other users must reach parts of it)
     net: Network
-    install: Path  # every host's /opt/schedulerd
+    install: Path  # every host's /opt/schedulerd (one folder: the hosts share files)
     machines: dict[str, Machine]
     nodes: list[str]
-    daemon_user: pwd.struct_passwd  # stands for the units' `schedulerd`
+    daemon_user: str  # stands for the units' `schedulerd`
     user: pwd.struct_passwd  # the cluster's user
     work: Path  # the user's working folder, shared by every host (as over NFS)
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def head(self) -> str:
         return self.net["head"].address
 
-    def sh(self, host: str, script: str, node: str = "") -> str:
-        """`bash -euo pipefail` as root on `host`, the script's paths mapped onto the
-        host's folders, with $HEAD (the head's address) and $NODE; its stdout."""
+    def shell(
+        self,
+        host: str,
+        script: str,
+        node: str = "",
+        user: str = "",
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`bash -euo pipefail` on `host`, as root (or `user`), the script's paths mapped
+        onto the host's folders, `systemctl` the host's unit runner, with $HEAD (the
+        head's address) and $NODE."""
         m = self.machines[host]
         home = m.root / "root"
         home.mkdir(mode=0o700, exist_ok=True)
-        env = {
-            "PATH": f"{self.install}/bin:{SERVICE_PATH}",
-            "HOME": str(home),
-            "LANG": "C.UTF-8",
-            "HEAD": self.head,
-            "NODE": node,
-        }
-        result = subprocess.run(
-            [*m.enter, "bash", "-euo", "pipefail", "-c", m.paths.map_text(script)],
-            env=env,
-            cwd=home,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        base = {"PATH": SERVICE_PATH, "LANG": "C.UTF-8", "HEAD": self.head, "NODE": node}
+        if not user:
+            base["HOME"] = str(home)  # runuser sets a user's own
+        return m.shell(script, env=base | (env or {}), cwd=cwd or home, user=user)
+
+    def sh(self, host: str, script: str, node: str = "") -> str:
+        """A root shell with this checkout's programs first on PATH; its stdout."""
+        path = f"{self.install}/bin:{SERVICE_PATH}"
+        result = self.shell(host, script, node, env={"PATH": path})
         assert result.returncode == 0, (
             f"on {host}: {script!r} exited {result.returncode}:\n{result.stderr[-3000:]}"
         )
         return result.stdout
 
-    def copy(self, source: str, dest: str, mode: int = 0o644) -> None:
-        """HOST:PATH to HOST:PATH, as root would with scp (root's file, `mode`)."""
+    def copy(self, source: str, dest: str, mode: int | None = None, owner: str = "") -> Path:
+        """HOST:PATH to HOST:PATH, as with scp: the source's mode unless `mode`, root's
+        file unless `owner`. Missing folders are made (0755; the owner's in its home)."""
         (src_host, src), (dst_host, dst) = (s.split(":", 1) for s in (source, dest))
         src_path = self.machines[src_host].paths.map_path(src)
-        dst_path = self.machines[dst_host].paths.map_path(dst)
-        dst_path.parent.mkdir(parents=True, exist_ok=True)
+        dst_path = Path(self.machines[dst_host].paths.map_text(dst))
+        # A home is this machine's own (the users are); anything else must be mapped.
+        assert dst_path.is_relative_to(self.root) or dst_path.is_relative_to("/home"), dst
+        entry = pwd.getpwnam(owner) if owner else None
+        missing = [p for p in dst_path.parents if not p.exists()]
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o755)
+            if entry is not None and folder.is_relative_to(entry.pw_dir):
+                os.chown(folder, entry.pw_uid, entry.pw_gid)
         shutil.copyfile(src_path, dst_path)
-        dst_path.chmod(mode)
+        dst_path.chmod(src_path.stat().st_mode & 0o777 if mode is None else mode)
+        if entry is not None:
+            os.chown(dst_path, entry.pw_uid, entry.pw_gid)
+        return dst_path
 
-    def systemctl(self, host: str, *args: str) -> None:
-        self.machines[host].systemctl(*args)
+    def systemctl(self, host: str, *args: str) -> str:
+        return self.machines[host].systemctl(*args)
 
     def write(self, host: str, path: str, text: str, mode: int = 0o644) -> Path:
         """A file on `host` with `text`, its paths mapped (a config file names paths)."""
@@ -210,6 +222,44 @@ class Site:
         return job
 
 
+def build_site(
+    stack: ExitStack, nodes: list[str], daemon_user: str, user: pwd.struct_passwd, install: Path
+) -> Site:
+    """Hosts `ca` (offline), `head`, the nodes and `user`, each a Machine whose units run
+    as systemd would run them; everything is undone by `stack`."""
+    root = install.parent
+    net = stack.enter_context(hosts(["head", *nodes, "user"], offline=["ca"]))
+    machines: dict[str, Machine] = {}
+    for node in nodes:  # should a unit's cgroup removal fail: swept by name, last
+        stack.callback(remove_agent_cgroups, node)
+    for host in net:
+        m = Machine(
+            host.name,
+            root / host.name,
+            install,
+            enter=host.enter(),
+            names={"schedulerd": daemon_user},
+            start_timeout_s=30,
+            stop_timeout_s=15,
+        )
+        machines[host.name] = m
+        # Units stop before the namespaces go (ExitStack: last in, first out).
+        stack.callback(m.close)
+    work = root / "work"
+    work.mkdir(mode=0o755)
+    os.chown(work, user.pw_uid, user.pw_gid)
+    return Site(root, net, install, machines, nodes, daemon_user, user, work)
+
+
+def make_root(stack: ExitStack, prefix: str) -> Path:
+    # Under /tmp itself, 0755: the daemon's user and the job's user reach parts of it
+    # (pytest's own folder is private to root).
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    stack.callback(shutil.rmtree, root, ignore_errors=True)
+    root.chmod(0o755)
+    return root
+
+
 def toml_with(text: str, **values: str | int | bool) -> str:
     """A flat TOML file's text with keys (underscores for dashes) set: a line `key = ...`
     replaced where there is one, else added at the end."""
@@ -231,39 +281,15 @@ def policy(user: str, consumers: list[str]) -> str:
 @pytest.fixture
 def site() -> Iterator[Site]:
     with ExitStack() as stack:
-        # Under /tmp itself, 0755: the daemon's user and the job's user reach parts of it
-        # (pytest's own folder is private to root).
-        root = Path(tempfile.mkdtemp(prefix="sd-multihost-", dir="/tmp"))
-        stack.callback(shutil.rmtree, root, ignore_errors=True)
-        root.chmod(0o755)
+        root = make_root(stack, "sd-multihost-")
         # Node names unique to this run: an agent's cgroups are named after its node and
         # other tests sweep theirs by name (harness.remove_agent_cgroups).
         tag = os.urandom(2).hex()
         nodes = [f"gpu-{i}-{tag}" for i in range(1, NODE_COUNT + 1)]
         daemon_user = stack.enter_context(throwaway_user("sdd"))
         user = stack.enter_context(throwaway_user("sdu"))
-        net = stack.enter_context(hosts(["head", *nodes, "user"], offline=["ca"]))
         install = install_schedulerd(root / "opt-schedulerd")
-        machines: dict[str, Machine] = {}
-        for node in nodes:  # should a unit's cgroup removal fail: swept by name, last
-            stack.callback(remove_agent_cgroups, node)
-        for host in net:
-            m = Machine(
-                host.name,
-                root / host.name,
-                install,
-                enter=host.enter(),
-                names={"schedulerd": daemon_user.pw_name},
-                start_timeout_s=30,
-                stop_timeout_s=15,
-            )
-            machines[host.name] = m
-            # Units stop before the namespaces go (ExitStack: last in, first out).
-            stack.callback(m.close)
-        work = root / "work"
-        work.mkdir(mode=0o755)
-        os.chown(work, user.pw_uid, user.pw_gid)
-        yield Site(root, net, install, machines, nodes, daemon_user, user, work)
+        yield build_site(stack, nodes, daemon_user.pw_name, user, install)
 
 
 def deploy(site: Site) -> None:
@@ -282,9 +308,8 @@ def deploy(site: Site) -> None:
     # The head: certificates, the policy, the config file, the unit.
     site.copy(f"ca:{ca}/ca.crt", "head:/etc/schedulerd/tls/ca.crt")
     site.copy("ca:/root/head/server.crt", "head:/etc/schedulerd/tls/server.crt")
-    site.copy("ca:/root/head/server.key", "head:/etc/schedulerd/tls/server.key", 0o600)
-    daemon = site.daemon_user.pw_name
-    site.sh("head", f"chown {daemon}: /etc/schedulerd/tls/server.key")
+    site.copy("ca:/root/head/server.key", "head:/etc/schedulerd/tls/server.key")
+    site.sh("head", f"chown {site.daemon_user}: /etc/schedulerd/tls/server.key")
     site.write("head", "/etc/schedulerd/policy.yaml", policy(site.user.pw_name, ["team"]))
     site.write(
         "head", "/etc/schedulerd/schedulerd.toml", (DEPLOY / "config/schedulerd.toml").read_text()
@@ -298,7 +323,7 @@ def deploy(site: Site) -> None:
     for node in site.nodes:
         site.copy(f"ca:{ca}/ca.crt", f"{node}:/etc/schedulerd/tls/ca.crt")
         site.copy(f"ca:/root/{node}/{node}.crt", f"{node}:/etc/schedulerd/tls/node.crt")
-        site.copy(f"ca:/root/{node}/{node}.key", f"{node}:/etc/schedulerd/tls/node.key", 0o600)
+        site.copy(f"ca:/root/{node}/{node}.key", f"{node}:/etc/schedulerd/tls/node.key")
         config = toml_with(
             agent_toml,
             daemon=f"{site.head}:50052",
