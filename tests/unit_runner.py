@@ -121,6 +121,17 @@ SYSTEMCTL_FUNCTION = (
     '{ IFS= read -r rc; cat; } < "$UNIT_RUNNER_REPLY"; return "$rc"; }\n'
 )
 _STOP = "\0stop\0"
+# The folders of a fresh host's root (a Machine's), with their modes.
+SKELETON = [
+    ("etc/systemd/system", 0o755),
+    ("lib/systemd/system", 0o755),
+    ("var/lib", 0o755),
+    ("var/log", 0o755),
+    ("var/cache", 0o755),
+    ("var/backups", 0o755),
+    ("run", 0o755),
+    ("root", 0o700),
+]
 DEFAULT_TIMEOUT_S = 90.0  # systemd's DefaultTimeoutStartSec / DefaultTimeoutStopSec
 _DIRS = {  # directive -> (where under root, owned by the unit's user)
     "StateDirectory": ("var/lib", True),
@@ -918,6 +929,11 @@ class Machine:
         self._cgroup_tried = False
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o755)
+        # What every Debian host has, that a guide's commands take for granted.
+        for folder, mode in SKELETON:
+            path = root / folder
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(mode)
 
     def cgroup_parent(self) -> Path | None:
         """This machine's folder of unit cgroups (made once), or None without cgroup2."""
