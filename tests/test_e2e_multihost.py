@@ -736,6 +736,32 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def _guide_cannot_run() -> str:
+    """Why this machine cannot play the guide's hosts, or "": the guide's tools, and a
+    system Python of this venv's version (the wheel's dependencies come from this venv,
+    compiled for it)."""
+    missing = [t for t in ("git", "sqlite3", "openssl", "useradd") if not _which(t)]
+    if missing:
+        return f"the guide needs {', '.join(missing)}"
+    system = subprocess.run(
+        ["/usr/bin/python3", "-c", "import sys, venv; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if system.stdout.split() != [str(v) for v in sys.version_info[:2]]:
+        return "the guide's python3 (/usr/bin/python3 with venv) must be this venv's version"
+    return ""
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool, path=f"{os.environ.get('PATH', '')}:{SERVICE_PATH}")
+
+
+GUIDE_CANNOT_RUN = _guide_cannot_run()
+
+
+@pytest.mark.skipif(bool(GUIDE_CANNOT_RUN), reason=GUIDE_CANNOT_RUN or "-")
 def test_the_deployment_guide_runs_as_written(walkthrough: Walkthrough) -> None:
     """Every block of docs/deploy.md, in order, on the machine it names; then what the
     guide says should have happened, did."""
