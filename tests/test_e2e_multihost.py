@@ -480,16 +480,6 @@ PRIVATE = ("/etc", "/var", "/run", "/root", "/opt", "/srv", "/home", "/boot", "/
 # Bugs of the guide this test found, not fixed yet: (line, what its failure says, why).
 # The test is an expected failure while one of them is what stops it, and passes once
 # the guide is fixed.
-KNOWN_GUIDE_BUGS = [
-    (
-        253,
-        "tls/ca.crt: Permission denied",
-        "a user on a GPU node reads SCHEDULERD_CA=/etc/schedulerd/tls/ca.crt, but the "
-        "node's block at line 162 makes that folder 0700 (root's)",
-    ),
-]
-
-
 @dataclass(frozen=True)
 class Step:
     """One thing docs/deploy.md says to do: a shell block to run (`run`) or a file to
@@ -767,13 +757,7 @@ def test_the_deployment_guide_runs_as_written(walkthrough: Walkthrough) -> None:
     guide says should have happened, did."""
     w = walkthrough
     steps = parse_guide(GUIDE.read_text())
-    try:
-        w.run(steps)
-    except AssertionError as e:
-        for line, needle, why in KNOWN_GUIDE_BUGS:
-            if str(e).startswith(f"docs/deploy.md:{line} ") and needle in str(e):
-                pytest.xfail(f"docs/deploy.md:{line}: {why}")
-        raise
+    w.run(steps)
     site = w.site
     first, second = site.nodes
     head = site.machines["head"].unit("schedulerd")
