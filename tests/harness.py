@@ -146,9 +146,11 @@ class Cluster:
                 str(self.root / "agents"),
                 "--log-level",
                 "DEBUG",
-                # Its own vouching socket: the machine's default belongs to no test.
+                # Its own vouching socket and lock: the machine's defaults belong to no test.
                 "--auth-socket",
                 str(self.root / f"auth-{node}.sock"),
+                "--lock-dir",
+                str(self.root / "locks"),
                 *extra_args,
             ],
             stdout=log,

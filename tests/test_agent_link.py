@@ -148,7 +148,8 @@ def start_agent(
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--daemon", f"127.0.0.1:{port}", "--node", node,
              "--fake-gpus", "2", "--state-dir", str(tmp_path / "state"),
-             "--shutdown-grace", "10", "--log-level", "DEBUG", *extra],
+             "--shutdown-grace", "10", "--log-level", "DEBUG",
+             "--lock-dir", str(tmp_path / "locks"), *extra],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
         )  # fmt: skip
     return proc, log

@@ -60,10 +60,12 @@ def test_a_second_agent_for_one_node_is_refused(tmp_path: Path) -> None:
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert same.returncode == 2 and "in use by another process" in same.stderr
-            # On this machine, another state dir: refused by the node's machine-wide lock.
+            # On this machine, another state dir: refused by the node's machine-wide lock
+            # (in the lock dir the cluster's agents use, tests/harness.py).
             here = subprocess.run(
                 [sys.executable, "-m", "agent", "--daemon", c.address, "--node", node,
-                 "--fake-gpus", "1", "--state-dir", str(tmp_path / "here")],
+                 "--fake-gpus", "1", "--state-dir", str(tmp_path / "here"),
+                 "--lock-dir", str(tmp_path / "locks")],
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert here.returncode == 2 and f"node {node} on this machine" in here.stderr
