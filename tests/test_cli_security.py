@@ -306,3 +306,14 @@ def test_list_jobs_follows_every_page(standin: StandIn) -> None:
         assert [j.id for j in c.list_jobs(limit=12)] == list(range(25, 13, -1))
     assert standin.seen.page_tokens == ["", "15"]
     assert standin.seen.limits[-2:] == [12, 2]  # asks for no more than it still wants
+
+
+def test_schedctl_without_the_ca_at_a_tls_daemon_says_what_is_likely_missing(
+    standin: StandIn,
+) -> None:
+    out = schedctl("--daemon", standin.tls, "whoami", env={"SCHEDULERD_CA": ""})
+    assert out.returncode == 1
+    # The daemon closes a plaintext connection to its TLS port without a word.
+    assert "If it serves TLS, give its CA: --ca FILE or SCHEDULERD_CA" in out.stderr, out.stderr
+    with_ca = schedctl("--daemon", standin.tls, "--ca", str(standin.ca_crt), "whoami")
+    assert with_ca.returncode == 0, with_ca.stderr

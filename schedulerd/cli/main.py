@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
+
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
 from schedulerd.auth.ca import CertError
 from schedulerd.cli import audit, ca, hpo, tokens
@@ -321,12 +323,25 @@ COMMANDS = {
 }
 
 
+def _hint(e: ClientError, args: argparse.Namespace) -> str:
+    """A daemon that serves TLS closes a plaintext connection without a word: say what
+    is likely missing rather than leave "Socket closed" alone."""
+    if e.code != grpc.StatusCode.UNAVAILABLE or getattr(args, "ca", None):
+        return ""
+    if os.environ.get("SCHEDULERD_CA"):
+        return ""
+    return (
+        f" (is the daemon at {args.daemon} there? If it serves TLS, give its CA: "
+        "--ca FILE or SCHEDULERD_CA)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = run(args)
     except ClientError as e:
-        print(f"schedctl: {e.details}", file=sys.stderr)
+        print(f"schedctl: {e.details}{_hint(e, args)}", file=sys.stderr)
         code = 1
     except (CredentialError, CertError) as e:
         print(f"schedctl: {e}", file=sys.stderr)
