@@ -478,3 +478,37 @@ def test_the_real_commands_print_and_refuse(
     assert done.returncode == 2
     assert f"{prog}: {bad}:1: log-level: expected a string, got an integer\n" in done.stderr
     assert f"{prog}: {bad}:2: listen-on: unknown key" in done.stderr
+
+
+# --- who may write the file ------------------------------------------------------------
+
+
+def test_a_file_others_may_write_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('listen = "x"\n')
+    f.chmod(0o666)
+    with pytest.raises(ConfigError) as e:
+        read_config(f, make_parser())
+    assert e.value.problems == [f"{f}: writable by others (mode 0666); chmod go-w {f}"]
+
+
+def test_a_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('listen = "x"\n')
+    os.chown(f, 4242, 4242)  # nobody this process trusts
+    with pytest.raises(ConfigError) as e:
+        read_config(f, make_parser())
+    assert e.value.problems == [f"{f}: owned by uid 4242, who could change it; chown root {f}"]
+
+
+def test_a_file_in_a_folder_others_may_write_is_refused_unless_sticky(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    f = folder / "c.toml"
+    f.write_text('listen = "x"\n')
+    folder.chmod(0o777)
+    with pytest.raises(ConfigError) as e:
+        read_config(f, make_parser())
+    assert e.value.problems == [f"{f}: its folder {folder} lets others replace it"]
+    folder.chmod(0o1777)  # as /tmp: others cannot replace what is not theirs
+    assert read_config(f, make_parser())["listen"] == ("x", 1)
