@@ -180,7 +180,7 @@ def test_a_syntax_error_is_reported_at_its_line(tmp_path: Path, text: str, line:
     ("make", "expected"),
     [
         (lambda f: None, "{f}: No such file or directory"),
-        (lambda f: f.mkdir(), "{f}: Is a directory"),
+        (lambda f: f.mkdir(), "{f}: not a regular file"),
         (lambda f: f.write_bytes(b'tick = 1\nlisten = "\xff"\n'), "{f}:2: not UTF-8 text"),
         (lambda f: f.write_bytes(b"#" * (MAX_BYTES + 1)), "{f}: too large (over 1048576 bytes)"),
     ],
@@ -509,6 +509,47 @@ def test_a_file_in_a_folder_others_may_write_is_refused_unless_sticky(tmp_path: 
     folder.chmod(0o777)
     with pytest.raises(ConfigError) as e:
         read_config(f, make_parser())
-    assert e.value.problems == [f"{f}: its folder {folder} lets others replace it"]
+    assert e.value.problems == [
+        f"{f}: the folder {folder} is writable by others (mode 0777): "
+        "others could replace what is in it"
+    ]
     folder.chmod(0o1777)  # as /tmp: others cannot replace what is not theirs
     assert read_config(f, make_parser())["listen"] == ("x", 1)
+
+
+def test_a_fifo_in_place_of_the_file_is_refused_without_waiting_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "c.toml"
+    os.mkfifo(f, 0o644)
+    with pytest.raises(ConfigError) as e:
+        read_config(f, make_parser())  # a blocking open would hang here for good
+    assert e.value.problems == [f"{f}: not a regular file"]
+
+
+def test_a_symlink_through_a_folder_others_may_write_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "c.toml"
+    real.write_text('listen = "x"\n')
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
+    (open_folder / "c.toml").symlink_to(real)
+    with pytest.raises(ConfigError) as e:
+        read_config(open_folder / "c.toml", make_parser())
+    assert f"the folder {open_folder} is writable by others" in str(e.value)
+    # ...and a link in a safe folder to a file in an unsafe one.
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    (safe / "c.toml").symlink_to(open_folder / "real.toml")
+    (open_folder / "real.toml").write_text('listen = "x"\n')
+    with pytest.raises(ConfigError) as e:
+        read_config(safe / "c.toml", make_parser())
+    assert f"the folder {open_folder} is writable by others" in str(e.value)
+
+
+def test_values_nested_too_deeply_are_an_error_not_a_crash(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("listen = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as e:
+        read_config(f, make_parser())
+    assert e.value.problems == [f"{f}: values nested too deeply"]

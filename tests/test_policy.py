@@ -517,14 +517,14 @@ def test_missing_file_is_a_policy_error_on_line_0(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as e:
         load_policy_file(path)
     assert [(i.source, i.line) for i in e.value.issues] == [(str(path), 0)]
-    assert "not found" in e.value.issues[0].message
+    assert e.value.issues[0].message == "cannot read the policy file: No such file or directory"
 
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
         pytest.param(b"version: 1\nconsumers: {a: {\xff}}\n", "not UTF-8", id="not-utf8"),
-        pytest.param(None, "cannot read", id="a-directory"),
+        pytest.param(None, "cannot read the policy file: not a regular file", id="a-directory"),
     ],
 )
 def test_unreadable_file_is_a_policy_error(
@@ -665,3 +665,25 @@ def test_only_the_single_workstation_default_runs_jobs_as_root() -> None:
     assert "run_as_root:" not in (POLICIES / "multi-team.yaml").read_text()
     assert multi.consumers[ROOT].admins
     assert any(c.admins for p, c in multi.consumers.items() if p != ROOT)
+
+
+def test_a_policy_file_others_could_change_is_refused(tmp_path: Path) -> None:
+    # It names the admins and who may run as root: as sshd's StrictModes.
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nconsumers: {a: {}}\n")
+    path.chmod(0o646)
+    with pytest.raises(PolicyError) as e:
+        load_policy_file(path)
+    assert e.value.issues[0].message == (
+        f"cannot read the policy file: writable by others (mode 0646); chmod go-w {path}"
+    )
+    path.chmod(0o644)
+    folder = tmp_path / "open"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    link = folder / "p.yaml"
+    link.symlink_to(path)  # through a folder anyone may write: anyone may swap the link
+    with pytest.raises(PolicyError) as e:
+        load_policy_file(link)
+    assert "the folder" in e.value.issues[0].message and "writable by others" in str(e.value)
+    assert load_policy_file(path).consumers

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
-import os
 import re
-import stat
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -39,6 +37,7 @@ from schedulerd.configfile.options import (
     toml_string,
 )
 from schedulerd.configfile.scan import key_lines
+from schedulerd.filetrust import UntrustedFile, read_trusted
 
 __all__ = [
     "MAX_BYTES",
@@ -96,13 +95,11 @@ def _syntax_problem(path: Path, text: str, error: tomllib.TOMLDecodeError) -> st
 
 def _read_text(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            unsafe = _writable_by_others(path, os.fstat(f.fileno()))
-            data = f.read(MAX_BYTES + 1)  # bounded: never read a huge file to refuse it
-    except OSError as e:
-        raise ConfigError([f"{path}: {e.strerror or e}"]) from None
-    if unsafe:
-        raise ConfigError([f"{path}: {unsafe}"])
+        # Bounded (never a huge file read to refuse it), non-blocking (a FIFO), and only
+        # what no one but root or this user could have written (schedulerd/filetrust.py).
+        data = read_trusted(path, MAX_BYTES)
+    except UntrustedFile as e:
+        raise ConfigError([f"{path}: {e}"]) from None
     if len(data) > MAX_BYTES:
         raise ConfigError([f"{path}: too large (over {MAX_BYTES} bytes)"])
     try:
@@ -110,24 +107,6 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ConfigError([f"{path}:{line}: not UTF-8 text"]) from None
-
-
-def _writable_by_others(path: Path, st: os.stat_result) -> str:
-    """Why someone other than root or this process's user could change the file, or "".
-    The file says how a root agent starts jobs and who administers the daemon: whoever
-    can write it runs as them (as sshd's StrictModes refuses such files)."""
-    trusted = {0, os.geteuid()}
-    if st.st_uid not in trusted:
-        return f"owned by uid {st.st_uid}, who could change it; chown root {path}"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        mode = stat.S_IMODE(st.st_mode)
-        return f"writable by others (mode {mode:04o}); chmod go-w {path}"
-    parent = os.stat(path.absolute().parent)
-    if parent.st_uid not in trusted or (
-        parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not parent.st_mode & stat.S_ISVTX
-    ):
-        return f"its folder {path.absolute().parent} lets others replace it"
-    return ""
 
 
 def read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, tuple[Any, int]]:
@@ -141,6 +120,8 @@ def read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, tuple[
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([_syntax_problem(path, text, e)]) from None
+    except RecursionError:  # tomllib recurses per nested array: a hostile file ends here
+        raise ConfigError([f"{path}: values nested too deeply"]) from None
     lines: dict[str, int] = {}
     for key, line in key_lines(text):
         lines.setdefault(key, line)

@@ -20,6 +20,7 @@ from schedulerd.bounds import (
     MAX_POLICY_BYTES,
 )
 from schedulerd.core.model import ROOT, ConsumerPath, ConsumerPolicy, Policy
+from schedulerd.filetrust import UntrustedFile, read_trusted
 from schedulerd.policy import fields
 from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue, TooManyIssues
 from schedulerd.policy.nodes import (
@@ -69,24 +70,22 @@ def load_policy_file(path: str | Path) -> Policy:
 
 
 def read_policy_file(path: str | Path) -> str:
-    """A policy file's text, bounded and decoded; PolicyError naming the file if not."""
+    """A policy file's text, bounded and decoded; PolicyError naming the file if not.
+    Only a file no one but root or this user could have written (it names admins and
+    who runs as root: schedulerd/filetrust.py)."""
     source = str(path)
     try:
-        with open(path, "rb") as f:  # no more than a policy may hold: the rest is refused
-            data = f.read(MAX_POLICY_BYTES + 1)
+        data = read_trusted(Path(path), MAX_POLICY_BYTES)
         if len(data) > MAX_POLICY_BYTES:
             message = f"the file is too large for a policy (at most {MAX_POLICY_BYTES:,} bytes)"
             raise PolicyError([PolicyIssue(source, 0, "", message)])
-        text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise PolicyError([PolicyIssue(source, 0, "", "policy file not found")]) from None
+        return data.decode("utf-8")
+    except UntrustedFile as e:
+        message = f"cannot read the policy file: {e}"
+        raise PolicyError([PolicyIssue(source, 0, "", message)]) from None
     except UnicodeDecodeError as e:
         message = f"not UTF-8 text (bad byte at offset {e.start})"
         raise PolicyError([PolicyIssue(source, 0, "", message)]) from None
-    except OSError as e:
-        message = f"cannot read the policy file: {e.strerror or e}"
-        raise PolicyError([PolicyIssue(source, 0, "", message)]) from None
-    return text
 
 
 def default_policy_text() -> str:

@@ -1,0 +1,92 @@
+"""Reading a file that says how a privileged process runs, only if no one else could
+have written it (as sshd's StrictModes refuses a key file others may change).
+
+The config files say how a root agent starts jobs, and the policy who administers the
+cluster and whose jobs may run as root: whoever can change such a file, or any folder on
+its way from `/` (to replace it), acts as root. Trusted owners are root and this
+process's own user. A folder others may write is fine only with the sticky bit (as
+/tmp: others cannot replace what is not theirs). Both the path as given and the one its
+symlinks lead to are checked.
+
+The file is opened without blocking and must be a regular file: a FIFO put in its place
+must not hang the daemon (a SIGHUP would otherwise freeze its event loop).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class UntrustedFile(Exception):
+    """The file cannot be trusted or read; the message says why (without the path)."""
+
+
+def read_trusted(path: Path, most_bytes: int) -> bytes:
+    """The file's bytes, at most `most_bytes + 1` of them (so that the caller can tell
+    a file that is too large). Raises UntrustedFile."""
+    why = _folders_untrusted(path)
+    if why:
+        raise UntrustedFile(why)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UntrustedFile(e.strerror or str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UntrustedFile("not a regular file")
+        why = _untrusted(st, "")
+        if why:
+            raise UntrustedFile(f"{why}; {_remedy(why, path)}")
+        chunks: list[bytes] = []
+        left = most_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def untrusted_folder(folder: Path) -> str:
+    """Why others could put something in `folder` or replace it, or "" (for a socket
+    a root process makes there)."""
+    return _folders_untrusted(folder, include_self=True)
+
+
+def _trusted_owners() -> set[int]:
+    return {0, os.geteuid()}
+
+
+def _untrusted(st: os.stat_result, what: str) -> str:
+    if st.st_uid not in _trusted_owners():
+        return f"{what}owned by uid {st.st_uid}, who could change it"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
+        stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    ):
+        return f"{what}writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return ""
+
+
+def _remedy(why: str, path: Path) -> str:
+    return f"chown root {path}" if why.startswith("owned") else f"chmod go-w {path}"
+
+
+def _folders_untrusted(path: Path, include_self: bool = False) -> str:
+    given = Path(os.path.abspath(path))
+    for candidate in (given, Path(os.path.realpath(given))):
+        folders = [candidate, *candidate.parents] if include_self else candidate.parents
+        for folder in folders:
+            try:
+                st = os.stat(folder)
+            except OSError as e:
+                return f"its folder {folder}: {e.strerror or e}"
+            why = _untrusted(st, f"the folder {folder} is ")
+            if why:
+                return f"{why}: others could replace what is in it"
+    return ""
