@@ -41,6 +41,7 @@ from agent.runner import Runner
 from agent.vouch import DEFAULT_SOCKET as DEFAULT_VOUCH_SOCKET
 from agent.vouch import serve as serve_vouching
 from schedulerd.configfile import ConfigError, Source, parse_args_with_config, read_config
+from schedulerd.hangup import HeldHangup
 from schedulerd.lockfile import AlreadyLocked, hold
 from schedulerd.sdnotify import Notifier
 
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    held = HeldHangup().hold()  # first: a SIGHUP before the handler must not kill it
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
@@ -291,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             vouching,
             notifier,
             _reloader(args, notifier),
+            held,
         )
     )
 
@@ -318,6 +321,7 @@ async def _serve(
     vouching: Path | None,
     notifier: Notifier,
     reload: Callable[[], None],
+    held: HeldHangup,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -332,6 +336,8 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, reload)  # not its default: that would kill it
+    if held.take():
+        reload()
 
     link_task = asyncio.create_task(link.run())
     stop_task = asyncio.create_task(stop.wait())

@@ -10,8 +10,8 @@ What we send (docs/deploy.md):
 - `READY=1` once the service does its job (the daemon serves gRPC; the agent has
   adopted its jobs and asks the daemon for work), so `systemctl start` returns then;
 - `STATUS=...` a one-line summary (`systemctl status` shows it);
-- `WATCHDOG=1` from the loop that must not wedge, at half of `$WATCHDOG_USEC`:
-  systemd restarts the service when the pings stop;
+- `WATCHDOG=1` from the loop that must not wedge, at least twice per `$WATCHDOG_USEC`
+  (0.2 s at the least): systemd restarts the service when the pings stop;
 - `RELOADING=1` + `MONOTONIC_USEC` then `READY=1` around a SIGHUP reload, and
   `STOPPING=1` at shutdown.
 """
@@ -28,6 +28,7 @@ log = logging.getLogger("schedulerd.sdnotify")
 
 # A STATUS line is one line of `systemctl status`; keep it short and printable.
 MAX_STATUS_CHARS = 200
+MIN_WATCHDOG_S = 0.2
 
 
 class Notifier:
@@ -56,7 +57,9 @@ class Notifier:
         if self._sock is None or self._address is None:
             return
         try:
-            self._sock.sendto("\n".join(lines).encode(), self._address)
+            # Never block: a manager that does not read (its queue is full) must not
+            # stall the event loop this is called from; the datagram is dropped.
+            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self._address)
         except OSError as e:
             # systemd gone or restarting: nothing to do but say so, once per kind.
             log.debug("sd_notify %s: %s", lines[0] if lines else "", e)
@@ -72,7 +75,7 @@ class Notifier:
             self.send(_status_line(text))
 
     def watchdog(self) -> None:
-        """A ping from the loop whose progress it vouches for; sent at most at half the
+        """A ping from the loop whose progress it vouches for; sent at most four times per
         interval systemd asked for (more would only cost datagrams)."""
         if self.watchdog_s is None:
             return
@@ -116,7 +119,10 @@ def _watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
         seconds = int(usec) / 1e6
     except ValueError:
         return None
-    return seconds if seconds > 0 else None
+    if seconds <= 0:
+        return None
+    # A loop fed faster than this would spin; systemd's own floor is far above it.
+    return max(seconds, MIN_WATCHDOG_S)
 
 
 def _status_line(text: str) -> str:

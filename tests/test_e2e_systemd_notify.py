@@ -278,3 +278,42 @@ def test_sighup_rereads_the_config_file_live_keys_and_says_what_waits_for_a_rest
         client.close()
         daemon.terminate()
         daemon.wait(15)
+
+
+def _catches_sighup(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (bit 1 of SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+def test_a_sighup_during_the_start_is_one_reload_once_started_not_a_death(
+    tmp_path: Path, notify: NotifySocket
+) -> None:
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "schedulerd.daemon", "--no-config",
+             "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
+        )  # fmt: skip
+    try:
+        # As soon as main() holds SIGHUP, long before it serves (a `systemctl reload`
+        # queued behind the start would come at READY, the earliest).
+        wait_for(
+            "SIGHUP held",
+            lambda: daemon.poll() is None and _catches_sighup(daemon.pid),
+            every_s=0.001,
+        )
+        assert not any("READY" in m.fields for m in notify.drain(0.0))
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait("READY", "1")
+        notify.wait("RELOADING", "1")  # the held one, once the daemon could
+        wait_for("the reload", lambda: "reload: no policy file configured" in log.read_text())
+        assert daemon.poll() is None
+    finally:
+        daemon.terminate()
+        daemon.wait(15)

@@ -19,6 +19,7 @@ from pathlib import Path
 from schedulerd.configfile import parse_args_with_config
 from schedulerd.daemon.reload import Reloads
 from schedulerd.daemon.server import Daemon, DaemonConfig
+from schedulerd.hangup import HeldHangup
 from schedulerd.lockfile import AlreadyLocked
 from schedulerd.policy import PolicyError
 from schedulerd.sdnotify import Notifier
@@ -33,6 +34,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+MIN_TICK_S = 0.01  # an idle loop turning faster only burns a core
+
+
+def _tick(text: str) -> float:
+    value = _positive_float(text)
+    if value < MIN_TICK_S:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_TICK_S} s, got {text}")
+    return value
+
+
 # Read when it exists; `--config FILE` names another, `--no-config` reads none.
 DEFAULT_CONFIG = Path("/etc/schedulerd/schedulerd.toml")
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -40,8 +51,21 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over the config file over the defaults (schedulerd/configfile)."""
-    args, sources = parse_args_with_config(build_parser(), argv, DEFAULT_CONFIG)
+    parser = build_parser()
+    args, sources = parse_args_with_config(parser, argv, DEFAULT_CONFIG)
     args.sources = sources  # a SIGHUP re-reads only what the command line did not set
+    # An agent hears the daemon only through its heartbeats' answers, and stops its jobs
+    # after half the node timeout without a word: at least two must fit in that lease.
+    if args.heartbeat > args.node_timeout / 4:
+        where = sources["heartbeat"].where
+        parser.exit(
+            2,
+            f"schedulerd: {'' if where in ('default', 'command line') else where + ': '}"
+            f"heartbeat: {args.heartbeat:g} s is too long for node-timeout "
+            f"{args.node_timeout:g} s: agents stop their jobs after node-timeout/2 without "
+            f"a word from the daemon; use at most node-timeout/4 "
+            f"({args.node_timeout / 4:g} s)\n",
+        )
     if args.config_path is not None:  # re-read on SIGHUP, whatever the directory by then
         args.config_path = Path(args.config_path).absolute()
     return args
@@ -66,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "callers on a Unix socket are known by their token only)",
     )
     p.add_argument("--policy", type=Path, help="policy file (default: last applied, else built-in)")
-    p.add_argument("--tick", type=float, default=1.0, help="seconds between idle cycles")
+    p.add_argument(
+        "--tick", type=_tick, default=1.0, help="seconds between idle cycles (at least 0.01)"
+    )
     p.add_argument(
         "--node-timeout",
         type=_positive_float,
@@ -139,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, held: HeldHangup | None = None) -> int:
+    held = held or HeldHangup()
     config = DaemonConfig(
         listen=args.listen,
         db_path=args.db,
@@ -182,6 +209,8 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     reloads = Reloads(daemon, notifier, args, build_parser())
     loop.add_signal_handler(signal.SIGHUP, reloads.request)
+    if held.take():  # a SIGHUP during the start: reload now that the daemon can
+        reloads.request()
     await stop.wait()
     notifier.stopping("stopping: no more scheduling decisions")
     # Orderly (docs/fencing.md): decide nothing more, then let the local agent stop its
@@ -237,12 +266,13 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
 
 
 def main(argv: list[str] | None = None) -> None:
+    held = HeldHangup().hold()  # first: a reload queued behind the start must not kill it
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    sys.exit(asyncio.run(run(args)))
+    sys.exit(asyncio.run(run(args, held)))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ class Reloads:
                 return
 
     async def reload_once(self) -> bool:
-        wanted = self._config_values()
+        # Off the event loop: the file is small and regular, but the disk may be slow.
+        wanted = await asyncio.to_thread(self._config_values)
         if wanted is None:
             return False
         policy_path: Path | None = wanted.get("policy", self.daemon.config.policy_path)
