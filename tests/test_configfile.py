@@ -553,3 +553,25 @@ def test_values_nested_too_deeply_are_an_error_not_a_crash(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as e:
         read_config(f, make_parser())
     assert e.value.problems == [f"{f}: values nested too deeply"]
+
+
+def _daemon(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "schedulerd.daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_heartbeat_that_does_not_fit_twice_in_the_agents_lease_is_refused(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text("node-timeout = 8\nheartbeat = 5\n")
+    done = _daemon("--config", str(f))
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        f"schedulerd: {f}:2: heartbeat: 5 s is too long for node-timeout 8 s"
+    ), done.stderr
+    assert _daemon("--no-config", "--tick", "0").returncode == 2

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -317,3 +318,17 @@ def test_a_sighup_during_the_start_is_one_reload_once_started_not_a_death(
     finally:
         daemon.terminate()
         daemon.wait(15)
+
+
+def test_a_manager_that_does_not_read_never_blocks_the_sender(tmp_path: Path) -> None:
+    # Its queue fills after a few datagrams (net.unix.max_dgram_qlen); a blocking send
+    # would then stall the daemon's event loop for good.
+    path = tmp_path / "deaf.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf:
+        deaf.bind(str(path))
+        n = Notifier({"NOTIFY_SOCKET": str(path)})
+        sent = threading.Thread(target=lambda: [n.status(f"s{i}") for i in range(1000)])
+        sent.start()
+        sent.join(30)
+        assert not sent.is_alive()
+        n.close()
