@@ -332,3 +332,40 @@ def test_a_manager_that_does_not_read_never_blocks_the_sender(tmp_path: Path) ->
         sent.join(30)
         assert not sent.is_alive()
         n.close()
+
+
+def test_a_policy_applied_through_the_api_stays_until_the_file_changes(
+    tmp_path: Path, notify: NotifySocket
+) -> None:
+    cluster = Cluster(tmp_path, POLICY_A, daemon_env={"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        cluster.start_daemon()
+        notify.wait("READY", "1")
+        c = cluster.client
+        applied = c.apply_policy("run_as_root: true\n" + POLICY_AB, source_name="ops")
+        assert applied.applied
+        assert cluster.daemon is not None
+
+        # A reload for another reason (the file is as it was): the applied policy stays.
+        notify.got.clear()
+        cluster.daemon.send_signal(signal.SIGHUP)
+        notify.wait("READY", "1")
+        assert [x.path for x in c.consumers().consumers] == ["/", "/a", "/b"]
+        assert "unchanged since it was applied" in cluster.log_tail(20)
+
+        # ...and a restart too.
+        cluster.stop()
+        cluster.client = Client(cluster.address, timeout_s=10)
+        cluster.start_daemon()
+        assert [x.path for x in cluster.client.consumers().consumers] == ["/", "/a", "/b"]
+
+        # An edit of the file wins at the next reload.
+        cluster.policy.write_text("run_as_root: true\n" + POLICY_A.replace("2}", "3}"))
+        notify.got.clear()
+        cluster.daemon.send_signal(signal.SIGHUP)
+        notify.wait("RELOADING", "1")
+        notify.wait("READY", "1")
+        policy = cluster.client.get_policy()
+        assert policy.source_name == str(cluster.policy) and "owned: 3" in policy.text
+    finally:
+        cluster.stop()

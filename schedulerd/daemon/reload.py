@@ -68,16 +68,8 @@ class Reloads:
         wanted = await asyncio.to_thread(self._config_values)
         if wanted is None:
             return False
-        policy_path: Path | None = wanted.get("policy", self.daemon.config.policy_path)
-        try:
-            outcome = await self.daemon.reload_policy(policy_path)
-        except PolicyError as e:
-            log.error("reload: the policy in force stays; the file has errors:\n%s", e)
-            return False
-        except (PolicyRefused, StoreUnavailable) as e:
-            log.error("reload: the policy in force stays: %s", e)
-            return False
-        log.info("reload: %s", outcome)
+        # The config's live keys apply even if the policy file turns out bad: they do
+        # not depend on it, and the log says what happened to each.
         if "log_level" in wanted:
             logging.getLogger().setLevel(wanted["log_level"])
         if "admin" in wanted:
@@ -88,6 +80,16 @@ class Reloads:
         if self.args is not None:
             for dest, value in wanted.items():
                 setattr(self.args, dest, value)
+        policy_path: Path | None = wanted.get("policy") or self.daemon.config.policy_path
+        try:
+            outcome = await self.daemon.reload_policy(policy_path)
+        except PolicyError as e:
+            log.error("reload: the policy in force stays; the file has errors:\n%s", e)
+            return False
+        except (PolicyRefused, StoreUnavailable) as e:
+            log.error("reload: the policy in force stays: %s", e)
+            return False
+        log.info("reload: %s", outcome)
         return True
 
     def _config_values(self) -> dict[str, Any] | None:

@@ -161,26 +161,45 @@ class Daemon:
         # Off the event loop, as ApplyPolicy: a big file must not stall the agents' streams.
         text = await asyncio.to_thread(read_policy_file, path)
         policy = await asyncio.to_thread(load_policy, text, str(path))
-        record = self.state.policy_record
-        if record is not None and (record.text, record.source) == (text, str(path)):
-            return f"policy {path} unchanged (version {record.version})"
+        unchanged = self._file_unchanged(path, text)
+        if unchanged:
+            return unchanged
         record = put_in_force(self.state, policy, text, str(path))
         self.config.policy_path = path
         self.loop.wake()
         return f"policy {path} (version {record.version}) in force"
+
+    def _file_unchanged(self, path: Path, text: str) -> str:
+        """Why the policy file need not be put in force again, or "": it says what was
+        last applied from it. A policy applied since through the API (schedctl policy
+        apply) then stays; an edit of the file, at the next reload or start, wins."""
+        last = self.store.latest_policy_from(str(path))
+        current = self.state.policy_record
+        if last is None or last.text != text or current is None:
+            return ""
+        if current.version == last.version:
+            return f"policy {path} unchanged (version {current.version})"
+        return (
+            f"policy {path} unchanged since it was applied (version {last.version}); "
+            f"version {current.version}, applied since from {current.source}, stays"
+        )
 
     def _policy(self) -> Policy:
         assert self.state.policy is not None
         return self.state.policy
 
     def _load_policy(self) -> None:
-        """Startup policy: the file given on the command line, else the last one
-        applied (kept in the store), else the embedded default."""
+        """Startup policy: the policy file if it changed since it was last applied, else
+        the last one applied (kept in the store), else the embedded default."""
         self.state.load()
         stored = self.state.policy_record
-        if self.config.policy_path is not None:
-            path = self.config.policy_path
-            text, source = read_policy_file(path), str(path)
+        path = self.config.policy_path
+        from_file = read_policy_file(path) if path is not None else None
+        kept = "" if path is None or from_file is None else self._file_unchanged(path, from_file)
+        if kept:
+            log.info("%s", kept)
+        if path is not None and from_file is not None and not kept:
+            text, source = from_file, str(path)
         elif stored is not None:
             text, source = stored.text, stored.source
         else:

@@ -273,6 +273,18 @@ class Store:
         r = rows[0]
         return PolicyRecord(r["version"], r["text"], r["source"], r["applied_at"])
 
+    def latest_policy_from(self, source: str) -> PolicyRecord | None:
+        """The last policy applied from `source` (a file), in force now or not."""
+        rows = list(
+            self.db.table("policies").rows_where(
+                "source = ?", [source], order_by="version desc", limit=1
+            )
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return PolicyRecord(r["version"], r["text"], r["source"], r["applied_at"])
+
 
 def _like_escape(text: str) -> str:
     """`text` for a LIKE pattern with ESCAPE '\\': its \\, % and _ match themselves."""
