@@ -269,6 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent_version=__version__,
         address=args.address or _local_address(args.daemon),
     )
+    if not args.address and identity.address.startswith("127."):
+        log.info(
+            "this node is known as %s, as it reaches the daemon over loopback: the daemon "
+            "will not make it rank 0 of a job on several nodes if another can be reached, "
+            "but set address (its cluster address) if jobs span it and other machines",
+            identity.address,
+        )
     log.info(
         "agent %s: node %r, pool %r, %d %s GPUs, state in %s, daemon %s",
         __version__,

@@ -6,6 +6,8 @@ built on copies (daemon/change.py), and a failed write leaves memory untouched."
 
 from __future__ import annotations
 
+import ipaddress
+import random
 from collections import defaultdict
 
 from schedulerd import core
@@ -16,7 +18,10 @@ from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.stops import begin_stop, owed_stops
 from schedulerd.store import JobRecord, JobState, PartPhase, PartRecord
 
-DEFAULT_STORE_PORTS = range(29400, 30000)
+# Clear of torchrun's own defaults (29400 for its rendezvous, 29500 for MASTER_PORT), which
+# single-node jobs use without asking us.
+DEFAULT_STORE_PORTS = range(29600, 30000)
+_draw = random.SystemRandom()  # store ports (_store_address)
 
 
 def apply_plan(
@@ -140,12 +145,23 @@ def _by_node(slots: tuple[GpuSlot, ...]) -> dict[str, list[int]]:
 
 def _parts(state: ClusterState, job: JobRecord, slots: tuple[GpuSlot, ...]) -> list[PartRecord]:
     parts = []
-    for rank, (node, indices) in enumerate(_by_node(slots).items()):
+    # Node rank 0 hosts where the parts meet (MASTER_ADDR, the elastic store): a node
+    # that others can reach, not one known by a loopback address (an agent on the
+    # daemon's own machine, talking to it over 127.0.0.1), when the job has one.
+    nodes = sorted(_by_node(slots).items(), key=lambda kv: _loopback(state.nodes[kv[0]].address))
+    for rank, (node, indices) in enumerate(nodes):
         uuids = {g.index: g.uuid for g in state.nodes[node].gpus}
         parts.append(
             PartRecord(job.id, job.attempt, node, rank, indices, [uuids[i] for i in indices])
         )
     return parts
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return not address or ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:  # a host name
+        return address == "localhost"
 
 
 def _assign_workers(
@@ -163,10 +179,13 @@ def _assign_workers(
 
 def _store_address(state: ClusterState, job: JobRecord, ports: range, taken: set[str]) -> str:
     """Worker 0 hosts the job's store (or a multi-node job's rank 0 its rendezvous) on
-    the first part's node, on a port no other live job there was given."""
+    the first part's node, on a port no other live job there was given: one drawn at
+    random, so that the next job's port cannot be guessed and taken first, and two
+    daemons on one machine (tests) seldom meet. Whether something else holds the port
+    on the node is not known here (docs/deploy.md says to keep the range to jobs)."""
     node = state.nodes[job.parts[0].node]
     host = node.address or "127.0.0.1"
-    for port in ports:
-        if f"{host}:{port}" not in taken:
-            return f"{host}:{port}"
-    raise RuntimeError(f"no free elastic store port on {node.name} in {ports}")
+    free = [port for port in ports if f"{host}:{port}" not in taken]
+    if not free:
+        raise RuntimeError(f"no free store port on {node.name} in {ports}")
+    return f"{host}:{_draw.choice(free)}"
