@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from schedulerd.auth import vouch
+from schedulerd.filetrust import untrusted_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,17 @@ async def serve(
 ) -> None:
     """Serve until cancelled. A path held by a live agent is left alone (a warning):
     one machine, several agents (tests, or nodes sharing a host) share one socket."""
+    # Only in a folder no one else may write: there, no other user can put their own
+    # socket in its place, or a symlink for the chmod below to follow.
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as e:
+        log.warning("cannot make %s (%s): not vouching for users here", path.parent, e)
+        return
+    unsafe = untrusted_folder(path.parent)
+    if unsafe:
+        log.warning("%s: %s; not vouching for users here", path, unsafe)
+        return
     if not _claim(path):
         log.warning("%s is served by another agent: not vouching for users here", path)
         return

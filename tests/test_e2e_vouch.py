@@ -4,6 +4,8 @@ agent, a throwaway Unix user whose process asks."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 from harness import Cluster, wait_for
 from unix_users import throwaway_user
 
+from agent.vouch import serve
 from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from schedulerd.auth.vouch import fetch
 
@@ -224,3 +227,18 @@ def test_a_node_vouched_user_mints_no_token_and_never_runs_as_root(cluster: Clus
         "root's own job to succeed",
         lambda: cluster.client.get_job(local.id).state == jobs_pb2.SUCCEEDED,
     )
+
+
+def test_no_vouching_socket_in_a_folder_others_may_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # There another user could put their own socket in its place, or a symlink for the
+    # agent's chmod to follow: the agent serves none, and says why.
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    socket_path = folder / "auth.sock"
+    caplog.set_level(logging.WARNING, logger="agent.vouch")
+    asyncio.run(asyncio.wait_for(serve(socket_path, "n1", lambda: b"k" * 32), 10))
+    assert not socket_path.exists()
+    assert "writable by others (mode 0777)" in caplog.text, caplog.text
