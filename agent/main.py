@@ -81,8 +81,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags over the config file over the defaults (schedulerd/configfile)."""
     args, sources = parse_args_with_config(build_parser(), argv, DEFAULT_CONFIG)
     args.sources = sources  # a SIGHUP re-reads only what the command line did not set
-    if args.config_path is not None:
-        args.config_path = Path(args.config_path).absolute()
     if args.node is None:
         try:
             args.node = _node_name(socket.gethostname())

@@ -244,7 +244,8 @@ def parse_args_with_config(
     show = getattr(args, _PRINT)
     for own in (_PATH, _NONE, _PRINT):
         delattr(args, own)
-    args.config_path = path
+    # Absolute: a SIGHUP re-reads it, whatever the working directory is by then.
+    args.config_path = None if path is None else Path(path).absolute()
     if show:
         sys.stdout.write(render_config(parser, args, sources))
         parser.exit(0)

@@ -66,8 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"a word from the daemon; use at most node-timeout/4 "
             f"({args.node_timeout / 4:g} s)\n",
         )
-    if args.config_path is not None:  # re-read on SIGHUP, whatever the directory by then
-        args.config_path = Path(args.config_path).absolute()
     return args
 
 
