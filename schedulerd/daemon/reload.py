@@ -1,7 +1,8 @@
 """SIGHUP (`systemctl reload schedulerd`): re-read the config file and the policy file.
 
-What can change live: `policy` (the file, re-read even when its name is unchanged),
-`log-level` and `admin`. Any other key that changed in the config file is logged as taking
+What can change live: `policy` (the file is re-read even when its name is unchanged, and
+put in force if it changed since it was last applied: Daemon.reload_policy), `log-level`
+and `admin`. Any other key that changed in the config file is logged as taking
 effect at the next start. A flag given on the command line still wins over the file.
 A reload that fails changes nothing: the log says why with the file, line and key
 (docs/deploy.md). One reload at a time; signals meanwhile make one more."""
