@@ -14,7 +14,9 @@ must not hang the daemon (a SIGHUP would otherwise freeze its event loop).
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -23,10 +25,11 @@ class UntrustedFile(Exception):
     """The file cannot be trusted or read; the message says why (without the path)."""
 
 
-def read_trusted(path: Path, most_bytes: int) -> bytes:
+def read_trusted(path: Path, most_bytes: int, *, check_writers: bool = True) -> bytes:
     """The file's bytes, at most `most_bytes + 1` of them (so that the caller can tell
-    a file that is too large). Raises UntrustedFile."""
-    why = _folders_untrusted(path)
+    a file that is too large). Raises UntrustedFile. `check_writers=False` skips the
+    owner and mode checks (a file a user reads for themselves), not the others."""
+    why = _folders_untrusted(path) if check_writers else ""
     if why:
         raise UntrustedFile(why)
     try:
@@ -37,7 +40,7 @@ def read_trusted(path: Path, most_bytes: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UntrustedFile("not a regular file")
-        why = _untrusted(st, "")
+        why = _untrusted(st, "") if check_writers else ""
         if why:
             raise UntrustedFile(f"{why}; {_remedy(why, path)}")
         chunks: list[bytes] = []
@@ -66,11 +69,26 @@ def _trusted_owners() -> set[int]:
 def _untrusted(st: os.stat_result, what: str) -> str:
     if st.st_uid not in _trusted_owners():
         return f"{what}owned by uid {st.st_uid}, who could change it"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
-        stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-    ):
+    sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    others_write = st.st_mode & stat.S_IWOTH
+    group_write = st.st_mode & stat.S_IWGRP and not _owner_only_group(st.st_gid, st.st_uid)
+    if (others_write or group_write) and not sticky_dir:
         return f"{what}writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
     return ""
+
+
+def _owner_only_group(gid: int, uid: int) -> bool:
+    """Whether no one but the owner is in the group (a user-private group, as umask 002
+    setups make, or root's own): then group write adds no writer (Debian's sshd allows
+    it too)."""
+    try:
+        group = grp.getgrgid(gid)
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    if any(member != owner for member in group.gr_mem):
+        return False
+    return all(p.pw_uid == uid for p in pwd.getpwall() if p.pw_gid == gid)
 
 
 def _remedy(why: str, path: Path) -> str:

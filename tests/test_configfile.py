@@ -575,3 +575,26 @@ def test_a_heartbeat_that_does_not_fit_twice_in_the_agents_lease_is_refused(
         f"schedulerd: {f}:2: heartbeat: 5 s is too long for node-timeout 8 s"
     ), done.stderr
     assert _daemon("--no-config", "--tick", "0").returncode == 2
+
+
+def test_group_write_is_fine_when_the_owner_is_alone_in_the_group(tmp_path: Path) -> None:
+    # root:root 0664, as a clone or a cp under umask 002 makes: root's own group adds
+    # no writer. A group with another member does (tests/unix_users makes none here).
+    f = tmp_path / "c.toml"
+    f.write_text('listen = "x"\n')
+    os.chown(f, 0, 0)
+    f.chmod(0o664)
+    assert read_config(f, make_parser())["listen"] == ("x", 1)
+
+
+def test_group_write_with_another_user_in_the_group_is_refused(tmp_path: Path) -> None:
+    from unix_users import throwaway_user
+
+    f = tmp_path / "c.toml"
+    f.write_text('listen = "x"\n')
+    with throwaway_user() as other:
+        os.chown(f, 0, other.pw_gid)  # root's file, in the group of another user
+        f.chmod(0o664)
+        with pytest.raises(ConfigError) as e:
+            read_config(f, make_parser())
+    assert e.value.problems == [f"{f}: writable by others (mode 0664); chmod go-w {f}"]

@@ -369,3 +369,20 @@ def test_a_policy_applied_through_the_api_stays_until_the_file_changes(
         assert policy.source_name == str(cluster.policy) and "owned: 3" in policy.text
     finally:
         cluster.stop()
+
+
+def test_a_start_with_another_policy_file_puts_that_file_in_force(tmp_path: Path) -> None:
+    # Files p2, then p1, then p2 again, each at a start: the file given wins every time.
+    p1, p2 = tmp_path / "p1.yaml", tmp_path / "p2.yaml"
+    p1.write_text("run_as_root: true\n" + POLICY_A)
+    p2.write_text("run_as_root: true\n" + POLICY_AB)
+    cluster = Cluster(tmp_path, POLICY_A)
+    try:
+        for path in (p2, p1, p2):
+            cluster.policy = path
+            cluster.client = Client(cluster.address, timeout_s=10)
+            cluster.start_daemon()
+            assert cluster.client.get_policy().source_name == str(path)
+            cluster.stop()
+    finally:
+        cluster.stop()

@@ -168,7 +168,8 @@ async def run(args: argparse.Namespace, held: HeldHangup | None = None) -> int:
     config = DaemonConfig(
         listen=args.listen,
         db_path=args.db,
-        policy_path=args.policy,
+        # Absolute: it names the policy's source in the store, whatever the directory.
+        policy_path=None if args.policy is None else args.policy.absolute(),
         tick_s=args.tick,
         node_timeout_s=args.node_timeout,
         heartbeat_s=args.heartbeat,

@@ -9,6 +9,10 @@ from schedulerd.core.model import Policy
 from schedulerd.daemon.state import ClusterState
 from schedulerd.store import PolicyRecord
 
+# How a policy applied through the API is recorded (its source_name after it), so that
+# it is never taken for one read from the daemon's own policy file (Daemon.reload_policy).
+API_SOURCE = "api:"
+
 
 class PolicyRefused(Exception):
     """A valid policy that cannot replace the one in force now."""

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -40,7 +41,7 @@ from schedulerd.daemon.listeners import (
     server_options,
 )
 from schedulerd.daemon.loop import SchedulingLoop
-from schedulerd.daemon.policy_swap import put_in_force
+from schedulerd.daemon.policy_swap import API_SOURCE, put_in_force
 from schedulerd.daemon.services.admin import AdminService
 from schedulerd.daemon.services.agent_link import AgentLinkService
 from schedulerd.daemon.services.experiments import ExperimentsService
@@ -159,7 +160,7 @@ class Daemon:
         if path is None:
             return "no policy file configured (policy): the policy in force stays"
         # Off the event loop, as ApplyPolicy: a big file must not stall the agents' streams.
-        text = await asyncio.to_thread(read_policy_file, path)
+        text = await asyncio.to_thread(partial(read_policy_file, path, trusted=True))
         policy = await asyncio.to_thread(load_policy, text, str(path))
         unchanged = self._file_unchanged(path, text)
         if unchanged:
@@ -171,14 +172,17 @@ class Daemon:
 
     def _file_unchanged(self, path: Path, text: str) -> str:
         """Why the policy file need not be put in force again, or "": it says what was
-        last applied from it. A policy applied since through the API (schedctl policy
-        apply) then stays; an edit of the file, at the next reload or start, wins."""
+        last applied from it, and what is in force is that, or was applied since through
+        the API (schedctl policy apply), which then stays until the file is edited. A
+        policy from another file (a start with another --policy) never keeps it out."""
         last = self.store.latest_policy_from(str(path))
         current = self.state.policy_record
         if last is None or last.text != text or current is None:
             return ""
         if current.version == last.version:
             return f"policy {path} unchanged (version {current.version})"
+        if not current.source.startswith(API_SOURCE):
+            return ""
         return (
             f"policy {path} unchanged since it was applied (version {last.version}); "
             f"version {current.version}, applied since from {current.source}, stays"
@@ -194,7 +198,7 @@ class Daemon:
         self.state.load()
         stored = self.state.policy_record
         path = self.config.policy_path
-        from_file = read_policy_file(path) if path is not None else None
+        from_file = read_policy_file(path, trusted=True) if path is not None else None
         kept = "" if path is None or from_file is None else self._file_unchanged(path, from_file)
         if kept:
             log.info("%s", kept)

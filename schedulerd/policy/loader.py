@@ -65,17 +65,18 @@ def load_policy(text: str, source: str = "<policy>") -> Policy:
     return policy
 
 
-def load_policy_file(path: str | Path) -> Policy:
-    return load_policy(read_policy_file(path), str(path))
+def load_policy_file(path: str | Path, *, trusted: bool = False) -> Policy:
+    return load_policy(read_policy_file(path, trusted=trusted), str(path))
 
 
-def read_policy_file(path: str | Path) -> str:
+def read_policy_file(path: str | Path, *, trusted: bool = False) -> str:
     """A policy file's text, bounded and decoded; PolicyError naming the file if not.
-    Only a file no one but root or this user could have written (it names admins and
-    who runs as root: schedulerd/filetrust.py)."""
+    `trusted`: the daemon's own policy, which names the admins and who runs as root,
+    is read only if no one but root or the daemon's user could have written it
+    (schedulerd/filetrust.py)."""
     source = str(path)
     try:
-        data = read_trusted(Path(path), MAX_POLICY_BYTES)
+        data = read_trusted(Path(path), MAX_POLICY_BYTES, check_writers=trusted)
         if len(data) > MAX_POLICY_BYTES:
             message = f"the file is too large for a policy (at most {MAX_POLICY_BYTES:,} bytes)"
             raise PolicyError([PolicyIssue(source, 0, "", message)])

@@ -16,7 +16,7 @@ from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb
 from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
-from schedulerd.daemon.policy_swap import PolicyRefused, put_in_force, refusal
+from schedulerd.daemon.policy_swap import API_SOURCE, PolicyRefused, put_in_force, refusal
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.services.tokens import TokenService
 from schedulerd.daemon.state import ClusterState
@@ -71,7 +71,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if request.dry_run:
             return admin_pb2.ApplyPolicyResponse(applied=False, consumers=consumers)
         try:
-            record = put_in_force(self.state, policy, request.text, source)
+            record = put_in_force(
+                self.state, policy, request.text, API_SOURCE + (request.source_name or "-")
+            )
         except PolicyRefused as e:  # jobs came meanwhile for a consumer it drops
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except StoreUnavailable as e:
