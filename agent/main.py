@@ -341,8 +341,6 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, reload)  # not its default: that would kill it
-    if held.take():
-        reload()
 
     link_task = asyncio.create_task(link.run())
     stop_task = asyncio.create_task(stop.wait())
@@ -354,6 +352,8 @@ async def _serve(
     # Its jobs are adopted and it asks the daemon for work: started, as far as systemd
     # is concerned, whether or not the daemon answers yet (the STATUS line says).
     notifier.ready(f"waiting for the daemon at {link.target}")
+    if held.take():  # after READY: a reload's own READY must not come first
+        reload()
     await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     stop_task.cancel()
     if link_task.done():  # run() only returns on request; this is a bug, let it show

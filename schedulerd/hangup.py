@@ -17,6 +17,9 @@ class HeldHangup:
 
     def hold(self) -> HeldHangup:
         signal.signal(signal.SIGHUP, self._record)
+        # Restart interrupted system calls, as asyncio's own handler will: a SIGHUP in
+        # the start must not fail a read of the store with EINTR.
+        signal.siginterrupt(signal.SIGHUP, False)
         return self
 
     def _record(self, signum: int, frame: FrameType | None) -> None:

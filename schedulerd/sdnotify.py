@@ -53,19 +53,28 @@ class Notifier:
     def enabled(self) -> bool:
         return self._sock is not None
 
-    def send(self, *lines: str) -> None:
+    def send(self, *lines: str, tries: int = 1) -> None:
+        """Never blocks: a manager that does not read (its queue is full) must not stall
+        the event loop this is called from. A datagram that finds the queue full is
+        dropped, or tried again `tries` times, 50 ms apart (READY and STOPPING, whose
+        loss would make systemd time the start or stop out)."""
         if self._sock is None or self._address is None:
             return
-        try:
-            # Never block: a manager that does not read (its queue is full) must not
-            # stall the event loop this is called from; the datagram is dropped.
-            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self._address)
-        except OSError as e:
-            # systemd gone or restarting: nothing to do but say so, once per kind.
-            log.debug("sd_notify %s: %s", lines[0] if lines else "", e)
+        data = "\n".join(lines).encode()
+        for attempt in range(tries):
+            try:
+                self._sock.sendto(data, socket.MSG_DONTWAIT, self._address)
+                return
+            except BlockingIOError:
+                if attempt + 1 < tries:
+                    time.sleep(0.05)
+            except OSError as e:  # systemd gone or restarting: nothing to do
+                log.debug("sd_notify %s: %s", lines[0] if lines else "", e)
+                return
+        log.debug("sd_notify %s: the manager's queue is full; dropped", lines[0])
 
     def ready(self, status: str = "") -> None:
-        self.send("READY=1", *([_status_line(status)] if status else []))
+        self.send("READY=1", *([_status_line(status)] if status else []), tries=40)
         self._last_status = status
 
     def status(self, text: str) -> None:
@@ -89,7 +98,7 @@ class Notifier:
         self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self, status: str = "") -> None:
-        self.send("STOPPING=1", *([_status_line(status)] if status else []))
+        self.send("STOPPING=1", *([_status_line(status)] if status else []), tries=40)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -121,7 +130,8 @@ def _watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
         return None
     if seconds <= 0:
         return None
-    # A loop fed faster than this would spin; systemd's own floor is far above it.
+    # A loop fed faster than this would spin; a service asked for pings more often than
+    # this gets them this often (no real WatchdogSec is that short).
     return max(seconds, MIN_WATCHDOG_S)
 
 

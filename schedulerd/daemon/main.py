@@ -57,14 +57,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # An agent hears the daemon only through its heartbeats' answers, and stops its jobs
     # after half the node timeout without a word: at least two must fit in that lease.
     if args.heartbeat > args.node_timeout / 4:
-        where = sources["heartbeat"].where
+        # Named at the line of the file that set either, the heartbeat's first.
+        hb, nt = f"{args.heartbeat:g} s", f"{args.node_timeout:g} s"
+        if ":" in (at := sources["heartbeat"].where):
+            what = f"{at}: heartbeat: {hb} is too long for node-timeout {nt}"
+        elif ":" in (at := sources["node_timeout"].where):
+            what = f"{at}: node-timeout: {nt} is too short for heartbeat {hb}"
+        else:
+            what = f"heartbeat {hb} is too long for node-timeout {nt}"
         parser.exit(
             2,
-            f"schedulerd: {'' if where in ('default', 'command line') else where + ': '}"
-            f"heartbeat: {args.heartbeat:g} s is too long for node-timeout "
-            f"{args.node_timeout:g} s: agents stop their jobs after node-timeout/2 without "
-            f"a word from the daemon; use at most node-timeout/4 "
-            f"({args.node_timeout / 4:g} s)\n",
+            f"schedulerd: {what}: agents stop their jobs after node-timeout/2 without a word "
+            f"from the daemon; use a heartbeat of at most node-timeout/4\n",
         )
     return args
 
