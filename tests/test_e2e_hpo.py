@@ -160,23 +160,34 @@ def test_sigkill_mid_experiment_loses_no_result_and_it_finishes(tmp_path: Path) 
             timeout_s=90,
             every_s=0.3,
         )
-        assert [t.number for t in done.trials] == list(range(8))
+        # A SIGKILL while Optuna writes a trial's parameters one by one leaves that trial
+        # half asked: the restarted daemon fails it in Optuna and asks another (docs/hpo.md),
+        # so its number is missing here, and the log says why.
+        numbers = [t.number for t in done.trials]
+        half_asked = sorted(set(range(max(numbers) + 1)) - set(numbers))
+        assert len(numbers) == 8 and numbers == sorted(numbers), numbers
+        log = cluster.log_tail(100_000)
+        for number in half_asked:
+            assert f"trial {number} was asked but has only parameters" in log, number
         assert all(t.state == pb.TRIAL_COMPLETE for t in done.trials), [
             (t.number, t.state, t.reason) for t in done.trials
         ]
         for t in before.trials:  # results recorded before the crash are kept as they were
             if t.state == pb.TRIAL_COMPLETE:
                 assert done.trials[t.number].value == t.value
-        for number in range(8):  # each trial ran once: one process, never restarted
+        for number in numbers:  # each trial ran once: one process, never restarted
             assert len((runs / str(number)).read_text().split()) == 1, number
-        # Optuna asked exactly 8 trials and was told every result.
+        # Optuna asked the 8 trials (and any half asked, failed) and was told every result.
         study = optuna.load_study(
             study_name=f"experiment-{exp.id}",
             storage=f"sqlite:///{cluster.db}.optuna.sqlite",
         )
-        assert [t.number for t in study.trials] == list(range(8))
-        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        assert {t.number: t.value for t in study.trials} == {t.number: t.value for t in done.trials}
+        assert [t.number for t in study.trials] == sorted(numbers + half_asked)
+        states = {t.number: t.state for t in study.trials}
+        assert all(states[n] == optuna.trial.TrialState.COMPLETE for n in numbers), states
+        assert all(states[n] == optuna.trial.TrialState.FAIL for n in half_asked), states
+        complete = {t.number: t.value for t in study.trials if t.number in numbers}
+        assert complete == {t.number: t.value for t in done.trials}
 
 
 def _schedctl(cluster, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
