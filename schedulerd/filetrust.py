@@ -14,6 +14,7 @@ must not hang the daemon (a SIGHUP would otherwise freeze its event loop).
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -96,15 +97,54 @@ def _remedy(why: str, path: Path) -> str:
 
 
 def _folders_untrusted(path: Path, include_self: bool = False) -> str:
-    given = Path(os.path.abspath(path))
-    for candidate in (given, Path(os.path.realpath(given))):
-        folders = [candidate, *candidate.parents] if include_self else candidate.parents
-        for folder in folders:
-            try:
-                st = os.stat(folder)
-            except OSError as e:
-                return f"its folder {folder}: {e.strerror or e}"
-            why = _untrusted(st, f"the folder {folder} is ")
-            if why:
-                return f"{why}: others could replace what is in it"
+    """Why another user could change what `path` leads to, through any folder it passes,
+    or "". Every folder the lookup goes through is checked, the folders of symlinks met
+    on the way included (a link in a folder others may write can be pointed anywhere)."""
+    try:
+        # Not abspath: it drops `..` by the text, where the kernel goes up from wherever
+        # a symlink before it led.
+        folders = _traversed(Path.cwd() / path, include_self)
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            return f"its folder {folder}: {e.strerror or e}"
+        why = _untrusted(st, f"the folder {folder} is ")
+        if why:
+            return f"{why}: others could replace what is in it"
     return ""
+
+
+MAX_SYMLINKS = 40  # as the kernel's own limit on a lookup
+
+
+def _traversed(path: Path, include_last: bool) -> list[Path]:
+    """The folders a lookup of the absolute `path` goes through, one component at a time
+    with its symlinks followed, in order; with `include_last`, what it ends at too."""
+    folders: list[Path] = []
+    todo = list(path.parts[1:])
+    at = Path("/")
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        folders.append(at)  # `name` is looked up in `at`: whoever may write `at` decides it
+        if name == "..":
+            at = at.parent
+            continue
+        following = at / name
+        if name != "." and following.is_symlink():
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+            target = Path(os.readlink(following))
+            if target.is_absolute():
+                at = Path("/")
+            todo[:0] = [part for part in target.parts if part != "/"]
+            continue
+        if name != ".":
+            at = following
+    if include_last:
+        folders.append(at)
+    return list(dict.fromkeys(folders))  # each once, in order

@@ -598,3 +598,29 @@ def test_group_write_with_another_user_in_the_group_is_refused(tmp_path: Path) -
         with pytest.raises(ConfigError) as e:
             read_config(f, make_parser())
     assert e.value.problems == [f"{f}: writable by others (mode 0664); chmod go-w {f}"]
+
+
+def test_a_symlink_met_on_the_way_in_a_folder_of_another_user_is_refused(
+    tmp_path: Path,
+) -> None:
+    # chain.toml -> eve/link -> real.toml: the file and the first link are in safe
+    # folders, but eve could point her link at any file at all.
+    safe = tmp_path / "etc"
+    safe.mkdir()
+    (safe / "real.toml").write_text('listen = "x"\n')
+    eve = tmp_path / "eve"
+    eve.mkdir()
+    (eve / "link").symlink_to(safe / "real.toml")
+    (safe / "chain.toml").symlink_to(eve / "link")
+    assert read_config(safe / "chain.toml", make_parser())["listen"] == ("x", 1)
+    os.chown(eve, 4242, 4242)
+    with pytest.raises(ConfigError) as e:
+        read_config(safe / "chain.toml", make_parser())
+    assert f"the folder {eve} is owned by uid 4242" in str(e.value)
+    # A loop of links is an error, not a hang.
+    os.chown(eve, 0, 0)
+    (safe / "a.toml").symlink_to(safe / "b.toml")
+    (safe / "b.toml").symlink_to(safe / "a.toml")
+    with pytest.raises(ConfigError) as e:
+        read_config(safe / "a.toml", make_parser())
+    assert "symbolic links" in str(e.value)
