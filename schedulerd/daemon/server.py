@@ -41,7 +41,7 @@ from schedulerd.daemon.listeners import (
     server_options,
 )
 from schedulerd.daemon.loop import SchedulingLoop
-from schedulerd.daemon.policy_swap import API_SOURCE, put_in_force
+from schedulerd.daemon.policy_swap import API_SOURCE, put_in_force, refusal
 from schedulerd.daemon.services.admin import AdminService
 from schedulerd.daemon.services.agent_link import AgentLinkService
 from schedulerd.daemon.services.experiments import ExperimentsService
@@ -209,12 +209,9 @@ class Daemon:
         else:
             text, source = default_policy_text(), "embedded default"
         policy = load_policy(text, source)  # PolicyError: refuse to start, say why
-        orphans = self.state.orphaned_consumers(policy)
-        if orphans:
-            raise SystemExit(
-                f"policy {source} has no leaf for consumers with waiting or running jobs: "
-                f"{', '.join(sorted(orphans))}"
-            )
+        why = refusal(self.state, policy, source)  # the rule ApplyPolicy and reloads keep
+        if why is not None:
+            raise SystemExit(why)
         if stored is None or (stored.text, stored.source) != (text, source):
             stored = self.store.save_policy(text, source, self.state.clock())
         self.state.set_policy(policy, stored)
