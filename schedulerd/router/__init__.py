@@ -1,0 +1,1 @@
+"""schedulerd-router: the HTTP reverse proxy in front of inference services (docs/serve.md)."""
