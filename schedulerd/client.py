@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from schedulerd.api.v1 import (
     admin_pb2,
@@ -32,6 +33,8 @@ from schedulerd.api.v1 import (
     experiments_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
+    serving_pb2,
+    serving_pb2_grpc,
 )
 from schedulerd.auth import vouch
 from schedulerd.auth.tlsfiles import channel_credentials
@@ -238,6 +241,7 @@ class Client:
         self.jobs = jobs_pb2_grpc.SchedulerStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentsStub(self.channel)
+        self.services = serving_pb2_grpc.ServicesStub(self.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -477,6 +481,61 @@ class Client:
         req = experiments_pb2.WatchExperimentRequest(id=exp_id)
         try:
             yield from self.experiments.WatchExperiment(req)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise ClientError(e.code(), e.details() or "") from None
+
+    # -- inference services (docs/serve.md) ---------------------------------
+
+    def create_service(self, spec: serving_pb2.ServiceSpec) -> serving_pb2.Service:
+        """Deploy a service; `schedulerd.serve.file.load_service_file` builds a spec from
+        YAML (`schedulerd.serve.codec.spec_to_pb` turns it into this message)."""
+        req = serving_pb2.CreateServiceRequest(spec=spec)
+        result: serving_pb2.Service = _call(
+            self.services.CreateService, req, timeout=self.timeout_s
+        )
+        return result
+
+    def get_service(self, name: str) -> serving_pb2.Service:
+        req = serving_pb2.GetServiceRequest(name=name)
+        result: serving_pb2.Service = _call(self.services.GetService, req, timeout=self.timeout_s)
+        return result
+
+    def list_services(
+        self, consumer: str = "", include_deleted: bool = False
+    ) -> list[serving_pb2.Service]:
+        """Services of a consumer's subtree ("": all); deleted ones too with
+        `include_deleted`."""
+        req = serving_pb2.ListServicesRequest(consumer=consumer, include_deleted=include_deleted)
+        return list(_call(self.services.ListServices, req, timeout=self.timeout_s).services)
+
+    def update_service(
+        self, name: str, spec: serving_pb2.ServiceSpec, fields: Sequence[str] | None = None
+    ) -> serving_pb2.Service:
+        """Change a service: `fields` names the spec's fields to take (as in
+        ServiceSpec: "min_replicas", "command"...); None: every field that may change.
+        A new command (env, working_dir...) rolls the replicas over one by one."""
+        mask = field_mask_pb2.FieldMask(paths=list(fields or ()))
+        req = serving_pb2.UpdateServiceRequest(name=name, spec=spec, update_mask=mask)
+        result: serving_pb2.Service = _call(
+            self.services.UpdateService, req, timeout=self.timeout_s
+        )
+        return result
+
+    def delete_service(self, name: str) -> serving_pb2.Service:
+        """Its replicas drain and stop; the service is DELETING until they have."""
+        req = serving_pb2.DeleteServiceRequest(name=name)
+        result: serving_pb2.Service = _call(
+            self.services.DeleteService, req, timeout=self.timeout_s
+        )
+        return result
+
+    def watch_service(self, name: str) -> Iterator[serving_pb2.Service]:
+        """The service now and at every change, until it is deleted; `close()` the
+        client to stop early."""
+        req = serving_pb2.WatchServiceRequest(name=name)
+        try:
+            yield from self.services.WatchService(req)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.CANCELLED:
                 raise ClientError(e.code(), e.details() or "") from None
