@@ -153,4 +153,48 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE experiments ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: inference services (docs/serve.md). A service's replicas are jobs; these rows
+    # say which job is which replica of which service, the port it serves on, whether
+    # it is being drained, and the service's history of decisions.
+    """
+    CREATE TABLE services (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        user TEXT NOT NULL,
+        spec TEXT NOT NULL,                    -- JSON ServiceSpec
+        state TEXT NOT NULL,                   -- ACTIVE, DELETING, DELETED
+        generation INTEGER NOT NULL DEFAULT 1, -- bumped by an update that needs new replicas
+        desired INTEGER NOT NULL,              -- the autoscaler's last word
+        reason TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        ended REAL,
+        vouched INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX services_live_name ON services(name) WHERE state != 'DELETED';
+    CREATE TABLE replicas (
+        service_id INTEGER NOT NULL REFERENCES services(id),
+        number INTEGER NOT NULL,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        generation INTEGER NOT NULL,
+        port INTEGER NOT NULL,
+        phase TEXT NOT NULL,                   -- ACTIVE, DRAINING, STOPPING, ENDED
+        reason TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        drain_started REAL,
+        ended REAL,
+        PRIMARY KEY (service_id, number)
+    );
+    CREATE INDEX replicas_by_job ON replicas(job_id);
+    CREATE TABLE service_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        service_id INTEGER NOT NULL,
+        time REAL NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        from_replicas INTEGER NOT NULL DEFAULT 0,
+        to_replicas INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX service_events_by_service ON service_events(service_id, id);
+    """,
 ]
