@@ -5,6 +5,8 @@
     schedctl consumers | nodes | drain NODE | undrain NODE | node forget NODE
     schedctl policy validate FILE | policy apply FILE [--dry-run] | policy show
     schedctl hpo create FILE | hpo list | hpo show EXP [--watch] | hpo stop EXP | hpo plot EXP
+    schedctl serve create FILE | serve update FILE | serve list | serve show NAME [--watch]
+    schedctl serve scale NAME --min N --max N | serve delete NAME | serve logs NAME
     schedctl ca init DIR | ca issue-node --ca DIR NODE | ca issue-server --ca DIR --host H
     schedctl token create --user U --ttl 30d | token list | token revoke ID
     schedctl whoami | audit [--identity U]
@@ -26,7 +28,7 @@ import grpc
 
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
 from schedulerd.auth.ca import CertError
-from schedulerd.cli import audit, ca, hpo, tokens
+from schedulerd.cli import audit, ca, hpo, serve, tokens
 from schedulerd.cli import format as fmt
 from schedulerd.client import (
     DEFAULT_ADDRESS,
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
     psub.add_parser("show", help="print the policy in force")
     hpo.add_parser(sub)
+    serve.add_parser(sub)
     ca.add_parser(sub)
     tokens.add_parser(sub)
     audit.add_parsers(sub)
@@ -317,6 +320,7 @@ COMMANDS = {
     "node": _node,
     "policy": _policy,
     "hpo": hpo.run,
+    "serve": serve.run,
     "token": tokens.run,
     "whoami": audit.whoami,
     "audit": audit.audit,
