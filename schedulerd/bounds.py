@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from schedulerd.api.v1 import admin_pb2, agent_pb2, experiments_pb2, jobs_pb2
+    from schedulerd.api.v1 import admin_pb2, agent_pb2, experiments_pb2, jobs_pb2, serving_pb2
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -675,6 +675,91 @@ def check_report_trial(request: experiments_pb2.ReportTrialRequest) -> Refusal |
     )
 
 
+# -- inference services (docs/serve.md) --------------------------------------------------
+
+MAX_SERVICE_NAME = 256  # the rule (63, [a-z0-9-]) is serve.spec.problems()'s
+MAX_SERVICE_NUMBER = 1e9  # any count or duration of a service spec, before its own rules
+MAX_MASK_PATHS = 32
+MAX_REPORTED_SERVICES = 10_000  # services in one load report
+MAX_REPORTED_REPLICAS = 10_000  # replicas of one service in one load report
+MAX_BEARER = 16 * KIB  # a token the router passes on
+MAX_ROUTER_NAME = 256
+
+
+def check_service_spec(spec: serving_pb2.ServiceSpec, field: str = "spec") -> Refusal | None:
+    f = _join
+    numbers = (
+        "target_in_flight",
+        "scale_down_delay_s",
+        "window_s",
+        "queue_timeout_s",
+        "request_timeout_s",
+    )
+    return _first(
+        check_text(spec.name, f(field, "name"), MAX_SERVICE_NAME),
+        check_consumer_path(spec.consumer, f(field, "consumer")) if spec.consumer else None,
+        check_text(spec.user, f(field, "user"), MAX_USER),
+        check_argv(spec.command, f(field, "command")) if spec.command else None,
+        check_env(spec.env, f(field, "env")),
+        check_working_dir(spec.working_dir, f(field, "working_dir")),
+        check_text(spec.readiness_path, f(field, "readiness_path"), MAX_PATH),
+        check_priority(spec.priority, f(field, "priority")),
+        *(_check_number(getattr(spec, n), f(field, n), MAX_SERVICE_NUMBER) for n in numbers),
+    )
+
+
+def check_create_service(request: serving_pb2.CreateServiceRequest) -> Refusal | None:
+    return check_service_spec(request.spec)
+
+
+def _check_service_name(request: Any) -> Refusal | None:
+    return check_text(request.name, "name", MAX_SERVICE_NAME, required=True)
+
+
+def check_list_services(request: serving_pb2.ListServicesRequest) -> Refusal | None:
+    return check_consumer_path(request.consumer, "consumer", filter_=True)
+
+
+def check_update_service(request: serving_pb2.UpdateServiceRequest) -> Refusal | None:
+    paths = request.update_mask.paths
+    return _first(
+        _check_service_name(request),
+        check_service_spec(request.spec),
+        _check_count(paths, "update_mask.paths", MAX_MASK_PATHS, "paths"),
+        *(check_text(p, "update_mask.paths", 64) for p in paths),
+    )
+
+
+def check_load_report(request: serving_pb2.LoadReport) -> Refusal | None:
+    problem = _first(
+        check_text(request.router, "router", MAX_ROUTER_NAME),
+        _check_count(request.services, "services", MAX_REPORTED_SERVICES, "services"),
+    )
+    if problem:
+        return problem
+    for i, s in enumerate(request.services):
+        where = f"services[{i}]"
+        problem = _first(
+            _check_count(s.replicas, f"{where}.replicas", MAX_REPORTED_REPLICAS, "replicas"),
+            _check_number(s.p50_ms, f"{where}.p50_ms", MAX_SERVICE_NUMBER, least=0),
+            _check_number(s.p99_ms, f"{where}.p99_ms", MAX_SERVICE_NUMBER, least=0),
+        )
+        if problem:
+            return problem
+    return None
+
+
+def check_check_access(request: serving_pb2.CheckAccessRequest) -> Refusal | None:
+    return _first(
+        check_text(request.service, "service", MAX_SERVICE_NAME, required=True),
+        check_text(request.token, "token", MAX_BEARER),
+    )
+
+
+def check_watch_routes(request: serving_pb2.WatchRoutesRequest) -> Refusal | None:
+    return check_text(request.router, "router", MAX_ROUTER_NAME)
+
+
 # -- every request -----------------------------------------------------------------------
 
 _CHECKS: dict[str, Callable[[Any], Refusal | None]] = {
@@ -699,6 +784,15 @@ _CHECKS: dict[str, Callable[[Any], Refusal | None]] = {
     "schedulerd.api.v1.StopExperimentRequest": check_stop_experiment,
     "schedulerd.api.v1.WatchExperimentRequest": check_watch_experiment,
     "schedulerd.api.v1.ReportTrialRequest": check_report_trial,
+    "schedulerd.api.v1.CreateServiceRequest": check_create_service,
+    "schedulerd.api.v1.GetServiceRequest": _check_service_name,
+    "schedulerd.api.v1.ListServicesRequest": check_list_services,
+    "schedulerd.api.v1.UpdateServiceRequest": check_update_service,
+    "schedulerd.api.v1.DeleteServiceRequest": _check_service_name,
+    "schedulerd.api.v1.WatchServiceRequest": _check_service_name,
+    "schedulerd.api.v1.LoadReport": check_load_report,
+    "schedulerd.api.v1.CheckAccessRequest": check_check_access,
+    "schedulerd.api.v1.WatchRoutesRequest": check_watch_routes,
 }
 CREATE_TOKEN = "schedulerd.api.v1.CreateTokenRequest"
 

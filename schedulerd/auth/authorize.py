@@ -56,6 +56,18 @@ class Action(enum.Enum):
     STOP_EXPERIMENT = "Experiments.StopExperiment"
     WATCH_EXPERIMENT = "Experiments.WatchExperiment"
     REPORT_TRIAL = "Experiments.ReportTrial"
+    # Inference services
+    CREATE_SERVICE = "Services.CreateService"
+    GET_SERVICE = "Services.GetService"
+    LIST_SERVICES = "Services.ListServices"
+    UPDATE_SERVICE = "Services.UpdateService"
+    DELETE_SERVICE = "Services.DeleteService"
+    WATCH_SERVICE = "Services.WatchService"
+    # The router's own calls, and a request to a service through it
+    WATCH_ROUTES = "Routing.WatchRoutes"
+    REPORT_LOAD = "Routing.ReportLoad"
+    CHECK_ACCESS = "Routing.CheckAccess"
+    INVOKE_SERVICE = "Router.Invoke"
 
 
 class Denial(enum.Enum):
@@ -121,8 +133,12 @@ _READS = frozenset(
         Action.GET_EXPERIMENT,
         Action.LIST_EXPERIMENTS,
         Action.WATCH_EXPERIMENT,
+        Action.GET_SERVICE,
+        Action.LIST_SERVICES,
+        Action.WATCH_SERVICE,
     }
 )
+_ROUTER = frozenset({Action.WATCH_ROUTES, Action.REPORT_LOAD, Action.CHECK_ACCESS})
 _CLUSTER_ADMIN_ONLY = frozenset(
     {
         Action.APPLY_POLICY,
@@ -142,6 +158,8 @@ _OWNER_OR_ADMIN = frozenset(
         Action.REPORT_TRIAL,
         Action.GET_EXPERIMENT,
         Action.WATCH_EXPERIMENT,
+        Action.UPDATE_SERVICE,
+        Action.DELETE_SERVICE,
     }
 )
 
@@ -183,6 +201,16 @@ def authorize(who: Identity, action: Action, target: Target, rules: Rules) -> De
         return _submit(who, target, rules, Scope.SUBMIT)
     if action is Action.CREATE_EXPERIMENT:
         return _submit(who, target, rules, Scope.EXPERIMENTS)
+    if action is Action.CREATE_SERVICE:
+        return _submit(who, target, rules, Scope.SERVICES)
+    if action in _ROUTER:
+        # The router sees every service's replicas and speaks for every caller's load:
+        # a cluster admin's credential, narrowed to this by the "router" scope.
+        if not is_cluster_admin(who, rules):
+            return _no(Denial.FORBIDDEN, f"{action.value} is for the router (a cluster admin)")
+        return _scoped(who, Scope.ROUTER, action)
+    if action is Action.INVOKE_SERVICE:
+        return _invoke(who, target, rules)
     if action in _OWNER_OR_ADMIN:
         return _owner_or_admin(who, action, target, rules)
     if action in _READS:
@@ -238,12 +266,32 @@ def _submit(who: Identity, target: Target, rules: Rules, scope: Scope) -> Decisi
     return _yes()
 
 
+def _invoke(who: Identity, target: Target, rules: Rules) -> Decision:
+    """A request to a non-public service: its consumer's users (those who may submit
+    there), its admins, cluster admins; a token needs the "invoke" scope."""
+    scoped = _scoped(who, Scope.INVOKE, Action.INVOKE_SERVICE)
+    if not scoped.allowed:
+        return scoped
+    path = ConsumerPath(target.consumer)
+    if admin_of(who, target.consumer, rules):
+        return _yes()
+    if path in rules.policy.consumers and rules.policy.may_submit(path, who.name):
+        return _yes()
+    return _no(
+        Denial.FORBIDDEN,
+        f"user {who.name!r} may not use services of {target.consumer} "
+        "(its users, its admins and cluster admins may)",
+    )
+
+
 def _owner_or_admin(who: Identity, action: Action, target: Target, rules: Rules) -> Decision:
     own = who.name == target.owner
     scope = {
         Action.CANCEL_JOB: Scope.SUBMIT,
         Action.STOP_EXPERIMENT: Scope.EXPERIMENTS,
         Action.REPORT_TRIAL: Scope.EXPERIMENTS,
+        Action.UPDATE_SERVICE: Scope.SERVICES,
+        Action.DELETE_SERVICE: Scope.SERVICES,
     }.get(action, Scope.READ)
     if own and who.allows(scope):
         return _yes()

@@ -28,6 +28,9 @@ class Scope(enum.Enum):
     READ = "read"  # see jobs, their logs, consumers, nodes, the policy
     ADMIN = "admin"  # the holder's admin rights (policy, nodes, tokens, audit, others' jobs)
     EXPERIMENTS = "experiments"  # create and stop experiments, report trials
+    SERVICES = "services"  # create, change and delete inference services
+    INVOKE = "invoke"  # send requests to inference services through the router
+    ROUTER = "router"  # the router's own calls (a cluster admin's token)
 
 
 SCOPE_NAMES = tuple(s.value for s in Scope)

@@ -51,6 +51,9 @@ CHANGES = frozenset(
         Action.REVOKE_TOKEN,
         Action.CREATE_EXPERIMENT,
         Action.STOP_EXPERIMENT,
+        Action.CREATE_SERVICE,
+        Action.UPDATE_SERVICE,
+        Action.DELETE_SERVICE,
     }
 )
 # Long-lived streams: recorded when they are let in, not when they end.

@@ -95,22 +95,28 @@ class Gate:
             return Identity(node, Kind.NODE, Credential.CERTIFICATE)
         bearer = _bearer(context)
         if bearer is not None:
-            node = vouch.vouching_node(bearer)
-            if node is not None:
-                return self._vouched(node, bearer)
-            try:
-                claims = verify(self.tokens.key, bearer, self.clock())
-            except BadToken as e:
-                raise Unauthenticated(str(e)) from None
-            problem = self.tokens.refusal(claims.id)
-            if problem:
-                raise Unauthenticated(problem)
-            kind = Kind.NODE if claims.node else Kind.USER
-            return Identity(claims.subject, kind, Credential.TOKEN, claims.scopes, claims.id)
+            return self.identify_bearer(bearer)
         uid = loopback_peer_uid(context.peer(), self._ports())
         if uid is not None:
             return Identity(_user_name(uid), Kind.USER, Credential.LOCAL_UID, local=True, uid=uid)
         return ANONYMOUS
+
+    def identify_bearer(self, bearer: str) -> Identity:
+        """Who a bearer credential names: a token the daemon signed, or a node's word for
+        one of its users. Raises Unauthenticated. Also for the router, which asks on
+        behalf of an HTTP caller (Routing.CheckAccess)."""
+        node = vouch.vouching_node(bearer)
+        if node is not None:
+            return self._vouched(node, bearer)
+        try:
+            claims = verify(self.tokens.key, bearer, self.clock())
+        except BadToken as e:
+            raise Unauthenticated(str(e)) from None
+        problem = self.tokens.refusal(claims.id)
+        if problem:
+            raise Unauthenticated(problem)
+        kind = Kind.NODE if claims.node else Kind.USER
+        return Identity(claims.subject, kind, Credential.TOKEN, claims.scopes, claims.id)
 
     def _vouched(self, node: str, credential: str) -> Identity:
         key = self.vouch_keys.get(node)

@@ -26,6 +26,8 @@ from schedulerd.api.v1 import (
     experiments_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
+    serving_pb2,
+    serving_pb2_grpc,
 )
 from schedulerd.auth.identity import Scope
 from schedulerd.core.model import Policy
@@ -45,7 +47,10 @@ from schedulerd.daemon.policy_swap import API_SOURCE, put_in_force, refusal
 from schedulerd.daemon.services.admin import AdminService
 from schedulerd.daemon.services.agent_link import AgentLinkService
 from schedulerd.daemon.services.experiments import ExperimentsService
+from schedulerd.daemon.services.routing import RoutingService
 from schedulerd.daemon.services.scheduler import SchedulerService
+from schedulerd.daemon.services.serving import ServicesService
+from schedulerd.daemon.serving import ServiceController
 from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.status import summary
 from schedulerd.daemon.tokenbook import TokenBook
@@ -63,6 +68,8 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name,
+    serving_pb2.DESCRIPTOR.services_by_name["Services"].full_name,
+    serving_pb2.DESCRIPTOR.services_by_name["Routing"].full_name,
 )
 
 
@@ -141,6 +148,8 @@ class Daemon:
         self._loop_task: asyncio.Task[None] | None = None
         self._experiments_task: asyncio.Task[None] | None = None
         self.experiments: ExperimentController | None = None
+        self._services_task: asyncio.Task[None] | None = None
+        self.services: ServiceController | None = None
 
     def _turned(self) -> None:
         """After each turn of the scheduling loop: it is alive (the watchdog), and
@@ -258,6 +267,16 @@ class Daemon:
         experiments_pb2_grpc.add_ExperimentsServicer_to_server(
             ExperimentsService(self.state, self.experiments, self.gate), self.server
         )
+        self.services = ServiceController(
+            self.state, self.links, self.loop, min(0.5, self.config.tick_s)
+        )
+        self.services.start()
+        serving_pb2_grpc.add_ServicesServicer_to_server(
+            ServicesService(self.services, self.gate), self.server
+        )
+        serving_pb2_grpc.add_RoutingServicer_to_server(
+            RoutingService(self.services, self.gate), self.server
+        )
         await self.server.start()
         open_unix_sockets(self.config)
         for name in ("", *SERVICE_NAMES):
@@ -266,6 +285,7 @@ class Daemon:
         self._loop_task = asyncio.create_task(self.loop.run())
         self._audit_task = asyncio.create_task(self.audit.run())
         self._experiments_task = asyncio.create_task(self.experiments.run())
+        self._services_task = asyncio.create_task(self.services.run())
         active = len(self.state.jobs)
         log.info(
             "schedulerd listening on %s (port %d), store %s, %d active jobs",
@@ -305,11 +325,12 @@ class Daemon:
     async def stop_deciding(self) -> None:
         """First step of a shutdown: no new decisions, no new trials. The servicers
         still run, so that agents' reports of jobs stopping are recorded."""
-        tasks = [t for t in (self._loop_task, self._experiments_task) if t is not None]
+        running = (self._loop_task, self._experiments_task, self._services_task)
+        tasks = [t for t in running if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._loop_task = self._experiments_task = None
+        self._loop_task = self._experiments_task = self._services_task = None
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.stop_deciding()
