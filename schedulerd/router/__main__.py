@@ -1,0 +1,5 @@
+"""`python -m schedulerd.router`: the same as `schedulerd-router`."""
+
+from schedulerd.router.main import main
+
+main()

@@ -1,0 +1,65 @@
+"""A caller's request body on its way to a replica: bounded by --max-body-bytes, and
+sendable again to another replica when a first one failed before taking it.
+
+A small body with a Content-Length is read first (at most BUFFER_BYTES), so a retry
+can send it again. A larger or chunked one streams through, counted as it goes; it can
+be retried only if no byte of it was taken yet (the connection failed before the body
+was sent), since the bytes read from the caller are gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+BUFFER_BYTES = 1 << 20  # a typical inference request (a JSON prompt) is far smaller
+CHUNK_BYTES = 1 << 16
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Body:
+    def __init__(self, request: web.Request, max_bytes: int) -> None:
+        self._request = request
+        self._max = max_bytes
+        self._buffered: bytes | None = None
+        self.started = False  # a streamed body: some of it was handed to a replica
+        self.too_large = False
+
+    @classmethod
+    async def read(cls, request: web.Request, max_bytes: int) -> Body:
+        """The body, read now when small; BodyTooLarge when its Content-Length is over."""
+        body = cls(request, max_bytes)
+        length = request.content_length
+        if length is not None and length > max_bytes:
+            raise BodyTooLarge
+        if not request.body_exists:
+            body._buffered = b""
+        elif length is not None and length <= BUFFER_BYTES:
+            body._buffered = await request.content.readexactly(length) if length else b""
+        return body
+
+    @property
+    def resendable(self) -> bool:
+        return self._buffered is not None or not self.started
+
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        if self._buffered is not None:
+            return self._buffered or None
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while True:
+            chunk = await self._request.content.readany()
+            if not chunk:
+                return
+            sent += len(chunk)
+            if sent > self._max:
+                self.too_large = True  # the client library wraps this; the flag tells
+                raise BodyTooLarge
+            self.started = True
+            yield chunk
