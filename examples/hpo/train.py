@@ -7,6 +7,8 @@ the trial, and the last one is the objective (`hpo.final`).
 
 Run by hand, it takes the parameters from the command line and prints the
 reports: `python examples/hpo/train.py --lr 0.01 --width 64 --batch-size 32`.
+With `--save model.pt` it saves the trained weights at the end (not when pruned)
+for examples/serve/model_server.py to serve (`--weights model.pt`).
 
 The data set is made here (no downloads): points on three interleaved spirals
 with noise, a classic that a linear model cannot fit and a wide enough MLP with
@@ -55,6 +57,11 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--samples", type=int, default=2000)
+    p.add_argument(
+        "--save",
+        metavar="PATH",
+        help="save the trained weights here at the end (examples/serve/model_server.py)",
+    )
     args = p.parse_args()
     # In a trial the daemon's parameters win over the command line's defaults.
     params = {"lr": args.lr, "width": args.width, "batch_size": args.batch_size, **hpo.params()}
@@ -71,7 +78,7 @@ def main() -> None:
     opt = torch.optim.Adam(net.parameters(), lr=float(params["lr"]))
     loss_fn = nn.CrossEntropyLoss()
     batch = int(params["batch_size"])
-    val_loss = float("inf")
+    val_loss, accuracy = float("inf"), 0.0
     for epoch in range(args.epochs):
         net.train()
         perm = torch.randperm(split)
@@ -88,7 +95,16 @@ def main() -> None:
         if hpo.report(epoch, val_loss):
             print("pruned: stopping", flush=True)
             return  # the daemon stops the job anyway; leaving now frees the GPU at once
+    if args.save:
+        save(net, int(params["width"]), args.save, val_loss=val_loss, accuracy=accuracy)
     hpo.final(val_loss)
+
+
+def save(net: nn.Module, width: int, path: str, **metrics: float) -> None:
+    """The weights and what rebuilds the model (`model(width)`), loadable with
+    `torch.load(path, weights_only=True)`."""
+    torch.save({"width": width, "classes": 3, "state_dict": net.state_dict(), **metrics}, path)
+    print(f"saved the weights to {path}", flush=True)
 
 
 if __name__ == "__main__":
