@@ -127,6 +127,11 @@ def test_list_table_has_one_row_a_service() -> None:
     ]
     # No router report yet: no numbers made up.
     assert lines[2].split() == ["idle", "/a", "0/0", "(0–2)", "-", "-", "-", "DELETING"]
+    # A report, but no request answered yet: a load, and no latency.
+    quiet.load.CopyFrom(pb.ServiceLoad(reported=Timestamp(seconds=1_700_000_000)))
+    row = serve.services_table([quiet]).splitlines()[1].split()
+    assert row[4:7] == ["0/0", "-", "-"]
+    assert "0 in flight, 0 queued, 0.0 req/s, p50 -, p99 -; 0 requests" in serve.load_detail(quiet)
 
 
 def test_show_has_spec_replicas_load_and_history() -> None:

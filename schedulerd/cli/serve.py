@@ -337,6 +337,11 @@ def _reported(svc: pb.Service) -> bool:
     return bool(svc.HasField("load") and svc.load.HasField("reported"))
 
 
+def _measured(svc: pb.Service) -> bool:
+    """Latencies mean something once the router has answered a request."""
+    return _reported(svc) and svc.load.requests_total > 0
+
+
 def services_table(services: Sequence[pb.Service]) -> str:
     rows = [
         [
@@ -344,8 +349,8 @@ def services_table(services: Sequence[pb.Service]) -> str:
             svc.spec.consumer,
             replicas_text(svc),
             load_text(svc.load) if _reported(svc) else "-",
-            ms(svc.load.p50_ms, _reported(svc)),
-            ms(svc.load.p99_ms, _reported(svc)),
+            ms(svc.load.p50_ms, _measured(svc)),
+            ms(svc.load.p99_ms, _measured(svc)),
             state_name(svc),
         ]
         for svc in services
@@ -414,7 +419,8 @@ def load_detail(svc: pb.Service) -> str:
     load = svc.load
     return (
         f"{_num(load.in_flight)} in flight, {_num(load.queued)} queued, "
-        f"{load.requests_per_s:.1f} req/s, p50 {ms(load.p50_ms)}, p99 {ms(load.p99_ms)}; "
+        f"{load.requests_per_s:.1f} req/s, p50 {ms(load.p50_ms, _measured(svc))}, "
+        f"p99 {ms(load.p99_ms, _measured(svc))}; "
         f"{load.requests_total:,} requests, {load.failed_total:,} failed "
         f"(reported {_clock(load.reported.seconds)})"
     )
