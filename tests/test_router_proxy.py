@@ -48,6 +48,7 @@ class Backend:
     async def start(self) -> Backend:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_get("/ready", self._ready)
+        app.router.add_get("/stream", self._stream)
         app.router.add_route("*", "/{tail:.*}", self._any)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
@@ -63,6 +64,20 @@ class Backend:
 
     async def _ready(self, request: web.Request) -> web.Response:
         return web.Response(status=self.ready_status, text="ready?")
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """A chunked answer, its second part once the gate opens; or cut there, `die`."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: one\n\n")
+        await self.gate.wait()
+        if self.die:
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write(b"data: two\n\n")
+        await response.write_eof()
+        return response
 
     async def _any(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -531,6 +546,8 @@ def test_a_large_body_streams_through() -> None:
             await until(lambda: ready_count(r, "e") == 1, "ready")
             status, _, data = await r.call("POST", "/services/e/x", data=b"q" * (3 << 20))
             assert status == 200 and data["body_bytes"] == 3 << 20
+            # Sent with its length, not chunked: some servers refuse chunked uploads.
+            assert a.seen[-1]["headers"]["Content-Length"] == str(3 << 20)
 
     run(go)
 
@@ -575,6 +592,28 @@ def test_the_load_report_counts_in_flight_queued_requests_and_latencies() -> Non
             e = again.services[0]
             # The interval restarted: one request since, the totals go on.
             assert (e.in_flight, e.requests, e.requests_total) == (0, 1, 4)
+
+    run(go)
+
+
+def test_an_answer_streams_as_it_comes_and_one_cut_short_is_not_passed_as_whole() -> None:
+    async def go() -> None:
+        async with backends("a") as (a,), router(route("e", a), probe=False) as r:
+            _ready_now(r, "e")
+            async with r.http.get(r.url + "/services/e/stream") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"] == "text/event-stream"
+                # The first event arrives while the replica still holds the second.
+                assert await resp.content.readuntil(b"\n\n") == b"data: one\n\n"
+                a.gate.set()
+                assert await resp.content.read() == b"data: two\n\n"
+            a.gate.clear()
+            a.die = True
+            async with r.http.get(r.url + "/services/e/stream") as resp:
+                assert await resp.content.readuntil(b"\n\n") == b"data: one\n\n"
+                a.gate.set()
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.content.read()
 
     run(go)
 

@@ -43,6 +43,13 @@ class Body:
         return body
 
     @property
+    def streamed_length(self) -> int | None:
+        """The Content-Length a streamed body is sent with (None: chunked, or buffered,
+        whose length the client library sets): a replica that refuses chunked uploads
+        still takes a large body that had a length."""
+        return None if self._buffered is not None else self._request.content_length
+
+    @property
     def resendable(self) -> bool:
         return self._buffered is not None or not self.started
 

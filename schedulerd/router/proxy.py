@@ -204,12 +204,13 @@ class _Exchange:
         endpoint.in_flight += 1
         stats.in_flight += 1
         try:
+            sent = headers.to_replica(request.headers, request.remote, request.scheme, request.host)
+            if (length := self.body.streamed_length) is not None:
+                sent["Content-Length"] = str(length)
             async with self.proxy.session.request(
                 request.method,
                 _target(endpoint.spec.address, request),
-                headers=headers.to_replica(
-                    request.headers, request.remote, request.scheme, request.host
-                ),
+                headers=sent,
                 data=self.body.payload(),
                 allow_redirects=False,
             ) as upstream:
