@@ -151,7 +151,7 @@ def _bound_problems(spec: ServiceSpec) -> list[tuple[str, str]]:
         b.check_text(spec.working_dir, "working_dir", b.MAX_PATH),
         b.check_priority(spec.priority, "priority"),
     ]
-    out = [(r.field, r.message) for r in checks if r is not None]
+    out = [(r.field, r.message.removeprefix(f"{r.field}: ")) for r in checks if r is not None]
     reserved = sorted(k for k in spec.env if k.startswith("SCHEDULERD_"))
     if reserved:
         out.append(("env", f"{', '.join(reserved)}: SCHEDULERD_ names are set by schedulerd"))

@@ -147,7 +147,7 @@ class ServiceEvent(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ..., from_replicas: _Optional[int] = ..., to_replicas: _Optional[int] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("id", "spec", "state", "generation", "desired_replicas", "ready_replicas", "replicas", "load", "history", "created", "reason", "path")
+    __slots__ = ("id", "spec", "state", "generation", "desired_replicas", "ready_replicas", "replicas", "load", "history", "created", "reason", "path", "redacted")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,7 @@ class Service(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_FIELD_NUMBER: _ClassVar[int]
     id: int
     spec: ServiceSpec
     state: ServiceState
@@ -172,7 +173,8 @@ class Service(_message.Message):
     created: _timestamp_pb2.Timestamp
     reason: str
     path: str
-    def __init__(self, id: _Optional[int] = ..., spec: _Optional[_Union[ServiceSpec, _Mapping]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., generation: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., load: _Optional[_Union[ServiceLoad, _Mapping]] = ..., history: _Optional[_Iterable[_Union[ServiceEvent, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    redacted: bool
+    def __init__(self, id: _Optional[int] = ..., spec: _Optional[_Union[ServiceSpec, _Mapping]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., generation: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., load: _Optional[_Union[ServiceLoad, _Mapping]] = ..., history: _Optional[_Iterable[_Union[ServiceEvent, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., path: _Optional[str] = ..., redacted: _Optional[bool] = ...) -> None: ...
 
 class CreateServiceRequest(_message.Message):
     __slots__ = ("spec",)

@@ -42,6 +42,7 @@ def service_to_pb(
         created=timestamp(svc.created),
         reason=svc.reason,
         path=f"/services/{svc.spec.name}/",
+        redacted=redacted,
     )
     book = ctl.loads.get(svc.id)
     if book is not None:
