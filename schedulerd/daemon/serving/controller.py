@@ -80,7 +80,10 @@ class ServiceController:
         self._ready: dict[tuple[int, int], int] = {}  # (service, replica) -> job attempt
         self._endpoint_since: dict[tuple[int, int], tuple[str, int]] = {}  # address, version
         self._drain_version: dict[tuple[int, int], int] = {}
-        self.table: pb.RouteTable = pb.RouteTable(version=1)
+        # Versions start at the clock in milliseconds: a restarted daemon's tables are
+        # newer than any the router had, so a report under an old table (before the
+        # router hears the new one) is never taken for the new table's (drains end on it).
+        self.table: pb.RouteTable = pb.RouteTable(version=int(state.clock() * 1000))
         self.watchers: list[Callable[[int], None]] = []  # service changed
         self.route_watchers: list[Callable[[], None]] = []  # the route table changed
         self._wake_event: asyncio.Event | None = None
