@@ -552,6 +552,26 @@ def test_a_large_body_streams_through() -> None:
     run(go)
 
 
+@pytest.mark.parametrize("length", [100, 5 << 20])  # read first, or streamed through
+def test_a_caller_that_leaves_mid_body_does_not_mark_the_replica_not_ready(length: int) -> None:
+    async def go() -> None:
+        async with backends("a") as (a,), router(route("e", a), probe=False) as r:
+            _ready_now(r, "e")
+            host, port = r.url.removeprefix("http://").split(":")
+            _, writer = await asyncio.open_connection(host, int(port))
+            head = f"POST /services/e/x HTTP/1.1\r\nHost: r\r\nContent-Length: {length}\r\n\r\n"
+            writer.write(head.encode() + b"x" * 10)
+            await writer.drain()
+            await asyncio.sleep(0.2)  # the router is reading the body, or sending it on
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.sleep(0.2)
+            assert r.state.table.endpoints("e")[0].ready
+            assert (await r.get("/services/e/after"))[0] == 200
+
+    run(go)
+
+
 # --- load report ------------------------------------------------------------------------
 
 

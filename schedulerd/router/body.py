@@ -9,8 +9,10 @@ was sent), since the bytes read from the caller are gone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 BUFFER_BYTES = 1 << 20  # a typical inference request (a JSON prompt) is far smaller
@@ -21,6 +23,11 @@ class BodyTooLarge(Exception):
     pass
 
 
+class CallerBodyFailed(Exception):
+    """The caller's body ended before its length, or its connection failed: not the
+    replica's fault."""
+
+
 class Body:
     def __init__(self, request: web.Request, max_bytes: int) -> None:
         self._request = request
@@ -28,6 +35,7 @@ class Body:
         self._buffered: bytes | None = None
         self.started = False  # a streamed body: some of it was handed to a replica
         self.too_large = False
+        self.caller_failed = False
 
     @classmethod
     async def read(cls, request: web.Request, max_bytes: int) -> Body:
@@ -39,7 +47,10 @@ class Body:
         if not request.body_exists:
             body._buffered = b""
         elif length is not None and length <= BUFFER_BYTES:
-            body._buffered = await request.content.readexactly(length) if length else b""
+            try:
+                body._buffered = await request.content.readexactly(length) if length else b""
+            except (asyncio.IncompleteReadError, OSError, aiohttp.ClientError):
+                raise CallerBodyFailed from None
         return body
 
     @property
@@ -61,7 +72,11 @@ class Body:
     async def _stream(self) -> AsyncIterator[bytes]:
         sent = 0
         while True:
-            chunk = await self._request.content.readany()
+            try:
+                chunk = await self._request.content.readany()
+            except (OSError, aiohttp.ClientError):
+                self.caller_failed = True  # the client library wraps this; the flag tells
+                raise CallerBodyFailed from None
             if not chunk:
                 return
             sent += len(chunk)

@@ -23,7 +23,7 @@ from yarl import URL
 from schedulerd.router import headers
 from schedulerd.router.access import AccessChecker, bearer_token
 from schedulerd.router.answers import ROUTER_FAILURES, error
-from schedulerd.router.body import Body, BodyTooLarge
+from schedulerd.router.body import Body, BodyTooLarge, CallerBodyFailed
 from schedulerd.router.hold import Refusal
 from schedulerd.router.retry import MAX_RETRIES, may_retry
 from schedulerd.router.state import RouterState
@@ -129,6 +129,8 @@ class Proxy:
             body = await Body.read(request, self.max_body_bytes)
         except BodyTooLarge:
             return _too_large(name, self.max_body_bytes)
+        except CallerBodyFailed:
+            return _body_failed(name)
         table = self.state.table
         endpoint = table.pick(name)
         if endpoint is None:
@@ -175,6 +177,8 @@ class _Exchange:
             except aiohttp.ClientError as e:
                 if self.body.too_large:
                     return _too_large(name, self.proxy.max_body_bytes)
+                if self.body.caller_failed:  # the replica did nothing wrong
+                    return _body_failed(name)
                 if self.response is not None:  # answering already: cut the answer short
                     log.info("%s: replica %d failed mid-answer: %s", name, endpoint.spec.replica, e)
                     _abort(self.request)
@@ -257,6 +261,10 @@ def _target(address: str, request: web.Request) -> URL:
 
 def _too_large(name: str, limit: int) -> web.Response:
     return error(413, f"the request body is over {limit} bytes", name)
+
+
+def _body_failed(name: str) -> web.Response:
+    return error(400, "the request body ended early", name)
 
 
 def _router_failed(response: web.StreamResponse) -> bool:
