@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fake GPUs for the local agent when NVML finds none (default 4)",
     )
     p.add_argument(
+        "--local-router",
+        default="",
+        metavar="HOST:PORT",
+        help="also run schedulerd-router, serving inference services' HTTP there "
+        "(docs/serve.md; default: none)",
+    )
+    p.add_argument(
         "--keep-jobs-on-exit",
         action="store_true",
         help="with --local-agent: on shutdown leave its jobs running, to be adopted at the "
@@ -206,6 +213,7 @@ async def run(args: argparse.Namespace, held: HeldHangup | None = None) -> int:
         print(f"schedulerd: cannot start: {e}", file=sys.stderr)
         return 2
     agent = _start_local_agent(args, daemon.port) if args.local_agent else None
+    router = _start_local_router(args, daemon.port) if args.local_router else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -221,6 +229,9 @@ async def run(args: argparse.Namespace, held: HeldHangup | None = None) -> int:
     # "its node was shut down"), then stop serving. Jobs on other agents keep running.
     log.info("stopping: no more scheduling decisions")
     await daemon.stop_deciding()
+    if router is not None:
+        router.terminate()
+        await asyncio.to_thread(router.wait)
     if agent is not None:
         log.info("stopping the local agent and its jobs")
         agent.terminate()
@@ -265,6 +276,29 @@ def _start_local_agent(args: argparse.Namespace, port: int) -> subprocess.Popen[
     # Its own session: a Ctrl-C in the terminal reaches the daemon only, which stops
     # deciding before it stops the agent (otherwise both race: a job could start on an
     # agent that is already stopping).
+    return subprocess.Popen(cmd, start_new_session=True)
+
+
+def _start_local_router(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+    """The router of the one-machine setup: root's (or the daemon user's) uid over
+    loopback is its credential, as the local agent's."""
+    host = args.listen.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    cmd = [
+        sys.executable,
+        "-P",
+        "-m",
+        "schedulerd.router",
+        "--no-config",
+        "--daemon",
+        f"{host}:{port}",
+        "--listen",
+        args.local_router,
+        "--log-level",
+        args.log_level,
+    ]
+    log.info("starting the local router on %s", args.local_router)
     return subprocess.Popen(cmd, start_new_session=True)
 
 
