@@ -411,6 +411,21 @@ ROWS: list[tuple[str, Call, str]] = [
         "UADAADD",
     ),
     (
+        # What the replicas run, as alice: hers to change, or a cluster admin's; not
+        # her consumer admin's (carol could otherwise run anything as alice).
+        "UpdateService(command)",
+        lambda w, r: _svcs(w, r).UpdateService(
+            serving_pb2.UpdateServiceRequest(
+                name=w.fresh_service(),
+                spec=serving_pb2.ServiceSpec(command=["/bin/sh", "-c", "id"]),
+                update_mask={"paths": ["command"]},
+            ),
+            metadata=w.metadata(r),
+            timeout=20,
+        ),
+        "UADDADD",
+    ),
+    (
         "DeleteService",
         lambda w, r: _svcs(w, r).DeleteService(
             serving_pb2.DeleteServiceRequest(name=w.fresh_service()),

@@ -68,3 +68,12 @@ def test_backoff_holds_adds_but_not_removals() -> None:
 def test_to_zero_during_a_rollout_removes_every_replica() -> None:
     p = plan_replicas(0, 2, [r(0), r(1, gen=2, ready=False)])
     assert p.drain == (0,) and p.stop == (1,)
+
+
+def test_a_rollout_that_cannot_place_its_new_replica_replaces_one_in_place() -> None:
+    reps = [r(0), r(1), r(2, gen=2, ready=False, running=False)]
+    assert plan_replicas(2, 2, reps).empty  # waiting for a GPU beside the old ones
+    p = plan_replicas(2, 2, reps, in_place=True)
+    assert (p.add, p.drain, p.stop) == (0, (1,), ())
+    reps = [r(0), r(1), r(2, gen=2, ready=False, running=True)]
+    assert plan_replicas(2, 2, reps, in_place=True).empty  # placed: wait for it to be ready

@@ -61,6 +61,9 @@ class Action(enum.Enum):
     GET_SERVICE = "Services.GetService"
     LIST_SERVICES = "Services.ListServices"
     UPDATE_SERVICE = "Services.UpdateService"
+    # An update that changes what the replicas run (command, env, working dir): they run
+    # as the service's user, so only that user or a cluster admin may.
+    CHANGE_SERVICE_COMMAND = "Services.UpdateService(command)"
     DELETE_SERVICE = "Services.DeleteService"
     WATCH_SERVICE = "Services.WatchService"
     # The router's own calls, and a request to a service through it
@@ -211,6 +214,8 @@ def authorize(who: Identity, action: Action, target: Target, rules: Rules) -> De
         return _scoped(who, Scope.ROUTER, action)
     if action is Action.INVOKE_SERVICE:
         return _invoke(who, target, rules)
+    if action is Action.CHANGE_SERVICE_COMMAND:
+        return _run_as_owner(who, target, rules)
     if action in _OWNER_OR_ADMIN:
         return _owner_or_admin(who, action, target, rules)
     if action in _READS:
@@ -238,7 +243,8 @@ def _connect_node(who: Identity, target: Target, rules: Rules) -> Decision:
 
 
 def _submit(who: Identity, target: Target, rules: Rules, scope: Scope) -> Decision:
-    scoped = _scoped(who, scope, Action.SUBMIT)
+    action = {Scope.EXPERIMENTS: Action.CREATE_EXPERIMENT, Scope.SERVICES: Action.CREATE_SERVICE}
+    scoped = _scoped(who, scope, action.get(scope, Action.SUBMIT))
     if not scoped.allowed and scope is Scope.EXPERIMENTS:
         scoped = _scoped(who, Scope.SUBMIT, Action.CREATE_EXPERIMENT)
     if not scoped.allowed:
@@ -264,6 +270,23 @@ def _submit(who: Identity, target: Target, rules: Rules, scope: Scope) -> Decisi
             f"(allowed: {', '.join(sorted(allowed))})",
         )
     return _yes()
+
+
+def _run_as_owner(who: Identity, target: Target, rules: Rules) -> Decision:
+    """What runs as a user is that user's to say, or a cluster admin's (as submitting
+    for another user): a consumer admin may scale or delete a service, not make its
+    replicas run another command as its owner."""
+    if who.name == target.owner and who.allows(Scope.SERVICES):
+        return _yes()
+    if is_cluster_admin(who, rules) and who.allows(Scope.ADMIN):
+        return _yes()
+    if who.name == target.owner:
+        return _scoped(who, Scope.SERVICES, Action.CHANGE_SERVICE_COMMAND)
+    return _no(
+        Denial.FORBIDDEN,
+        f"the replicas run as {target.owner}: only {target.owner} or a cluster admin may "
+        "change their command, env or working dir",
+    )
 
 
 def _invoke(who: Identity, target: Target, rules: Rules) -> Decision:

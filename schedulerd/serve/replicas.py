@@ -14,6 +14,10 @@ Rules:
   when none of the new ones is still starting, and allow one above desired while a
   new one starts, so that the ready capacity never drops below desired: an old one
   goes only once a new one is ready in its place.
+- A rollout whose new replica cannot be placed beside the old ones (no free GPU, for
+  the controller's patience, `in_place`) replaces one old replica in place: one old
+  one drains first, and the new one takes its GPUs. Capacity dips by one replica
+  for that step, instead of the rollout waiting for good.
 - After a replica failed, adds wait until `may_add` (the controller's backoff).
 """
 
@@ -44,7 +48,11 @@ class ReplicaPlan:
 
 
 def plan_replicas(
-    desired: int, generation: int, replicas: Sequence[ReplicaView], may_add: bool = True
+    desired: int,
+    generation: int,
+    replicas: Sequence[ReplicaView],
+    may_add: bool = True,
+    in_place: bool = False,
 ) -> ReplicaPlan:
     counted = [r for r in replicas if r.counts]
     new = [r for r in counted if r.generation >= generation]
@@ -56,7 +64,10 @@ def plan_replicas(
         add = 1  # the surge: one new replica beside the old ones
     if not may_add:
         add = 0
-    allowance = desired + (1 if rolling and (starting_new or add) else 0)
+    surging = rolling and bool(starting_new or add)
+    if in_place and rolling and starting_new and not any(r.running for r in starting_new):
+        surging = False  # the surge cannot be placed: make room for it
+    allowance = desired + (1 if surging else 0)
     excess = max(0, len(counted) + add - allowance)
     victims = sorted(
         counted,

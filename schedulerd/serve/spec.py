@@ -15,6 +15,7 @@ SERVICE_NAME_RULE = "lowercase letters, digits and '-', starting with a letter o
 MAX_REPLICAS = 1000  # replicas of one service
 MAX_QUEUE = 10_000  # requests the router holds for one service
 MAX_SECONDS = 86400.0  # any duration of a service: at most a day
+MIN_SECONDS = 0.1  # and at least this: a 1e-300 s timeout would fail every request
 MAX_TARGET = 100_000.0  # in-flight requests per replica
 MAX_READINESS_PATH = 1024
 READINESS_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
@@ -60,10 +61,12 @@ class ServiceSpec:
 
     def with_defaults(self) -> ServiceSpec:
         """Zeros (the wire's "not given") replaced by the defaults."""
+        floor = self.min_replicas or (0 if self.scale_to_zero else 1)
         return replace(
             self,
+            min_replicas=floor,
             gpus_per_replica=self.gpus_per_replica or 1,
-            max_replicas=self.max_replicas or max(self.min_replicas, 1),
+            max_replicas=self.max_replicas or max(floor, 1),
             target_in_flight=self.target_in_flight or DEFAULT_TARGET,
             readiness_path=self.readiness_path or "/",
             scale_down_delay_s=self.scale_down_delay_s or DEFAULT_SCALE_DOWN_DELAY_S,
@@ -131,8 +134,8 @@ def _number_problems(spec: ServiceSpec) -> list[tuple[str, str]]:
         "request_timeout_s",
     ):
         v = getattr(spec, name)
-        if not math.isfinite(v) or not 0 < v <= MAX_SECONDS:
-            out.append((name, f"seconds, above 0 and at most {MAX_SECONDS:g}, got {v}"))
+        if not math.isfinite(v) or not MIN_SECONDS <= v <= MAX_SECONDS:
+            out.append((name, f"seconds, from {MIN_SECONDS:g} to {MAX_SECONDS:g}, got {v}"))
     t = spec.target_in_flight
     if not math.isfinite(t) or not 0 < t <= MAX_TARGET:
         out.append(("target_in_flight", f"above 0 and at most {MAX_TARGET:g}, got {t}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
@@ -24,6 +25,11 @@ from schedulerd.store.serving import ServiceRecord, ServiceState
 MAX_LISTED = 1000
 # What an update may name: every spec field; name, consumer and user must stay as they are.
 UPDATABLE = frozenset(SPEC_FIELDS) - FIXED_FIELDS
+# What the replicas run, as the service's user: only that user or a cluster admin changes it.
+RUN_AS_OWNER = frozenset({"command", "env", "working_dir"})
+ZERO_IS_A_VALUE = frozenset(
+    {"min_replicas", "scale_to_zero", "public", "priority", "env", "working_dir"}
+)
 
 
 class ServicesService(serving_pb2_grpc.ServicesServicer):
@@ -86,7 +92,7 @@ class ServicesService(serving_pb2_grpc.ServicesServicer):
     async def UpdateService(
         self, request: pb.UpdateServiceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Service:
-        _, svc, _ = await self._allowed(context, Action.UPDATE_SERVICE, request.name)
+        who, svc, _ = await self._allowed(context, Action.UPDATE_SERVICE, request.name)
         paths = list(request.update_mask.paths)
         unknown = sorted(set(paths) - set(SPEC_FIELDS))
         if unknown:
@@ -96,8 +102,16 @@ class ServicesService(serving_pb2_grpc.ServicesServicer):
                 f"update_mask: {unknown[0]!r} is not a field of ServiceSpec",
             )
         fields = set(paths) if paths else set(UPDATABLE)
-        # Zeros mean the defaults, as at Create (proto3 cannot tell "0" from "not given").
-        given = spec_from_pb(request.spec).with_defaults()
+        # Zeros mean the defaults, as at Create (proto3 cannot tell "0" from "not given"),
+        # except where a zero is a value one may ask for by name (`serve scale --min 0`).
+        raw = spec_from_pb(request.spec)
+        given = raw.with_defaults()
+        if paths:
+            given = replace(given, **{f: getattr(raw, f) for f in fields & ZERO_IS_A_VALUE})
+        changed = {f for f in fields if getattr(given, f) != getattr(svc.spec, f)}
+        if changed & RUN_AS_OWNER:
+            target = Target(svc.spec.consumer, owner=svc.spec.user)
+            await self.gate.allow(context, who, Action.CHANGE_SERVICE_COMMAND, target)
         self.gate.audit.note(f"service {svc.spec.name} ({svc.id}): {', '.join(sorted(fields))}")
         try:
             svc = self.ctl.update(request.name, given, fields)

@@ -49,6 +49,9 @@ log = logging.getLogger("schedulerd.serving")
 # the elastic stores' (29600-30000), none given to two live replicas.
 PORTS = range(30000, 32768)
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # after replicas that failed in a row
+# A rollout's new replica that waits this long for a GPU beside the old ones replaces
+# one of them in place instead (serve/replicas.py).
+ROLLOUT_PATIENCE_S = 20.0
 _draw = random.SystemRandom()
 
 
@@ -80,6 +83,7 @@ class ServiceController:
         self._ready: dict[tuple[int, int], int] = {}  # (service, replica) -> job attempt
         self._endpoint_since: dict[tuple[int, int], tuple[str, int]] = {}  # address, version
         self._drain_version: dict[tuple[int, int], int] = {}
+        self._stuck_noted: set[int] = set()
         # Versions start at the clock in milliseconds: a restarted daemon's tables are
         # newer than any the router had, so a report under an old table (before the
         # router hears the new one) is never taken for the new table's (drains end on it).
@@ -141,7 +145,11 @@ class ServiceController:
         self._scale(svc, now)
         views = [self._view(svc, r) for r in self.replicas[svc.id].values()]
         plan = plan_replicas(
-            svc.desired, svc.generation, views, may_add=now >= self._retry_at.get(svc.id, 0.0)
+            svc.desired,
+            svc.generation,
+            views,
+            may_add=now >= self._retry_at.get(svc.id, 0.0),
+            in_place=self._rollout_stuck(svc, now),
         )
         for _ in range(plan.add):
             self._add_replica(svc, now)
@@ -152,6 +160,29 @@ class ServiceController:
         self._end_drains(svc, now)
         if svc.state is ServiceState.DELETING and not self.replicas[svc.id]:
             self._finish_delete(svc, now)
+
+    def _rollout_stuck(self, svc: ServiceRecord, now: float) -> bool:
+        """A new-generation replica has waited for GPUs past the patience while old
+        ones serve: say so once, and let the planner replace one in place."""
+        reps = self.replicas[svc.id].values()
+        if not any(r.generation < svc.generation and r.phase.counts for r in reps):
+            return False
+        for r in reps:
+            job = self.state.jobs.get(r.job_id)
+            waiting = job is not None and job.state is not JobState.RUNNING
+            new = r.generation == svc.generation and r.phase.counts
+            if new and waiting and now - r.created >= ROLLOUT_PATIENCE_S:
+                if svc.id not in self._stuck_noted:
+                    self._stuck_noted.add(svc.id)
+                    self._event(
+                        svc,
+                        "rollout-in-place",
+                        f"replica {r.number} waited {now - r.created:.0f} s for GPUs beside "
+                        "the old replicas: one old replica drains to make room",
+                    )
+                return True
+        self._stuck_noted.discard(svc.id)
+        return False
 
     def _view(self, svc: ServiceRecord, r: ReplicaRecord) -> ReplicaView:
         job = self.state.jobs.get(r.job_id)
@@ -257,8 +288,8 @@ class ServiceController:
             if r.phase is not ReplicaPhase.DRAINING:
                 continue
             since = self._drain_version.get((svc.id, r.number))
-            if since is None:  # drained before a restart: the router's next table has it
-                since = self._drain_version[(svc.id, r.number)] = self.table.version + 1
+            if since is None:  # draining at a restart: the table built at start has it so
+                since = self._drain_version[(svc.id, r.number)] = self.table.version
             if book is not None and book.drained(r.number, since):
                 self._stop(svc, r, "drained: no request in flight")
             elif now - (r.drain_started or now) >= grace:

@@ -27,6 +27,9 @@ def service_to_pb(
     """`redacted`: for a caller who may see the service but not its command and env."""
     now = ctl.state.clock()
     replicas = [replica_to_pb(ctl, svc, r) for r in ctl.replicas_of(svc)]
+    if redacted:  # replicas take requests from whoever reaches them: only via the router
+        for r in replicas:
+            r.address = ""
     spec = spec_to_pb(svc.spec)
     if redacted:
         del spec.command[:]
