@@ -227,15 +227,15 @@ PROBLEM_CASES = {
     "too many GPUs for a node": ("gpus: 65", "s.yaml:4: gpus: from 1 to 64, got 65"),
     "an explicit window of zero is not the default": (
         "autoscale:\n  window: 0s",
-        "s.yaml:5: autoscale.window: seconds, above 0 and at most 86400, got 0.0",
+        "s.yaml:5: autoscale.window: seconds, from 0.1 to 86400, got 0.0",
     ),
     "a negative delay": (
         "autoscale: {scale_down_delay: -1}",
-        "s.yaml:4: autoscale.scale_down_delay: seconds, above 0",
+        "s.yaml:4: autoscale.scale_down_delay: seconds, from 0.1 to 86400",
     ),
     "a timeout over a day": (
         "request_timeout: 2d",
-        "s.yaml:4: request_timeout: seconds, above 0 and at most 86400, got 172800.0",
+        "s.yaml:4: request_timeout: seconds, from 0.1 to 86400, got 172800.0",
     ),
     "a queue timeout over a day": ("queue: {timeout: 25h}", "s.yaml:4: queue.timeout: seconds"),
     "a target of zero": (
