@@ -170,14 +170,17 @@ def test_rule(spec, samples, desired, low_since, last_active, now, want, why) ->
 
 def test_the_delay_runs_from_the_first_low_turn_and_a_peak_restarts_it() -> None:
     d = decide_replicas(SPEC, steady(1, 100), 3, None, 0.0, 100.0)
-    assert d.low_since == 100.0
+    assert d.low_since == 91.0  # the window's first sample: it was low from there
     d = decide_replicas(SPEC, steady(1, 120), 3, d.low_since, d.last_active, 120.0)
-    assert (d.desired, d.low_since) == (3, 100.0)
+    assert (d.desired, d.low_since) == (3, 91.0)
     busy = decide_replicas(SPEC, steady(6, 125), 3, d.low_since, d.last_active, 125.0)
     assert (busy.desired, busy.low_since) == (3, None)
     d = decide_replicas(SPEC, steady(1, 140), 3, None, busy.last_active, 140.0)
     assert d.desired == 3
-    d = decide_replicas(SPEC, steady(1, 171), 3, d.low_since, d.last_active, 171.0)
+    assert d.low_since == 131.0  # the peak at 125 left the window at 131
+    d = decide_replicas(SPEC, steady(1, 160), 3, d.low_since, d.last_active, 160.0)
+    assert d.desired == 3  # low for 29 s of the 30
+    d = decide_replicas(SPEC, steady(1, 161), 3, d.low_since, d.last_active, 161.0)
     assert (d.desired, d.why) == (1, Why.DOWN)
 
 

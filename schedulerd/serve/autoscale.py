@@ -10,8 +10,9 @@ The rule, after Ray Serve (ongoing requests per replica) and vLLM's production s
   step is acted on at the first report after it, not diluted by a window of quiet. A
   spike costs a replica that the scale-down delay then removes; a late replica costs
   every request of the step.
-- Down only from the peak of the whole window, and only once that has wanted fewer
-  replicas for scale_down_delay_s without a break (a dip does not drop replicas).
+- Down only from the peak of the whole window, and only once the load has wanted
+  fewer replicas for scale_down_delay_s without a break (a dip does not drop
+  replicas); the time counts from the start of the first window that was low.
 - To zero (scale_to_zero) once no request has been seen for scale_down_delay_s; a
   held request wakes it (queued > 0 wants a replica).
 - No report in the window (the router is away): hold, never scale down blind.
@@ -108,7 +109,10 @@ def decide_replicas(
             return ScaleDecision(0, Why.HOLD, 0.0, 0, None, last_active)
     if wanted_peak >= desired:
         return _bounded(spec, desired, Why.HOLD, peak, wanted_peak, None, last_active)
-    since = low_since if low_since is not None else now
+    # The whole window has been low (its peak wants fewer): the load went low at its
+    # start, not now, so that a drop waits scale_down_delay_s, not the window and then
+    # the delay.
+    since = low_since if low_since is not None else min(s.at for s in window)
     if now - since >= spec.scale_down_delay_s:
         return _bounded(spec, wanted_peak, Why.DOWN, peak, wanted_peak, None, last_active)
     return _bounded(spec, desired, Why.HOLD, peak, wanted_peak, since, last_active)
