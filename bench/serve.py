@@ -259,7 +259,10 @@ def run_step(
     args: argparse.Namespace,
     profile: list[tuple[float, float]],
 ) -> Outcome:
-    command = [sys.executable, str(MODEL), "--delay-ms", f"{args.delay_ms:g}"]
+    command = [
+        *(sys.executable, str(MODEL), "--delay-ms", f"{args.delay_ms:g}"),
+        *("--max-concurrency", str(args.max_concurrency)),
+    ]
     cluster.client.create_service(spec(d, args, command))
     url = f"{router_url}/services/{d.name}/predict"
     began = time.monotonic()
@@ -430,6 +433,13 @@ def main() -> None:
     p.add_argument("--low", type=float, default=4.0, help="requests/s before and after")
     p.add_argument("--high", type=float, default=36.0, help="requests/s during the step")
     p.add_argument("--delay-ms", type=float, default=200.0, help="model_server --delay-ms")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        help="model_server --max-concurrency: requests a replica computes at once; the "
+        "rest queue in it, so that too few replicas show as latency (default 2)",
+    )
     p.add_argument("--target", type=float, default=2.0, help="target_in_flight")
     p.add_argument("--window", type=float, default=10.0, help="the autoscaler's window, s")
     p.add_argument("--scale-down-delay", type=float, default=10.0, help="seconds")
@@ -472,7 +482,8 @@ def main() -> None:
     profile_text = ", ".join(f"{s:g} s at {r:g}/s" for s, r in profile)
     print(
         f"{os.cpu_count()} cores, {GPUS} fake GPUs on one agent; profile {profile_text} "
-        f"(open loop, evenly spaced); model_server --delay-ms {args.delay_ms:g}; "
+        f"(open loop, evenly spaced); model_server --delay-ms {args.delay_ms:g} "
+        f"--max-concurrency {args.max_concurrency}; "
         f"autoscaled: target_in_flight {args.target:g}, window {args.window:g} s, "
         f"scale_down_delay {args.scale_down_delay:g} s.\n"
     )

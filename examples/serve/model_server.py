@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -59,6 +60,9 @@ class Server:
         self.served = 0
         self.failure = ""  # why the model could not be loaded
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        # A real model serves a few requests at once (a GPU's batch, its memory); the rest
+        # queue here, and latency grows with load, as it would.
+        self.slots = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
 
     @property
     def ready(self) -> bool:
@@ -160,9 +164,10 @@ async def predict(request: web.Request) -> web.Response:
         return _error(400, rows)
     s.in_flight += 1
     try:
-        if s.args.delay_ms:
-            await asyncio.sleep(s.args.delay_ms / 1000)
-        answer = await asyncio.get_running_loop().run_in_executor(s.pool, s.predict, rows)
+        async with s.slots or contextlib.nullcontext():
+            if s.args.delay_ms:
+                await asyncio.sleep(s.args.delay_ms / 1000)
+            answer = await asyncio.get_running_loop().run_in_executor(s.pool, s.predict, rows)
     finally:
         s.in_flight -= 1
     s.served += 1
@@ -219,6 +224,12 @@ def main() -> None:
     p.add_argument("--weights", help="serve the weights train.py --save wrote (else train)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="added to every /predict")
     p.add_argument("--max-batch", type=int, default=256, help="rows in one request, at most")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=0,
+        help="requests computed at once; the rest wait their turn (default 0: no limit)",
+    )
     p.add_argument("--train-epochs", type=int, default=3, help="without --weights: epochs at start")
     p.add_argument(
         "--drain-timeout",
