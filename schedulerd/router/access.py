@@ -6,6 +6,12 @@ token itself, and a token good for one service says nothing about another. It is
 bounded LRU. While the daemon cannot be reached, an answer past its time is still used
 for STALE_GRACE_S (a daemon restart does not cut off callers it had just let in); with
 none, the caller gets a 503 to retry.
+
+An answer past its time is asked again, and its caller waits for the daemon (a token
+revoked meanwhile is refused at once). But once the daemon failed to answer (down, or
+hung: each question then waits out the link's timeout), for DAEMON_DOWN_S after that
+an answer past its time is used at once, while one question per (service, token) goes
+on in the background; the first answer the daemon gives ends that.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ log = logging.getLogger("schedulerd.router.access")
 MAX_ENTRIES = 10_000
 MAX_CACHE_S = 3600.0  # whatever the daemon says, ask again within the hour
 STALE_GRACE_S = 300.0
+DAEMON_DOWN_S = 30.0  # after the daemon failed to answer, stale answers are used at once
 # Statuses the router passes on as they are; anything else the daemon says is a refusal.
 KNOWN_STATUSES = frozenset({200, 401, 403, 404})
 UNAVAILABLE = 503
@@ -85,6 +92,7 @@ class CachedAccess:
         self._max = max_entries
         self._cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._asking: dict[tuple[str, str], asyncio.Task[Verdict]] = {}
+        self._down_until = float("-inf")  # the daemon failed to answer: see the doc
 
     @property
     def cached(self) -> int:
@@ -105,7 +113,13 @@ class CachedAccess:
             task = asyncio.ensure_future(self._fetch(key, service, token, entry))
             self._asking[key] = task
             task.add_done_callback(lambda _: self._asking.pop(key, None))
+        if entry is not None and now < self._down_until and self._stale_usable(entry, now):
+            return entry.verdict  # the daemon is not answering: do not wait for it
         return await asyncio.shield(task)
+
+    @staticmethod
+    def _stale_usable(entry: _Entry, now: float) -> bool:
+        return now < entry.expires + STALE_GRACE_S
 
     async def _fetch(
         self, key: tuple[str, str], service: str, token: str, entry: _Entry | None
@@ -115,9 +129,12 @@ class CachedAccess:
         except Exception as e:
             if not isinstance(e, DaemonUnreachable):
                 log.exception("checking access to %s", service)
-            if entry is not None and self._clock() < entry.expires + STALE_GRACE_S:
+            now = self._clock()
+            self._down_until = now + DAEMON_DOWN_S
+            if entry is not None and self._stale_usable(entry, now):
                 return entry.verdict
             return Verdict(UNAVAILABLE, "cannot check access now: the daemon does not answer")
+        self._down_until = float("-inf")
         cache_s = min(verdict.cache_s, MAX_CACHE_S)
         if cache_s > 0:
             self._cache[key] = _Entry(verdict, self._clock() + cache_s)
