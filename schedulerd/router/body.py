@@ -2,9 +2,14 @@
 sendable again to another replica when a first one failed before taking it.
 
 A small body with a Content-Length is read first (at most BUFFER_BYTES), so a retry
-can send it again. A larger or chunked one streams through, counted as it goes; it can
-be retried only if no byte of it was taken yet (the connection failed before the body
-was sent), since the bytes read from the caller are gone.
+can send it again; it must arrive within --body-timeout (a caller sending it a byte at a
+time would otherwise hold its connection for ever: 408). A larger or chunked one streams
+through, counted as it goes, within the service's request timeout like the rest of the
+exchange; it can be retried only if no byte of it was taken yet (the connection failed
+before the body was sent), since the bytes read from the caller are gone.
+
+`Expect: 100-continue` is answered here, once the request passed every check that needs
+no body (service, access, Content-Length): a caller refused anyway sends no body.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from aiohttp import web
 
 BUFFER_BYTES = 1 << 20  # a typical inference request (a JSON prompt) is far smaller
 CHUNK_BYTES = 1 << 16
+BODY_TIMEOUT_S = 30.0  # 1 MiB at 35 kB/s
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class BodyTooLarge(Exception):
@@ -26,6 +33,10 @@ class BodyTooLarge(Exception):
 class CallerBodyFailed(Exception):
     """The caller's body ended before its length, or its connection failed: not the
     replica's fault."""
+
+
+class CallerTooSlow(Exception):
+    """The caller's body (one read first) did not arrive within its deadline."""
 
 
 class Body:
@@ -38,17 +49,25 @@ class Body:
         self.caller_failed = False
 
     @classmethod
-    async def read(cls, request: web.Request, max_bytes: int) -> Body:
-        """The body, read now when small; BodyTooLarge when its Content-Length is over."""
+    async def read(
+        cls, request: web.Request, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S
+    ) -> Body:
+        """The body, read now when small; BodyTooLarge when its Content-Length is over,
+        CallerTooSlow when it was not all there within timeout_s."""
         body = cls(request, max_bytes)
         length = request.content_length
         if length is not None and length > max_bytes:
             raise BodyTooLarge
         if not request.body_exists:
             body._buffered = b""
-        elif length is not None and length <= BUFFER_BYTES:
+            return body
+        await _continue(request)
+        if length is not None and length <= BUFFER_BYTES:
             try:
-                body._buffered = await request.content.readexactly(length) if length else b""
+                async with asyncio.timeout(timeout_s):
+                    body._buffered = await request.content.readexactly(length) if length else b""
+            except TimeoutError:
+                raise CallerTooSlow from None
             except (asyncio.IncompleteReadError, OSError, aiohttp.ClientError):
                 raise CallerBodyFailed from None
         return body
@@ -85,3 +104,17 @@ class Body:
                 raise BodyTooLarge
             self.started = True
             yield chunk
+
+
+def wants_continue(request: web.BaseRequest) -> bool:
+    return (
+        request.version >= aiohttp.HttpVersion11
+        and request.headers.get("Expect", "").strip().lower() == "100-continue"
+    )
+
+
+async def _continue(request: web.Request) -> None:
+    """`100 Continue` to a caller that waits for it before sending its body."""
+    if wants_continue(request):
+        await request.writer.write(CONTINUE)
+        request.writer.output_size = 0  # as aiohttp's own: the answer is yet to come

@@ -38,8 +38,11 @@ class RateLimitedLog:
     """A warning per kind of trouble at most every LOG_EVERY_S, with how many were left
     out: a daemon down for an hour makes one line a minute, not one a second."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, logger: logging.Logger = log
+    ) -> None:
         self._clock = clock
+        self._log = logger
         self._last: dict[str, float] = {}
         self._quiet: dict[str, int] = {}
 
@@ -52,7 +55,7 @@ class RateLimitedLog:
         left_out = self._quiet.pop(kind, 0)
         self._last[kind] = now
         suffix = f" ({left_out} more like it since)" if left_out else ""
-        log.warning(message + suffix, *args)
+        self._log.warning(message + suffix, *args)
 
     def recovered(self, kind: str) -> bool:
         """Forget a kind of trouble; whether it had been logged."""

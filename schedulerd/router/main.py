@@ -24,7 +24,17 @@ from schedulerd.auth.ca import CertError
 from schedulerd.client import CredentialError
 from schedulerd.configfile import parse_args_with_config
 from schedulerd.router.access import CachedAccess
+from schedulerd.router.body import BODY_TIMEOUT_S
 from schedulerd.router.link import DaemonAddress, Link
+from schedulerd.router.listen import (
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    AcceptErrors,
+    CappedSite,
+    connection_cap,
+    raise_nofile_limit,
+    server_options,
+)
 from schedulerd.router.probe import Prober, probe_session
 from schedulerd.router.proxy import SHUTDOWN_S, Proxy, client_session
 from schedulerd.router.state import RouterState
@@ -38,6 +48,7 @@ DEFAULT_CONFIG = Path("/etc/schedulerd/router.toml")
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 MIN_EVERY_S = 0.05  # probes or reports faster than this only burn the CPU
 MAX_EVERY_S = 3600.0
+MIN_TIMEOUT_S = 0.1
 # READY=1 waits this long at most for the first route table: a router that cannot reach
 # the daemon yet still serves (503 "no route table yet") and says so in its status.
 READY_WAIT_S = 10.0
@@ -48,6 +59,15 @@ def _every(text: str) -> float:
     if not MIN_EVERY_S <= value <= MAX_EVERY_S:
         raise argparse.ArgumentTypeError(
             f"seconds from {MIN_EVERY_S} to {MAX_EVERY_S:g}, got {text}"
+        )
+    return value
+
+
+def _timeout(text: str) -> float:
+    value = float(text)
+    if not MIN_TIMEOUT_S <= value <= MAX_EVERY_S:
+        raise argparse.ArgumentTypeError(
+            f"seconds from {MIN_TIMEOUT_S} to {MAX_EVERY_S:g}, got {text}"
         )
     return value
 
@@ -119,6 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="a larger request body is refused with 413 (default 64 MiB)",
     )
+    p.add_argument(
+        "--header-timeout",
+        type=_timeout,
+        default=HEADER_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a connection whose request head is not all in within this time (from its "
+        "start, or the end of its previous answer) is closed (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=_timeout,
+        default=BODY_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a body of at most 1 MiB with a Content-Length not all in within this time "
+        "is refused with 408 (default 30); larger ones have the service's request timeout",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_bytes,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help="client connections open at once; more get 503 and are closed (default "
+        "10000, lowered to what the process's file limit allows)",
+    )
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     return p
 
@@ -137,10 +181,22 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
     except (CredentialError, CertError) as e:
         log.error("cannot start: %s", e)
         return 2
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrors())
+    nofile = raise_nofile_limit()
+    max_connections = connection_cap(args.max_connections, nofile)
+    if max_connections < args.max_connections:
+        log.warning(
+            "--max-connections %d lowered to %d: the file limit is %d",
+            args.max_connections,
+            max_connections,
+            nofile,
+        )
     state = RouterState()
     link = Link(daemon, state, args.name, args.report_every)
     session, probes = client_session(), probe_session()
-    proxy = Proxy(state, CachedAccess(link.check_access), session, args.max_body_bytes)
+    access = CachedAccess(link.check_access)
+    proxy = Proxy(state, access, session, args.max_body_bytes, args.body_timeout)
     runner = web.AppRunner(
         proxy.app(),
         # A caller that leaves cancels its request to the replica, and a stop cuts the
@@ -148,22 +204,28 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_S,
         access_log=logging.getLogger("aiohttp.access") if args.log_level == "DEBUG" else None,
+        **server_options(args.header_timeout),
     )
     await runner.setup()
     host, port = split_host_port(args.listen)
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await CappedSite(runner, host, port, max_connections).start()
     except OSError as e:
         log.error("cannot listen on %s: %s", args.listen, e)
         await runner.cleanup()
         return 2
-    log.info("serving HTTP on %s; daemon %s; router %r", args.listen, args.daemon, args.name)
+    log.info(
+        "serving HTTP on %s (at most %d connections); daemon %s; router %r",
+        args.listen,
+        max_connections,
+        args.daemon,
+        args.name,
+    )
     tasks = Tasks()
     tasks.start(link.watch_routes(), "routes")
     tasks.start(link.report_load(), "reports")
     tasks.start(Prober(state, probes, args.probe_every).run(), "probes")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks.start(_ready_then_watch(state, link, notifier, stop), "notify")

@@ -6,7 +6,8 @@ table (404); a service that is not public wants a bearer token the daemon accept
 the request is held until one is (503 when the queue is full or at its timeout); it is
 sent, and tried again on another replica if the connection failed in a way that cannot
 have run it twice (502 when out of tries); the replica's answer streams back; the whole
-exchange has the service's request timeout (504).
+exchange has the service's request timeout (504). A small body is read before all that,
+within --body-timeout (408).
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from yarl import URL
 from schedulerd.router import headers
 from schedulerd.router.access import AccessChecker, bearer_token
 from schedulerd.router.answers import ROUTER_FAILURES, error
-from schedulerd.router.body import Body, BodyTooLarge, CallerBodyFailed
+from schedulerd.router.body import (
+    BODY_TIMEOUT_S,
+    Body,
+    BodyTooLarge,
+    CallerBodyFailed,
+    CallerTooSlow,
+    wants_continue,
+)
 from schedulerd.router.hold import Refusal
-from schedulerd.router.retry import MAX_RETRIES, may_retry
+from schedulerd.router.retry import MAX_RETRIES, may_retry, never_connected
 from schedulerd.router.state import RouterState
 from schedulerd.router.table import Endpoint, RouteSpec
 
@@ -66,17 +74,19 @@ class Proxy:
         access: AccessChecker,
         session: aiohttp.ClientSession,
         max_body_bytes: int,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.state = state
         self.access = access
         self.session = session
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_get("/healthz", self.healthz)
-        app.router.add_route("*", "/services/{name}", self.handle)
-        app.router.add_route("*", "/services/{name}/{tail:.*}", self.handle)
+        for path in ("/services/{name}", "/services/{name}/{tail:.*}"):
+            app.router.add_route("*", path, self.handle, expect_handler=_expect)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -126,11 +136,15 @@ class Proxy:
     async def _serve(self, request: web.Request, route: RouteSpec) -> web.StreamResponse:
         name = route.name
         try:
-            body = await Body.read(request, self.max_body_bytes)
+            body = await Body.read(request, self.max_body_bytes, self.body_timeout_s)
         except BodyTooLarge:
             return _too_large(name, self.max_body_bytes)
         except CallerBodyFailed:
             return _body_failed(name)
+        except CallerTooSlow:
+            slow = error(408, "the request body did not arrive in time", name)
+            slow.force_close()  # the rest of the body is not waited for
+            return slow
         table = self.state.table
         endpoint = table.pick(name)
         if endpoint is None:
@@ -183,8 +197,12 @@ class _Exchange:
                     log.info("%s: replica %d failed mid-answer: %s", name, endpoint.spec.replica, e)
                     _abort(self.request)
                     return self.response
-                # It failed before answering: no request until its probe says so.
-                state.set_ready(name, endpoint, False)
+                if never_connected(e):
+                    # Gone (refused, or no answer to the connect): no request until its
+                    # probe says so. Not for a connection dropped after the request was
+                    # sent: any caller could make a replica do that, and so take it out
+                    # of rotation; a replica really broken fails its probe.
+                    state.set_ready(name, endpoint, False)
                 log.info(
                     "%s: replica %d at %s failed: %r",
                     name,
@@ -251,10 +269,30 @@ async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def _expect(request: web.Request) -> web.Response | None:
+    """The Expect header, before the handler: `100 Continue` is sent later, when the body
+    is about to be read (schedulerd/router/body.py), so that a request refused first (401,
+    403, 404, 413) gets no invitation to send its body."""
+    if request.version < aiohttp.HttpVersion11 or wants_continue(request):
+        return None
+    return error(417, "unknown expectation: " + request.headers["Expect"], None)
+
+
 def _target(address: str, request: web.Request) -> URL:
     """http://ADDRESS/TAIL?QUERY, TAIL and QUERY as the caller wrote them (not decoded
     and encoded again: a replica sees the bytes the caller sent)."""
-    path, _, query = request.raw_path.partition("?")
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        # The absolute form (`GET http://HOST/services/NAME/TAIL HTTP/1.1`, RFC 9112
+        # 3.2.2): the path starts after the authority.
+        _, _, after_scheme = raw.partition("://")
+        authority_end = min(
+            (i for i in (after_scheme.find(c) for c in "/?#") if i >= 0),
+            default=len(after_scheme),
+        )
+        raw = after_scheme[authority_end:]
+        raw = raw if raw.startswith("/") else "/" + raw
+    path, _, query = raw.partition("?")
     rest = path.split("/", 3)[3] if path.count("/") >= 3 else ""  # after /services/NAME/
     return URL(f"http://{address}/{rest}" + (f"?{query}" if query else ""), encoded=True)
 
