@@ -1,10 +1,13 @@
 """The router's pure parts, each rule a case: the table and its balancing, the counters
-and percentiles, the access cache, holding, which failures are retried, and the wire."""
+and percentiles, the access cache, holding, which failures are retried, the wire, and
+the listening socket's limits."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import resource
 from dataclasses import replace
 
 import aiohttp
@@ -13,6 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from schedulerd.api.v1 import serving_pb2
 from schedulerd.router.access import (
+    DAEMON_DOWN_S,
     MAX_CACHE_S,
     STALE_GRACE_S,
     CachedAccess,
@@ -23,6 +27,13 @@ from schedulerd.router.access import (
 from schedulerd.router.headers import to_caller, to_replica
 from schedulerd.router.hold import Holds, Refusal
 from schedulerd.router.link import LOG_EVERY_S, RateLimitedLog
+from schedulerd.router.listen import (
+    ACCEPT_ERROR,
+    RESERVE_FDS,
+    AcceptErrors,
+    connection_cap,
+    raise_nofile_limit,
+)
 from schedulerd.router.retry import may_retry
 from schedulerd.router.stats import SAMPLE_SIZE, ServiceStats, Stats, percentile
 from schedulerd.router.table import EndpointSpec, RouteSpec, Table
@@ -250,6 +261,55 @@ def test_an_unreachable_daemon_is_503_unless_a_recent_answer_is_known() -> None:
     asyncio.run(go())
 
 
+def test_once_the_daemon_failed_a_stale_answer_is_used_at_once_with_one_refresh() -> None:
+    async def go() -> None:
+        clock, calls, hung = _Clock(), [], asyncio.Event()
+        release = asyncio.Event()
+
+        async def daemon(service: str, token: str) -> Verdict:
+            calls.append(token)
+            if hung.is_set():
+                await release.wait()  # a hung daemon: the link's timeout ends the wait
+                raise DaemonUnreachable("DEADLINE_EXCEEDED")
+            return Verdict(200, cache_s=10)
+
+        access = CachedAccess(daemon, clock)
+        assert (await access.check("s", "t")).allowed
+        hung.set()
+        clock.now += 11  # expired: asked again, and the first caller waits for the daemon
+        first = asyncio.create_task(access.check("s", "t"))
+        await asyncio.sleep(0.01)
+        assert not first.done() and len(calls) == 2
+        release.set()
+        assert (await first).allowed  # the stale answer, once the daemon failed
+        release.clear()
+        # Now every check is answered at once, with one question in flight per key.
+        for _ in range(5):
+            assert (await asyncio.wait_for(access.check("s", "t"), 0.5)).allowed
+        assert len(calls) == 3
+        clock.now += DAEMON_DOWN_S / 2
+        assert (await asyncio.wait_for(access.check("s", "t"), 0.5)).allowed
+        # A token never seen still waits for the daemon, and gets 503.
+        other = asyncio.create_task(access.check("s", "new"))
+        await asyncio.sleep(0.01)
+        release.set()
+        assert (await other).status == 503
+        # The daemon answers again: the next question is waited for, its answer used.
+        hung.clear()
+        await asyncio.sleep(0.01)  # the background question ends (failed)
+        clock.now += DAEMON_DOWN_S + 1
+        assert (await access.check("s", "t")).allowed
+        assert calls[-1] == "t" and access.cached == 1
+        # Down again, past the answer's time and its grace: no stale answer is used.
+        hung.set()
+        release.set()
+        clock.now += 10 + STALE_GRACE_S + 1
+        assert (await access.check("s", "t")).status == 503
+        assert (await access.check("s", "t")).status == 503
+
+    asyncio.run(go())
+
+
 # --- holding ----------------------------------------------------------------------------
 
 
@@ -382,3 +442,38 @@ def test_repeated_trouble_is_logged_once_a_minute(caplog: pytest.LogCaptureFixtu
     trouble.warning("x", "down")
     assert [r.getMessage() for r in caplog.records] == ["down", "down (4 more like it since)"]
     assert trouble.recovered("x") and not trouble.recovered("x")
+
+
+# --- the listening socket -----------------------------------------------------------------
+
+
+def test_the_connection_cap_leaves_room_for_upstream_connections_and_a_reserve() -> None:
+    assert connection_cap(10_000, 65_536) == 10_000
+    assert connection_cap(10_000, 1024) == (1024 - RESERVE_FDS) // 2
+    assert connection_cap(10_000, 10) == 1
+    soft = raise_nofile_limit()
+    assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or soft == hard
+
+
+def test_accept_errors_are_logged_once_a_minute_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        handler = AcceptErrors()
+        flood = {"message": ACCEPT_ERROR, "exception": OSError(24, "Too many open files")}
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(1000):
+                handler(loop, flood)
+            handler(loop, {"message": "something else"})
+        records = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+        assert records[0] == (
+            "WARNING",
+            "cannot accept connections: [Errno 24] Too many open files",
+            None,
+        )
+        assert len(records) == 2 and records[1][:2] == ("ERROR", "something else")
+    finally:
+        loop.close()

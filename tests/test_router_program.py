@@ -19,9 +19,14 @@ from typing import Any
 
 import aiohttp
 import grpc
+import pytest
 from aiohttp import web
 
 from schedulerd.api.v1 import serving_pb2, serving_pb2_grpc
+from schedulerd.router import link as link_module
+from schedulerd.router.access import CachedAccess
+from schedulerd.router.link import DaemonAddress, Link
+from schedulerd.router.state import RouterState
 
 PROGRAM = [sys.executable, "-m", "schedulerd.router"]
 WAIT_S = 15.0  # bounds on waits for what should happen, not speed targets
@@ -44,6 +49,9 @@ def test_print_config_shows_each_value_and_where_it_came_from(tmp_path: Path) ->
     assert 'listen = "0.0.0.0:9000"  # command line' in lines
     assert "report-every = 1.0  # default" in lines
     assert "max-body-bytes = 67108864  # default" in lines
+    assert "header-timeout = 10.0  # default" in lines
+    assert "body-timeout = 30.0  # default" in lines
+    assert "max-connections = 10000  # default" in lines
 
 
 def test_a_bad_config_key_or_value_is_named_with_its_file_and_line(tmp_path: Path) -> None:
@@ -302,3 +310,133 @@ async def _outcome(http: aiohttp.ClientSession, url: str, headers: dict[str, str
             return str(r.status)
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
         return "cut"
+
+
+# --- slow callers and a hung daemon ----------------------------------------------------------
+
+
+def test_the_program_closes_slow_connections_and_refuses_those_past_its_cap(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(asyncio.wait_for(_slow_callers(tmp_path), 60))
+
+
+async def _slow_callers(tmp_path: Path) -> None:
+    port = _free_port()
+    log_path = tmp_path / "router.log"
+    with log_path.open("w") as log:
+        router = subprocess.Popen(
+            [
+                *PROGRAM,
+                "--no-config",
+                "--daemon",
+                f"127.0.0.1:{_free_port()}",  # none: the router serves all the same
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--header-timeout",
+                "1",
+                "--max-connections",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+    writers: list[asyncio.StreamWriter] = []
+
+    async def healthz() -> bool:
+        assert router.poll() is None, "the router exited"
+        try:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    async def connect(data: bytes) -> asyncio.StreamReader:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        writers.append(writer)
+        return reader
+
+    try:
+        await _until(healthz, "the router serves")
+        await http.close()  # its pooled connection would count
+        await asyncio.sleep(1.5)  # and is closed by the router by now
+        opened = time.monotonic()
+        slow = [await connect(b"GET /services/x/ HTTP/1.1\r\nHost: x\r\nX-A: ") for _ in "ab"]
+        await asyncio.sleep(0.3)
+        # Past the cap: a 503 at once, and the close. (One that sent its request first
+        # may see a reset instead: the router does not read it.)
+        refused = await connect(b"")
+        answer = await asyncio.wait_for(refused.read(), 2)
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        refused = await connect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):
+            answer = await asyncio.wait_for(refused.read(), 2)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 503"), answer
+        for reader in slow:  # cut at the header timeout
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.8 < time.monotonic() - opened < 5
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        assert await healthz()  # served again
+    finally:
+        for writer in writers:
+            writer.close()
+        await http.close()
+        router.send_signal(signal.SIGTERM)
+        try:
+            router.wait(timeout=WAIT_S)
+        finally:
+            if router.poll() is None:
+                router.kill()
+                router.wait()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text
+    assert "at --max-connections" in text
+
+
+class HungDaemon(serving_pb2_grpc.RoutingServicer):
+    """Answers CheckAccess until `hung` is set, then never (as a daemon under SIGSTOP)."""
+
+    def __init__(self) -> None:
+        self.hung = False
+        self.asked = 0
+
+    async def CheckAccess(self, request: Any, context: Any) -> Any:
+        self.asked += 1
+        if self.hung:
+            await asyncio.Event().wait()
+        return serving_pb2.CheckAccessResponse(allowed=True, http_status=200, cache_s=0.2)
+
+
+def test_with_the_daemon_hung_only_the_first_check_waits_and_the_stale_answer_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(link_module, "ACCESS_TIMEOUT_S", 1.0)
+    asyncio.run(asyncio.wait_for(_hung_daemon(), 60))
+
+
+async def _hung_daemon() -> None:
+    daemon = HungDaemon()
+    server = grpc.aio.server()
+    serving_pb2_grpc.add_RoutingServicer_to_server(daemon, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    link = Link(DaemonAddress(f"127.0.0.1:{port}"), RouterState(), "r", 1.0)
+    access = CachedAccess(link.check_access)
+    try:
+        assert (await access.check("s", "tok")).allowed
+        daemon.hung = True
+        await asyncio.sleep(0.3)  # the answer is past its time
+        started = time.monotonic()
+        assert (await access.check("s", "tok")).allowed  # the stale one, after the timeout
+        assert 0.8 < time.monotonic() - started < 3
+        started = time.monotonic()
+        for _ in range(20):
+            assert (await access.check("s", "tok")).allowed
+            await asyncio.sleep(0.1)
+        assert time.monotonic() - started < 3.5  # no check waited for the daemon
+        assert daemon.asked <= 2 + 3  # one question at a time, each its timeout long
+    finally:
+        await link.close()
+        await server.stop(None)

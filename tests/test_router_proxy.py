@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from schedulerd.router.access import CachedAccess, Verdict
+from schedulerd.router.listen import CappedSite, server_options
 from schedulerd.router.probe import Prober, probe_session
 from schedulerd.router.proxy import Proxy, client_session
 from schedulerd.router.report import snapshot
@@ -120,7 +121,16 @@ class Router:
     url: str
     state: RouterState
     http: aiohttp.ClientSession
+    site: CappedSite
     asked: list[tuple[str, str]] = field(default_factory=list)
+
+    async def raw(self, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection of its own that sends `data` and nothing else yet."""
+        host, port = self.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(data)
+        await writer.drain()
+        return reader, writer
 
     def apply(self, version: int, *routes: RouteSpec) -> None:
         self.state.apply(version, routes)
@@ -144,20 +154,30 @@ async def router(
     access: Any = None,
     max_body: int = 1 << 20,
     probe: bool = True,
+    header_timeout: float = 10.0,
+    body_timeout: float = 30.0,
+    max_connections: int = 1000,
 ) -> AsyncIterator[Router]:
     state = RouterState()
     state.apply(1, routes)
     session = client_session()
     probes = probe_session()
-    proxy = Proxy(state, access if access is not None else AllowAll(), session, max_body)
-    runner = web.AppRunner(proxy.app(), handler_cancellation=True, shutdown_timeout=0.2)
+    allow = access if access is not None else AllowAll()
+    proxy = Proxy(state, allow, session, max_body, body_timeout)
+    runner = web.AppRunner(
+        proxy.app(),
+        handler_cancellation=True,
+        shutdown_timeout=0.2,
+        **server_options(header_timeout),
+    )
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    site = CappedSite(runner, "127.0.0.1", 0, max_connections)
+    await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     prober = asyncio.create_task(Prober(state, probes, 0.05).run()) if probe else None
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S * 2))
     try:
-        yield Router(url, state, http)
+        yield Router(url, state, http, site)
     finally:
         if prober is not None:
             prober.cancel()
@@ -354,9 +374,9 @@ def test_a_get_is_retried_on_another_replica_when_the_first_drops_the_connection
             status, _, data = await r.get("/services/e/x")
             assert status == 200 and data["backend"] == "b"
             assert a.hits == 1 and b.hits == 1
-            first = r.state.table.endpoints("e")[0]
-            assert not first.ready  # until its next good probe
-            assert r.state.table.pick("e") is r.state.table.endpoints("e")[1]
+            # Still ready: any caller can make a replica drop a connection, so that
+            # alone does not take it out of rotation (its probe does, if it is broken).
+            assert r.state.table.endpoints("e")[0].ready
 
     run(go)
 
@@ -383,6 +403,8 @@ def test_a_post_is_retried_when_the_connection_was_refused() -> None:
             _ready_now(r, "e")
             status, _, data = await r.call("POST", "/services/e/generate", data=b"{}")
             assert status == 200 and data["backend"] == "b"
+            # A replica that refuses connections is gone: none until its probe says 200.
+            assert [e.ready for e in r.state.table.endpoints("e")] == [False, True]
 
     run(go)
 
@@ -646,5 +668,182 @@ def test_methods_pass_through(method: str) -> None:
             status, _, _ = await r.call(method, "/services/e/thing")
             assert status == 200
             assert a.seen[-1]["method"] == method
+
+    run(go)
+
+
+# --- callers that hold connections (slowloris) and odd requests ----------------------------
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP answer off a raw connection: its status and body (by Content-Length)."""
+    async with asyncio.timeout(WAIT_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        return int(lines[0].split()[1]), await reader.readexactly(length)
+
+
+async def closed_after(reader: asyncio.StreamReader, since: float) -> float:
+    """Seconds from `since` (the loop's time) until the router closes the connection
+    (reading whatever it sends)."""
+    async with asyncio.timeout(WAIT_S):
+        while await reader.read(4096):
+            pass
+    return asyncio.get_running_loop().time() - since
+
+
+def test_a_connection_without_a_whole_request_head_is_closed_at_the_header_timeout() -> None:
+    async def go() -> None:
+        async with (
+            backends("a") as (a,),
+            router(route("e", a, request_timeout_s=5), probe=False, header_timeout=0.4) as r,
+        ):
+            _ready_now(r, "e")
+            now = asyncio.get_running_loop().time
+            opened = now()
+            # (The writers are kept: one collected would close its connection.)
+            half, half_w = await r.raw(b"GET /services/e/ HTTP/1.1\r\nHost: x\r\nX-A: ")
+            nothing, nothing_w = await r.raw(b"")
+            idle, idle_w = await r.raw(b"GET /services/e/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await answer(idle))[0] == 200  # then nothing more on it
+            answered = now()
+            assert 0.3 < await closed_after(half, opened) < 3
+            assert 0.3 < await closed_after(nothing, opened) < 3
+            assert 0.3 < await closed_after(idle, answered) < 3
+            for writer in (half_w, nothing_w, idle_w):
+                writer.close()
+            assert r.site.cap.open == 0
+            # A request whose head came in time is not cut by it, however long it takes.
+            a.delay_s = 1.0
+            assert (await r.get("/services/e/slow"))[0] == 200
+
+    run(go)
+
+
+def test_a_slow_body_is_cut_at_its_deadline() -> None:
+    async def go() -> None:
+        spec = route("e", request_timeout_s=0.8)
+        async with (
+            backends("a") as (a,),
+            router(
+                replace(spec, endpoints=route("e", a).endpoints),
+                probe=False,
+                body_timeout=0.4,
+                max_body=8 << 20,
+            ) as r,
+        ):
+            _ready_now(r, "e")
+            loop = asyncio.get_running_loop()
+            # A body read first (a Content-Length up to 1 MiB): --body-timeout, 408.
+            started = loop.time()
+            head = b"POST /services/e/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+            reader, writer = await r.raw(head + b"0123456789")
+            status, body = await answer(reader)
+            assert status == 408 and b"did not arrive in time" in body
+            assert 0.3 < loop.time() - started < 3
+            assert a.hits == 0
+            writer.close()
+            # A body streamed through (a larger one): the service's request timeout.
+            started = loop.time()
+            head = b"POST /services/e/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
+            reader, writer = await r.raw(head + b"0123456789")
+            assert (await answer(reader))[0] == 504
+            assert 0.6 < loop.time() - started < 3
+            writer.close()
+            assert r.state.table.endpoints("e")[0].ready  # the caller's fault, not a's
+
+    run(go)
+
+
+def test_connections_past_the_cap_are_refused_and_service_resumes_when_they_close() -> None:
+    async def go() -> None:
+        async with router(route("e"), max_connections=3) as r:
+            # A keep-alive connection already open keeps working at the cap.
+            kept, kept_w = await r.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await answer(kept))[0] == 200
+            slow = [await r.raw(b"GET /services/e/ HTTP/1.1\r\nHost: x\r\n") for _ in range(2)]
+            await until(lambda: r.site.cap.open == 3, "three connections open")
+            started = asyncio.get_running_loop().time()
+            refused, refused_w = await r.raw(b"")
+            status, body = await answer(refused)
+            assert status == 503 and b"too many connections" in body
+            assert await closed_after(refused, started) < 1
+            assert asyncio.get_running_loop().time() - started < 2
+            assert r.site.cap.open == 3 and r.site.cap.refused == 1
+            refused_w.close()
+            kept_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await answer(kept))[0] == 200
+            for _, writer in slow:
+                writer.close()
+            await until(lambda: r.site.cap.open == 1, "the slow ones closed")
+            assert (await r.get("/healthz"))[0] == 200
+
+    run(go)
+
+
+def test_an_absolute_form_request_reaches_the_replica_with_the_path_after_the_service() -> None:
+    async def go() -> None:
+        async with backends("a") as (a,), router(route("e", a), probe=False) as r:
+            _ready_now(r, "e")
+            for target, path in [
+                (b"http://evil/services/e/x%2Fy?q=1", "/x%2Fy?q=1"),
+                (b"http://evil:81/services/e", "/"),
+                (b"/services/e/v1/z", "/v1/z"),
+            ]:
+                reader, writer = await r.raw(b"GET " + target + b" HTTP/1.1\r\nHost: r\r\n\r\n")
+                assert (await answer(reader))[0] == 200
+                assert a.seen[-1]["path"] == path, target
+                writer.close()
+
+    run(go)
+
+
+def test_100_continue_comes_only_once_the_request_passed_every_check() -> None:
+    async def go() -> None:
+        async def daemon(service: str, token: str) -> Verdict:
+            return Verdict(403, "no", cache_s=60)
+
+        async with (
+            backends("a") as (a,),
+            router(
+                route("e", a),
+                replace(route("p", a, public=False), service_id=8),
+                access=CachedAccess(daemon),
+                max_body=1000,
+                probe=False,
+            ) as r,
+        ):
+            _ready_now(r, "e")
+            _ready_now(r, "p")
+
+            def head(path: str, length: int, *extra: str, expect: str = "100-continue") -> bytes:
+                lines = [f"POST {path} HTTP/1.1", "Host: r", f"Content-Length: {length}"]
+                lines += [f"Expect: {expect}", *extra]
+                return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+            for refused, status in [
+                (head("/services/e/x", 5000), 413),
+                (head("/services/p/x", 10), 401),
+                (head("/services/p/x", 10, "Authorization: Bearer t"), 403),
+                (head("/services/none/x", 10), 404),
+            ]:
+                reader, writer = await r.raw(refused)
+                assert (await answer(reader))[0] == status  # not 100 first
+                writer.close()
+            reader, writer = await r.raw(head("/services/e/x", 10))
+            assert (await reader.readuntil(b"\r\n\r\n")) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"0123456789")
+            status, body = await answer(reader)
+            assert status == 200 and b'"body_bytes": 10' in body
+            writer.close()
+            reader, writer = await r.raw(head("/services/e/x", 10, expect="teapot"))
+            assert (await answer(reader))[0] == 417
+            writer.close()
+            assert a.hits == 1
 
     run(go)
