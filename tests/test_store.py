@@ -120,3 +120,13 @@ def test_list_jobs_consumer_filter_is_literal(tmp_path: Path) -> None:
     assert [j.consumer for j in store.list_jobs("/a\\b")] == ["/a\\b/v"]
     assert [j.consumer for j in store.list_jobs("/a\\")] == ["/a\\/u"]
     assert store.list_jobs("/%") == [] and store.list_jobs("/_") == []
+
+
+def test_a_jobs_preemptions_are_kept(tmp_path: Path) -> None:
+    """Bounded disruption reads how often a job was preempted: a restart must not forget."""
+    store = Store(tmp_path / "s.db")
+    job = store.insert_job(_job())
+    job.preemptions = 2
+    store.save_job(job)
+    (again,) = Store(tmp_path / "s.db").load_jobs()
+    assert again.preemptions == 2

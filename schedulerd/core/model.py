@@ -37,6 +37,10 @@ class ConsumerPolicy:
     borrow: bool = True
     grace_s: float = 30.0
     min_runtime_s: float = 0.0
+    # A job of this consumer preempted this many times is not preempted again for
+    # borrowing (reclaim); priority preemption inside the consumer still may
+    # (docs/scheduling.md, bounded disruption).
+    max_preemptions: int = 3
     order: Order = Order.PRIORITY
     # A waiting job may preempt lower-priority jobs of this same consumer (SEMANTICS:
     # the cycle, step 5).
@@ -187,6 +191,10 @@ class Job:
     releasing: tuple[GpuSlot, ...] = ()
     stopping: bool = False
     release_deadline: float | None = None
+    # Times it was preempted (SEMANTICS: reclaim): a job preempted before is taken after
+    # those that were not, and not at all for borrowing past its consumer's
+    # max_preemptions (docs/scheduling.md, bounded disruption).
+    preemptions: int = 0
 
     @property
     def gpus(self) -> int:

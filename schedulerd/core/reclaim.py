@@ -50,7 +50,7 @@ _TRIES_PER_CYCLE = 16  # waiting jobs reclaimed for per cycle; the rest wait for
 _NODES_PER_TRY = 16  # candidate nodes fully evaluated for one waiting job
 SPAN = NodeName("*")  # the location of a job that spans nodes: the whole cluster
 # How much a way to serve a waiting job disrupts (Planner._cost): lower is cheaper.
-_Cost = tuple[bool, int, int, float, int, int, float, str]
+_Cost = tuple[bool, int, int, int, float, int, int, float, str]
 
 
 @dataclass
@@ -269,7 +269,7 @@ class Planner:
         options = [
             o
             for loc in locations
-            if (o := self._option(job, loc, victims, allowed)) is not None
+            if (o := self._option(job, loc, victims, allowed, why != "priority")) is not None
             and self._within_limits(job, o.preempt, o.shrink)
             and (why == "priority" or self._not_undone(job, o.preempt, o.shrink))
         ]
@@ -317,7 +317,7 @@ class Planner:
         return nodes[:_NODES_PER_TRY]
 
     def _option(
-        self, job: Job, loc: NodeName, victims: list[Job], allowed: set[JobId]
+        self, job: Job, loc: NodeName, victims: list[Job], allowed: set[JobId], borrowing: bool
     ) -> _Option | None:
         n = job.gpus
         free = [s for s in self._at(self.free, loc) if s not in self.claimed]
@@ -356,10 +356,13 @@ class Planner:
                 need -= len(slots)
             if need <= 0:
                 return _Option(self._cost(loc, n - len(ready), shrink, []), claims, shrink, [])
-        # b. preempt, lowest priority first, then newest-started.
+        # b. preempt, lowest priority first, then the least preempted before (a restarted
+        # job is the newest-started again: without this it would be the next victim,
+        # over and over), then newest-started; for borrowing, never one at its
+        # consumer's max_preemptions.
         for victim in sorted(
-            (j for j in here if self._old_enough(j)),
-            key=lambda j: (j.priority, -(j.started_at or 0.0), j.id),
+            (j for j in here if self._old_enough(j) and not (borrowing and self._capped(j))),
+            key=lambda j: (j.priority, j.preemptions, -(j.started_at or 0.0), j.id),
         ):
             slots = [
                 s for s in victim.held if s not in self.claimed and (loc == SPAN or s.node == loc)
@@ -395,7 +398,8 @@ class Planner:
         self, loc: NodeName, need: int, shrink: Mapping[JobId, list[GpuSlot]], preempt: list[Job]
     ) -> _Cost:
         """Cheapest first, across locations as within one: no preemption at all, then
-        the lowest priority preempted, the fewest preemptions, the newest-started
+        the lowest priority preempted, the victims preempted least before, the fewest
+        preemptions, the newest-started
         preempted (their oldest as recent as can be), the fewest GPUs freed beyond
         the need (the disruption budget), the fewest shrunk, the newest-started
         shrunk, then the location's name."""
@@ -404,6 +408,7 @@ class Planner:
         return (
             bool(preempt),
             max((v.priority for v in preempt), default=0),
+            max((v.preemptions for v in preempt), default=0),
             len(preempt),
             -min((v.started_at or 0.0 for v in preempt), default=0.0),
             freed - need,
@@ -492,6 +497,10 @@ class Planner:
             and self._old_enough(j)
             for j in self.by_leaf[c]
         )
+
+    def _capped(self, job: Job) -> bool:
+        """Preempted as often as its consumer allows for borrowing (max_preemptions)."""
+        return job.preemptions >= self.adm.policy.consumers[job.consumer].max_preemptions
 
     def _old_enough(self, job: Job) -> bool:
         spec = self.adm.policy.consumers.get(job.consumer)

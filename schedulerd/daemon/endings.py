@@ -65,6 +65,8 @@ def requeue(ch: Change, job: JobRecord) -> None:
     queue order) and a new attempt (SEMANTICS: reclaim with grace)."""
     reason, cause = job.reason, job.requeue_cause or "preempted"
     job.attempt += 1
+    if cause == "preempted":  # not a node that went down: that was no one's choice
+        job.preemptions += 1
     job.state = JobState.PREEMPTED
     job.parts = []
     job.preempting = False

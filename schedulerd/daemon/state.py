@@ -136,6 +136,7 @@ class ClusterState:
             job.cancel_requested,
             job.preempting,
             job.ending,
+            job.preemptions,
         )
         cached = self._waiting_views.get(job.id)
         if cached is not None and cached[0] == key:
@@ -294,4 +295,5 @@ def _core_job(job: JobRecord) -> core.Job:
         # its training has ended.
         stopping=running and (must_stop(job) or job.ending),
         release_deadline=job.release_deadline,
+        preemptions=job.preemptions,
     )

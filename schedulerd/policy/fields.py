@@ -51,6 +51,24 @@ def _whole(node: Node) -> int | None:
     return None
 
 
+MAX_PREEMPTIONS = 1000
+
+
+def preemptions(node: Node, key: str, issues: Issues) -> int | None:
+    """How often a job may be preempted for borrowing: a whole number, or null for no cap."""
+    if isinstance(node, ScalarNode) and node.tag == NULL:
+        return UNCAPPED
+    n = _whole(node)
+    if n is not None and 0 <= n <= MAX_PREEMPTIONS:
+        return n
+    message = f"must be a whole number from 0 to {MAX_PREEMPTIONS:,}, or null for no cap"
+    issues.add(node, key, f"{message}; got {describe(node)}")
+    return None
+
+
+UNCAPPED = 1_000_000_000  # max_preemptions: null
+
+
 def limit(node: Node, key: str, issues: Issues) -> int | None:
     """At least 1 GPU; null means no limit (the same as leaving it out)."""
     if isinstance(node, ScalarNode) and node.tag == NULL:

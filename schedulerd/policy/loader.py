@@ -37,10 +37,11 @@ from schedulerd.policy.tree import Draft, Inherited, or_, resolve
 
 VERSION = 1
 TOP_KEYS = ("version", "users", "admins", "run_as_root", "defaults", "consumers")
-DEFAULT_KEYS = ("grace", "min_runtime", "order")
+DEFAULT_KEYS = ("grace", "min_runtime", "max_preemptions", "order")
 CONSUMER_KEYS = (
     *("owned", "share", "limit", "lend", "borrow"),
-    *("grace", "min_runtime", "order", "priority_preemption", "users", "admins"),
+    *("grace", "min_runtime", "max_preemptions", "order", "priority_preemption"),
+    *("users", "admins"),
     *("run_as_root", "consumers"),
 )
 # Lowercase so that paths are unambiguous in CLIs, logs and URLs; no "/" since it separates.
@@ -168,6 +169,8 @@ def _read_defaults(node: Node, issues: Issues) -> Inherited:
             d.grace_s = or_(fields.duration(v, key, issues), d.grace_s)
         elif name == "min_runtime":
             d.min_runtime_s = or_(fields.duration(v, key, issues), d.min_runtime_s)
+        elif name == "max_preemptions":
+            d.max_preemptions = or_(fields.preemptions(v, key, issues), d.max_preemptions)
         elif name == "order":
             d.order = or_(fields.order(v, key, issues), d.order)
         elif name in CONSUMER_KEYS:
@@ -239,6 +242,8 @@ def _read_consumer(
             d.grace_s = fields.duration(v, vkey, issues)
         elif name == "min_runtime":
             d.min_runtime_s = fields.duration(v, vkey, issues)
+        elif name == "max_preemptions":
+            d.max_preemptions = fields.preemptions(v, vkey, issues)
         elif name == "order":
             d.order = fields.order(v, vkey, issues)
         elif name == "users":

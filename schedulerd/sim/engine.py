@@ -271,6 +271,7 @@ class Engine:
             releasing=(),
             stopping=False,
             release_deadline=None,
+            preemptions=live.outcome.preemptions,
         )
         self._wait(live.job)
 

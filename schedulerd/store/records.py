@@ -90,6 +90,9 @@ class JobRecord:
     # job never runs as root, whatever the policy's run_as_root (a node's root must not
     # get root on every node).
     vouched: bool = False
+    # Times it was preempted (requeued for reclaim): reclaim takes a job preempted before
+    # after those that were not (docs/scheduling.md, bounded disruption).
+    preemptions: int = 0
     parts: list[PartRecord] = field(default_factory=list)
 
     @property

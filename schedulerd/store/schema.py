@@ -197,4 +197,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX service_events_by_service ON service_events(service_id, id);
     """,
+    # 8: bounded disruption (docs/scheduling.md): how often each job was preempted.
+    """
+    ALTER TABLE jobs ADD COLUMN preemptions INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
