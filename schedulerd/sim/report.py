@@ -28,6 +28,8 @@ class Summary:
     completion_mean_s: float
     completion_p95_s: float
     preemptions: int
+    jobs_preempted: int  # jobs preempted at least once
+    most_preemptions: int  # of any one job (docs/scheduling.md, bounded disruption)
     shrinks: int
     cycles: int
     cycle_mean_ms: float
@@ -63,6 +65,8 @@ def summarize(result: Result) -> Summary:
         completion_mean_s=statistics.fmean(done) if done else math.nan,
         completion_p95_s=percentile(done, 95),
         preemptions=result.preemptions,
+        jobs_preempted=sum(1 for o in result.outcomes if o.preemptions),
+        most_preemptions=max((o.preemptions for o in result.outcomes), default=0),
         shrinks=result.shrinks,
         cycles=len(cycles_ms),
         cycle_mean_ms=statistics.fmean(cycles_ms) if cycles_ms else math.nan,
@@ -96,6 +100,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("wait, mean / p95", "wait"),
     ("completion time, mean / p95", "jct"),
     ("preemptions / elastic shrinks", "preempt"),
+    ("jobs preempted; most preemptions of one job", "victims"),
     ("cycles; decision time mean / p99 / max", "cycles"),
     ("simulated days; wall time; speed-up", "speed"),
 )
@@ -120,6 +125,8 @@ def _cell(s: Summary, key: str) -> str:
             return f"{_duration(s.completion_mean_s)} / {_duration(s.completion_p95_s)}"
         case "preempt":
             return f"{s.preemptions:,} / {s.shrinks:,}"
+        case "victims":
+            return f"{s.jobs_preempted:,}; {s.most_preemptions:,}"
         case "cycles":
             return (
                 f"{s.cycles:,}; {_num(s.cycle_mean_ms, 1)} / {_num(s.cycle_p99_ms, 1)} / "
