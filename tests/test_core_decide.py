@@ -198,7 +198,8 @@ CASES = [
             policy=tree(("/a", {}), ("/b", {})),
             jobs=[run(1, "/b", "n0:0-4"), run(2, "/b", "n1:0-4"), pend(10, "/a", 4)],
             started=set(),
-            waiting_says={10: ["6 GPUs free, at most 3 on one node"]},
+            # It is /a's first job and fits no node: n0 (3 free) is reserved for it.
+            waiting_says={10: ["3 GPUs free, at most 3 on one node", "reservation on n0"]},
         ),
         id="a-job-that-fits-one-node-is-never-split",
     ),
@@ -305,13 +306,16 @@ CASES = [
                 pend(10, "/a", 4),
                 *backlog("/b", 100, 10),
             ],
-            # /a is entitled to 4 but its gang fits no node: /b borrows the rest.
+            # /a is entitled to 4 but its gang fits no node, and nobody borrows what
+            # reclaim could take: n0's 3 free GPUs are held for it (a reservation), and
+            # /b borrows the other 3. Without it /b's backlog would fill every GPU that
+            # frees up, and the 4-GPU job would never start.
             entitlement={"/a": 4.0, "/b": 2.0, "/c": 2.0},
-            gpus_started={"/b": 6},
-            waiting_says={10: ["/a holds 0 of its entitlement 4.0"]},
+            gpus_started={"/b": 3},
+            waiting_says={10: ["/a holds 0 of its entitlement 4.0", "reservation on n0"]},
             start_says={102: ["borrowing idle GPUs"]},
         ),
-        id="work-conservation-borrow-past-entitlement-when-owner-cannot-use",
+        id="work-conservation-borrows-what-a-reservation-leaves",
     ),
     pytest.param(
         Case(

@@ -461,8 +461,10 @@ CASES = [
                 pend(21, "/b", 4),
             ],
             entitlement={"/a": 8.0, "/b": 8.0},
-            waiting_says={10: ["4 GPUs free, at most 2 on one node"]},
+            # No reclaim; n3 (2 free, the most) is reserved for /a's 4-GPU job instead.
+            waiting_says={10: ["2 GPUs free, at most 1 on one node", "reservation on n3"]},
             waiting_never_says={10: ["reclaim"]},
+            held="n3:2-3",
         ),
         id="never-takes-from-a-consumer-at-its-entitlement",
     ),
@@ -752,8 +754,12 @@ def check_any_plan(case: Case, plan: Plan) -> None:
     waiting = {j.id for j in case.jobs if j.phase is JobPhase.PENDING} - started
     assert set(plan.pending_reasons) == waiting
     assert all(plan.pending_reasons[i].strip() for i in waiting)
-    if plan.held:  # held only while a reclaim is under way for a waiting job
-        assert any("reclaim from" in r or "way back" in r for r in plan.pending_reasons.values())
+    if plan.held:  # held only while a reclaim is under way for a waiting job, or for its
+        # reservation (core/reservation.py)
+        assert any(
+            "reclaim from" in r or "way back" in r or "reservation on" in r
+            for r in plan.pending_reasons.values()
+        )
 
 
 @pytest.mark.parametrize("case", CASES)

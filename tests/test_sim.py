@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def _job(i: int, consumer: str, at: float, run_s: float, gpus: int, gpus_max: in
     return SimJob(i, consumer, at, run_s, gpus, gpus_max or gpus)
 
 
-def test_fifo_blocks_behind_its_head_and_schedulerd_backfills() -> None:
+def test_fifo_blocks_behind_its_head_and_schedulerd_reserves_then_backfills() -> None:
     # One node of 8. A (4 GPUs, 100 s) runs; B needs all 8 and must wait for A;
     # C needs 1 and arrives behind B.
     jobs = [_job(0, "/x", 0, 100, 4), _job(1, "/x", 1, 10, 8), _job(2, "/x", 2, 10, 1)]
@@ -98,9 +99,20 @@ def test_fifo_blocks_behind_its_head_and_schedulerd_backfills() -> None:
     # FIFO: C waits behind B beside 4 idle GPUs from the cycle at t=2 until A ends.
     assert fifo.recorder.idle_beside_waiting_s == pytest.approx(98.0)
     assert fifo.outcomes[2].first_start == 110.0  # after B (100..110)
-    # schedulerd starts C at once; nothing fitting is ever left waiting.
+    # schedulerd: the node is reserved for B (its free GPUs held, not idle beside C):
+    # C, with no time limit, could delay B, so it waits too.
     assert ours.recorder.idle_beside_waiting_s == 0.0
+    assert ours.outcomes[1].first_start == 100.0
+    assert ours.outcomes[2].first_start == 110.0
+    # With time limits (A: 150 s, C: 20 s), C ends before B could start: it backfills.
+    timed = [
+        replace(jobs[0], time_limit_s=150.0),
+        jobs[1],
+        replace(jobs[2], time_limit_s=20.0),
+    ]
+    ours = _run(timed, "schedulerd")
     assert ours.outcomes[2].first_start == 2.0
+    assert ours.outcomes[1].first_start == 100.0  # B is not delayed
     assert [o.end for o in ours.outcomes] == [100.0, 110.0, 12.0]
 
 
@@ -282,3 +294,28 @@ def test_an_interval_that_is_not_exact_in_binary_does_not_stall_the_clock() -> N
     assert r.preemptions == 1
     start = r.outcomes[2].first_start
     assert start is not None and 60.6 + 30 <= start < 60.6 + 30 + 1
+
+
+def test_an_overloaded_consumer_starts_every_8_gpu_job_among_its_1_gpu_ones() -> None:
+    """No starvation (docs/scheduling.md, reservations): 32 GPUs; one consumer submits a
+    1-GPU job of 30-90 s every second (about twice what the cluster serves) and an 8-GPU
+    job every 100 s. Without reservations each GPU that frees up goes at once to a 1-GPU job and
+    no node is ever whole; with them, every 8-GPU job starts, each within minutes."""
+    jobs: list[SimJob] = []
+    for t in range(600):
+        # 30..90 s, staggered: GPUs free up one at a time, never a whole node at once.
+        jobs.append(SimJob(len(jobs), "/x", float(t), 30.0 + (t * 37) % 61, 1, 1))
+        if t % 100 == 10:
+            jobs.append(SimJob(len(jobs), "/x", float(t), 100.0, 8, 8))
+    result = _run(jobs, "schedulerd", nodes=4, config=SimConfig(until_s=1500.0))
+    large = [o for o in result.outcomes if o.spec.gpus_min == 8]
+    assert len(large) == 6
+    waits = [o.first_start - o.spec.submit_s for o in large if o.first_start is not None]
+    assert len(waits) == 6, [o.first_start for o in large]
+    # The queue is FIFO and grows: everyone waits longer as the run goes on. An 8-GPU
+    # job waits about as long as the 1-GPU jobs submitted with it, not for ever.
+    small = {o.spec.submit_s: o for o in result.outcomes if o.spec.gpus_min == 1}
+    for o, wait in zip(large, waits, strict=True):
+        peer = small[o.spec.submit_s]
+        assert peer.first_start is not None
+        assert wait <= 2 * (peer.first_start - peer.spec.submit_s) + 120.0, (wait, peer)

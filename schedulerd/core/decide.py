@@ -35,6 +35,7 @@ from schedulerd.core.model import (
     Job,
     JobId,
     JobPhase,
+    NodeName,
     Plan,
     Policy,
     Snapshot,
@@ -44,6 +45,7 @@ from schedulerd.core.ordering import queue_order
 from schedulerd.core.placement import FreeGpus
 from schedulerd.core.reasons import grow_reason, queue_place, start_reason, why_waiting
 from schedulerd.core.reclaim import Planner
+from schedulerd.core.reservation import Reservation, backfills, reserve
 
 
 def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
@@ -89,6 +91,9 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     planner = Planner(adm, running, now)
     planner.hold_incoming(queues)
     adm.free.hold(planner.result.held)
+    # Reservations (reservation.py): a leaf's first job that cannot be placed gets a
+    # node (or nodes) whose free GPUs are held for it, so small jobs cannot starve it.
+    reservations = reserve(adm, queues, running, now)
 
     # Step 2: the fair pass, consumers below their entitlement only.
     adm.fair_only = True
@@ -106,6 +111,12 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     adm.fair_only = False
     starts += _serve(policy, adm, waiting, _admit_job(adm))
     started = {s.job_id for s in starts}
+    # Backfill: jobs with a time limit that ends before a reservation's start use its
+    # held GPUs meanwhile.
+    backfilled = _backfill(adm, queues, started, reservations, now)
+    starts += backfilled
+    started = {s.job_id for s in starts}
+    backfilled_slots = {slot for st in backfilled for slot in st.slots}
     shrinking = {sh.job_id for sh in planner.result.shrinks}
     victims = shrinking | {p.job_id for p in planner.result.preemptions}
     grows = _grow(policy, adm, [j for j in running if j.id not in victims])
@@ -116,6 +127,7 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     planner.by_priority(waiting, started)
 
     # Step 6. Reasons.
+    reserved_notes = {r.job_id: r.describe(now) for r in reservations}
     reasons = {}
     why: dict[tuple[ConsumerPath, int], str] = {}  # shared by jobs of one leaf and size
     for leaf, queue in queues.items():
@@ -124,7 +136,7 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
             key = (leaf, j.gpus)
             if key not in why:
                 why[key] = why_waiting(leaf, j.gpus, adm)
-            note = planner.result.notes.get(j.id)
+            note = planner.result.notes.get(j.id) or reserved_notes.get(j.id)
             text = why[key] + (f"; {note}" if note else "")
             reasons[j.id] = text + queue_place(leaf, place, len(still))
     for j in pending:
@@ -140,7 +152,10 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
         grows=grows,
         shrinks=tuple(planner.result.shrinks),
         preemptions=tuple(planner.result.preemptions),
-        held=tuple(planner.result.held),
+        held=(
+            *planner.result.held,
+            *(s for r in reservations for s in r.held if s not in backfilled_slots),
+        ),
     )
 
 
@@ -221,6 +236,48 @@ def _admit_job(adm: Admission) -> Callable[[ConsumerPath, Job], Start | None]:
         return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))
 
     return admit
+
+
+def _backfill(
+    adm: Admission,
+    queues: Mapping[ConsumerPath, list[Job]],
+    started: set[JobId],
+    reservations: list[Reservation],
+    now: float,
+) -> list[Start]:
+    """Waiting jobs with a time limit that ends before a reservation could start take
+    its held GPUs (whole on one node, as placement would), most-starved consumer first,
+    each leaf in its order; limits and `borrow` hold as in admission."""
+    out: list[Start] = []
+    room = {r.job_id: list(r.held) for r in reservations if r.starts_by is not None}
+    if not room:
+        return out
+    for leaf in sorted(queues, key=adm.starvation_key):
+        for job in queues[leaf]:
+            if job.id in started or job.time_limit_s is None or job.id in room:
+                continue
+            code = adm.blocker(leaf, job.gpus)
+            if code is not None and code.partition(":")[0] not in ("fragmented", "capacity"):
+                continue  # a limit or `borrow`: not for a reservation to lift
+            for r in reservations:
+                slots = room.get(r.job_id, [])
+                if not backfills(job, r, now) or len(slots) < job.gpus:
+                    continue
+                by_node: dict[NodeName, list[GpuSlot]] = defaultdict(list)
+                for slot in slots:
+                    by_node[slot.node].append(slot)
+                node = next((n for n, got in sorted(by_node.items()) if len(got) >= job.gpus), None)
+                if node is None:
+                    continue
+                taken = tuple(by_node[node][: job.gpus])
+                room[r.job_id] = [s for s in slots if s not in taken]
+                ratio_before = adm.ratio(leaf)
+                adm.add(leaf, job.gpus)
+                reason = start_reason(job, leaf, ratio_before, adm)
+                reason += f"; backfilled on GPUs held for job {r.job_id}, ending before it starts"
+                out.append(Start(job.id, taken, reason))
+                break
+    return out
 
 
 def _grow(policy: Policy, adm: Admission, running: list[Job]) -> tuple[Grow, ...]:

@@ -195,6 +195,9 @@ class Job:
     # those that were not, and not at all for borrowing past its consumer's
     # max_preemptions (docs/scheduling.md, bounded disruption).
     preemptions: int = 0
+    # The most it runs, as its user declared (`--time`): it may backfill into GPUs held
+    # for a reservation when it ends before the reserved job could start (reservation.py).
+    time_limit_s: float | None = None
 
     @property
     def gpus(self) -> int:

@@ -27,12 +27,14 @@ class FreeGpus:
         for s in held:
             taken.setdefault(s.node, set()).add(s.index)
         self._free: dict[NodeName, list[int]] = {}
+        self._size: dict[NodeName, int] = {}
         self._buckets: dict[int, dict[NodeName, None]] = {}
         self.largest_node = 0
         self.capacity = 0  # all GPUs of schedulable nodes, free or not
         self.total = 0  # free GPUs
         for node in sorted((n for n in nodes if n.schedulable), key=lambda n: n.name):
             self.largest_node = max(self.largest_node, len(node.gpus))
+            self._size[node.name] = len(node.gpus)
             self.capacity += len(node.gpus)
             busy = taken.get(node.name)
             free = sorted(i for i in node.gpus if i not in busy) if busy else sorted(node.gpus)
@@ -80,6 +82,10 @@ class FreeGpus:
 
     def free_on(self, node: NodeName) -> list[int]:
         return list(self._free.get(node, ()))
+
+    def node_sizes(self) -> dict[NodeName, int]:
+        """Each schedulable node's GPUs, free or not."""
+        return dict(self._size)
 
     def nodes(self) -> list[NodeName]:
         """Schedulable nodes, by name."""

@@ -237,6 +237,7 @@ class Engine:
             priority=spec.priority,
             submit_seq=spec.id,
             phase=JobPhase.PENDING,
+            time_limit_s=spec.time_limit_s,
         )
         self.live[job.id] = Live(spec=spec, job=job, outcome=outcome, work_left=spec.work)
         self._wait(job)

@@ -31,6 +31,9 @@ class SimJob:
     gpus_max: int
     user: str = "user"
     priority: int = 0
+    # Its declared time limit (`--time`), if any: it may backfill into GPUs held for a
+    # reservation (core/reservation.py). Traces have none.
+    time_limit_s: float | None = None
 
     @property
     def work(self) -> float:
