@@ -169,9 +169,11 @@ def job_spec(
     env: Mapping[str, str] | None = None,
     working_dir: str = "",
     priority: int = 0,
+    time_limit_s: float = 0,
 ) -> jobs_pb2.JobSpec:
     """A job as `Client.submit` takes it, for `Client.submit_many`. `user` empty: the
-    caller, as its credential proves; another user's name is for cluster admins."""
+    caller, as its credential proves; another user's name is for cluster admins.
+    `time_limit_s`: the most it runs (0: no limit); see docs/scheduling.md."""
     return jobs_pb2.JobSpec(
         consumer=consumer,
         user=user,
@@ -181,6 +183,7 @@ def job_spec(
         working_dir=working_dir,
         gpus=jobs_pb2.GpuRequest(min=gpus, max=gpus_max or gpus),
         priority=priority,
+        time_limit_seconds=round(time_limit_s),
     )
 
 
@@ -268,6 +271,7 @@ class Client:
         env: Mapping[str, str] | None = None,
         working_dir: str = "",
         priority: int = 0,
+        time_limit_s: float = 0,
     ) -> jobs_pb2.Job:
         spec = job_spec(
             consumer,
@@ -279,6 +283,7 @@ class Client:
             env=env,
             working_dir=working_dir,
             priority=priority,
+            time_limit_s=time_limit_s,
         )
         req = jobs_pb2.SubmitJobRequest(spec=spec)
         result: jobs_pb2.Job = _call(self.jobs.SubmitJob, req, timeout=self.timeout_s).job

@@ -38,6 +38,7 @@ from schedulerd.client import (
     read_token_file,
 )
 from schedulerd.policy import PolicyError, load_policy
+from schedulerd.policy.fields import parse_duration
 
 ACTIVE = ["PENDING", "PREEMPTED", "RUNNING"]
 
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--name", default="")
     s.add_argument("--priority", type=int, default=0)
+    s.add_argument(
+        "--time",
+        default="",
+        metavar="DURATION",
+        help="the most it runs (90s, 30m, 2h, 1d); it is stopped then. A job with one may "
+        "start early on GPUs held for a larger job that it will not delay (backfill)",
+    )
     s.add_argument("--user", default="", help="default: you; another user: cluster admins")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument(
@@ -209,6 +217,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         env=_env(args.env),
         working_dir=args.workdir,
         priority=args.priority,
+        time_limit_s=_time_limit(args.time),
     )
     print(fmt.as_json(job) if args.json else f"submitted job {job.id} to {job.spec.consumer}")
     if not args.wait:
@@ -218,6 +227,15 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
             print(f"job {job.id} {fmt.state_name(update)}: {update.reason}", file=sys.stderr)
             return update.exit_code if update.HasField("exit_code") else 1
     return 1
+
+
+def _time_limit(text: str) -> float:
+    if not text:
+        return 0
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise SystemExit(f"schedctl submit: --time {text!r}: give a duration like 90s, 30m, 2h")
+    return seconds
 
 
 def _jobs(client: Client, args: argparse.Namespace) -> int:

@@ -68,6 +68,7 @@ def job_to_pb(
             working_dir="" if redacted else job.working_dir,
             gpus=jobs_pb2.GpuRequest(min=job.gpus_min, max=job.gpus_max),
             priority=job.priority,
+            time_limit_seconds=round(job.time_limit_s or 0),
         ),
         state=_STATES[job.state],
         submit_time=timestamp(job.submit_time),
@@ -108,6 +109,7 @@ def job_from_spec(spec: jobs_pb2.JobSpec, user: str, vouched: bool = False) -> J
         priority=spec.priority,
         state=JobState.PENDING,
         submit_time=0.0,
+        time_limit_s=float(spec.time_limit_seconds) or None,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from schedulerd import core
+from schedulerd.daemon import timelimits
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.nodes import expire_nodes
 from schedulerd.daemon.plans import DEFAULT_STORE_PORTS, apply_plan
@@ -90,6 +91,7 @@ class SchedulingLoop:
                 self.node_timeout_s,
             )
             self.links.close(name)  # if its stream is open (a frozen agent), it must register again
+        self._stop_overdue()
         policy = self.state.policy
         if policy is None:
             return
@@ -117,6 +119,16 @@ class SchedulingLoop:
         self.links.send_all(commands)
         if len(started) < len(plan.starts):
             self.wake()  # some starts went stale: decide again with the new facts
+
+    def _stop_overdue(self) -> None:
+        for job in timelimits.overdue(list(self.state.jobs.values()), self.state.clock()):
+            try:
+                _, stops = self.state.cancel(job.id, timelimits.reason(job))
+            except StoreUnavailable as e:
+                log.error("job %d past its time limit, not stopped yet: %s", job.id, e)
+                return
+            log.info("stopping job %d: %s", job.id, timelimits.reason(job))
+            self.links.send_all(stops)
 
 
 def _where(job: JobRecord) -> str:

@@ -137,6 +137,7 @@ class ClusterState:
             job.preempting,
             job.ending,
             job.preemptions,
+            job.time_limit_s,
         )
         cached = self._waiting_views.get(job.id)
         if cached is not None and cached[0] == key:
@@ -296,4 +297,5 @@ def _core_job(job: JobRecord) -> core.Job:
         stopping=running and (must_stop(job) or job.ending),
         release_deadline=job.release_deadline,
         preemptions=job.preemptions,
+        time_limit_s=job.time_limit_s,
     )

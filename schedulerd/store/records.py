@@ -93,6 +93,8 @@ class JobRecord:
     # Times it was preempted (requeued for reclaim): reclaim takes a job preempted before
     # after those that were not (docs/scheduling.md, bounded disruption).
     preemptions: int = 0
+    # The most it runs, as its user declared (`--time`); None: no limit.
+    time_limit_s: float | None = None
     parts: list[PartRecord] = field(default_factory=list)
 
     @property

@@ -197,8 +197,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX service_events_by_service ON service_events(service_id, id);
     """,
-    # 8: bounded disruption (docs/scheduling.md): how often each job was preempted.
+    # 8: bounded disruption and reservations (docs/scheduling.md): how often each job
+    # was preempted, and the time limit it declared (`--time`, NULL: none).
     """
     ALTER TABLE jobs ADD COLUMN preemptions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN time_limit_s REAL;
     """,
 ]
