@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schedulerd.sim.engine import Result
+from schedulerd.sim.engine import Outcome, Result
 from schedulerd.sim.metrics import percentile
 
 
@@ -25,6 +25,9 @@ class Summary:
     contended_share: float  # fraction of the time >= 2 consumers were backlogged
     wait_mean_s: float
     wait_p95_s: float
+    # Mean wait per job-size class (SIZE_CLASSES): a large class far above the small
+    # ones is starvation that the overall mean hides (docs/scheduling.md, reservations).
+    wait_by_size_s: tuple[float, ...]
     completion_mean_s: float
     completion_p95_s: float
     preemptions: int
@@ -62,6 +65,7 @@ def summarize(result: Result) -> Summary:
         contended_share=rec.contended_s / rec.span_s if rec.span_s else math.nan,
         wait_mean_s=statistics.fmean(waits) if waits else math.nan,
         wait_p95_s=percentile(waits, 95),
+        wait_by_size_s=_waits_by_size(started),
         completion_mean_s=statistics.fmean(done) if done else math.nan,
         completion_p95_s=percentile(done, 95),
         preemptions=result.preemptions,
@@ -75,6 +79,21 @@ def summarize(result: Result) -> Summary:
         virtual_days=result.virtual_s / 86400,
         wall_s=result.wall_s,
     )
+
+
+SIZE_CLASSES = ((1, 1), (2, 4), (5, 8), (9, 1_000_000))  # GPUs: 1, 2-4, 5-8, 9+
+
+
+def _waits_by_size(started: list[Outcome]) -> tuple[float, ...]:
+    out = []
+    for low, high in SIZE_CLASSES:
+        waits = [
+            o.first_start - o.spec.submit_s
+            for o in started
+            if o.first_start is not None and low <= o.spec.gpus_min <= high
+        ]
+        out.append(statistics.fmean(waits) if waits else math.nan)
+    return tuple(out)
 
 
 def _duration(seconds: float) -> str:
@@ -98,6 +117,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("fairness error (Σ abs(alloc − entitlement) / cluster)", "error"),
     ("Jain's index over backlogged consumers", "jain"),
     ("wait, mean / p95", "wait"),
+    ("mean wait of 1 / 2-4 / 5-8 / 9+ GPU jobs", "wait_size"),
     ("completion time, mean / p95", "jct"),
     ("preemptions / elastic shrinks", "preempt"),
     ("jobs preempted; most preemptions of one job", "victims"),
@@ -121,6 +141,8 @@ def _cell(s: Summary, key: str) -> str:
             return f"{_num(s.jain)} ({s.contended_share:.0%} of the time)"
         case "wait":
             return f"{_duration(s.wait_mean_s)} / {_duration(s.wait_p95_s)}"
+        case "wait_size":
+            return " / ".join(_duration(w) for w in s.wait_by_size_s)
         case "jct":
             return f"{_duration(s.completion_mean_s)} / {_duration(s.completion_p95_s)}"
         case "preempt":
