@@ -319,3 +319,28 @@ def test_an_overloaded_consumer_starts_every_8_gpu_job_among_its_1_gpu_ones() ->
         peer = small[o.spec.submit_s]
         assert peer.first_start is not None
         assert wait <= 2 * (peer.first_start - peer.spec.submit_s) + 120.0, (wait, peer)
+
+
+def test_the_simulator_keeps_usage_with_the_daemons_function() -> None:
+    """Decayed usage, once (core/usage.py): the simulator's equals the closed form the
+    daemon's is tested against (test_daemon_usage.py), whatever its cycles were."""
+    from schedulerd.core import Order, decay_usage
+
+    wl = Workload("usage", (SimJob(0, "/x", 0.0, 100.0, 2, 2), SimJob(1, "/x", 300.0, 10.0, 1, 1)))
+    weights = split_weights(wl.consumers, Split.EQUAL, {})
+    cluster = ClusterSpec(nodes=1, gpus_per_node=8)
+    policy = build_policy(weights, cluster.gpus, PolicySettings(grace_s=30.0))
+    fair = {p: replace(c, order=Order.FAIRSHARE) for p, c in policy.consumers.items()}
+    policy = replace(policy, consumers=fair)  # the order that reads usage
+    engine = Engine(wl, cluster.build(), policy, FairShare(policy, 8), SimConfig(interval_s=1.0))
+    result = engine.run()
+    first, second = result.outcomes
+    assert first.first_start is not None and first.end is not None
+    assert second.first_start is not None and second.end is not None
+    h = policy.usage_half_life_s
+    want = decay_usage({}, {"k": 2}, first.end - first.first_start, h)
+    want = decay_usage(want, {}, second.first_start - first.end, h)
+    want = decay_usage(want, {"k": 1}, second.end - second.first_start, h)
+    want = decay_usage(want, {}, engine.usage_at - second.end, h)
+    (got,) = engine.usage.values()
+    assert got == pytest.approx(want["k"], rel=1e-9)

@@ -25,6 +25,7 @@ from schedulerd.core.model import (
     parent_of,
 )
 from schedulerd.core.submission import ClusterShape, check_submission
+from schedulerd.core.usage import decay_usage
 
 __all__ = [
     "ROOT",
@@ -48,6 +49,7 @@ __all__ = [
     "Snapshot",
     "Start",
     "check_submission",
+    "decay_usage",
     "decide",
     "divide",
     "is_within",

@@ -61,6 +61,9 @@ class Policy:
     parents before children (so iteration order is a valid top-down walk)."""
 
     consumers: Mapping[ConsumerPath, ConsumerPolicy]
+    # How long past GPU-seconds count, halving (core/usage.py): the `fairshare` order
+    # puts the user with the least decayed usage first. The policy's `usage_half_life`.
+    usage_half_life_s: float = 3600.0
     # Indexes built once: the core asks for children and ancestors in its hot loops.
     _children: Mapping[ConsumerPath, tuple[ConsumerPath, ...]] = field(
         init=False, repr=False, compare=False

@@ -338,4 +338,6 @@ class Daemon:
         if self._audit_task is not None:
             self._audit_task.cancel()
         self.audit.flush()
+        self.state.snapshot()  # usage up to now ...
+        self.state.save_usage()  # ... kept for the next start
         self.store.close()

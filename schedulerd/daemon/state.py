@@ -8,7 +8,6 @@ loop applies plans; servicers record facts (submissions, reports) here.
 from __future__ import annotations
 
 import enum
-import math
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -25,9 +24,12 @@ from schedulerd.store import (
     PartRecord,
     PolicyRecord,
     Store,
+    StoreUnavailable,
 )
 
-USAGE_HALF_LIFE_S = 3600.0  # the fairshare order's memory of a user's past GPU-seconds
+# Decayed usage is written to the store at most this often (and at shutdown): a SIGKILL
+# loses at most this much of it; a write per cycle would cost the loop.
+USAGE_SAVE_S = 10.0
 # Heartbeats missed before a node is UNREACHABLE (nothing new lands there). 2.5, not 3:
 # the last heartbeat came up to one interval before the agent froze, and a test (and an
 # operator) expects UNREACHABLE within three intervals of it.
@@ -58,8 +60,9 @@ class ClusterState:
         self.policy: core.Policy | None = None
         self.policy_record: PolicyRecord | None = None
         self.consumer_states: dict[ConsumerPath, ConsumerState] = {}
-        self.usage: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
+        self.usage: dict[tuple[ConsumerPath, str], float] = {}
         self._usage_at = clock()
+        self._usage_saved_at = self._usage_at
         self.listeners: list[Callable[[JobRecord], None]] = []
         # The core's view of each waiting job, kept while the job's fields are the
         # same: a backlog of thousands would otherwise be rebuilt every cycle (a
@@ -77,6 +80,10 @@ class ClusterState:
             node.last_seen = now
             self.nodes[node.name] = node
         self.policy_record = self.store.latest_policy()
+        kept, at = self.store.load_usage()
+        self.usage = {(ConsumerPath(c), u): used for (c, u), used in kept.items()}
+        # The jobs that ran while the daemon was away count from when usage was saved.
+        self._usage_at = at if at is not None and at <= now else now
 
     def set_policy(self, policy: core.Policy, record: PolicyRecord) -> None:
         self.policy = policy
@@ -150,15 +157,29 @@ class ClusterState:
         return core.ClusterShape(tuple(len(n.gpus) for n in self.nodes.values()))
 
     def _decay_usage(self) -> None:
+        """Usage up to now (core/usage.py, the simulator's function too), and kept in
+        the store every USAGE_SAVE_S."""
         now = self.clock()
-        dt = max(0.0, now - self._usage_at)
-        self._usage_at = now
-        decay = math.pow(0.5, dt / USAGE_HALF_LIFE_S)
-        for key in self.usage:
-            self.usage[key] *= decay
+        held: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
         for j in self.jobs.values():
             if j.state is JobState.RUNNING:
-                self.usage[(ConsumerPath(j.consumer), j.user)] += dt * j.gpus_min
+                held[(ConsumerPath(j.consumer), j.user)] += sum(len(p.gpu_indices) for p in j.parts)
+        half_life = self.policy.usage_half_life_s if self.policy else 3600.0
+        self.usage = core.decay_usage(self.usage, held, now - self._usage_at, half_life)
+        self._usage_at = now
+        if now - self._usage_saved_at >= USAGE_SAVE_S:
+            self.save_usage()
+
+    def save_usage(self) -> None:
+        """Write usage as of its last decay; a store that cannot be written keeps it in
+        memory (the next save retries)."""
+        try:
+            self.store.save_usage(
+                {(str(c), u): v for (c, u), v in self.usage.items()}, self._usage_at
+            )
+        except StoreUnavailable:
+            return
+        self._usage_saved_at = self._usage_at
 
     def held_slots(self) -> set[GpuSlot]:
         """GPUs held by a job, or fenced: none of them may be given to a new part."""

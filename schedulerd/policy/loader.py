@@ -7,6 +7,7 @@ limits) and applies inheritance. Problems are collected, never raised one by one
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -36,7 +37,10 @@ from schedulerd.policy.nodes import (
 from schedulerd.policy.tree import Draft, Inherited, or_, resolve
 
 VERSION = 1
-TOP_KEYS = ("version", "users", "admins", "run_as_root", "defaults", "consumers")
+TOP_KEYS = (
+    *("version", "users", "admins", "run_as_root", "usage_half_life", "defaults"),
+    "consumers",
+)
 DEFAULT_KEYS = ("grace", "min_runtime", "max_preemptions", "order")
 CONSUMER_KEYS = (
     *("owned", "share", "limit", "lend", "borrow"),
@@ -107,6 +111,7 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
     root_users: frozenset[str] | None = None
     root_admins: frozenset[str] | None = None
     run_as_root: bool | None = None
+    half_life: float | None = None
     inherited = Inherited()
     tops: list[Draft] = []
     count = _Count()
@@ -120,6 +125,11 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
             root_admins = fields.admins(v, "admins", issues)
         elif name == "run_as_root":
             run_as_root = fields.flag(v, "run_as_root", issues)
+        elif name == "usage_half_life":
+            half_life = fields.duration(v, "usage_half_life", issues)
+            if half_life is not None and half_life < 1:
+                issues.add(v, "usage_half_life", f"at least 1s, got {describe(v)}")
+                half_life = None
         elif name == "defaults":
             inherited = _read_defaults(v, issues)
         elif name == "consumers":
@@ -139,7 +149,10 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
         admins=or_(root_admins, frozenset()),
         run_as_root=inherited.run_as_root,
     )
-    return resolve(root, tops, inherited, issues)
+    policy = resolve(root, tops, inherited, issues)
+    if half_life is not None:
+        policy = replace(policy, usage_half_life_s=half_life)
+    return policy
 
 
 class _Count:

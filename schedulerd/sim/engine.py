@@ -34,11 +34,13 @@ from schedulerd.core import (
     JobId,
     JobPhase,
     Node,
+    Order,
     Plan,
     Policy,
     Snapshot,
     divide,
 )
+from schedulerd.core.usage import decay_usage
 from schedulerd.sim.metrics import ClusterState, Recorder
 from schedulerd.sim.schedulers import Scheduler
 from schedulerd.sim.workload import SimJob, Workload
@@ -133,6 +135,10 @@ class Engine:
         self.now = 0.0
         self.outcomes = [Outcome(spec=j) for j in workload.jobs]
         self.held_for_reclaim: tuple[GpuSlot, ...] = ()
+        self.usage: dict[tuple[ConsumerPath, str], float] = {}
+        self.usage_at = 0.0
+        # Only the `fairshare` order reads usage: a replay without it skips the cost.
+        self.tracks_usage = any(c.order is Order.FAIRSHARE for c in policy.consumers.values())
         # Kept up to date at every change, so that measuring costs O(consumers).
         self.alloc = [0] * len(self.leaves)
         self.waiting = [0] * len(self.leaves)
@@ -171,6 +177,8 @@ class Engine:
                 break
             self.recorder.advance(t)
             self.now = t
+            if self.tracks_usage:
+                self._decay_usage()  # what was held since the last event, before it changes
             if t_event <= t_cycle:
                 while self.events and self.events[0][0] == t:
                     self._handle(heapq.heappop(self.events))
@@ -294,7 +302,11 @@ class Engine:
     # --- a cycle --------------------------------------------------------------
 
     def _cycle(self) -> Plan:
-        snapshot = Snapshot(nodes=self.nodes, jobs=tuple(lv.job for lv in self.live.values()))
+        snapshot = Snapshot(
+            nodes=self.nodes,
+            jobs=tuple(lv.job for lv in self.live.values()),
+            user_usage=dict(self.usage),
+        )
         t0 = time.perf_counter()
         plan = self.scheduler.plan(snapshot, self.now)
         self.result.cycle_s.append(time.perf_counter() - t0)
@@ -356,6 +368,18 @@ class Engine:
         self._push(self.now + stop, STOPPED, live.job.id)
 
     # --- bookkeeping ------------------------------------------------------------
+
+    def _decay_usage(self) -> None:
+        """Decayed usage up to now, by the daemon's own function (core/usage.py), so the
+        `fairshare` order sees here what it sees there."""
+        held: dict[tuple[ConsumerPath, str], float] = {}
+        for lv in self.live.values():
+            if lv.job.held:
+                key = (lv.job.consumer, lv.job.user)
+                held[key] = held.get(key, 0.0) + len(lv.job.held)
+        dt = self.now - self.usage_at
+        self.usage = decay_usage(self.usage, held, dt, self.policy.usage_half_life_s)
+        self.usage_at = self.now
 
     def _account(self, live: Live) -> None:
         """Bring a running job's remaining work up to now."""

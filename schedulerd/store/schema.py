@@ -198,9 +198,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX service_events_by_service ON service_events(service_id, id);
     """,
     # 8: bounded disruption and reservations (docs/scheduling.md): how often each job
-    # was preempted, and the time limit it declared (`--time`, NULL: none).
+    # was preempted, and the time limit it declared (`--time`, NULL: none); decayed
+    # usage, kept so that a restart does not reset the fairshare order.
     """
     ALTER TABLE jobs ADD COLUMN preemptions INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN time_limit_s REAL;
+    CREATE TABLE usage (                       -- decayed GPU-seconds (core/usage.py)
+        consumer TEXT NOT NULL,
+        user TEXT NOT NULL,
+        gpu_seconds REAL NOT NULL,
+        at REAL NOT NULL,                      -- when it was this much
+        PRIMARY KEY (consumer, user)
+    );
     """,
 ]

@@ -257,6 +257,21 @@ class Store:
 
     # -- policies -----------------------------------------------------------
 
+    def save_usage(self, usage: Mapping[tuple[str, str], float], at: float) -> None:
+        """Decayed usage as of `at`, replacing what was kept (one transaction)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM usage")
+            self.db.conn.executemany(
+                "INSERT INTO usage (consumer, user, gpu_seconds, at) VALUES (?, ?, ?, ?)",
+                [(c, u, used, at) for (c, u), used in usage.items()],
+            )
+
+    def load_usage(self) -> tuple[dict[tuple[str, str], float], float | None]:
+        """The usage kept, and when it was that much (None: nothing kept)."""
+        rows = self.db.execute("SELECT consumer, user, gpu_seconds, at FROM usage").fetchall()
+        at = max((r[3] for r in rows), default=None)
+        return {(r[0], r[1]): r[2] for r in rows}, at
+
     def save_policy(self, text: str, source: str, applied_at: float) -> PolicyRecord:
         with self.transaction():
             pk = (
