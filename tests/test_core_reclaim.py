@@ -567,11 +567,15 @@ CASES = [
                 pend(21, "/q", 8),
             ],
             entitlement={"/p": 3.0, "/q": 9.0, "/p/a": 1.5, "/p/b": 1.5},
-            # /p is above its entitlement, so /p/a (below its own) is served only by
-            # the borrowing pass, on n1's 2 free GPUs: nothing is held on n0 for it.
-            started={10: "n1:2-3"},
+            # /p is above its entitlement, so /p/a (below its own) could be served only
+            # by the borrowing pass. But reclaim found nothing to take for /q's 8-GPU job
+            # (below its entitlement): it gets a reservation on n1 and n0 (reservation.py,
+            # after reclaim), whose free GPUs the borrowing pass may not take.
+            started={},
+            held="n1:2-3,n0:3",
+            waiting_says={20: ["holds a reservation on n1, n0: 3 of its 8 GPUs"]},
         ),
-        id="free-gpus-elsewhere-mean-no-hold-also-when-borrowing-serves-the-job",
+        id="a-reservation-after-a-reclaim-that-found-nothing-keeps-borrowers-off",
     ),
     pytest.param(
         Case(

@@ -111,3 +111,48 @@ def test_at_most_one_reservation_per_four_nodes_most_starved_first() -> None:
     # /b holds 6 of 8, /a 7 of 8: /b is the more starved, and two nodes allow one.
     assert "reservation on n1" in p.pending_reasons[JobId(20)]
     assert "reservation" not in p.pending_reasons[JobId(10)]
+
+
+def test_a_more_starved_consumer_that_can_start_now_comes_before_a_reservation() -> None:
+    # /y holds 0 of its 4 and its 4-GPU job fits n1 now: it starts there; /x (10 of 12)
+    # does not hold n1 for its 8-GPU job first.
+    policy = tree(("/y", dict(owned=4)), ("/x", dict(owned=12)))
+    busy = [run(1, "/x", "n0:0-5"), run(2, "/x", "n1:0-3")]
+    p = plan(policy, NODES, [*busy, pend(10, "/x", 8), pend(20, "/y", 4)])
+    assert started(p) == {20: {"n1:4", "n1:5", "n1:6", "n1:7"}}
+
+
+def test_a_reservation_never_holds_the_gpus_a_lend_false_consumer_keeps() -> None:
+    policy = tree(("/l", dict(owned=4, lend=False)), ("/x", dict(owned=12)))
+    busy = [run(1, "/x", "n0:0-5"), run(2, "/x", "n1:0-3")]
+    p = plan(policy, NODES, [*busy, pend(10, "/x", 8), pend(20, "/l", 4)])
+    assert started(p) == {20: {"n1:4", "n1:5", "n1:6", "n1:7"}}
+    assert {f"{s.node}:{s.index}" for s in p.held} <= {"n0:6", "n0:7"}
+
+
+def test_the_reservation_stays_where_jobs_backfilled() -> None:
+    # Cycle 1 backfills n1's held GPUs; in cycle 2 n1 has none free but its holders end
+    # by their time limits: the reservation stays on n1 rather than moving to n0.
+    busy = [run(1, "/a", "n0:0-6"), timed(run(2, "/a", "n1:0-5", age=600), 4200.0)]
+    first = plan(ONE, NODES, [*busy, pend(10, "/a", 8), timed(pend(14, "/a", 2), 1800.0)])
+    assert started(first)[14] == {"n1:6", "n1:7"}
+    backfilled = timed(run(14, "/a", "n1:6-7", age=1), 1800.0)
+    second = plan(ONE, NODES, [*busy, backfilled, pend(10, "/a", 8)])
+    assert "reservation on n1" in second.pending_reasons[JobId(10)]
+
+
+def test_a_job_reclaim_cannot_serve_still_gets_a_reservation() -> None:
+    # /b borrows, but its job is at max_preemptions: reclaim takes nothing, so /a's 8-GPU
+    # job holds n0's free GPUs against /b's waiting 1-GPU jobs.
+    policy = tree(("/a", dict(owned=8)), ("/b", dict(share=0)))
+    jobs = [
+        run(1, "/a", "n0:0-5", age=3600),
+        replace(run(2, "/b", "n1:0-6", age=3600), preemptions=3),
+        pend(10, "/a", 8),
+        pend(21, "/b", 1),
+        pend(22, "/b", 1),
+    ]
+    p = plan(policy, NODES, jobs)
+    assert not p.preemptions
+    assert "reservation on n0" in p.pending_reasons[JobId(10)]
+    assert all(s.node != "n0" for st in p.starts for s in st.slots)

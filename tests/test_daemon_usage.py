@@ -14,7 +14,7 @@ import pytest
 from harness import running_cluster, wait_for
 
 from schedulerd import core
-from schedulerd.daemon.state import USAGE_SAVE_S, ClusterState
+from schedulerd.daemon.state import OUTAGE_CREDIT_S, USAGE_SAVE_S, ClusterState
 from schedulerd.store import JobRecord, JobState, PartPhase, PartRecord, Store
 
 POLICY = """
@@ -42,6 +42,7 @@ def test_usage_is_saved_and_loaded_and_counts_jobs_that_ran_meanwhile(tmp_path: 
     job = JobRecord(0, "/a", "alice", "n", ["x"], {}, "", 2, 2, 0, JobState.RUNNING, 0.0)
     store.insert_job(job)
     job.parts = [PartRecord(job.id, 0, "n1", 0, [0, 1], ["u0", "u1"], PartPhase.RUNNING)]
+    store.save_job(job)
     state.jobs[job.id] = job
     clock.t += 100.0
     state.snapshot()
@@ -51,12 +52,16 @@ def test_usage_is_saved_and_loaded_and_counts_jobs_that_ran_meanwhile(tmp_path: 
     state.save_usage()
     clock.t += 50.0  # the daemon is away; the job runs on
     again = ClusterState(store, clock)
-    again.load()
-    again.jobs[job.id] = job
-    again.set_policy(state.policy, None)  # type: ignore[arg-type]
-    again.snapshot()
+    again.load()  # the job is still running, as far as the store knows
     got = again.usage[(core.ConsumerPath("/a"), "alice")]
     assert got == pytest.approx(core.decay_usage({"k": want}, {"k": 2}, 50.0, 3600.0)["k"])
+    # After a long outage, the job counts only for what its agent kept it (OUTAGE_CREDIT_S).
+    clock.t += 10 * 3600.0
+    later = ClusterState(store, clock)
+    later.load()
+    credited = core.decay_usage({"k": want}, {"k": 2}, OUTAGE_CREDIT_S, 3600.0)
+    expected = core.decay_usage(credited, {}, 50.0 + 10 * 3600.0 - OUTAGE_CREDIT_S, 3600.0)
+    assert later.usage[(core.ConsumerPath("/a"), "alice")] == pytest.approx(expected["k"])
 
 
 def test_usage_survives_a_sigkill(tmp_path: Path) -> None:

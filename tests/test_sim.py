@@ -344,3 +344,9 @@ def test_the_simulator_keeps_usage_with_the_daemons_function() -> None:
     want = decay_usage(want, {}, engine.usage_at - second.end, h)
     (got,) = engine.usage.values()
     assert got == pytest.approx(want["k"], rel=1e-9)
+
+
+def test_a_job_ends_at_its_time_limit_as_the_daemon_stops_it() -> None:
+    jobs = [replace(_job(0, "/x", 0, 300, 1), time_limit_s=20.0)]
+    (outcome,) = _run(jobs, "schedulerd").outcomes
+    assert outcome.first_start is not None and outcome.end == outcome.first_start + 20.0

@@ -233,8 +233,10 @@ def _time_limit(text: str) -> float:
     if not text:
         return 0
     seconds = parse_duration(text)
-    if seconds is None or seconds <= 0:
-        raise SystemExit(f"schedctl submit: --time {text!r}: give a duration like 90s, 30m, 2h")
+    if seconds is None or seconds < 1:
+        raise SystemExit(
+            f"schedctl submit: --time {text!r}: give a duration of at least 1s, like 90s, 30m, 2h"
+        )
     return seconds
 
 

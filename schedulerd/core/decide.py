@@ -93,7 +93,8 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     adm.free.hold(planner.result.held)
     # Reservations (reservation.py): a leaf's first job that cannot be placed gets a
     # node (or nodes) whose free GPUs are held for it, so small jobs cannot starve it.
-    reservations = reserve(adm, queues, running, now)
+    reserved_nodes: set[NodeName] = set()
+    reservations = reserve(adm, queues, running, now, taken_nodes=reserved_nodes)
 
     # Step 2: the fair pass, consumers below their entitlement only.
     adm.fair_only = True
@@ -106,6 +107,12 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     planner.refresh()
     planner.reclaim(waiting)
     adm.free.hold(planner.result.held)
+    # Jobs left to reclaim that it could not serve get their reservation now, before
+    # the borrowing pass could take the GPUs they wait for.
+    served = frozenset(planner.result.notes)
+    reservations += reserve(
+        adm, waiting, running, now, after_reclaim=served, taken_nodes=reserved_nodes
+    )
 
     # Step 3: work conservation: borrowing, then growing elastic jobs.
     adm.fair_only = False

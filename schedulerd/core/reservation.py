@@ -70,9 +70,17 @@ def reserve(
     queues: Mapping[ConsumerPath, Sequence[Job]],
     running: Sequence[Job],
     now: float,
+    after_reclaim: frozenset[JobId] | None = None,
+    taken_nodes: set[NodeName] | None = None,
 ) -> list[Reservation]:
     """Reservations for the most-starved jobs that cannot be placed, and the GPUs held
-    for them (already taken out of `adm.free`)."""
+    for them (already taken out of `adm.free`).
+
+    Before admission (`after_reclaim` None), a job that reclaim may serve is left to it.
+    After reclaim, `after_reclaim` names the jobs reclaim did serve: the others that it
+    was left to get their reservation then (reclaim may find nothing to take: victims
+    at their max_preemptions, too young, scattered), so that the borrowing pass cannot
+    take the GPUs they wait for."""
     free = adm.free
     nodes = free.nodes()
     most = max(1, len(nodes) // NODES_PER_RESERVATION)
@@ -81,21 +89,31 @@ def reserve(
     for j in running:
         for node in {s.node for s in j.held}:
             holders.setdefault(node, []).append(j)
-    taken_nodes: set[NodeName] = set()
+    taken_nodes = taken_nodes if taken_nodes is not None else set()
+    timed = _timed_gpus(holders)
     out: list[Reservation] = []
     for leaf in sorted(queues, key=adm.starvation_key):
-        if len(out) >= most:
+        if len(taken_nodes) >= most or len(out) >= most:
             break
-        job = _first_blocked(adm, leaf, queues[leaf])
+        queue = queues[leaf]
+        if after_reclaim is None and _serves_now(adm, leaf, queue):
+            # Most starved first: a leaf that can start its first job now comes before
+            # any reservation of a less starved one (admission serves it next).
+            break
+        job = _first_blocked(adm, leaf, queue, check_reclaim=after_reclaim is None)
         if job is None or _priority_may_serve(adm, job, running):
             continue
-        chosen = _choose_nodes(job.gpus, free, sizes, taken_nodes)
+        if after_reclaim is not None and job.id in after_reclaim:
+            continue
+        chosen = _choose_nodes(job.gpus, free, sizes, taken_nodes, timed)
         if not chosen:
             continue
+        # Never the GPUs `lend: false` consumers keep (admission.usable_free).
+        room = max(0, int(adm.usable_free(leaf) + _EPS))
         held: list[GpuSlot] = []
         for node in chosen:
-            need = job.gpus - len(held)
-            held += [GpuSlot(node, i) for i in free.free_on(node)[:need]]
+            need = min(job.gpus, room) - len(held)
+            held += [GpuSlot(node, i) for i in free.free_on(node)[: max(0, need)]]
         taken_nodes.update(chosen)
         free.hold(held)
         starts_by = _starts_by(job.gpus - len(held), chosen, holders)
@@ -103,7 +121,23 @@ def reserve(
     return out
 
 
-def _first_blocked(adm: Admission, leaf: ConsumerPath, queue: Sequence[Job]) -> Job | None:
+def _serves_now(adm: Admission, leaf: ConsumerPath, queue: Sequence[Job]) -> bool:
+    """Whether admission would start this leaf's first job now."""
+    return bool(queue) and adm.blocker(leaf, queue[0].gpus) is None
+
+
+def _timed_gpus(holders: Mapping[NodeName, list[Job]]) -> dict[NodeName, int]:
+    """GPUs of each node whose holders have a time limit: they free up by a known time
+    (a node a reservation let jobs backfill into stays the reservation's choice)."""
+    return {
+        node: sum(1 for j in jobs if j.time_limit_s is not None for s in j.held if s.node == node)
+        for node, jobs in holders.items()
+    }
+
+
+def _first_blocked(
+    adm: Admission, leaf: ConsumerPath, queue: Sequence[Job], check_reclaim: bool = True
+) -> Job | None:
     """The leaf's first waiting job, if placement alone keeps it waiting, it is no
     larger than its consumer's entitlement, and its consumer holds no more than that
     (a reservation idles GPUs: it is for fair share, not for borrowing; the job's own
@@ -123,7 +157,7 @@ def _first_blocked(adm: Admission, leaf: ConsumerPath, queue: Sequence[Job]) -> 
         # It borrows, or the job alone is more than its fair share: no GPUs are held
         # idle for what only borrowing could give.
         return None
-    if _reclaim_may_serve(adm, leaf, (adm.allocation[leaf] + job.gpus) / ent):
+    if check_reclaim and _reclaim_may_serve(adm, leaf, (adm.allocation[leaf] + job.gpus) / ent):
         return None  # reclaim's to serve: it frees GPUs where the job fits, within a cycle
     if job.gpus > adm.free.capacity:
         return None  # larger than what is schedulable now: no node can be made ready
@@ -154,13 +188,19 @@ def _reclaim_may_serve(adm: Admission, leaf: ConsumerPath, after: float) -> bool
 
 
 def _choose_nodes(
-    n: int, free: FreeGpus, sizes: Mapping[NodeName, int], taken: set[NodeName]
+    n: int,
+    free: FreeGpus,
+    sizes: Mapping[NodeName, int],
+    taken: set[NodeName],
+    timed: Mapping[NodeName, int],
 ) -> list[NodeName]:
-    """The node (or nodes, for a job larger than any node) with the most free GPUs,
-    ties by name, among those not reserved already."""
+    """The node (or nodes, for a job larger than any node) with the most GPUs free or
+    held by jobs with a time limit (backfilled there, or bound to end), ties by name,
+    among those not reserved already. Counting the timed ones keeps a reservation where
+    it let jobs backfill: their GPUs are not free, but they come back when it counts."""
     candidates = sorted(
         (node for node in sizes if node not in taken),
-        key=lambda node: (-len(free.free_on(node)), node),
+        key=lambda node: (-(len(free.free_on(node)) + timed.get(node, 0)), node),
     )
     if not free.spans_nodes(n):
         fits = [node for node in candidates if sizes[node] >= n]

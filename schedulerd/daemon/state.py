@@ -30,6 +30,10 @@ from schedulerd.store import (
 # Decayed usage is written to the store at most this often (and at shutdown): a SIGKILL
 # loses at most this much of it; a write per cycle would cost the loop.
 USAGE_SAVE_S = 10.0
+# After a restart, jobs the store shows running are counted as running for at most this
+# long of the outage: an agent without its daemon stops its jobs after half the node
+# timeout (docs/fencing.md; 60 s by default), and a restart within that adopts them.
+OUTAGE_CREDIT_S = 120.0
 # Heartbeats missed before a node is UNREACHABLE (nothing new lands there). 2.5, not 3:
 # the last heartbeat came up to one interval before the agent froze, and a test (and an
 # operator) expects UNREACHABLE within three intervals of it.
@@ -82,8 +86,15 @@ class ClusterState:
         self.policy_record = self.store.latest_policy()
         kept, at = self.store.load_usage()
         self.usage = {(ConsumerPath(c), u): used for (c, u), used in kept.items()}
-        # The jobs that ran while the daemon was away count from when usage was saved.
-        self._usage_at = at if at is not None and at <= now else now
+        self._usage_at = now
+        if at is not None and at < now:
+            # The jobs that ran while the daemon was away count, but only for as long as
+            # their agents keep them without a daemon (about half the node timeout, at
+            # most OUTAGE_CREDIT_S): after a long outage they were stopped long ago.
+            ran = min(now - at, OUTAGE_CREDIT_S)
+            half_life = 3600.0 if self.policy is None else self.policy.usage_half_life_s
+            self.usage = core.decay_usage(self.usage, self._held_now(), ran, half_life)
+            self.usage = core.decay_usage(self.usage, {}, now - at - ran, half_life)
 
     def set_policy(self, policy: core.Policy, record: PolicyRecord) -> None:
         self.policy = policy
@@ -160,15 +171,19 @@ class ClusterState:
         """Usage up to now (core/usage.py, the simulator's function too), and kept in
         the store every USAGE_SAVE_S."""
         now = self.clock()
+        held = self._held_now()
+        half_life = self.policy.usage_half_life_s if self.policy else 3600.0
+        self.usage = core.decay_usage(self.usage, held, now - self._usage_at, half_life)
+        self._usage_at = now
+        if abs(now - self._usage_saved_at) >= USAGE_SAVE_S:  # a clock set back: save too
+            self.save_usage()
+
+    def _held_now(self) -> dict[tuple[ConsumerPath, str], float]:
         held: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
         for j in self.jobs.values():
             if j.state is JobState.RUNNING:
                 held[(ConsumerPath(j.consumer), j.user)] += sum(len(p.gpu_indices) for p in j.parts)
-        half_life = self.policy.usage_half_life_s if self.policy else 3600.0
-        self.usage = core.decay_usage(self.usage, held, now - self._usage_at, half_life)
-        self._usage_at = now
-        if now - self._usage_saved_at >= USAGE_SAVE_S:
-            self.save_usage()
+        return held
 
     def save_usage(self) -> None:
         """Write usage as of its last decay; a store that cannot be written keeps it in

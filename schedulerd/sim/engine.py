@@ -391,7 +391,13 @@ class Engine:
         live.version += 1
         rate = live.active
         if rate > 0:
-            self._push(self.now + max(live.work_left, 0.0) / rate, END, live.job.id, live.version)
+            end = self.now + max(live.work_left, 0.0) / rate
+            limit = live.spec.time_limit_s
+            started = live.job.started_at
+            if limit is not None and started is not None:
+                # Past its time limit the daemon stops it (daemon/timelimits.py): so here.
+                end = min(end, started + limit)
+            self._push(end, END, live.job.id, live.version)
 
     def _take(self, consumer: ConsumerPath, slots: tuple[GpuSlot, ...]) -> None:
         for s in slots:
