@@ -121,3 +121,21 @@ def test_the_daemon_counts_a_preemption_and_not_a_lost_node() -> None:
     requeue(_Change(), lost_node)  # type: ignore[arg-type]
     assert (preempted.preemptions, lost_node.preemptions) == (1, 0)
     assert (preempted.attempt, lost_node.attempt) == (1, 1)
+
+
+def test_each_preemption_says_its_cause_as_a_kind() -> None:
+    reclaim = decide(
+        Snapshot(
+            nodes=(node("n0"),),
+            jobs=(run(1, "/b", "n0:0-3", age=600), pend(10, "/a", 2)),
+        ),
+        tree(("/a", dict(owned=2)), ("/b", {})),
+        NOW,
+    )
+    assert [p.cause for p in reclaim.preemptions] == ["reclaim"]
+    priority = decide(
+        Snapshot(nodes=(node("n0"),), jobs=(run(1, "/a", "n0:0-3"), pend(10, "/a", 4, prio=5))),
+        tree(("/a", dict(owned=4, priority_preemption=True))),
+        NOW,
+    )
+    assert [p.cause for p in priority.preemptions] == ["priority"]

@@ -148,6 +148,7 @@ def test_owner_reclaims_by_preemption_and_the_victim_resumes_its_work() -> None:
     r = _run(jobs, "schedulerd", weights=weights, owned_fraction=1.0)
     older, newer, owner = r.outcomes
     assert r.preemptions == 1 and newer.preemptions == 1 and older.preemptions == 0
+    assert r.preemptions_by_cause == {"reclaim": 1}
     assert owner.first_start == 1030.0  # the victim's 30 s of grace
     assert older.end == 2000.0
     # The victim ran 999 s (t=1..1000); it resumes when /a's job ends at 1130.

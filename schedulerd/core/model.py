@@ -256,6 +256,9 @@ class Preempt:
 
     job_id: JobId
     reason: str
+    # Why, as a kind (a typed reason, for counts): "reclaim" (a consumer below its
+    # entitlement takes borrowed GPUs back) or "priority" (inside one consumer).
+    cause: str = "reclaim"
 
 
 @dataclass(frozen=True)

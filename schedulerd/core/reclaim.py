@@ -294,7 +294,7 @@ class Planner:
             # Its GPUs already being released were counted gone at the start.
             freed_from[victim.consumer] += len(victim.held) - len(victim.releasing)
             self.result.preemptions.append(
-                Preempt(victim.id, self._victim_reason("preempted", victim, job, why))
+                Preempt(victim.id, self._victim_reason("preempted", victim, job, why), why)
             )
         for consumer, count in freed_from.items():
             self._add_virtual(consumer, -count)

@@ -100,6 +100,7 @@ class Result:
     outcomes: list[Outcome]
     cycle_s: list[float] = field(default_factory=list)
     preemptions: int = 0
+    preemptions_by_cause: dict[str, int] = field(default_factory=dict)
     shrinks: int = 0
     grows: int = 0
     wall_s: float = 0.0
@@ -318,6 +319,8 @@ class Engine:
             self._shrink(self.live[shrink.job_id], shrink.slots)
         for preempt in plan.preemptions:
             self._preempt(self.live[preempt.job_id])
+            causes = self.result.preemptions_by_cause
+            causes[preempt.cause] = causes.get(preempt.cause, 0) + 1
         self.held_for_reclaim = plan.held
         if self.on_cycle is not None:
             self.on_cycle(self.now, plan)

@@ -31,6 +31,7 @@ class Summary:
     completion_mean_s: float
     completion_p95_s: float
     preemptions: int
+    preemptions_by_cause: dict[str, int]
     jobs_preempted: int  # jobs preempted at least once
     most_preemptions: int  # of any one job (docs/scheduling.md, bounded disruption)
     shrinks: int
@@ -69,6 +70,7 @@ def summarize(result: Result) -> Summary:
         completion_mean_s=statistics.fmean(done) if done else math.nan,
         completion_p95_s=percentile(done, 95),
         preemptions=result.preemptions,
+        preemptions_by_cause=dict(result.preemptions_by_cause),
         jobs_preempted=sum(1 for o in result.outcomes if o.preemptions),
         most_preemptions=max((o.preemptions for o in result.outcomes), default=0),
         shrinks=result.shrinks,
@@ -120,6 +122,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("mean wait of 1 / 2-4 / 5-8 / 9+ GPU jobs", "wait_size"),
     ("completion time, mean / p95", "jct"),
     ("preemptions / elastic shrinks", "preempt"),
+    ("preemptions by cause", "causes"),
     ("jobs preempted; most preemptions of one job", "victims"),
     ("cycles; decision time mean / p99 / max", "cycles"),
     ("simulated days; wall time; speed-up", "speed"),
@@ -147,6 +150,9 @@ def _cell(s: Summary, key: str) -> str:
             return f"{_duration(s.completion_mean_s)} / {_duration(s.completion_p95_s)}"
         case "preempt":
             return f"{s.preemptions:,} / {s.shrinks:,}"
+        case "causes":
+            parts = [f"{cause} {n:,}" for cause, n in sorted(s.preemptions_by_cause.items())]
+            return ", ".join(parts) or "-"
         case "victims":
             return f"{s.jobs_preempted:,}; {s.most_preemptions:,}"
         case "cycles":
