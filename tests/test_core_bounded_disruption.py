@@ -127,7 +127,7 @@ def test_each_preemption_says_its_cause_as_a_kind() -> None:
     reclaim = decide(
         Snapshot(
             nodes=(node("n0"),),
-            jobs=(run(1, "/b", "n0:0-3", age=600), pend(10, "/a", 2)),
+            jobs=(run(1, "/b", "n0:0-1", age=600), run(2, "/b", "n0:2-3"), pend(10, "/a", 2)),
         ),
         tree(("/a", dict(owned=2)), ("/b", {})),
         NOW,
