@@ -12,6 +12,16 @@ from schedulerd.core.placement import FreeGpus
 _EPS = 1e-9
 
 
+def takes_back(held: float, entitlement: float, receiver_after: float) -> bool:
+    """Reclaim's rule for a victim consumer (SEMANTICS: reclaim, step 4): only borrowed
+    GPUs are taken back, and only from a consumer that stays further above its
+    entitlement than the receiver will be after the move. One function: reclaim
+    applies it, reservations ask it whether reclaim could serve a job."""
+    if held <= entitlement + _EPS:
+        return False
+    return entitlement <= _EPS or held / entitlement > receiver_after + _EPS
+
+
 class Admission:
     def __init__(self, policy: Policy, division: Division, free: FreeGpus) -> None:
         self.policy = policy

@@ -41,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from schedulerd.core.admission import Admission
+from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
 
 _EPS = 1e-9
@@ -232,9 +232,7 @@ class Planner:
     def _borrower_above(self, consumer: ConsumerPath, receiver_after: float) -> bool:
         ent = self.adm.division.entitlement.get(consumer, 0.0)
         held = self.virtual[consumer] - self.receiving[consumer]
-        if held <= ent + _EPS:
-            return False  # only borrowed GPUs are taken back
-        return ent <= _EPS or held / ent > receiver_after + _EPS
+        return takes_back(held, ent, receiver_after)
 
     # -- step 5: priority preemption inside a consumer -----------------------
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from schedulerd.core.admission import Admission
+from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName
 from schedulerd.core.placement import FreeGpus
 
@@ -174,17 +174,14 @@ def _priority_may_serve(adm: Admission, job: Job, running: Sequence[Job]) -> boo
 
 def _reclaim_may_serve(adm: Admission, leaf: ConsumerPath, after: float) -> bool:
     """Whether some consumer borrows GPUs that reclaim would take back for `leaf`
-    (reclaim.py's rule: above its entitlement, and further above it than the receiver
-    would be after the move). Then reclaim, not a reservation, serves the job: it is
-    bounded by the victims' grace (SEMANTICS: invariants), a drained node is not."""
-    for path in adm.policy.consumers:
-        if not adm.policy.is_leaf(path) or path == leaf:
-            continue
-        ent = adm.division.entitlement.get(path, 0.0)
-        held = adm.allocation[path]
-        if held > ent + _EPS and (ent <= _EPS or held / ent > after + _EPS):
-            return True
-    return False
+    (admission.takes_back, reclaim's own rule). Then reclaim, not a reservation, serves
+    the job: it is bounded by the victims' grace (SEMANTICS: invariants), a drained
+    node is not."""
+    return any(
+        takes_back(adm.allocation[path], adm.division.entitlement.get(path, 0.0), after)
+        for path in adm.policy.consumers
+        if path != leaf and adm.policy.is_leaf(path)
+    )
 
 
 def _choose_nodes(
