@@ -42,6 +42,7 @@ from schedulerd.policy.nodes import (
     unknown_key,
     value,
 )
+from schedulerd.policy.reader import FileReader
 
 TOP_KEYS = (
     *("name", "consumer", "user", "command", "env", "workdir", "gpus", "priority"),
@@ -117,28 +118,7 @@ def _finite(x: object) -> bool:
     return not isinstance(x, float) or math.isfinite(x)
 
 
-class _Reader:
-    def __init__(self, issues: Issues) -> None:
-        self.issues = issues
-        self.lines: dict[str, int] = {}
-
-    def line_of(self, key: str) -> int:
-        """The line of a field, or of the nearest enclosing one."""
-        while key:
-            if key in self.lines:
-                return self.lines[key]
-            if key.endswith("]"):
-                key = key[: key.rindex("[")]
-            elif "." in key:
-                key = key.rsplit(".", 1)[0]
-            else:
-                break
-        return 1
-
-    def _note(self, key: str, node: Node) -> Node:
-        self.lines[key] = node.start_mark.line + 1
-        return node
-
+class _Reader(FileReader):
     def document(self, doc: Node, base: Path, user: str) -> ExperimentSpec | None:
         if not isinstance(doc, MappingNode):
             self.issues.add(doc, "", f"the file must be a mapping, got {describe(doc)}")
@@ -293,25 +273,6 @@ class _Reader:
 
     # -- values -------------------------------------------------------------
 
-    def _mapping(self, node: Node, key: str) -> list[tuple[str, Node, Node]]:
-        if not isinstance(node, MappingNode):
-            self.issues.add(node, key, f"must be a mapping, got {describe(node)}")
-            return []
-        return entries(node, key, self.issues)
-
-    def _strings(self, node: Node, key: str) -> list[str]:
-        if not isinstance(node, SequenceNode):
-            self.issues.add(node, key, f"must be a list (argv), got {describe(node)}")
-            return []
-        out = []
-        for i, item in enumerate(node.value):
-            self._note(f"{key}[{i}]", item)
-            if isinstance(item, ScalarNode) and item.tag in (STR, INT, FLOAT):
-                out.append(str(item.value))
-            else:
-                self.issues.add(item, f"{key}[{i}]", f"must be text, got {describe(item)}")
-        return out
-
     def _choices(self, node: Node, key: str) -> list[Choice]:
         key = join(key, "choices")
         if not isinstance(node, SequenceNode):
@@ -329,36 +290,3 @@ class _Reader:
                 why = "plain values (finite numbers, text, true or false)"
                 self.issues.add(item, key, f"choices are {why}, got {describe(item)}")
         return out
-
-    def _str(self, node: Node, key: str) -> str:
-        if isinstance(node, ScalarNode) and node.tag == STR:
-            return str(node.value)
-        self.issues.add(node, key, f"must be text, got {describe(node)}")
-        return ""
-
-    def _int(self, node: Node, key: str) -> int:
-        if isinstance(node, ScalarNode) and node.tag == INT:
-            try:
-                return int(node.value.replace("_", ""), 0)
-            except ValueError:  # 0b2, 1:30, more than 4,300 digits...
-                pass
-        self.issues.add(node, key, f"must be a whole number, got {describe(node)}")
-        return 0
-
-    def _float(self, node: Node, key: str) -> float:
-        # PyYAML (YAML 1.1) reads 1e-4 as text: a number written so is still a number.
-        if isinstance(node, ScalarNode) and node.tag in (INT, FLOAT, STR):
-            try:
-                number = float(node.value)
-                if math.isfinite(number):
-                    return number
-            except ValueError:
-                pass
-        self.issues.add(node, key, f"must be a number, got {describe(node)}")
-        return 0.0
-
-    def _bool(self, node: Node, key: str) -> bool:
-        if isinstance(node, ScalarNode) and node.tag == BOOL:
-            return str(node.value).lower() in ("true", "yes", "on")
-        self.issues.add(node, key, f"must be true or false, got {describe(node)}")
-        return False

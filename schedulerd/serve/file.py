@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from schedulerd.bounds import MAX_ENV_VALUE
 from schedulerd.policy.errors import Issues, PolicyError, PolicyIssue, TooManyIssues
@@ -37,6 +37,7 @@ from schedulerd.policy.nodes import (
     unknown_key,
     value,
 )
+from schedulerd.policy.reader import FileReader
 from schedulerd.serve.spec import ServiceSpec, problems
 
 TOP_KEYS = (
@@ -154,27 +155,7 @@ def _reword(field: str, why: str) -> str:
     return why
 
 
-class _Reader:
-    def __init__(self, issues: Issues) -> None:
-        self.issues = issues
-        self.lines: dict[str, int] = {}
-
-    def line_of(self, key: str) -> int:
-        """The line of a key, or of the nearest enclosing one."""
-        while key:
-            if key in self.lines:
-                return self.lines[key]
-            if key.endswith("]"):
-                key = key[: key.rindex("[")]
-            elif "." in key:
-                key = key.rsplit(".", 1)[0]
-            else:
-                break
-        return 1
-
-    def _note(self, key: str, node: Node) -> None:
-        self.lines[key] = node.start_mark.line + 1
-
+class _Reader(FileReader):
     def document(self, doc: Node, base: Path) -> ServiceSpec | None:
         if not isinstance(doc, MappingNode):
             self.issues.add(doc, "", f"the file must be a mapping, got {describe(doc)}")
@@ -236,25 +217,6 @@ class _Reader:
 
     # -- values -------------------------------------------------------------
 
-    def _mapping(self, node: Node, key: str) -> list[tuple[str, Node, Node]]:
-        if not isinstance(node, MappingNode):
-            self.issues.add(node, key, f"must be a mapping, got {describe(node)}")
-            return []
-        return entries(node, key, self.issues)
-
-    def _strings(self, node: Node, key: str) -> list[str]:
-        if not isinstance(node, SequenceNode):
-            self.issues.add(node, key, f"must be a list (argv), got {describe(node)}")
-            return []
-        out = []
-        for i, item in enumerate(node.value):
-            self._note(f"{key}[{i}]", item)
-            if isinstance(item, ScalarNode) and item.tag in (STR, INT, FLOAT):
-                out.append(str(item.value))
-            else:
-                self.issues.add(item, f"{key}[{i}]", f"must be text, got {describe(item)}")
-        return out
-
     def _env(self, node: Node) -> dict[str, str]:
         out = {}
         for name, _, v in self._mapping(node, "env"):
@@ -265,33 +227,6 @@ class _Reader:
             else:
                 self.issues.add(v, key, f"must be a plain value, got {describe(v)}")
         return out
-
-    def _str(self, node: Node, key: str) -> str:
-        if isinstance(node, ScalarNode) and node.tag == STR:
-            return str(node.value)
-        self.issues.add(node, key, f"must be text, got {describe(node)}")
-        return ""
-
-    def _int(self, node: Node, key: str) -> int:
-        if isinstance(node, ScalarNode) and node.tag == INT:
-            try:
-                return int(node.value.replace("_", ""), 0)
-            except ValueError:  # 0b2, 1:30, more than 4,300 digits...
-                pass
-        self.issues.add(node, key, f"must be a whole number, got {describe(node)}")
-        return 0
-
-    def _float(self, node: Node, key: str) -> float:
-        # PyYAML (YAML 1.1) reads 1e3 as text: a number written so is still a number.
-        if isinstance(node, ScalarNode) and node.tag in (INT, FLOAT, STR):
-            try:
-                number = float(node.value.replace("_", ""))
-                if math.isfinite(number):
-                    return number
-            except ValueError:
-                pass
-        self.issues.add(node, key, f"must be a number, got {describe(node)}")
-        return 0.0
 
     def _duration(self, node: Node, key: str) -> float:
         """Seconds, as a policy's durations (grace, min_runtime) read: "30s", "5m",
@@ -310,9 +245,3 @@ class _Reader:
             return seconds
         self.issues.add(node, key, f"must be {_DURATION_HELP}; got {describe(node)}")
         return 0.0
-
-    def _bool(self, node: Node, key: str) -> bool:
-        if isinstance(node, ScalarNode) and node.tag == BOOL:
-            return str(node.value).lower() in ("true", "yes", "on")
-        self.issues.add(node, key, f"must be true or false, got {describe(node)}")
-        return False
