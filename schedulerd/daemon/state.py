@@ -223,6 +223,24 @@ class ClusterState:
         self.notify(job)
         return job
 
+    def submission_problem(
+        self, consumer: str, user: str, gpus_min: int, gpus_max: int
+    ) -> tuple[str, str] | None:
+        """Whether jobs of this shape could be queued at all (the submit path's check),
+        for a request that will submit them later (an experiment's trials, a service's
+        replicas): None, or (what it is about: "user", "consumer" or "gpus", why)."""
+        if self.policy is None:
+            return None
+        error = core.check_submission(
+            self.policy, self.cluster_shape(), consumer, user, gpus_min, gpus_max
+        )
+        if not error:
+            return None
+        about = "user" if error.startswith("user ") else "consumer"
+        if "can never fit" in error or "GPU" in error.split(":")[0]:
+            about = "gpus"
+        return about, error
+
     def submit_many(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """All of these jobs in one transaction, or none: a refused one refuses the
         batch, and the error names it ("job I of N", I from 0)."""

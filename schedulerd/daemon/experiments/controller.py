@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schedulerd import core
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.state import ClusterState, SubmitError
@@ -370,21 +369,12 @@ class ExperimentController:
         """Every problem of a new experiment: the spec's own, then whether its
         trials could be queued at all (the submit path's own check)."""
         found = problems(spec)
-        policy = self.state.policy
-        if policy is not None and not any(f in ("consumer", "user", "gpus") for f, _ in found):
-            error = core.check_submission(
-                policy,
-                self.state.cluster_shape(),
-                spec.consumer,
-                spec.user,
-                spec.gpus_min,
-                spec.gpus_max,
+        if not any(f in ("consumer", "user", "gpus") for f, _ in found):
+            got = self.state.submission_problem(
+                spec.consumer, spec.user, spec.gpus_min, spec.gpus_max
             )
-            if error:
-                field = "user" if error.startswith("user ") else "consumer"
-                if "can never fit" in error or "GPU" in error.split(":")[0]:
-                    field = "gpus"
-                found.append((field, error))
+            if got is not None:
+                found.append(got)
         return found
 
     async def create(self, spec: ExperimentSpec, vouched: bool = False) -> ExperimentRecord:

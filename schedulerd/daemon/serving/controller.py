@@ -455,21 +455,13 @@ class ServiceController:
         other = self.find(spec.name)
         if other is not None and other.id != service_id and other.state is not ServiceState.DELETED:
             found.append(("name", f"service {spec.name!r} exists (in {other.spec.consumer})"))
-        policy = self.state.policy
-        if policy is not None and not any(f in ("consumer", "user") for f, _ in found):
-            error = core.check_submission(
-                policy,
-                self.state.cluster_shape(),
-                spec.consumer,
-                spec.user,
-                spec.gpus_per_replica,
-                spec.gpus_per_replica,
+        if not any(f in ("consumer", "user") for f, _ in found):
+            got = self.state.submission_problem(
+                spec.consumer, spec.user, spec.gpus_per_replica, spec.gpus_per_replica
             )
-            if error:
-                field = "user" if error.startswith("user ") else "consumer"
-                if "can never fit" in error or "GPU" in error.split(":")[0]:
-                    field = "gpus_per_replica"
-                found.append((field, error))
+            if got is not None:
+                about, error = got
+                found.append(("gpus_per_replica" if about == "gpus" else about, error))
         return found
 
     def create(self, spec: ServiceSpec, vouched: bool = False) -> ServiceRecord:
