@@ -351,3 +351,40 @@ def test_a_job_ends_at_its_time_limit_as_the_daemon_stops_it() -> None:
     jobs = [replace(_job(0, "/x", 0, 300, 1), time_limit_s=20.0)]
     (outcome,) = _run(jobs, "schedulerd").outcomes
     assert outcome.first_start is not None and outcome.end == outcome.first_start + 20.0
+
+
+def test_gpu_time_wanted_while_gpus_sat_free_counts_fragmentation() -> None:
+    # Two nodes of 8. Two 6-GPU jobs (1,000 s) leave 2 + 2 GPUs free; an 8-GPU job
+    # arriving at 10 s fits on neither node. The smallest waiting job never fits, so
+    # "idle beside a waiting job that fit" reads 0, but 4 free GPUs sat beside 8
+    # wanted from the cycle at 10 s until the 6-GPU jobs end at 1,000 s.
+    jobs = [_job(0, "/x", 0, 1000, 6), _job(1, "/x", 0, 1000, 6), _job(2, "/x", 10, 100, 8)]
+    fifo = _run(jobs, "fifo", nodes=2)
+    assert fifo.recorder.idle_beside_waiting_s == 0.0
+    assert fifo.recorder.wanted_while_free_gpu_s == pytest.approx(4 * 990.0)
+    s = summarize(fifo)
+    assert s.wanted_while_free_gpu_h == pytest.approx(4 * 990.0 / 3600)
+    assert s.wanted_while_free_share == pytest.approx(4 * 990.0 / fifo.recorder.wanted_gpu_s)
+    assert "| GPU-hours waiting jobs wanted while GPUs sat free (share of wanted) | 1 (" in table(
+        [s]
+    )
+    # schedulerd reserves one node for the 8-GPU job and holds its 2 free GPUs: held
+    # GPUs do not count, the other node's 2 do.
+    ours = _run(jobs, "schedulerd", nodes=2)
+    assert ours.outcomes[2].first_start == 1000.0
+    assert ours.recorder.wanted_while_free_gpu_s == pytest.approx(2 * 990.0)
+
+
+def test_gpu_time_wanted_while_free_is_capped_by_what_waiting_jobs_want() -> None:
+    # One node of 8: a 4-GPU job runs 100 s and an 8-GPU job waits beside 4 free
+    # GPUs; after it, a 2-GPU job waits behind the 8-GPU one (FIFO blocks) beside
+    # 8 free GPUs: min(free, wanted) counts only what the waiting jobs want.
+    jobs = [_job(0, "/x", 0, 100, 4), _job(1, "/x", 1, 10, 8)]
+    fifo = _run(jobs, "fifo")
+    assert fifo.recorder.wanted_while_free_gpu_s == pytest.approx(4 * 99.0)
+    r = Recorder(["/a"], capacity=8, start=0.0, bin_s=5.0)
+    r.set(
+        ClusterState([2], [8.0], [True], demand=5, idle_beside_waiting=False, wanted_while_free=3)
+    )
+    r.advance(10.0)
+    assert r.wanted_while_free_gpu_s == 30.0

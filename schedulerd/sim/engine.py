@@ -144,6 +144,7 @@ class Engine:
         self.alloc = [0] * len(self.leaves)
         self.waiting = [0] * len(self.leaves)
         self.waiting_sizes: dict[int, int] = defaultdict(int)
+        self.waiting_gpus = 0  # GPUs (their min) wanted by waiting jobs
         self.demand: dict[ConsumerPath, int] = defaultdict(int)
         self.entitlement: list[float] | None = None
         self.elastic_running = 0
@@ -416,11 +417,13 @@ class Engine:
         self.pending.add(job.id)
         self.waiting[self.leaf_index[job.consumer]] += 1
         self.waiting_sizes[job.gpus_min] += 1
+        self.waiting_gpus += job.gpus_min
 
     def _unwait(self, job: Job) -> None:
         self.pending.discard(job.id)
         self.waiting[self.leaf_index[job.consumer]] -= 1
         self.waiting_sizes[job.gpus_min] -= 1
+        self.waiting_gpus -= job.gpus_min
         if not self.waiting_sizes[job.gpus_min]:
             del self.waiting_sizes[job.gpus_min]
 
@@ -463,8 +466,19 @@ class Engine:
                 backlogged=[w > 0 for w in self.waiting],
                 demand=sum(self.demand.values()),
                 idle_beside_waiting=after_cycle and smallest > 0 and self._fits(smallest),
+                wanted_while_free=self._wanted_while_free() if after_cycle else 0,
             )
         )
+
+    def _wanted_while_free(self) -> int:
+        """min(free GPUs not held for a reclaim or a reservation, GPUs wanted by
+        waiting jobs): what waiting jobs wanted while GPUs sat free, whether one of
+        them fit or not (fragmentation shows here, not in `_fits`)."""
+        if not self.waiting_gpus:
+            return 0
+        # Right after the cycle every held GPU is free: the plan gave it to no one.
+        unheld = max(0, sum(self.free.values()) - len(set(self.held_for_reclaim)))
+        return min(unheld, self.waiting_gpus)
 
     def _fits(self, gpus: int) -> bool:
         """Whether free GPUs (not held for a reclaim) could take a job of this size."""

@@ -7,6 +7,10 @@ exact time integral of a piecewise-constant function, not a sample.
 - allocation while demand exists: allocated GPU-time / ∫ min(capacity, demand) dt;
 - idle beside a waiting job: time during which, right after a cycle, free GPUs
   (not held for a reclaim in progress) could have taken a waiting job;
+- GPU-time wanted while GPUs sat free (fragmentation): ∫ min(free GPUs not held for
+  a reclaim or a reservation, GPUs wanted by waiting jobs) dt, right after each
+  cycle: what waiting jobs wanted while GPUs sat free, whether or not one of them
+  fit (8 GPUs wanted beside 2 + 2 free on two nodes counts 4);
 - fairness error: Σ over consumers |allocation - entitlement| / capacity,
   averaged over the time some demand exists;
 - Jain's index of allocation/entitlement over the backlogged consumers (those with
@@ -52,6 +56,9 @@ class ClusterState:
     backlogged: list[bool]
     demand: int  # GPUs wanted by all running and waiting jobs
     idle_beside_waiting: bool
+    # Right after a cycle: min(free GPUs not held for a reclaim or a reservation,
+    # GPUs wanted by waiting jobs); 0 between an event and the next cycle.
+    wanted_while_free: int = 0
 
 
 @dataclass
@@ -102,6 +109,7 @@ class Recorder:
         self.jain_s = 0.0
         self.contended_s = 0.0  # time with >= 2 consumers backlogged
         self.idle_beside_waiting_s = 0.0
+        self.wanted_while_free_gpu_s = 0.0  # ∫ ClusterState.wanted_while_free dt
 
     def set(self, state: ClusterState) -> None:
         self.state = state
@@ -138,12 +146,18 @@ class Recorder:
             self.jain_s += self._jain * dt
         if s.idle_beside_waiting:
             self.idle_beside_waiting_s += dt
+        self.wanted_while_free_gpu_s += s.wanted_while_free * dt
         self.series.add(self.t, t, s.allocation, s.entitlement)
         self.t = t
 
     @property
     def allocation_while_demand(self) -> float:
         return self.allocated_gpu_s / self.wanted_gpu_s if self.wanted_gpu_s else math.nan
+
+    @property
+    def wanted_while_free_share(self) -> float:
+        """GPU-time wanted while GPUs sat free, as a share of ∫ min(capacity, demand)."""
+        return self.wanted_while_free_gpu_s / self.wanted_gpu_s if self.wanted_gpu_s else math.nan
 
     @property
     def fairness_error(self) -> float:

@@ -20,6 +20,10 @@ class Summary:
     unfinished: int
     allocation_while_demand: float
     idle_beside_waiting_min: float
+    # GPU-time waiting jobs wanted while GPUs sat free, not held (fragmentation),
+    # and its share of the GPU-time wanted (∫ min(capacity, demand) dt).
+    wanted_while_free_gpu_h: float
+    wanted_while_free_share: float
     fairness_error: float
     jain: float
     contended_share: float  # fraction of the time >= 2 consumers were backlogged
@@ -61,6 +65,8 @@ def summarize(result: Result) -> Summary:
         unfinished=result.unfinished,
         allocation_while_demand=rec.allocation_while_demand,
         idle_beside_waiting_min=rec.idle_beside_waiting_s / 60,
+        wanted_while_free_gpu_h=rec.wanted_while_free_gpu_s / 3600,
+        wanted_while_free_share=rec.wanted_while_free_share,
         fairness_error=rec.fairness_error,
         jain=rec.jain_index,
         contended_share=rec.contended_s / rec.span_s if rec.span_s else math.nan,
@@ -116,6 +122,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("jobs completed / refused / unfinished", "jobs"),
     ("GPU allocation while demand exists", "alloc"),
     ("minutes idle GPUs sat beside a waiting job that fit", "idle"),
+    ("GPU-hours waiting jobs wanted while GPUs sat free (share of wanted)", "frag"),
     ("fairness error (Σ abs(alloc − entitlement) / cluster)", "error"),
     ("Jain's index over backlogged consumers", "jain"),
     ("wait, mean / p95", "wait"),
@@ -138,6 +145,10 @@ def _cell(s: Summary, key: str) -> str:
             return "-" if math.isnan(alloc) else f"{alloc:.1%}"
         case "idle":
             return f"{s.idle_beside_waiting_min:,.0f}"
+        case "frag":
+            share = s.wanted_while_free_share
+            pct = "-" if math.isnan(share) else f"{share:.1%}"
+            return f"{s.wanted_while_free_gpu_h:,.0f} ({pct})"
         case "error":
             return _num(s.fairness_error)
         case "jain":
