@@ -43,12 +43,24 @@ from schedulerd.core.model import (
 )
 from schedulerd.core.ordering import queue_order
 from schedulerd.core.placement import FreeGpus
+from schedulerd.core.pools import decide_in_pools
 from schedulerd.core.reasons import grow_reason, queue_place, start_reason, why_waiting
 from schedulerd.core.reclaim import Planner
 from schedulerd.core.reservation import Reservation, backfills, reserve
 
 
 def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
+    """The plan for the whole cluster: one cycle per pool (pools.py)."""
+    return decide_in_pools(snapshot, policy, now, decide_pool)
+
+
+def decide_pool(
+    snapshot: Snapshot, policy: Policy, now: float, guests: frozenset[JobId] = frozenset()
+) -> Plan:
+    """The cycle in one pool: `snapshot` holds its nodes and the jobs that may run
+    there, `policy` its terms. `guests` are waiting jobs that may also run in a pool
+    decided later: they start here if they can, but neither reclaim, reserve nor
+    preempt here (pools.py: only in the last pool they may run in)."""
     running = [j for j in snapshot.jobs if j.phase is JobPhase.RUNNING]
     pending = [j for j in snapshot.jobs if j.phase is JobPhase.PENDING]
     known = [j for j in pending if policy.is_leaf(j.consumer)]
@@ -89,12 +101,13 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     # stay held for the waiting job they will serve, so that admission does not
     # hand out the first ones back before the rest are free.
     planner = Planner(adm, running, now)
-    planner.hold_incoming(queues)
+    own = _without(queues, guests)
+    planner.hold_incoming(own)
     adm.free.hold(planner.result.held)
     # Reservations (reservation.py): a leaf's first job that cannot be placed gets a
     # node (or nodes) whose free GPUs are held for it, so small jobs cannot starve it.
     reserved_nodes: set[NodeName] = set()
-    reservations = reserve(adm, queues, running, now, taken_nodes=reserved_nodes)
+    reservations = reserve(adm, own, running, now, taken_nodes=reserved_nodes)
 
     # Step 2: the fair pass, consumers below their entitlement only.
     adm.fair_only = True
@@ -105,13 +118,18 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     # Step 4: reclaim for consumers still below their entitlement; the GPUs it
     # counts on are held, so the borrowing pass cannot take them back.
     planner.refresh()
-    planner.reclaim(waiting)
+    planner.reclaim(_without(waiting, guests))
     adm.free.hold(planner.result.held)
     # Jobs left to reclaim that it could not serve get their reservation now, before
     # the borrowing pass could take the GPUs they wait for.
     served = frozenset(planner.result.notes)
     reservations += reserve(
-        adm, waiting, running, now, after_reclaim=served, taken_nodes=reserved_nodes
+        adm,
+        _without(waiting, guests),
+        running,
+        now,
+        after_reclaim=served,
+        taken_nodes=reserved_nodes,
     )
 
     # Step 3: work conservation: borrowing, then growing elastic jobs.
@@ -131,7 +149,7 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
     # Step 5: priority preemption inside consumers that allow it, on what step 3
     # left free.
     planner.refresh()
-    planner.by_priority(waiting, started)
+    planner.by_priority(_without(waiting, guests), started)
 
     # Step 6. Reasons.
     reserved_notes = {r.job_id: r.describe(now) for r in reservations}
@@ -168,6 +186,14 @@ def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def _without(
+    queues: dict[ConsumerPath, list[Job]], guests: frozenset[JobId]
+) -> dict[ConsumerPath, list[Job]]:
+    if not guests:
+        return queues
+    return {leaf: [j for j in q if j.id not in guests] for leaf, q in queues.items()}
 
 
 def _serve(

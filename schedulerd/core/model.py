@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NewType
 
 JobId = NewType("JobId", int)
@@ -15,6 +15,9 @@ NodeName = NewType("NodeName", str)
 ConsumerPath = NewType("ConsumerPath", str)
 
 ROOT = ConsumerPath("/")
+# The pool of a node whose agent names none and whose GPUs have no known type (fake
+# GPUs, a node without GPUs): one pool, as every cluster had before pools.
+DEFAULT_POOL = "default"
 
 
 class Order(enum.Enum):
@@ -26,8 +29,20 @@ class Order(enum.Enum):
 
 
 @dataclass(frozen=True)
+class PoolTerms:
+    """A consumer's owned, share and limit in one pool (SEMANTICS: entitlements are
+    computed per pool). The policy's `pools:` key; unset values come from the
+    consumer's own, and a parent's unset owned is the sum of its children's there."""
+
+    owned: int
+    share: float
+    limit: int | None
+
+
+@dataclass(frozen=True)
 class ConsumerPolicy:
-    """One node of the consumer tree, as the policy file sets it."""
+    """One node of the consumer tree, as the policy file sets it. `owned`, `share` and
+    `limit` hold in every pool that `pools` does not name."""
 
     path: ConsumerPath
     owned: int = 0
@@ -53,6 +68,17 @@ class ConsumerPolicy:
     # Whether jobs that root submits here may run as uid 0 on the nodes; None inherits
     # the parent's value (the policy loader fills it in: the root's default is false).
     run_as_root: bool | None = None
+    # Per pool, as (pool, terms) sorted by pool: every pool the policy names anywhere
+    # has an entry on every consumer (policy/tree.py resolves them).
+    pools: tuple[tuple[str, PoolTerms], ...] = ()
+
+    def in_pool(self, pool: str) -> ConsumerPolicy:
+        for name, terms in self.pools:
+            if name == pool:
+                return replace(
+                    self, owned=terms.owned, share=terms.share, limit=terms.limit, pools=()
+                )
+        return self
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,7 @@ class Policy:
     _chains: Mapping[ConsumerPath, tuple[ConsumerPath, ...]] = field(
         init=False, repr=False, compare=False
     )
+    _in_pool: dict[str, Policy] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         children: dict[ConsumerPath, list[ConsumerPath]] = {}
@@ -79,6 +106,24 @@ class Policy:
                 children.setdefault(parent_of(p), []).append(p)
         object.__setattr__(self, "_children", {k: tuple(sorted(v)) for k, v in children.items()})
         object.__setattr__(self, "_chains", {p: _chain(p) for p in self.consumers})
+        object.__setattr__(self, "_in_pool", {})
+
+    def named_pools(self) -> tuple[str, ...]:
+        """The pools this policy gives their own terms (its `pools:` keys), sorted."""
+        root = self.consumers.get(ROOT)
+        return tuple(name for name, _ in root.pools) if root is not None else ()
+
+    def in_pool(self, pool: str) -> Policy:
+        """The tree as it holds in `pool`: each consumer's owned, share and limit there.
+        A pool the policy does not name gets the consumers' own values: this policy."""
+        if pool not in self.named_pools():
+            return self
+        cached = self._in_pool.get(pool)
+        if cached is None:
+            consumers = {p: c.in_pool(pool) for p, c in self.consumers.items()}
+            cached = Policy(consumers=consumers, usage_half_life_s=self.usage_half_life_s)
+            self._in_pool[pool] = cached
+        return cached
 
     def children(self, path: ConsumerPath) -> tuple[ConsumerPath, ...]:
         return self._children.get(path, ())
@@ -166,6 +211,10 @@ class Node:
     name: NodeName
     gpus: tuple[int, ...]
     schedulable: bool = True
+    # Its pool (the agent's `pool`, else its GPU type) and its GPUs' type as a short
+    # name ("h100"): a job that asks for either may land here (core/pools.py).
+    pool: str = DEFAULT_POOL
+    gpu_type: str = ""
 
 
 class JobPhase(enum.Enum):
@@ -201,6 +250,8 @@ class Job:
     # The most it runs, as its user declared (`--time`): it may backfill into GPUs held
     # for a reservation when it ends before the reserved job could start (reservation.py).
     time_limit_s: float | None = None
+    # The pool or GPU type it asked for (`--pool`); None: any pool (core/pools.py).
+    pool: str | None = None
 
     @property
     def gpus(self) -> int:
@@ -285,3 +336,6 @@ class Plan:
     # Free GPUs left idle on purpose, held for a waiting job whose reclaim is under
     # way (SEMANTICS: the cycle, step 3: the one exception besides reservations).
     held: tuple[GpuSlot, ...] = ()
+    # Per pool, the consumers' numbers there; `consumers` sums them over the pools.
+    # Empty when the cluster is one pool (then `consumers` is that pool's).
+    pools: Mapping[str, Mapping[ConsumerPath, ConsumerState]] = field(default_factory=dict)

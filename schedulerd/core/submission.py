@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schedulerd.core.model import ConsumerPath, Policy
+from schedulerd.core.model import DEFAULT_POOL, ConsumerPath, Policy
 
 # The most GPUs a job may ask for, in any cluster (schedulerd.bounds.MAX_GPUS): the bound
 # when the cluster's size is not known yet (no node has registered).
@@ -19,10 +19,32 @@ class ClusterShape:
     may come back, so they count toward what could ever fit."""
 
     node_gpus: Sequence[int]
+    # Each node's (pool, GPU type), in node_gpus' order; empty: all in the default pool.
+    node_pools: Sequence[tuple[str, str]] = ()
 
     @property
     def total(self) -> int:
         return sum(self.node_gpus)
+
+    def pools(self) -> tuple[str, ...]:
+        return tuple(sorted({p for p, _ in self._pools()}))
+
+    def within(self, asked: str, pool: str) -> ClusterShape:
+        """The nodes of `pool` that a job asking for `asked` ("" any) may use."""
+        return ClusterShape(
+            tuple(
+                n
+                for n, (p, t) in zip(self.node_gpus, self._pools(), strict=True)
+                if p == pool and (not asked or asked in (p, t))
+            )
+        )
+
+    def candidates(self, asked: str) -> tuple[str, ...]:
+        """The pools a job asking for `asked` ("" any) may run in."""
+        return tuple(sorted({p for p, t in self._pools() if not asked or asked in (p, t)}))
+
+    def _pools(self) -> Sequence[tuple[str, str]]:
+        return self.node_pools or [(DEFAULT_POOL, "")] * len(self.node_gpus)
 
 
 def check_submission(
@@ -32,8 +54,10 @@ def check_submission(
     user: str,
     gpus_min: int,
     gpus_max: int,
+    pool: str = "",
 ) -> str | None:
-    """None when the job may be queued, else the reason it is refused."""
+    """None when the job may be queued, else the reason it is refused. `pool`: the
+    pool or GPU type it asked for, "" any; it must fit in at least one such pool."""
     path = ConsumerPath(consumer)
     if path not in policy.consumers:
         leaves = ", ".join(policy.leaves())
@@ -48,7 +72,26 @@ def check_submission(
         return "a job needs at least 1 GPU"
     if gpus_max < gpus_min:
         return f"GPU range {gpus_min}:{gpus_max} is empty (max below min)"
+    if not shape.node_gpus:  # no node yet: nothing to say about pools
+        return _fits(policy.in_pool(pool or DEFAULT_POOL), shape, path, gpus_min, gpus_max)
+    where = shape.candidates(pool)
+    if not where:
+        return f"no node has pool or GPU type {pool!r}; the pools are: {', '.join(shape.pools())}"
+    refusals = []
+    for p in where:
+        error = _fits(policy.in_pool(p), shape.within(pool, p), path, gpus_min, gpus_max)
+        if error is None:
+            return None
+        refusals.append((p, error))
+    if len(shape.pools()) == 1:
+        return refusals[0][1]
+    return "; ".join(f"in pool {p}: {error}" for p, error in refusals)
 
+
+def _fits(
+    policy: Policy, shape: ClusterShape, path: ConsumerPath, gpus_min: int, gpus_max: int
+) -> str | None:
+    """Whether a job could ever run in one pool (`shape` its nodes, `policy` its terms)."""
     for p in policy.ancestors(path):
         limit = policy.consumers[p].limit
         if limit is not None and gpus_min > limit:

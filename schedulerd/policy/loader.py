@@ -19,6 +19,8 @@ from schedulerd.bounds import (
     MAX_CONSUMER_NAME,
     MAX_CONSUMER_PATH,
     MAX_POLICY_BYTES,
+    NODE_NAME,
+    NODE_NAME_RULE,
 )
 from schedulerd.core.model import ROOT, ConsumerPath, ConsumerPolicy, Policy
 from schedulerd.filetrust import UntrustedFile, read_trusted
@@ -34,7 +36,7 @@ from schedulerd.policy.nodes import (
     join,
     unknown_key,
 )
-from schedulerd.policy.tree import Draft, Inherited, or_, resolve
+from schedulerd.policy.tree import Draft, Inherited, PoolDraft, or_, resolve
 
 VERSION = 1
 TOP_KEYS = (
@@ -46,8 +48,9 @@ CONSUMER_KEYS = (
     *("owned", "share", "limit", "lend", "borrow"),
     *("grace", "min_runtime", "max_preemptions", "order", "priority_preemption"),
     *("users", "admins"),
-    *("run_as_root", "consumers"),
+    *("run_as_root", "pools", "consumers"),
 )
+POOL_KEYS = ("owned", "share", "limit")
 # Lowercase so that paths are unambiguous in CLIs, logs and URLs; no "/" since it separates.
 NAME = CONSUMER_NAME
 NAME_RULE = CONSUMER_NAME_RULE
@@ -265,6 +268,8 @@ def _read_consumer(
             d.admins = or_(fields.admins(v, vkey, issues), d.admins)
         elif name == "run_as_root":
             d.run_as_root = fields.flag(v, vkey, issues)
+        elif name == "pools":
+            d.pools = _read_pools(v, vkey, issues)
         elif name == "consumers":
             d.children = _read_children(v, vkey, path, issues, count)
         else:
@@ -273,3 +278,45 @@ def _read_consumer(
                 message += f"; to make '{name}' a child consumer, put it under 'consumers:'"
             issues.add(k, vkey, message)
     return d
+
+
+# The most pools one policy may name (each is a cycle of its own).
+MAX_POOLS = 64
+
+
+def _read_pools(node: Node, key: str, issues: Issues) -> dict[str, PoolDraft]:
+    """`pools: {h100: {owned: 4, share: 2, limit: 8}}`: a consumer's terms per pool; a
+    pool's name is what its agents say (`--pool`, else the GPU type: docs/pools.md)."""
+    out: dict[str, PoolDraft] = {}
+    if is_null(node):
+        return out
+    if not isinstance(node, MappingNode):
+        want = "must be a mapping of pool names to owned/share/limit"
+        issues.add(node, key, f"{want}, got {describe(node)}")
+        return out
+    for name, k, v in entries(node, key, issues):
+        pkey = join(key, name)
+        if not NODE_NAME.fullmatch(name):
+            issues.add(k, pkey, f"pool name '{name[:64]}' is not allowed: use {NODE_NAME_RULE}")
+            continue
+        if len(out) >= MAX_POOLS:
+            issues.add(k, pkey, f"more than {MAX_POOLS} pools")
+            return out
+        d = PoolDraft()
+        out[name] = d
+        if is_null(v):
+            continue
+        if not isinstance(v, MappingNode):
+            issues.add(v, pkey, f"must be a mapping of owned/share/limit, got {describe(v)}")
+            continue
+        for term, tk, tv in entries(v, pkey, issues):
+            tkey = join(pkey, term)
+            if term == "owned":
+                d.owned, d.owned_node = fields.gpus(tv, tkey, issues, minimum=0), tv
+            elif term == "share":
+                d.share = fields.share(tv, tkey, issues)
+            elif term == "limit":
+                d.limit, d.limit_node, d.limit_set = fields.limit(tv, tkey, issues), tv, True
+            else:
+                issues.add(tk, tkey, unknown_key(term, POOL_KEYS))
+    return out

@@ -7,12 +7,12 @@ values be filled in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from yaml.nodes import Node
 
-from schedulerd.core.model import ROOT, ConsumerPath, ConsumerPolicy, Order, Policy
+from schedulerd.core.model import ROOT, ConsumerPath, ConsumerPolicy, Order, Policy, PoolTerms
 from schedulerd.policy.errors import Issues
 
 T = TypeVar("T")
@@ -27,6 +27,18 @@ class Inherited:
     max_preemptions: int = ConsumerPolicy.max_preemptions
     order: Order = ConsumerPolicy.order
     run_as_root: bool = False  # the policy's top-level `run_as_root`, else false
+
+
+@dataclass
+class PoolDraft:
+    """A consumer's `pools.NAME` entry: what it sets in that pool, the rest unset."""
+
+    owned: int | None = None
+    owned_node: Node | None = None
+    share: float | None = None
+    limit: int | None = None
+    limit_node: Node | None = None
+    limit_set: bool = False  # `limit: null` (no limit there) differs from no `limit`
 
 
 @dataclass
@@ -49,43 +61,93 @@ class Draft:
     users: frozenset[str] | None = None
     admins: frozenset[str] = frozenset()
     run_as_root: bool | None = None
+    pools: dict[str, PoolDraft] = field(default_factory=dict)
     children: list[Draft] = field(default_factory=list)
 
 
 def resolve(root: ConsumerPolicy, tops: list[Draft], defaults: Inherited, issues: Issues) -> Policy:
-    """Check owned sums and limits, apply inheritance, and list the tree top-down."""
+    """Check owned sums and limits (in every pool the policy names), apply inheritance,
+    and list the tree top-down."""
     owned: dict[ConsumerPath, int] = {}
     for d in tops:
-        _owned(d, owned, issues)
-    out: dict[ConsumerPath, ConsumerPolicy] = {ROOT: root}
+        _owned(d, owned, issues, None)
+    named = sorted({name for d in tops for name in _pool_names(d)})
+    terms: dict[str, dict[ConsumerPath, PoolTerms]] = {}
+    for pool in named:
+        pool_owned: dict[ConsumerPath, int] = {}
+        for d in tops:
+            _owned(d, pool_owned, issues, pool)
+        terms[pool] = {}
+        for d in tops:
+            _terms(d, pool, pool_owned, terms[pool])
+    root_terms = PoolTerms(owned=root.owned, share=root.share, limit=root.limit)
+    out: dict[ConsumerPath, ConsumerPolicy] = {
+        ROOT: replace(root, pools=tuple((pool, root_terms) for pool in named))
+    }
     for d in tops:
-        _emit(d, defaults, owned, out)
+        _emit(d, defaults, owned, terms, out)
     return Policy(consumers=out)
 
 
-def _owned(d: Draft, owned: dict[ConsumerPath, int], issues: Issues) -> int:
-    """A consumer's owned GPUs: its own value, else the sum of its children's (bottom-up)."""
-    below = sum(_owned(c, owned, issues) for c in d.children)
-    mine = below if d.owned is None else d.owned
+def _pool_names(d: Draft) -> set[str]:
+    names = set(d.pools)
+    for c in d.children:
+        names |= _pool_names(c)
+    return names
+
+
+def _owned(d: Draft, owned: dict[ConsumerPath, int], issues: Issues, pool: str | None) -> int:
+    """A consumer's owned GPUs (in `pool`, or where no pool says otherwise): its own
+    value, else the sum of its children's (bottom-up)."""
+    below = sum(_owned(c, owned, issues, pool) for c in d.children)
+    entry = d.pools.get(pool) if pool is not None else None
+    set_here = entry is not None and entry.owned is not None
+    value = entry.owned if entry is not None and entry.owned is not None else d.owned
+    node = entry.owned_node if entry is not None and set_here else d.owned_node
+    limit, limit_node = d.limit, d.limit_node
+    if entry is not None and entry.limit_set:
+        limit, limit_node = entry.limit, entry.limit_node
+    mine = below if value is None else value
     key = _key_of(d.path)
-    if d.owned is not None and d.children and d.owned < below and d.owned_node is not None:
+    where = f" in pool {pool}" if pool is not None else ""
+    owned_key = f"{key}.pools.{pool}.owned" if set_here else f"{key}.owned"
+    if value is not None and d.children and value < below and node is not None:
         message = (
-            f"owned {d.owned} is below the sum of its children's owned GPUs ({below}); "
+            f"owned {value} is below the sum of its children's owned GPUs{where} ({below}); "
             "raise it or leave it out"
         )
-        issues.add(d.owned_node, f"{key}.owned", message)
-    if d.limit is not None and d.limit < mine and d.limit_node is not None:
-        how = "" if d.owned is not None else " (the sum of its children's)"
-        message = f"limit {d.limit} is below owned {mine}{how}; it could never hold what it owns"
-        issues.add(d.limit_node, f"{key}.limit", message)
+        issues.add(node, owned_key, message)
+    if limit is not None and limit < mine and limit_node is not None:
+        how = "" if value is not None else " (the sum of its children's)"
+        limit_key = (
+            f"{key}.pools.{pool}.limit" if limit_node is not d.limit_node else f"{key}.limit"
+        )
+        message = (
+            f"limit {limit} is below owned {mine}{how}{where}; it could never hold what it owns"
+        )
+        issues.add(limit_node, limit_key, message)
     owned[d.path] = mine
     return mine
+
+
+def _terms(
+    d: Draft, pool: str, owned: dict[ConsumerPath, int], out: dict[ConsumerPath, PoolTerms]
+) -> None:
+    entry = d.pools.get(pool, PoolDraft())
+    out[d.path] = PoolTerms(
+        owned=owned[d.path],
+        share=or_(entry.share, d.share),
+        limit=entry.limit if entry.limit_set else d.limit,
+    )
+    for c in d.children:
+        _terms(c, pool, owned, out)
 
 
 def _emit(
     d: Draft,
     up: Inherited,
     owned: dict[ConsumerPath, int],
+    terms: dict[str, dict[ConsumerPath, PoolTerms]],
     out: dict[ConsumerPath, ConsumerPolicy],
 ) -> None:
     # Own value, else the nearest ancestor's, else `defaults`, else the model's default:
@@ -112,9 +174,10 @@ def _emit(
         users=d.users,
         admins=d.admins,
         run_as_root=here.run_as_root,
+        pools=tuple((pool, by_path[d.path]) for pool, by_path in sorted(terms.items())),
     )
     for c in d.children:
-        _emit(c, here, owned, out)
+        _emit(c, here, owned, terms, out)
 
 
 def _key_of(path: ConsumerPath) -> str:
