@@ -41,6 +41,8 @@ from agent.runner import Runner
 from agent.vouch import DEFAULT_SOCKET as DEFAULT_VOUCH_SOCKET
 from agent.vouch import serve as serve_vouching
 from schedulerd.configfile import ConfigError, Source, parse_args_with_config, read_config
+from schedulerd.core.model import DEFAULT_POOL
+from schedulerd.gputype import node_gpu_type
 from schedulerd.hangup import HeldHangup
 from schedulerd.lockfile import AlreadyLocked, hold
 from schedulerd.sdnotify import Notifier
@@ -124,7 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--node", default=None, type=_node_name, metavar="NAME", help="default: the hostname"
     )
-    p.add_argument("--pool", default="default")
+    p.add_argument(
+        "--pool",
+        default=None,
+        type=_node_name,
+        metavar="NAME",
+        help="the pool this node's GPUs belong to (docs/pools.md); default: their type as "
+        "NVML names it (h100, a100), or 'default' for fake GPUs",
+    )
     p.add_argument(
         "--address",
         default=None,
@@ -258,9 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             running,
             len(adopted) - running,
         )
+    pool = args.pool or node_gpu_type([g.model for g in gpus]) or DEFAULT_POOL
     identity = Identity(
         node=args.node,
-        pool=args.pool,
+        pool=pool,
         gpus=tuple(gpus),
         fake_gpus=backend.is_fake,
         hostname=socket.gethostname(),
@@ -278,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent %s: node %r, pool %r, %d %s GPUs, state in %s, daemon %s",
         __version__,
         args.node,
-        args.pool,
+        pool,
         len(gpus),
         backend.name,
         state_dir,

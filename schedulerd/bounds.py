@@ -315,6 +315,7 @@ def check_job_spec(spec: jobs_pb2.JobSpec, field: str = "spec") -> Refusal | Non
         check_gpus(spec.gpus.min, spec.gpus.max, _join(field, "gpus")),
         check_priority(spec.priority, _join(field, "priority")),
         _check_number(spec.time_limit_seconds, _join(field, "time_limit_seconds"), YEAR_S, least=0),
+        check_node_name(spec.pool, _join(field, "pool")) if spec.pool else None,
     )
 
 

@@ -170,10 +170,12 @@ def job_spec(
     working_dir: str = "",
     priority: int = 0,
     time_limit_s: float = 0,
+    pool: str = "",
 ) -> jobs_pb2.JobSpec:
     """A job as `Client.submit` takes it, for `Client.submit_many`. `user` empty: the
     caller, as its credential proves; another user's name is for cluster admins.
-    `time_limit_s`: the most it runs (0: no limit); see docs/scheduling.md."""
+    `time_limit_s`: the most it runs (0: no limit); see docs/scheduling.md. `pool`: the
+    pool or GPU type it runs on ("": any; docs/pools.md)."""
     return jobs_pb2.JobSpec(
         consumer=consumer,
         user=user,
@@ -184,6 +186,7 @@ def job_spec(
         gpus=jobs_pb2.GpuRequest(min=gpus, max=gpus_max or gpus),
         priority=priority,
         time_limit_seconds=round(time_limit_s),
+        pool=pool,
     )
 
 
@@ -272,6 +275,7 @@ class Client:
         working_dir: str = "",
         priority: int = 0,
         time_limit_s: float = 0,
+        pool: str = "",
     ) -> jobs_pb2.Job:
         spec = job_spec(
             consumer,
@@ -284,6 +288,7 @@ class Client:
             working_dir=working_dir,
             priority=priority,
             time_limit_s=time_limit_s,
+            pool=pool,
         )
         req = jobs_pb2.SubmitJobRequest(spec=spec)
         result: jobs_pb2.Job = _call(self.jobs.SubmitJob, req, timeout=self.timeout_s).job

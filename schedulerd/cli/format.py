@@ -108,11 +108,15 @@ def job_detail(j: jobs_pb2.Job) -> str:
     return "\n".join(lines)
 
 
+def _tree_name(path: str) -> str:
+    depth = 0 if path == "/" else path.count("/")
+    return "/" if path == "/" else "  " * (depth - 1) + path.rsplit("/", 1)[1]
+
+
 def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
     rows = []
     for c in resp.consumers:
-        depth = 0 if c.path == "/" else c.path.count("/")
-        name = "/" if c.path == "/" else "  " * (depth - 1) + c.path.rsplit("/", 1)[1]
+        name = _tree_name(c.path)
         rows.append(
             [
                 name,
@@ -139,7 +143,27 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
         "RUNNING",
         "FLAGS",
     ]
-    return f"{resp.total_gpus} schedulable GPUs\n" + table(headers, rows)
+    pools = sorted({p.pool for c in resp.consumers for p in c.pools})
+    if not pools:
+        return f"{resp.total_gpus} schedulable GPUs\n" + table(headers, rows)
+    out = [f"{resp.total_gpus} schedulable GPUs in {len(pools)} pools; all pools:"]
+    out.append(table(headers, rows))
+    for pool in pools:
+        prows = []
+        gpus = 0
+        for c in resp.consumers:
+            for p in c.pools:
+                if p.pool == pool:
+                    gpus = p.gpus
+                    limit = p.limit if p.HasField("limit") else "-"
+                    ent = f"{p.entitlement:.1f}"
+                    name = _tree_name(c.path)
+                    prows.append(
+                        [name, p.owned, f"{p.share:g}", limit, p.demand, ent, p.allocation]
+                    )
+        out.append(f"\npool {pool}: {gpus} schedulable GPUs")
+        out.append(table(headers[:7], prows))
+    return "\n".join(out)
 
 
 class LogPrefixer:
@@ -187,10 +211,12 @@ def nodes_table(nodes: Sequence[admin_pb2.Node]) -> str:
                 n.name,
                 state,
                 n.pool,
+                n.gpu_type or "-",
                 f"{len(used)}/{len(n.gpus)}",
                 (n.gpus[0].model if n.gpus else "-") + (" (fake)" if n.fake_gpus else ""),
                 ",".join(map(str, jobs)) or "-",
                 ",".join(f"{g.index}:job {g.fenced_job_id}" for g in fenced) or "-",
             ]
         )
-    return table(["NODE", "STATE", "POOL", "GPUS USED", "MODEL", "JOBS", "FENCED"], rows)
+    headers = ["NODE", "STATE", "POOL", "TYPE", "GPUS USED", "MODEL", "JOBS", "FENCED"]
+    return table(headers, rows)

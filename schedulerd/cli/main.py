@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the most it runs (90s, 30m, 2h, 1d); it is stopped then. A job with one may "
         "start early on GPUs held for a larger job that it will not delay (backfill)",
     )
+    s.add_argument(
+        "--pool",
+        default="",
+        metavar="POOL",
+        help="the pool or GPU type to run on (a100, h100; `schedctl nodes` lists them); "
+        "default: any pool",
+    )
     s.add_argument("--user", default="", help="default: you; another user: cluster admins")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument(
@@ -218,6 +225,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         working_dir=args.workdir,
         priority=args.priority,
         time_limit_s=_time_limit(args.time),
+        pool=args.pool,
     )
     print(fmt.as_json(job) if args.json else f"submitted job {job.id} to {job.spec.consumer}")
     if not args.wait:

@@ -3,6 +3,8 @@ servicers, that touches generated types (ARCHITECTURE: API)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from schedulerd import core
@@ -69,6 +71,7 @@ def job_to_pb(
             gpus=jobs_pb2.GpuRequest(min=job.gpus_min, max=job.gpus_max),
             priority=job.priority,
             time_limit_seconds=round(job.time_limit_s or 0),
+            pool=job.pool,
         ),
         state=_STATES[job.state],
         submit_time=timestamp(job.submit_time),
@@ -110,7 +113,26 @@ def job_from_spec(spec: jobs_pb2.JobSpec, user: str, vouched: bool = False) -> J
         state=JobState.PENDING,
         submit_time=0.0,
         time_limit_s=float(spec.time_limit_seconds) or None,
+        pool=spec.pool,
     )
+
+
+def pool_status_to_pb(
+    pool: str,
+    spec: core.ConsumerPolicy,
+    state: core.ConsumerState | None,
+    pool_gpus: Mapping[str, int],
+) -> admin_pb2.PoolStatus:
+    msg = admin_pb2.PoolStatus(
+        pool=pool, owned=spec.owned, share=spec.share, gpus=pool_gpus.get(pool, 0)
+    )
+    if spec.limit is not None:
+        msg.limit = spec.limit
+    if state is not None:
+        msg.demand = state.demand
+        msg.entitlement = state.entitlement
+        msg.allocation = state.allocation
+    return msg
 
 
 def consumer_to_pb(
@@ -150,6 +172,7 @@ def node_to_pb(
     return admin_pb2.Node(
         name=node.name,
         pool=node.pool,
+        gpu_type=node.gpu_type,
         drained=node.drained,
         drain_reason=node.drain_reason,
         state=_LIVENESS[liveness],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from schedulerd import core
 from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeName
@@ -64,6 +64,8 @@ class ClusterState:
         self.policy: core.Policy | None = None
         self.policy_record: PolicyRecord | None = None
         self.consumer_states: dict[ConsumerPath, ConsumerState] = {}
+        # Per pool, when the cluster has several (core/pools.py).
+        self.pool_states: dict[str, Mapping[ConsumerPath, ConsumerState]] = {}
         self.usage: dict[tuple[ConsumerPath, str], float] = {}
         self._usage_at = clock()
         self._usage_saved_at = self._usage_at
@@ -130,7 +132,7 @@ class ClusterState:
         self._decay_usage()
         # Fenced GPUs are not offered: their last holder may still run (docs/fencing.md).
         nodes = tuple(
-            core.Node(NodeName(n.name), _offered(n), self.schedulable(n))
+            core.Node(NodeName(n.name), _offered(n), self.schedulable(n), n.pool, n.gpu_type)
             for n in self.nodes.values()
         )
         jobs = tuple(self._core_view(j) for j in self.jobs.values())
@@ -156,6 +158,7 @@ class ClusterState:
             job.ending,
             job.preemptions,
             job.time_limit_s,
+            job.pool,
         )
         cached = self._waiting_views.get(job.id)
         if cached is not None and cached[0] == key:
@@ -164,8 +167,19 @@ class ClusterState:
         self._waiting_views[job.id] = (key, view)
         return view
 
+    def pool_gpus(self) -> dict[str, int]:
+        """GPUs of schedulable nodes, per pool."""
+        gpus: dict[str, int] = defaultdict(int)
+        for n in self.nodes.values():
+            if self.schedulable(n):
+                gpus[n.pool] += len(n.gpus)
+        return dict(gpus)
+
     def cluster_shape(self) -> core.ClusterShape:
-        return core.ClusterShape(tuple(len(n.gpus) for n in self.nodes.values()))
+        nodes = self.nodes.values()
+        return core.ClusterShape(
+            tuple(len(n.gpus) for n in nodes), tuple((n.pool, n.gpu_type) for n in nodes)
+        )
 
     def _decay_usage(self) -> None:
         """Usage up to now (core/usage.py, the simulator's function too), and kept in
@@ -210,7 +224,13 @@ class ClusterState:
         the job has its id (an experiment's trial row: both or neither)."""
         assert self.policy is not None
         error = core.check_submission(
-            self.policy, self.cluster_shape(), job.consumer, job.user, job.gpus_min, job.gpus_max
+            self.policy,
+            self.cluster_shape(),
+            job.consumer,
+            job.user,
+            job.gpus_min,
+            job.gpus_max,
+            job.pool,
         )
         if error:
             raise SubmitError(error)
@@ -248,7 +268,7 @@ class ClusterState:
         shape = self.cluster_shape()
         for i, job in enumerate(jobs):
             error = core.check_submission(
-                self.policy, shape, job.consumer, job.user, job.gpus_min, job.gpus_max
+                self.policy, shape, job.consumer, job.user, job.gpus_min, job.gpus_max, job.pool
             )
             if error:
                 raise SubmitError(f"job {i} of {len(jobs)}: {error}")
@@ -352,4 +372,5 @@ def _core_job(job: JobRecord) -> core.Job:
         release_deadline=job.release_deadline,
         preemptions=job.preemptions,
         time_limit_s=job.time_limit_s,
+        pool=job.pool or None,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from schedulerd.gputype import node_gpu_type
+
 
 class JobState(enum.Enum):
     PENDING = "PENDING"
@@ -95,6 +97,8 @@ class JobRecord:
     preemptions: int = 0
     # The most it runs, as its user declared (`--time`); None: no limit.
     time_limit_s: float | None = None
+    # The pool or GPU type it asked for (`--pool`); "": any (docs/pools.md).
+    pool: str = ""
     parts: list[PartRecord] = field(default_factory=list)
 
     @property
@@ -140,6 +144,11 @@ class NodeRecord:
 
     def fenced(self) -> dict[int, FenceRecord]:
         return {f.gpu_index: f for f in self.fences}
+
+    @property
+    def gpu_type(self) -> str:
+        """Its GPUs' type as a short name ("h100"), "" when mixed or unknown (fakes)."""
+        return node_gpu_type([g.model for g in self.gpus])
 
 
 @dataclass

@@ -211,4 +211,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (consumer, user)
     );
     """,
+    # 9: pools (docs/pools.md): the pool or GPU type a job asked for ('': any).
+    """
+    ALTER TABLE jobs ADD COLUMN pool TEXT NOT NULL DEFAULT '';
+    """,
 ]

@@ -48,7 +48,7 @@ class ApplyPolicyRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., source_name: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ConsumerStatus(_message.Message):
-    __slots__ = ("path", "owned", "share", "limit", "lend", "borrow", "order", "demand", "entitlement", "allocation", "pending_jobs", "running_jobs", "leaf")
+    __slots__ = ("path", "owned", "share", "limit", "lend", "borrow", "order", "demand", "entitlement", "allocation", "pending_jobs", "running_jobs", "leaf", "pools")
     PATH_FIELD_NUMBER: _ClassVar[int]
     OWNED_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class ConsumerStatus(_message.Message):
     PENDING_JOBS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     LEAF_FIELD_NUMBER: _ClassVar[int]
+    POOLS_FIELD_NUMBER: _ClassVar[int]
     path: str
     owned: int
     share: float
@@ -75,7 +76,28 @@ class ConsumerStatus(_message.Message):
     pending_jobs: int
     running_jobs: int
     leaf: bool
-    def __init__(self, path: _Optional[str] = ..., owned: _Optional[int] = ..., share: _Optional[float] = ..., limit: _Optional[int] = ..., lend: _Optional[bool] = ..., borrow: _Optional[bool] = ..., order: _Optional[str] = ..., demand: _Optional[int] = ..., entitlement: _Optional[float] = ..., allocation: _Optional[int] = ..., pending_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., leaf: _Optional[bool] = ...) -> None: ...
+    pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
+    def __init__(self, path: _Optional[str] = ..., owned: _Optional[int] = ..., share: _Optional[float] = ..., limit: _Optional[int] = ..., lend: _Optional[bool] = ..., borrow: _Optional[bool] = ..., order: _Optional[str] = ..., demand: _Optional[int] = ..., entitlement: _Optional[float] = ..., allocation: _Optional[int] = ..., pending_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., leaf: _Optional[bool] = ..., pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("pool", "owned", "share", "limit", "demand", "entitlement", "allocation", "gpus")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    OWNED_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    ENTITLEMENT_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    owned: int
+    share: float
+    limit: int
+    demand: int
+    entitlement: float
+    allocation: int
+    gpus: int
+    def __init__(self, pool: _Optional[str] = ..., owned: _Optional[int] = ..., share: _Optional[float] = ..., limit: _Optional[int] = ..., demand: _Optional[int] = ..., entitlement: _Optional[float] = ..., allocation: _Optional[int] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class ApplyPolicyResponse(_message.Message):
     __slots__ = ("applied", "version", "consumers")
@@ -116,7 +138,7 @@ class Gpu(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., job_id: _Optional[int] = ..., fenced_job_id: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "pool", "state", "drained", "drain_reason", "gpus", "last_seen", "fake_gpus", "agent_version")
+    __slots__ = ("name", "pool", "state", "drained", "drain_reason", "gpus", "last_seen", "fake_gpus", "agent_version", "gpu_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +148,7 @@ class Node(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     FAKE_GPUS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GPU_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     pool: str
     state: NodeState
@@ -135,7 +158,8 @@ class Node(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     fake_gpus: bool
     agent_version: str
-    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., drained: _Optional[bool] = ..., drain_reason: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fake_gpus: _Optional[bool] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    gpu_type: str
+    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., drained: _Optional[bool] = ..., drain_reason: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fake_gpus: _Optional[bool] = ..., agent_version: _Optional[str] = ..., gpu_type: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

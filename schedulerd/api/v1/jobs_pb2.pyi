@@ -36,7 +36,7 @@ class GpuRequest(_message.Message):
     def __init__(self, min: _Optional[int] = ..., max: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("consumer", "user", "name", "command", "env", "working_dir", "gpus", "priority", "time_limit_seconds")
+    __slots__ = ("consumer", "user", "name", "command", "env", "working_dir", "gpus", "priority", "time_limit_seconds", "pool")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class JobSpec(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     consumer: str
     user: str
     name: str
@@ -62,7 +63,8 @@ class JobSpec(_message.Message):
     gpus: GpuRequest
     priority: int
     time_limit_seconds: int
-    def __init__(self, consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpus: _Optional[_Union[GpuRequest, _Mapping]] = ..., priority: _Optional[int] = ..., time_limit_seconds: _Optional[int] = ...) -> None: ...
+    pool: str
+    def __init__(self, consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpus: _Optional[_Union[GpuRequest, _Mapping]] = ..., priority: _Optional[int] = ..., time_limit_seconds: _Optional[int] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class GpuAssignment(_message.Message):
     __slots__ = ("node", "index", "uuid")

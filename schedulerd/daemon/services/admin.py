@@ -12,7 +12,7 @@ from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc
 from schedulerd.auth.authorize import NOTHING, Action, Target
 from schedulerd.daemon import nodes
 from schedulerd.daemon.change import Change
-from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb
+from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb, pool_status_to_pb
 from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.loop import SchedulingLoop
@@ -67,7 +67,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         # Entitlements under the new policy, from the same pure core the loop runs.
         snapshot = self.state.snapshot()
         plan = await asyncio.to_thread(core.decide, snapshot, policy, self.state.clock())
-        consumers = _statuses(policy, plan.consumers)
+        consumers = _statuses(policy, plan.consumers, plan.pools, self.state.pool_gpus())
         if request.dry_run:
             return admin_pb2.ApplyPolicyResponse(applied=False, consumers=consumers)
         try:
@@ -90,9 +90,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         policy = self.state.policy
         assert policy is not None
         states = self.state.consumer_states
-        total = sum(len(n.gpus) for n in self.state.nodes.values() if self.state.schedulable(n))
+        pool_gpus = self.state.pool_gpus()
+        statuses = _statuses(policy, states, self.state.pool_states, pool_gpus)
         return admin_pb2.ListConsumersResponse(
-            consumers=_statuses(policy, states), total_gpus=total
+            consumers=statuses, total_gpus=sum(pool_gpus.values())
         )
 
     async def ListNodes(
@@ -200,9 +201,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
 
 def _statuses(
-    policy: core.Policy, states: Mapping[core.ConsumerPath, core.ConsumerState]
+    policy: core.Policy,
+    states: Mapping[core.ConsumerPath, core.ConsumerState],
+    pools: Mapping[str, Mapping[core.ConsumerPath, core.ConsumerState]],
+    pool_gpus: Mapping[str, int],
 ) -> list[admin_pb2.ConsumerStatus]:
-    return [
-        consumer_to_pb(spec, states.get(path), policy.is_leaf(path))
-        for path, spec in policy.consumers.items()
-    ]
+    out = []
+    for path, spec in policy.consumers.items():
+        msg = consumer_to_pb(spec, states.get(path), policy.is_leaf(path))
+        for pool, by_path in sorted(pools.items()):
+            msg.pools.append(
+                pool_status_to_pb(
+                    pool, policy.in_pool(pool).consumers[path], by_path.get(path), pool_gpus
+                )
+            )
+        out.append(msg)
+    return out
