@@ -138,8 +138,11 @@ class Engine:
         self.held_for_reclaim: tuple[GpuSlot, ...] = ()
         self.usage: dict[tuple[ConsumerPath, str], float] = {}
         self.usage_at = 0.0
-        # Only the `fairshare` order reads usage: a replay without it skips the cost.
-        self.tracks_usage = any(c.order is Order.FAIRSHARE for c in policy.consumers.values())
+        # Only the `fairshare` order and `usage_weight` read usage: a replay without
+        # either skips the cost.
+        self.tracks_usage = policy.usage_weight > 0 or any(
+            c.order is Order.FAIRSHARE for c in policy.consumers.values()
+        )
         # Kept up to date at every change, so that measuring costs O(consumers).
         self.alloc = [0] * len(self.leaves)
         self.waiting = [0] * len(self.leaves)
