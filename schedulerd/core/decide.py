@@ -74,7 +74,11 @@ def decide_pool(
     leaf_demand: dict[ConsumerPath, int] = defaultdict(int)
     for j in (*running, *known):
         leaf_demand[j.consumer] += j.gpus_max
-    division = divide(policy, capacity, leaf_demand)
+    leaf_usage: dict[ConsumerPath, float] = defaultdict(float)
+    if policy.usage_weight > 0:
+        for (leaf, _user), used in snapshot.user_usage.items():
+            leaf_usage[leaf] += used
+    division = divide(policy, capacity, leaf_demand, leaf_usage)
 
     free = FreeGpus(snapshot.nodes, (s for j in running for s in j.held))
     adm = Admission(policy, division, free)

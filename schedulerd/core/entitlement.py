@@ -62,14 +62,37 @@ def locked_owned(policy: Policy, demand: Mapping[ConsumerPath, int]) -> dict[Con
     return locked
 
 
-def divide(policy: Policy, capacity: int, leaf_demand: Mapping[ConsumerPath, int]) -> Division:
+def consumer_usage(
+    policy: Policy, leaf_usage: Mapping[ConsumerPath, float]
+) -> dict[ConsumerPath, float]:
+    """Decayed GPU-seconds of every consumer: its leaves' summed up the tree."""
+    usage: dict[ConsumerPath, float] = {}
+    for path in reversed(list(policy.consumers)):
+        children = policy.children(path)
+        usage[path] = sum(usage[c] for c in children) if children else leaf_usage.get(path, 0.0)
+    return usage
+
+
+def divide(
+    policy: Policy,
+    capacity: int,
+    leaf_demand: Mapping[ConsumerPath, int],
+    leaf_usage: Mapping[ConsumerPath, float] | None = None,
+) -> Division:
+    """`leaf_usage`: decayed GPU-seconds per leaf; with the policy's `usage_weight` on, it
+    lowers shares of the surplus (step 2), never owned GPUs."""
+    weights = None
+    if policy.usage_weight > 0 and leaf_usage:
+        weights = _usage_shares(policy, consumer_usage(policy, leaf_usage))
     demand = subtree_demand(policy, leaf_demand)
     locked = locked_owned(policy, demand)
     entitlement: dict[ConsumerPath, float] = {ROOT: float(min(capacity, demand[ROOT]))}
     reserved: dict[ConsumerPath, float] = {}
     # The root also holds the reservations of its lend:false subtrees, so divide
     # the whole capacity at the top, not only the root's demand.
-    _divide_children(policy, ROOT, float(capacity), 0.0, demand, locked, entitlement, reserved)
+    _divide_children(
+        policy, ROOT, float(capacity), 0.0, demand, locked, entitlement, reserved, weights
+    )
     return Division(demand=demand, entitlement=entitlement, reserved=reserved)
 
 
@@ -82,6 +105,7 @@ def _divide_children(
     locked: Mapping[ConsumerPath, float],
     entitlement: dict[ConsumerPath, float],
     reserved: dict[ConsumerPath, float],
+    weights: Mapping[ConsumerPath, float] | None = None,
 ) -> None:
     """Divide a parent's entitlement `grant` among its children; `held` is what the
     parent's subtree keeps reserved. Children's reservations come out of `held`
@@ -121,14 +145,15 @@ def _divide_children(
     # (demand is already capped by limit, see subtree_demand).
     share = dict(guaranteed)
     rest = available - sum(guaranteed.values()) - sum(lock.values()) - own
+    weight_of = {s.path: s.share if weights is None else weights[s.path] for s in specs}
     open_ = [s for s in specs if s.share > 0 and demand[s.path] - share[s.path] > _EPS]
     while rest > _EPS and open_:
-        weight = sum(s.share for s in open_)
+        weight = sum(weight_of[s.path] for s in open_)
         capped = []
         handed = 0.0
         for s in open_:
             room = demand[s.path] - share[s.path]
-            offer = rest * s.share / weight
+            offer = rest * weight_of[s.path] / weight
             take = min(offer, room)
             share[s.path] += take
             handed += take
@@ -143,5 +168,27 @@ def _divide_children(
         entitlement[s.path] = share[s.path]
         # Step 3: recurse with the child's entitlement and its reservations.
         _divide_children(
-            policy, s.path, share[s.path], lock[s.path], demand, locked, entitlement, reserved
+            policy,
+            s.path,
+            share[s.path],
+            lock[s.path],
+            demand,
+            locked,
+            entitlement,
+            reserved,
+            weights,
         )
+
+
+def _usage_shares(policy: Policy, usage: Mapping[ConsumerPath, float]) -> dict[ConsumerPath, float]:
+    """Each consumer's effective share (SEMANTICS: usage decay): share / (1 + k·u), u its
+    fraction of its siblings' (its own included) decayed usage, k the policy's
+    usage_weight. Slurm normalizes usage among siblings the same way."""
+    out: dict[ConsumerPath, float] = {}
+    for parent in policy.consumers:
+        children = policy.children(parent)
+        total = sum(usage[c] for c in children)
+        for c in children:
+            fraction = usage[c] / total if total > _EPS else 0.0
+            out[c] = policy.consumers[c].share / (1 + policy.usage_weight * fraction)
+    return out

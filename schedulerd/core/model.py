@@ -90,6 +90,10 @@ class Policy:
     # How long past GPU-seconds count, halving (core/usage.py): the `fairshare` order
     # puts the user with the least decayed usage first. The policy's `usage_half_life`.
     usage_half_life_s: float = 3600.0
+    # How much decayed usage lowers a consumer's share of the surplus (SEMANTICS: usage
+    # decay): effective share = share / (1 + usage_weight · its fraction of its
+    # siblings' usage). 0, the default: off. The policy's `usage_weight`.
+    usage_weight: float = 0.0
     # Indexes built once: the core asks for children and ancestors in its hot loops.
     _children: Mapping[ConsumerPath, tuple[ConsumerPath, ...]] = field(
         init=False, repr=False, compare=False
@@ -121,7 +125,11 @@ class Policy:
         cached = self._in_pool.get(pool)
         if cached is None:
             consumers = {p: c.in_pool(pool) for p, c in self.consumers.items()}
-            cached = Policy(consumers=consumers, usage_half_life_s=self.usage_half_life_s)
+            cached = Policy(
+                consumers=consumers,
+                usage_half_life_s=self.usage_half_life_s,
+                usage_weight=self.usage_weight,
+            )
             self._in_pool[pool] = cached
         return cached
 

@@ -40,7 +40,8 @@ from schedulerd.policy.tree import Draft, Inherited, PoolDraft, or_, resolve
 
 VERSION = 1
 TOP_KEYS = (
-    *("version", "users", "admins", "run_as_root", "usage_half_life", "defaults"),
+    *("version", "users", "admins", "run_as_root", "usage_half_life", "usage_weight"),
+    "defaults",
     "consumers",
 )
 DEFAULT_KEYS = ("grace", "min_runtime", "max_preemptions", "order")
@@ -115,6 +116,7 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
     root_admins: frozenset[str] | None = None
     run_as_root: bool | None = None
     half_life: float | None = None
+    usage_weight: float | None = None
     inherited = Inherited()
     tops: list[Draft] = []
     count = _Count()
@@ -133,6 +135,8 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
             if half_life is not None and half_life < 1:
                 issues.add(v, "usage_half_life", f"at least 1s, got {describe(v)}")
                 half_life = None
+        elif name == "usage_weight":
+            usage_weight = fields.share(v, "usage_weight", issues)
         elif name == "defaults":
             inherited = _read_defaults(v, issues)
         elif name == "consumers":
@@ -155,6 +159,8 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
     policy = resolve(root, tops, inherited, issues)
     if half_life is not None:
         policy = replace(policy, usage_half_life_s=half_life)
+    if usage_weight is not None:
+        policy = replace(policy, usage_weight=usage_weight)
     return policy
 
 
