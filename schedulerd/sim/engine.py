@@ -251,6 +251,7 @@ class Engine:
             submit_seq=spec.id,
             phase=JobPhase.PENDING,
             time_limit_s=spec.time_limit_s,
+            pool=spec.pool,
         )
         self.live[job.id] = Live(spec=spec, job=job, outcome=outcome, work_left=spec.work)
         self._wait(job)

@@ -34,6 +34,8 @@ class SimJob:
     # Its declared time limit (`--time`), if any: it may backfill into GPUs held for a
     # reservation (core/reservation.py). Traces have none.
     time_limit_s: float | None = None
+    # The pool or GPU type it asks for (docs/pools.md); None: any.
+    pool: str | None = None
 
     @property
     def work(self) -> float:
