@@ -47,11 +47,13 @@ from schedulerd.core.pools import decide_in_pools
 from schedulerd.core.reasons import grow_reason, queue_place, start_reason, why_waiting
 from schedulerd.core.reclaim import Planner
 from schedulerd.core.reservation import Reservation, backfills, reserve
+from schedulerd.core.windows import policy_at
 
 
 def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
-    """The plan for the whole cluster: one cycle per pool (pools.py)."""
-    return decide_in_pools(snapshot, policy, now, decide_pool)
+    """The plan for the whole cluster: one cycle per pool (pools.py), with each
+    consumer's terms in force at `now` (its time windows: windows.py)."""
+    return decide_in_pools(snapshot, policy_at(policy, now), now, decide_pool)
 
 
 def decide_pool(

@@ -40,6 +40,25 @@ class PoolTerms:
 
 
 @dataclass(frozen=True)
+class Window:
+    """A time window of a consumer's plan (the policy's `windows:`; core/windows.py): while
+    the local clock of the policy's time zone reads within it, its owned, share and limit
+    replace the consumer's own (None: unchanged). `days` is a bit mask of the weekdays
+    on which it starts (bit 0 Monday ... bit 6 Sunday); `start` and `end` are minutes
+    from local midnight, `end` up to 1440 (24:00); `end < start` crosses midnight into
+    the next day."""
+
+    when: str  # as the policy writes it ("Mon-Fri 09:00-18:00")
+    days: int
+    start: int
+    end: int
+    owned: int | None = None
+    share: float | None = None
+    limit: int | None = None
+    limit_set: bool = False  # `limit: null` in a window: no limit while it holds
+
+
+@dataclass(frozen=True)
 class ConsumerPolicy:
     """One node of the consumer tree, as the policy file sets it. `owned`, `share` and
     `limit` hold in every pool that `pools` does not name."""
@@ -71,6 +90,15 @@ class ConsumerPolicy:
     # Per pool, as (pool, terms) sorted by pool: every pool the policy names anywhere
     # has an entry on every consumer (policy/tree.py resolves them).
     pools: tuple[tuple[str, PoolTerms], ...] = ()
+    # Time windows (core/windows.py): the first that holds at an instant sets owned,
+    # share and limit then. Empty in a policy that windows.policy_at resolved.
+    windows: tuple[Window, ...] = ()
+    # Its owned is the sum of its children's (the policy leaves it out): recomputed
+    # when a window changes a child's owned. Not compared: it says how owned came about.
+    owned_sum: bool = field(default=False, compare=False)
+    # In a policy resolved at an instant (windows.policy_at): the `when` of the window
+    # in force then, "" when none.
+    window: str = ""
 
     def in_pool(self, pool: str) -> ConsumerPolicy:
         for name, terms in self.pools:
@@ -94,6 +122,8 @@ class Policy:
     # decay): effective share = share / (1 + usage_weight · its fraction of its
     # siblings' usage). 0, the default: off. The policy's `usage_weight`.
     usage_weight: float = 0.0
+    # The time zone that consumers' windows are read in (the policy's `timezone`).
+    timezone: str = "UTC"
     # Indexes built once: the core asks for children and ancestors in its hot loops.
     _children: Mapping[ConsumerPath, tuple[ConsumerPath, ...]] = field(
         init=False, repr=False, compare=False
@@ -102,6 +132,10 @@ class Policy:
         init=False, repr=False, compare=False
     )
     _in_pool: dict[str, Policy] = field(init=False, repr=False, compare=False)
+    # Consumers with windows, top-down, and the policies resolved per window state
+    # (core/windows.py).
+    windowed: tuple[ConsumerPath, ...] = field(init=False, repr=False, compare=False)
+    _at: dict[tuple[int, ...], Policy] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         children: dict[ConsumerPath, list[ConsumerPath]] = {}
@@ -111,6 +145,10 @@ class Policy:
         object.__setattr__(self, "_children", {k: tuple(sorted(v)) for k, v in children.items()})
         object.__setattr__(self, "_chains", {p: _chain(p) for p in self.consumers})
         object.__setattr__(self, "_in_pool", {})
+        object.__setattr__(
+            self, "windowed", tuple(p for p, c in self.consumers.items() if c.windows)
+        )
+        object.__setattr__(self, "_at", {})
 
     def named_pools(self) -> tuple[str, ...]:
         """The pools this policy gives their own terms (its `pools:` keys), sorted."""
@@ -129,6 +167,7 @@ class Policy:
                 consumers=consumers,
                 usage_half_life_s=self.usage_half_life_s,
                 usage_weight=self.usage_weight,
+                timezone=self.timezone,
             )
             self._in_pool[pool] = cached
         return cached

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
@@ -194,4 +195,105 @@ def _user_name(node: Node, everyone: bool) -> str | None:
         text = str(node.value)
         if USER_NAME.fullmatch(text) or (everyone and text == "*"):
             return text
+    return None
+
+
+# Time windows (core/windows.py): "Mon-Fri 09:00-18:00", "Sat,Sun 00:00-24:00",
+# "daily 22:00-06:00" (an end before the start crosses midnight).
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WHEN_HELP = (
+    'days and times like "Mon-Fri 09:00-18:00": days Mon..Sun, ranges and commas '
+    '("Mon,Wed", "Sat-Sun") or "daily"; times HH:MM-HH:MM, the end may be 24:00 and '
+    "an end before the start crosses midnight"
+)
+_CLOCK = re.compile(r"(\d\d):(\d\d)", re.ASCII)
+MAX_WHEN_CHARS = 64
+
+
+def parse_when(text: str) -> tuple[int, int, int] | str:
+    """(days bit mask, start minute, end minute) of a window's `when`, or what is wrong."""
+    if len(text) > MAX_WHEN_CHARS:
+        return f"at most {MAX_WHEN_CHARS} characters"
+    parts = text.split()
+    if len(parts) != 2:
+        return "give the days, a space, then the times"
+    days = _parse_days(parts[0])
+    if isinstance(days, str):
+        return days
+    start_text, sep, end_text = parts[1].partition("-")
+    if not sep:
+        return f"times {parts[1]!r}: give HH:MM-HH:MM"
+    start = _parse_clock(start_text, allow_24=False)
+    end = _parse_clock(end_text, allow_24=True)
+    if isinstance(start, str):
+        return start
+    if isinstance(end, str):
+        return end
+    if start == end:
+        return f"times {parts[1]!r}: start and end are the same; for a whole day write 00:00-24:00"
+    return days, start, end
+
+
+def _parse_days(text: str) -> int | str:
+    if text.lower() == "daily":
+        return 0b1111111
+    mask = 0
+    for item in text.split(","):
+        low, sep, high = item.partition("-")
+        first = _day(low)
+        last = _day(high) if sep else first
+        if first is None or last is None:
+            return f"days {text!r}: use Mon..Sun, ranges (Mon-Fri), commas (Sat,Sun), or daily"
+        day = first
+        while True:  # a range may wrap over the week's end: Fri-Mon
+            mask |= 1 << day
+            if day == last:
+                break
+            day = (day + 1) % 7
+    return mask
+
+
+def _day(text: str) -> int | None:
+    low = text.lower()
+    return DAYS.index(low) if low in DAYS else None
+
+
+def _parse_clock(text: str, allow_24: bool) -> int | str:
+    m = _CLOCK.fullmatch(text)
+    if m is not None:
+        hours, minutes = int(m.group(1)), int(m.group(2))
+        if hours < 24 and minutes < 60:
+            return hours * 60 + minutes
+        if allow_24 and hours == 24 and minutes == 0:
+            return 1440
+    end = ", or 24:00 for an end" if allow_24 else ""
+    return f"time {text!r}: give HH:MM from 00:00 to 23:59{end}"
+
+
+def when(node: Node, key: str, issues: Issues) -> tuple[int, int, int] | None:
+    if isinstance(node, ScalarNode) and node.tag == STR:
+        parsed = parse_when(node.value)
+        if not isinstance(parsed, str):
+            return parsed
+        issues.add(node, key, f'{parsed} (e.g. "Mon-Fri 09:00-18:00")')
+        return None
+    issues.add(node, key, f"must be {_WHEN_HELP}; got {describe(node)}")
+    return None
+
+
+MAX_TIMEZONE_CHARS = 64
+
+
+def timezone(node: Node, key: str, issues: Issues) -> str | None:
+    """An IANA time zone name (zoneinfo: "Europe/Berlin", "UTC")."""
+    want = "an IANA time zone name like Europe/Berlin or UTC"
+    if isinstance(node, ScalarNode) and node.tag == STR and len(node.value) <= MAX_TIMEZONE_CHARS:
+        name = str(node.value)
+        try:
+            ZoneInfo(name)
+            return name
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            issues.add(node, key, f"unknown time zone {name!r}; give {want}")
+            return None
+    issues.add(node, key, f"must be {want}; got {describe(node)}")
     return None

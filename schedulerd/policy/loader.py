@@ -11,7 +11,7 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from schedulerd.bounds import (
     CONSUMER_NAME,
@@ -36,12 +36,12 @@ from schedulerd.policy.nodes import (
     join,
     unknown_key,
 )
-from schedulerd.policy.tree import Draft, Inherited, PoolDraft, or_, resolve
+from schedulerd.policy.tree import Draft, Inherited, PoolDraft, WindowDraft, or_, resolve
 
 VERSION = 1
 TOP_KEYS = (
     *("version", "users", "admins", "run_as_root", "usage_half_life", "usage_weight"),
-    "defaults",
+    *("timezone", "defaults"),
     "consumers",
 )
 DEFAULT_KEYS = ("grace", "min_runtime", "max_preemptions", "order")
@@ -49,9 +49,14 @@ CONSUMER_KEYS = (
     *("owned", "share", "limit", "lend", "borrow"),
     *("grace", "min_runtime", "max_preemptions", "order", "priority_preemption"),
     *("users", "admins"),
-    *("run_as_root", "pools", "consumers"),
+    *("run_as_root", "pools", "windows", "consumers"),
 )
 POOL_KEYS = ("owned", "share", "limit")
+WINDOW_KEYS = ("when", "owned", "share", "limit")
+# The most time windows one consumer, and one policy, may have: the loader checks the
+# tree in every window state, and there are at most two per window and day.
+MAX_WINDOWS = 16
+MAX_POLICY_WINDOWS = 256
 # Lowercase so that paths are unambiguous in CLIs, logs and URLs; no "/" since it separates.
 NAME = CONSUMER_NAME
 NAME_RULE = CONSUMER_NAME_RULE
@@ -117,6 +122,7 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
     run_as_root: bool | None = None
     half_life: float | None = None
     usage_weight: float | None = None
+    timezone: str | None = None
     inherited = Inherited()
     tops: list[Draft] = []
     count = _Count()
@@ -137,6 +143,8 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
                 half_life = None
         elif name == "usage_weight":
             usage_weight = fields.share(v, "usage_weight", issues)
+        elif name == "timezone":
+            timezone = fields.timezone(v, "timezone", issues)
         elif name == "defaults":
             inherited = _read_defaults(v, issues)
         elif name == "consumers":
@@ -156,7 +164,7 @@ def _read_document(doc: Node | None, issues: Issues) -> Policy | None:
         admins=or_(root_admins, frozenset()),
         run_as_root=inherited.run_as_root,
     )
-    policy = resolve(root, tops, inherited, issues)
+    policy = resolve(root, tops, inherited, issues, timezone or "UTC")
     if half_life is not None:
         policy = replace(policy, usage_half_life_s=half_life)
     if usage_weight is not None:
@@ -169,6 +177,7 @@ class _Count:
 
     def __init__(self) -> None:
         self.n = 0
+        self.windows = 0
 
 
 def _check_version(node: Node, issues: Issues) -> None:
@@ -276,6 +285,8 @@ def _read_consumer(
             d.run_as_root = fields.flag(v, vkey, issues)
         elif name == "pools":
             d.pools = _read_pools(v, vkey, issues)
+        elif name == "windows":
+            d.windows = _read_windows(v, vkey, issues, count)
         elif name == "consumers":
             d.children = _read_children(v, vkey, path, issues, count)
         else:
@@ -325,4 +336,62 @@ def _read_pools(node: Node, key: str, issues: Issues) -> dict[str, PoolDraft]:
                 d.limit, d.limit_node, d.limit_set = fields.limit(tv, tkey, issues), tv, True
             else:
                 issues.add(tk, tkey, unknown_key(term, POOL_KEYS))
+    return out
+
+
+def _read_windows(node: Node, key: str, issues: Issues, count: _Count) -> list[WindowDraft]:
+    """`windows: [{when: "Mon-Fri 09:00-18:00", owned: 8, share: 3, limit: 12}]`: the
+    consumer's terms by time window, the first that holds winning (core/windows.py)."""
+    out: list[WindowDraft] = []
+    if is_null(node):
+        return out
+    if not isinstance(node, SequenceNode):
+        want = "must be a list of windows, each with 'when' and owned/share/limit"
+        issues.add(node, key, f"{want}, got {describe(node)}")
+        return out
+    for i, item in enumerate(node.value):
+        wkey = f"{key}[{i}]"
+        if i >= MAX_WINDOWS:
+            issues.add(item, key, f"more than {MAX_WINDOWS} windows on one consumer")
+            return out
+        count.windows += 1
+        if count.windows > MAX_POLICY_WINDOWS:
+            issues.add(item, wkey, f"more than {MAX_POLICY_WINDOWS} windows in one policy")
+            return out
+        if not isinstance(item, MappingNode):
+            want = "must be a mapping with 'when' and any of owned, share, limit"
+            issues.add(item, wkey, f"{want}, got {describe(item)}")
+            continue
+        d = WindowDraft(node=item, key=wkey)
+        seen: set[str] = set()
+        ok = True
+        for term, tk, tv in entries(item, wkey, issues):
+            tkey = join(wkey, term)
+            seen.add(term)
+            if term == "when":
+                parsed = fields.when(tv, tkey, issues)
+                if parsed is None:
+                    ok = False
+                else:
+                    d.when = str(tv.value)
+                    d.days, d.start, d.end = parsed
+            elif term == "owned":
+                d.owned, d.owned_node = fields.gpus(tv, tkey, issues, minimum=0), tv
+                ok = ok and d.owned is not None
+            elif term == "share":
+                d.share = fields.share(tv, tkey, issues)
+                ok = ok and d.share is not None
+            elif term == "limit":
+                d.limit, d.limit_node, d.limit_set = fields.limit(tv, tkey, issues), tv, True
+            else:
+                issues.add(tk, tkey, unknown_key(term, WINDOW_KEYS))
+        if "when" not in seen:
+            issues.add(
+                item, join(wkey, "when"), 'missing; say when it holds, e.g. "Mon-Fri 09:00-18:00"'
+            )
+            ok = False
+        if not seen & {"owned", "share", "limit"}:
+            issues.add(item, wkey, "sets none of owned, share, limit")
+        if ok:
+            out.append(d)
     return out

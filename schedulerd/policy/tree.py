@@ -12,7 +12,16 @@ from typing import TypeVar
 
 from yaml.nodes import Node
 
-from schedulerd.core.model import ROOT, ConsumerPath, ConsumerPolicy, Order, Policy, PoolTerms
+from schedulerd.core import windows as timewindows
+from schedulerd.core.model import (
+    ROOT,
+    ConsumerPath,
+    ConsumerPolicy,
+    Order,
+    Policy,
+    PoolTerms,
+    Window,
+)
 from schedulerd.policy.errors import Issues
 
 T = TypeVar("T")
@@ -42,6 +51,36 @@ class PoolDraft:
 
 
 @dataclass
+class WindowDraft:
+    """One entry of a consumer's `windows:`, with the nodes its problems point at."""
+
+    node: Node
+    key: str
+    when: str = ""
+    days: int = 0
+    start: int = 0
+    end: int = 0
+    owned: int | None = None
+    owned_node: Node | None = None
+    share: float | None = None
+    limit: int | None = None
+    limit_node: Node | None = None
+    limit_set: bool = False
+
+    def window(self) -> Window:
+        return Window(
+            when=self.when,
+            days=self.days,
+            start=self.start,
+            end=self.end,
+            owned=self.owned,
+            share=self.share,
+            limit=self.limit,
+            limit_set=self.limit_set,
+        )
+
+
+@dataclass
 class Draft:
     """A consumer as its own lines say, before owned sums and inheritance."""
 
@@ -62,12 +101,19 @@ class Draft:
     admins: frozenset[str] = frozenset()
     run_as_root: bool | None = None
     pools: dict[str, PoolDraft] = field(default_factory=dict)
+    windows: list[WindowDraft] = field(default_factory=list)
     children: list[Draft] = field(default_factory=list)
 
 
-def resolve(root: ConsumerPolicy, tops: list[Draft], defaults: Inherited, issues: Issues) -> Policy:
-    """Check owned sums and limits (in every pool the policy names), apply inheritance,
-    and list the tree top-down."""
+def resolve(
+    root: ConsumerPolicy,
+    tops: list[Draft],
+    defaults: Inherited,
+    issues: Issues,
+    timezone: str = "UTC",
+) -> Policy:
+    """Check owned sums and limits (in every pool the policy names, and in every state
+    of the time windows), apply inheritance, and list the tree top-down."""
     owned: dict[ConsumerPath, int] = {}
     for d in tops:
         _owned(d, owned, issues, None)
@@ -86,7 +132,114 @@ def resolve(root: ConsumerPolicy, tops: list[Draft], defaults: Inherited, issues
     }
     for d in tops:
         _emit(d, defaults, owned, terms, out)
-    return Policy(consumers=out)
+    policy = Policy(consumers=out, timezone=timezone)
+    if policy.windowed:
+        drafts: dict[ConsumerPath, Draft] = {}
+        for d in tops:
+            _index(d, drafts)
+        _check_windows(policy, drafts, issues)
+    return policy
+
+
+def _index(d: Draft, out: dict[ConsumerPath, Draft]) -> None:
+    out[d.path] = d
+    for c in d.children:
+        _index(c, out)
+
+
+def _check_windows(policy: Policy, drafts: dict[ConsumerPath, Draft], issues: Issues) -> None:
+    """The checks that span consumers (a parent's owned at least its children's sum, a
+    limit at least the owned), in every window state the policy can produce: the state
+    depends on the local time of the week only, and changes only at the windows' edges
+    (core/windows.py), so resolving the tree at each edge sees every state. Each problem
+    is reported once, at the first state (from Monday 00:00) that shows it; one the
+    policy has outside every window was reported already."""
+    base = timewindows.resolve(policy, tuple(-1 for _ in policy.windowed))
+    reported: set[tuple[ConsumerPath, str]] = set()
+    for path, spec in base.consumers.items():
+        if spec.limit is not None and spec.limit < spec.owned:
+            reported.add((path, "limit"))
+        kids = sum(base.consumers[c].owned for c in base.children(path))
+        if base.children(path) and spec.owned < kids:
+            reported.add((path, "owned"))
+    seen: set[tuple[int, ...]] = {tuple(-1 for _ in policy.windowed)}
+    for point in timewindows.local_points(policy):
+        state = timewindows.state_at_local(policy, *divmod(point, timewindows.DAY_MIN))
+        if state in seen:
+            continue
+        seen.add(state)
+        at = timewindows.resolve(policy, state)
+        touched: set[ConsumerPath] = set()
+        for path, index in zip(policy.windowed, state, strict=True):
+            if index >= 0:
+                touched.update(policy.ancestors(path))
+        for path in sorted(touched):
+            if path == ROOT:
+                continue
+            _check_state(policy, at, drafts, path, state, reported, issues)
+
+
+def _check_state(
+    policy: Policy,
+    at: Policy,
+    drafts: dict[ConsumerPath, Draft],
+    path: ConsumerPath,
+    state: tuple[int, ...],
+    reported: set[tuple[ConsumerPath, str]],
+    issues: Issues,
+) -> None:
+    d = drafts[path]
+    spec = at.consumers[path]
+    in_force = dict(zip(policy.windowed, state, strict=True))
+    mine = d.windows[in_force[path]] if in_force.get(path, -1) >= 0 else None
+    key = _key_of(path)
+
+    def holding(paths: list[ConsumerPath]) -> str:
+        named = [
+            f"{p} {drafts[p].windows[in_force[p]].when!r}"
+            for p in paths
+            if in_force.get(p, -1) >= 0
+        ]
+        return (
+            "while the window"
+            + ("s " if len(named) > 1 else " ")
+            + ", ".join(named)
+            + (" hold" if len(named) > 1 else " holds")
+        )
+
+    if spec.limit is not None and spec.limit < spec.owned and (path, "limit") not in reported:
+        reported.add((path, "limit"))
+        node = mine.limit_node if mine is not None and mine.limit_set else d.limit_node
+        where = f"{mine.key}.limit" if mine is not None and mine.limit_set else f"{key}.limit"
+        if mine is not None and mine.owned_node is not None and node is None:
+            node, where = mine.owned_node, f"{mine.key}.owned"
+        message = (
+            f"limit {spec.limit} is below owned {spec.owned} "
+            f"{holding([*_subtree(at, path)])}; it could never hold what it owns"
+        )
+        issues.add(node if node is not None else mine.node if mine else 1, where, message)
+    kids = at.children(path)
+    below = sum(at.consumers[c].owned for c in kids)
+    explicit = (mine is not None and mine.owned is not None) or d.owned is not None
+    if kids and explicit and spec.owned < below and (path, "owned") not in reported:
+        reported.add((path, "owned"))
+        if mine is not None and mine.owned is not None:
+            node, where = mine.owned_node, f"{mine.key}.owned"
+        else:
+            node, where = d.owned_node, f"{key}.owned"
+        message = (
+            f"owned {spec.owned} is below the sum of its children's owned GPUs ({below}) "
+            f"{holding([path, *_subtree(at, path)])}; raise it or leave it out"
+        )
+        issues.add(node if node is not None else 1, where, message)
+
+
+def _subtree(policy: Policy, path: ConsumerPath) -> list[ConsumerPath]:
+    """`path` and every consumer under it, top-down."""
+    out = [path]
+    for c in policy.children(path):
+        out.extend(_subtree(policy, c))
+    return out
 
 
 def _pool_names(d: Draft) -> set[str]:
@@ -175,6 +328,8 @@ def _emit(
         admins=d.admins,
         run_as_root=here.run_as_root,
         pools=tuple((pool, by_path[d.path]) for pool, by_path in sorted(terms.items())),
+        windows=tuple(w.window() for w in d.windows),
+        owned_sum=d.owned is None and bool(d.children),
     )
     for c in d.children:
         _emit(c, here, owned, terms, out)
