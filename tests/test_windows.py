@@ -61,12 +61,13 @@ ALL = 0b1111111
 @pytest.mark.parametrize(
     ("text", "days", "start", "end"),
     [
-        ("Mon-Fri 09:00-18:00", 0b0011111, 540, 1080),
-        ("mon,wed 08:30-12:00", 0b0000101, 510, 720),
-        ("Sat-Sun 00:00-24:00", 0b1100000, 0, 1440),
-        ("Fri-Mon 10:00-11:00", 0b1110001, 600, 660),  # a range over the week's end
-        ("daily 22:00-06:00", ALL, 1320, 360),  # crosses midnight
-        ("Mon,Wed-Fri 00:00-00:30", 0b0011101, 0, 30),
+        ("Mon-Fri 09:00-18:00", 0b0011111, 9 * 3600, 18 * 3600),
+        ("mon,wed 08:30-12:00", 0b0000101, 8 * 3600 + 1800, 12 * 3600),
+        ("Sat-Sun 00:00-24:00", 0b1100000, 0, 86400),
+        ("Fri-Mon 10:00-11:00", 0b1110001, 36000, 39600),  # a range over the week's end
+        ("daily 22:00-06:00", ALL, 22 * 3600, 6 * 3600),  # crosses midnight
+        ("Mon,Wed-Fri 00:00-00:30", 0b0011101, 0, 1800),
+        ("daily 10:00:05-10:00:30", ALL, 36005, 36030),  # seconds, for short windows
     ],
 )
 def test_when_parses(text: str, days: int, start: int, end: int) -> None:
@@ -81,6 +82,8 @@ def test_when_parses(text: str, days: int, start: int, end: int) -> None:
         ("Mon 09:00-25:00", "time '25:00'"),
         ("Mon 24:00-06:00", "time '24:00'"),  # 24:00 ends only
         ("Mon 09:60-10:00", "time '09:60'"),
+        ("Mon 09:00:60-10:00", "time '09:00:60'"),
+        ("Mon 09:00-24:00:01", "time '24:00:01'"),
         ("Mon 09:00", "HH:MM-HH:MM"),
         ("09:00-18:00", "give the days"),
         ("Mon 10:00-10:00", "the same"),

@@ -44,8 +44,8 @@ class Window:
     """A time window of a consumer's plan (the policy's `windows:`; core/windows.py): while
     the local clock of the policy's time zone reads within it, its owned, share and limit
     replace the consumer's own (None: unchanged). `days` is a bit mask of the weekdays
-    on which it starts (bit 0 Monday ... bit 6 Sunday); `start` and `end` are minutes
-    from local midnight, `end` up to 1440 (24:00); `end < start` crosses midnight into
+    on which it starts (bit 0 Monday ... bit 6 Sunday); `start` and `end` are seconds
+    from local midnight, `end` up to 86400 (24:00); `end < start` crosses midnight into
     the next day."""
 
     when: str  # as the policy writes it ("Mon-Fri 09:00-18:00")

@@ -10,9 +10,9 @@ force at that instant.
 Windows change a consumer's own terms, which hold in every pool the policy does not name
 under `pools:`; a named pool's terms (ConsumerPolicy.pools) are not changed by windows.
 
-Because windows match on the local weekday and minute only, the *window state* (which
+Because windows match on the local weekday and time of day only, the *window state* (which
 window, if any, holds for each consumer) is a function of the local time of the week,
-whatever DST does: `local_points` lists the finitely many minutes of the week at which
+whatever DST does: `local_points` lists the finitely many seconds of the week at which
 it can change, so that the loader can check every state a policy can produce.
 
 Pure: the instant is an argument; zoneinfo's tables are read, never the clock.
@@ -28,8 +28,8 @@ from zoneinfo import ZoneInfo
 
 from schedulerd.core.model import ConsumerPath, ConsumerPolicy, Policy, Window
 
-DAY_MIN = 1440
-WEEK_MIN = 7 * DAY_MIN
+DAY_S = 86400
+WEEK_S = 7 * DAY_S
 # Resolved policies kept per policy: a week has few distinct window states in practice;
 # a policy with more is resolved again when they come back.
 MAX_CACHED_STATES = 64
@@ -44,28 +44,28 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def holds(w: Window, weekday: int, minute: int) -> bool:
-    """Whether `w` holds at local `weekday` (0 = Monday) and `minute` from midnight."""
+def holds(w: Window, weekday: int, second: int) -> bool:
+    """Whether `w` holds at local `weekday` (0 = Monday) and `second` from midnight."""
     if w.start < w.end:
-        return bool(w.days >> weekday & 1) and w.start <= minute < w.end
+        return bool(w.days >> weekday & 1) and w.start <= second < w.end
     # Crossing midnight: from start on a day it names to end on the next day.
-    if minute >= w.start:
+    if second >= w.start:
         return bool(w.days >> weekday & 1)
-    return minute < w.end and bool(w.days >> ((weekday - 1) % 7) & 1)
+    return second < w.end and bool(w.days >> ((weekday - 1) % 7) & 1)
 
 
 def local_time(policy: Policy, now: float) -> tuple[int, int]:
-    """The local weekday (0 = Monday) and minute of the day at unix time `now`."""
+    """The local weekday (0 = Monday) and second of the day at unix time `now`."""
     t = dt.datetime.fromtimestamp(now, zone(policy.timezone))
-    return t.weekday(), t.hour * 60 + t.minute
+    return t.weekday(), t.hour * 3600 + t.minute * 60 + t.second
 
 
-def state_at_local(policy: Policy, weekday: int, minute: int) -> State:
+def state_at_local(policy: Policy, weekday: int, second: int) -> State:
     out = []
     for path in policy.windowed:
         index = -1
         for i, w in enumerate(policy.consumers[path].windows):
-            if holds(w, weekday, minute):
+            if holds(w, weekday, second):
                 index = i
                 break
         out.append(index)
@@ -126,17 +126,17 @@ def resolve(policy: Policy, state: State) -> Policy:
 
 
 def edges(w: Window) -> Iterable[int]:
-    """The minutes of the week (from Monday 00:00) at which `w` starts or ends."""
+    """The seconds of the week (from Monday 00:00) at which `w` starts or ends."""
     for day in range(7):
         if w.days >> day & 1:
-            start = day * DAY_MIN + w.start
-            end = (day + (1 if w.end <= w.start else 0)) * DAY_MIN + w.end
-            yield start % WEEK_MIN
-            yield end % WEEK_MIN
+            start = day * DAY_S + w.start
+            end = (day + (1 if w.end <= w.start else 0)) * DAY_S + w.end
+            yield start % WEEK_S
+            yield end % WEEK_S
 
 
 def local_points(policy: Policy, week_start: bool = True) -> list[int]:
-    """Every minute of the week at which some window starts or ends, sorted, and
+    """Every second of the week at which some window starts or ends, sorted, and
     Monday 00:00 (`week_start`): the window state is constant from one to the next, so
     these points show every state."""
     points = {0} if week_start else set()
@@ -161,10 +161,11 @@ def next_boundary(policy: Policy, now: float) -> float | None:
     points = local_points(policy, week_start=False)
     for week in (0, 1):
         for point in points:
-            day, minute = divmod(point, DAY_MIN)
+            day, second = divmod(point, DAY_S)
             date = monday + dt.timedelta(days=7 * week + day)
+            clock = dt.time(second // 3600, second // 60 % 60, second % 60)
             for fold in (0, 1):
-                wall = dt.datetime.combine(date, dt.time(minute // 60, minute % 60), tz)
+                wall = dt.datetime.combine(date, clock, tz)
                 at = wall.replace(fold=fold).timestamp()
                 if at > now and (best is None or at < best):
                     best = at

@@ -203,15 +203,16 @@ def _user_name(node: Node, everyone: bool) -> str | None:
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WHEN_HELP = (
     'days and times like "Mon-Fri 09:00-18:00": days Mon..Sun, ranges and commas '
-    '("Mon,Wed", "Sat-Sun") or "daily"; times HH:MM-HH:MM, the end may be 24:00 and '
-    "an end before the start crosses midnight"
+    '("Mon,Wed", "Sat-Sun") or "daily"; times HH:MM-HH:MM (or HH:MM:SS), the end may be '
+    "24:00 and an end before the start crosses midnight"
 )
-_CLOCK = re.compile(r"(\d\d):(\d\d)", re.ASCII)
+_CLOCK = re.compile(r"(\d\d):(\d\d)(?::(\d\d))?", re.ASCII)
 MAX_WHEN_CHARS = 64
 
 
 def parse_when(text: str) -> tuple[int, int, int] | str:
-    """(days bit mask, start minute, end minute) of a window's `when`, or what is wrong."""
+    """(days bit mask, start second, end second of the day) of a window's `when`, or
+    what is wrong. Times are HH:MM, or HH:MM:SS."""
     if len(text) > MAX_WHEN_CHARS:
         return f"at most {MAX_WHEN_CHARS} characters"
     parts = text.split()
@@ -261,13 +262,13 @@ def _day(text: str) -> int | None:
 def _parse_clock(text: str, allow_24: bool) -> int | str:
     m = _CLOCK.fullmatch(text)
     if m is not None:
-        hours, minutes = int(m.group(1)), int(m.group(2))
-        if hours < 24 and minutes < 60:
-            return hours * 60 + minutes
-        if allow_24 and hours == 24 and minutes == 0:
-            return 1440
+        hours, minutes, seconds = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+        if hours < 24 and minutes < 60 and seconds < 60:
+            return hours * 3600 + minutes * 60 + seconds
+        if allow_24 and hours == 24 and minutes == 0 and seconds == 0:
+            return 86400
     end = ", or 24:00 for an end" if allow_24 else ""
-    return f"time {text!r}: give HH:MM from 00:00 to 23:59{end}"
+    return f"time {text!r}: give HH:MM (or HH:MM:SS) from 00:00 to 23:59{end}"
 
 
 def when(node: Node, key: str, issues: Issues) -> tuple[int, int, int] | None:

@@ -164,7 +164,7 @@ def _check_windows(policy: Policy, drafts: dict[ConsumerPath, Draft], issues: Is
             reported.add((path, "owned"))
     seen: set[tuple[int, ...]] = {tuple(-1 for _ in policy.windowed)}
     for point in timewindows.local_points(policy):
-        state = timewindows.state_at_local(policy, *divmod(point, timewindows.DAY_MIN))
+        state = timewindows.state_at_local(policy, *divmod(point, timewindows.DAY_S))
         if state in seen:
             continue
         seen.add(state)
