@@ -377,9 +377,13 @@ class Client:
         return result
 
     def apply_policy(
-        self, text: str, source_name: str = "", dry_run: bool = False
+        self, text: str, source_name: str = "", dry_run: bool = False, at: float | None = None
     ) -> admin_pb2.ApplyPolicyResponse:
+        """`at` (unix time, with `dry_run`): the entitlements as at that time, under the
+        policy's time windows in force then."""
         req = admin_pb2.ApplyPolicyRequest(text=text, source_name=source_name, dry_run=dry_run)
+        if at is not None:
+            req.at.FromNanoseconds(int(at * 1e9))
         result: admin_pb2.ApplyPolicyResponse = _call(
             self.admin.ApplyPolicy, req, timeout=self.timeout_s
         )

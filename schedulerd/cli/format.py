@@ -131,6 +131,8 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
                 ("" if c.lend else "no-lend ") + ("" if c.borrow else "no-borrow"),
             ]
         )
+        if any(x.window for x in resp.consumers):
+            rows[-1].append(c.window or "-")
     headers = [
         "CONSUMER",
         "OWNED",
@@ -143,6 +145,8 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
         "RUNNING",
         "FLAGS",
     ]
+    if any(c.window for c in resp.consumers):
+        headers.append("WINDOW")  # the time window in force (docs/policy.md)
     pools = sorted({p.pool for c in resp.consumers for p in c.pools})
     if not pools:
         return f"{resp.total_gpus} schedulable GPUs\n" + table(headers, rows)

@@ -3,7 +3,7 @@
     schedctl submit --consumer /research/vision --gpus 2 -- python train.py
     schedctl jobs | show JOB | cancel JOB | logs JOB
     schedctl consumers | nodes | drain NODE | undrain NODE | node forget NODE
-    schedctl policy validate FILE | policy apply FILE [--dry-run] | policy show
+    schedctl policy validate FILE | policy apply FILE [--dry-run [--at TIME]] | policy show
     schedctl hpo create FILE | hpo list | hpo show EXP [--watch] | hpo stop EXP | hpo plot EXP
     schedctl serve create FILE | serve update FILE | serve list | serve show NAME [--watch]
     schedctl serve scale NAME --min N --max N | serve delete NAME | serve logs NAME
@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import grpc
 
@@ -143,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = psub.add_parser("apply", help="apply a policy file (--dry-run: show entitlements only)")
     a.add_argument("file", type=Path)
     a.add_argument("--dry-run", action="store_true")
+    a.add_argument(
+        "--at",
+        metavar="TIME",
+        help="with --dry-run: the plan as at TIME, with the time windows in force then: "
+        "ISO 8601 (2026-12-01T10:00, in the policy's time zone, or with an offset: "
+        "2026-12-01T10:00+01:00) or 'now'",
+    )
     a.add_argument("--json", action="store_true")
     psub.add_parser("show", help="print the policy in force")
     hpo.add_parser(sub)
@@ -321,14 +331,54 @@ def _policy(client: Client, args: argparse.Namespace) -> int:
         pol = client.get_policy()
         print(f"# version {pol.version} from {pol.source_name}\n{pol.text}", end="")
         return 0
-    resp = client.apply_policy(args.file.read_text(), str(args.file), args.dry_run)
+    text = args.file.read_text()
+    at = _at(args.at, text, str(args.file)) if args.at is not None else None
+    if at is not None and not args.dry_run:
+        raise SystemExit("schedctl policy apply: --at needs --dry-run (a policy is applied now)")
+    resp = client.apply_policy(text, str(args.file), args.dry_run, at=at)
     if args.json:
         print(fmt.as_json(resp))
         return 0
     head = "dry run: nothing applied" if args.dry_run else f"applied as version {resp.version}"
+    if at is not None and args.at != "now":
+        head += f"; as at {_show_at(at, text, str(args.file))}"
     listing = fmt.consumers_table(_as_list(resp)).split("\n", 1)[1]
     print(f"{head}; entitlements under {args.file}:\n{listing}")
     return 0
+
+
+def _policy_zone(text: str, source: str) -> ZoneInfo:
+    """The time zone of a policy's windows; UTC when it names none, or when it is not
+    valid (the daemon then says what is wrong)."""
+    try:
+        return ZoneInfo(load_policy(text, source).timezone)
+    except (PolicyError, ValueError, OSError):
+        return ZoneInfo("UTC")
+
+
+def _at(text: str, policy_text: str, source: str) -> float:
+    """--at TIME as unix time: "now", or ISO 8601; without an offset, in the policy's
+    time zone (its windows are written in it)."""
+    if text == "now":
+        return time.time()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"schedctl: --at {text!r}: give 'now' or an ISO 8601 time like 2026-12-01T10:00 "
+            "or 2026-12-01T10:00+01:00"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_policy_zone(policy_text, source))
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise SystemExit(f"schedctl: --at {text!r}: out of range") from None
+
+
+def _show_at(at: float, policy_text: str, source: str) -> str:
+    zone = _policy_zone(policy_text, source)
+    return f"{datetime.fromtimestamp(at, zone):%a %Y-%m-%d %H:%M %Z}"
 
 
 def _as_list(resp: admin_pb2.ApplyPolicyResponse) -> admin_pb2.ListConsumersResponse:

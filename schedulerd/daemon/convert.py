@@ -146,6 +146,7 @@ def consumer_to_pb(
         borrow=spec.borrow,
         order=spec.order.value,
         leaf=leaf,
+        window=spec.window,
     )
     if spec.limit is not None:
         msg.limit = spec.limit

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from schedulerd import core
+from schedulerd.core.windows import next_boundary, policy_at, switches
 from schedulerd.daemon import timelimits
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.nodes import expire_nodes
@@ -51,6 +52,9 @@ class SchedulingLoop:
         self.tick_s = tick_s
         self.node_timeout_s = node_timeout_s
         self._wake = asyncio.Event()
+        # The policy as resolved at the last cycle, while it has time windows: a window
+        # that starts or ends is logged once (core/windows.py).
+        self._in_force: core.Policy | None = None
 
     def wake(self) -> None:
         """Something changed (a submission, a report, a node): decide soon."""
@@ -60,7 +64,7 @@ class SchedulingLoop:
         """Cycle until cancelled (`Daemon.stop_deciding`). A cancel lands only at an
         await: a plan is either committed and sent whole, or dropped."""
         while True:
-            await woken(self._wake, self.max_wait_s)
+            await woken(self._wake, self._wait_s())
             self._wake.clear()
             began = time.perf_counter()
             if self.hang_when is not None and self.hang_when.exists():
@@ -80,6 +84,30 @@ class SchedulingLoop:
             # by one cycle. On a small cluster the rest is a millisecond or two.
             await asyncio.sleep(min(time.perf_counter() - began, self.max_wait_s))
 
+    def _wait_s(self) -> float:
+        """How long to wait for a wake-up: a tick, or less when a time window of the
+        policy starts or ends sooner, so that the cycle at the boundary switches the
+        entitlements (and reclaims) on time even if nothing else happens."""
+        policy = self.state.policy
+        if policy is None or not policy.windowed:
+            return self.max_wait_s
+        now = self.state.clock()
+        boundary = next_boundary(policy, now)
+        if boundary is None:
+            return self.max_wait_s
+        # A hair past the boundary: a timer that fires a little early would decide
+        # with the window that is ending.
+        return max(0.0, min(self.max_wait_s, boundary - now + 0.01))
+
+    def _note_windows(self, policy: core.Policy, now: float) -> None:
+        """Log each consumer whose window in force changed since the last cycle."""
+        if not policy.windowed and self._in_force is None:
+            return
+        resolved = policy_at(policy, now)
+        for line in switches(self._in_force, resolved):
+            log.info("%s", line)
+        self._in_force = resolved if policy.windowed else None
+
     async def cycle(self) -> None:
         down, commands = expire_nodes(self.state, self.node_timeout_s)
         self.links.send_all(commands)
@@ -95,9 +123,12 @@ class SchedulingLoop:
         policy = self.state.policy
         if policy is None:
             return
+        now = self.state.clock()
+        self._note_windows(policy, now)
         snapshot = self.state.snapshot()
         began = time.perf_counter()
-        plan = await asyncio.to_thread(core.decide, snapshot, policy, self.state.clock())
+        # decide() applies the policy's time windows at `now` (core/windows.py).
+        plan = await asyncio.to_thread(core.decide, snapshot, policy, now)
         log.debug("decide() took %.1f ms", (time.perf_counter() - began) * 1000)
         if policy is not self.state.policy:
             self.wake()  # a new policy came in meanwhile: this plan is stale

@@ -38,17 +38,19 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ApplyPolicyRequest(_message.Message):
-    __slots__ = ("text", "source_name", "dry_run")
+    __slots__ = ("text", "source_name", "dry_run", "at")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
     text: str
     source_name: str
     dry_run: bool
-    def __init__(self, text: _Optional[str] = ..., source_name: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, text: _Optional[str] = ..., source_name: _Optional[str] = ..., dry_run: _Optional[bool] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ConsumerStatus(_message.Message):
-    __slots__ = ("path", "owned", "share", "limit", "lend", "borrow", "order", "demand", "entitlement", "allocation", "pending_jobs", "running_jobs", "leaf", "pools")
+    __slots__ = ("path", "owned", "share", "limit", "lend", "borrow", "order", "demand", "entitlement", "allocation", "pending_jobs", "running_jobs", "leaf", "pools", "window")
     PATH_FIELD_NUMBER: _ClassVar[int]
     OWNED_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +65,7 @@ class ConsumerStatus(_message.Message):
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     LEAF_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     path: str
     owned: int
     share: float
@@ -77,7 +80,8 @@ class ConsumerStatus(_message.Message):
     running_jobs: int
     leaf: bool
     pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
-    def __init__(self, path: _Optional[str] = ..., owned: _Optional[int] = ..., share: _Optional[float] = ..., limit: _Optional[int] = ..., lend: _Optional[bool] = ..., borrow: _Optional[bool] = ..., order: _Optional[str] = ..., demand: _Optional[int] = ..., entitlement: _Optional[float] = ..., allocation: _Optional[int] = ..., pending_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., leaf: _Optional[bool] = ..., pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ...) -> None: ...
+    window: str
+    def __init__(self, path: _Optional[str] = ..., owned: _Optional[int] = ..., share: _Optional[float] = ..., limit: _Optional[int] = ..., lend: _Optional[bool] = ..., borrow: _Optional[bool] = ..., order: _Optional[str] = ..., demand: _Optional[int] = ..., entitlement: _Optional[float] = ..., allocation: _Optional[int] = ..., pending_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., leaf: _Optional[bool] = ..., pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., window: _Optional[str] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
     __slots__ = ("pool", "owned", "share", "limit", "demand", "entitlement", "allocation", "gpus")

@@ -10,6 +10,7 @@ import grpc
 from schedulerd import core
 from schedulerd.api.v1 import admin_pb2, admin_pb2_grpc
 from schedulerd.auth.authorize import NOTHING, Action, Target
+from schedulerd.core.windows import policy_at
 from schedulerd.daemon import nodes
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.convert import consumer_to_pb, node_to_pb, policy_to_pb, pool_status_to_pb
@@ -24,6 +25,9 @@ from schedulerd.policy import PolicyError, load_policy
 from schedulerd.store import StoreUnavailable
 
 MAX_POLICY_CHARS = 1024 * 1024
+# The latest `at` of a dry run: datetime reaches year 9999, and a window's next
+# boundary may be a week or two later.
+LATEST_AT = 253_370_764_800.0  # 9999-01-01T00:00Z
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -64,10 +68,26 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         why = refusal(self.state, policy, source)
         if why is not None:
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, why)
-        # Entitlements under the new policy, from the same pure core the loop runs.
+        if request.HasField("at") and not request.dry_run:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "at: only with dry_run (a policy is applied now); nothing was applied",
+            )
+        # Entitlements under the new policy, from the same pure core the loop runs: with
+        # `at`, the jobs as they are now under the time windows in force then.
+        now = self.state.clock()
+        at = request.at.seconds + request.at.nanos / 1e9 if request.HasField("at") else now
+        if not 0 <= at <= LATEST_AT:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "at: a time from 1970 to 9998; nothing was applied",
+            )
+        resolved = policy_at(policy, at)
         snapshot = self.state.snapshot()
-        plan = await asyncio.to_thread(core.decide, snapshot, policy, self.state.clock())
-        consumers = _statuses(policy, plan.consumers, plan.pools, self.state.pool_gpus())
+        plan = await asyncio.to_thread(core.decide, snapshot, resolved, now)
+        consumers = _statuses(resolved, plan.consumers, plan.pools, self.state.pool_gpus())
         if request.dry_run:
             return admin_pb2.ApplyPolicyResponse(applied=False, consumers=consumers)
         try:
@@ -87,8 +107,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListConsumersRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListConsumersResponse:
         await self.gate.check(context, Action.LIST_CONSUMERS, NOTHING)
-        policy = self.state.policy
-        assert policy is not None
+        assert self.state.policy is not None
+        # Owned, share and limit as in force now (time windows: core/windows.py).
+        policy = policy_at(self.state.policy, self.state.clock())
         states = self.state.consumer_states
         pool_gpus = self.state.pool_gpus()
         statuses = _statuses(policy, states, self.state.pool_states, pool_gpus)
