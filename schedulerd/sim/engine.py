@@ -41,6 +41,7 @@ from schedulerd.core import (
     divide,
 )
 from schedulerd.core.usage import decay_usage
+from schedulerd.core.windows import next_boundary, policy_at, window_state
 from schedulerd.sim.metrics import ClusterState, Recorder
 from schedulerd.sim.schedulers import Scheduler
 from schedulerd.sim.workload import SimJob, Workload
@@ -150,6 +151,9 @@ class Engine:
         self.waiting_gpus = 0  # GPUs (their min) wanted by waiting jobs
         self.demand: dict[ConsumerPath, int] = defaultdict(int)
         self.entitlement: list[float] | None = None
+        # The policy's time windows in force when `entitlement` was divided: decide()
+        # reads the windows at the virtual `now` as unix time (core/windows.py).
+        self.window_state: tuple[int, ...] = ()
         self.elastic_running = 0
         first = workload.jobs[0].submit_s if workload.jobs else 0.0
         last = workload.jobs[-1].submit_s if workload.jobs else 1.0
@@ -200,7 +204,7 @@ class Engine:
             if did and (self.pending or (self.elastic_running and self._growable())):
                 next_cycle = t + tick  # it may do more: start what waited, grow what started
             elif self.pending and self.scheduler.time_sensitive:
-                wake = self._next_preemptible()
+                wake = self._next_wake()
                 if wake is not None:
                     # Strictly later: a cycle that decided nothing must not repeat now.
                     next_cycle = max(_tick_at_or_after(wake, tick), t + tick)
@@ -444,6 +448,15 @@ class Engine:
             for lv in self.live.values()
         )
 
+    def _next_wake(self) -> float | None:
+        """When time alone may change the plan: a job becomes preemptible, or a time
+        window of the policy starts or ends (entitlements change; reclaim may follow)."""
+        wake = self._next_preemptible()
+        boundary = next_boundary(self.policy, self.now)
+        if boundary is not None and (wake is None or boundary < wake):
+            return boundary
+        return wake
+
     def _next_preemptible(self) -> float | None:
         """When the next running job outlives its consumer's min_runtime."""
         soonest: float | None = None
@@ -459,8 +472,13 @@ class Engine:
     # --- measures ---------------------------------------------------------------
 
     def _observe(self, after_cycle: bool) -> None:
+        if self.policy.windowed:
+            state = window_state(self.policy, self.now)
+            if state != self.window_state:
+                self.window_state, self.entitlement = state, None
         if self.entitlement is None:
-            division = divide(self.policy, self.capacity, self.demand)
+            policy = policy_at(self.policy, self.now)
+            division = divide(policy, self.capacity, self.demand)
             self.entitlement = [division.entitlement.get(ConsumerPath(c), 0.0) for c in self.leaves]
         smallest = min(self.waiting_sizes, default=0)
         self.recorder.set(
