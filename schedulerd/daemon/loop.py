@@ -55,6 +55,8 @@ class SchedulingLoop:
         # The policy as resolved at the last cycle, while it has time windows: a window
         # that starts or ends is logged once (core/windows.py).
         self._in_force: core.Policy | None = None
+        # The next window boundary, for the policy and from the time it was found.
+        self._boundary: tuple[core.Policy, float, float | None] | None = None
 
     def wake(self) -> None:
         """Something changed (a submission, a report, a node): decide soon."""
@@ -92,7 +94,10 @@ class SchedulingLoop:
         if policy is None or not policy.windowed:
             return self.max_wait_s
         now = self.state.clock()
-        boundary = next_boundary(policy, now)
+        cached = self._boundary
+        if cached is None or cached[0] is not policy or not cached[1] <= now < (cached[2] or 0):
+            self._boundary = cached = (policy, now, next_boundary(policy, now))
+        boundary = cached[2]
         if boundary is None:
             return self.max_wait_s
         # A hair past the boundary: a timer that fires a little early would decide

@@ -21,6 +21,7 @@ from schedulerd.core.model import (
     Policy,
     PoolTerms,
     Window,
+    is_within,
 )
 from schedulerd.policy.errors import Issues
 
@@ -151,95 +152,100 @@ def _check_windows(policy: Policy, drafts: dict[ConsumerPath, Draft], issues: Is
     """The checks that span consumers (a parent's owned at least its children's sum, a
     limit at least the owned), in every window state the policy can produce: the state
     depends on the local time of the week only, and changes only at the windows' edges
-    (core/windows.py), so resolving the tree at each edge sees every state. Each problem
+    (core/windows.py), so evaluating the tree at each edge sees every state. Each problem
     is reported once, at the first state (from Monday 00:00) that shows it; one the
-    policy has outside every window was reported already."""
-    base = timewindows.resolve(policy, tuple(-1 for _ in policy.windowed))
+    policy has outside every window was reported already.
+
+    Only what a state changes is evaluated: the consumers in a window and their
+    ancestors, each parent's children's sum as the sum outside windows plus the changes
+    (a policy of 10,000 consumers and 256 windows is checked in well under a second)."""
+    base = policy.consumers
+    kids_sum = {
+        p: sum(base[c].owned for c in policy.children(p)) for p in base if policy.children(p)
+    }
     reported: set[tuple[ConsumerPath, str]] = set()
-    for path, spec in base.consumers.items():
+    for path, spec in base.items():
         if spec.limit is not None and spec.limit < spec.owned:
             reported.add((path, "limit"))
-        kids = sum(base.consumers[c].owned for c in base.children(path))
-        if base.children(path) and spec.owned < kids:
+        if path in kids_sum and spec.owned < kids_sum[path]:
             reported.add((path, "owned"))
+    depth = {p: len(policy.ancestors(p)) for p in base}
     seen: set[tuple[int, ...]] = {tuple(-1 for _ in policy.windowed)}
     for point in timewindows.local_points(policy):
         state = timewindows.state_at_local(policy, *divmod(point, timewindows.DAY_S))
         if state in seen:
             continue
         seen.add(state)
-        at = timewindows.resolve(policy, state)
+        in_force = {
+            p: drafts[p].windows[i] for p, i in zip(policy.windowed, state, strict=True) if i >= 0
+        }
         touched: set[ConsumerPath] = set()
-        for path, index in zip(policy.windowed, state, strict=True):
-            if index >= 0:
-                touched.update(policy.ancestors(path))
-        for path in sorted(touched):
-            if path == ROOT:
-                continue
-            _check_state(policy, at, drafts, path, state, reported, issues)
+        for p in in_force:
+            touched.update(policy.ancestors(p))
+        touched.discard(ROOT)
+        # Bottom-up: a parent that owns its children's sum sees their owned in force.
+        owned: dict[ConsumerPath, int] = {}
+        below: dict[ConsumerPath, int] = {}
+        for p in sorted(touched, key=lambda q: -depth[q]):
+            changed = sum(owned[c] - base[c].owned for c in policy.children(p) if c in owned)
+            below[p] = kids_sum.get(p, 0) + changed
+            w = in_force.get(p)
+            if w is not None and w.owned is not None:
+                owned[p] = w.owned
+            elif base[p].owned_sum:
+                owned[p] = below[p]
+            else:
+                owned[p] = base[p].owned
+        for p in sorted(touched):
+            _check_state(p, owned[p], below[p], in_force, drafts, policy, reported, issues)
 
 
 def _check_state(
-    policy: Policy,
-    at: Policy,
-    drafts: dict[ConsumerPath, Draft],
     path: ConsumerPath,
-    state: tuple[int, ...],
+    owned: int,
+    below: int,
+    in_force: dict[ConsumerPath, WindowDraft],
+    drafts: dict[ConsumerPath, Draft],
+    policy: Policy,
     reported: set[tuple[ConsumerPath, str]],
     issues: Issues,
 ) -> None:
     d = drafts[path]
-    spec = at.consumers[path]
-    in_force = dict(zip(policy.windowed, state, strict=True))
-    mine = d.windows[in_force[path]] if in_force.get(path, -1) >= 0 else None
+    mine = in_force.get(path)
     key = _key_of(path)
+    limit = d.limit
+    if mine is not None and mine.limit_set:
+        limit = mine.limit
 
-    def holding(paths: list[ConsumerPath]) -> str:
-        named = [
-            f"{p} {drafts[p].windows[in_force[p]].when!r}"
-            for p in paths
-            if in_force.get(p, -1) >= 0
-        ]
-        return (
-            "while the window"
-            + ("s " if len(named) > 1 else " ")
-            + ", ".join(named)
-            + (" hold" if len(named) > 1 else " holds")
-        )
+    def holding() -> str:
+        """The windows that make this state: those of the consumer and its subtree."""
+        named = [f"{p} {w.when!r}" for p, w in sorted(in_force.items()) if is_within(p, path)]
+        many = len(named) > 1
+        return f"while the window{'s' if many else ''} {', '.join(named)} hold{'' if many else 's'}"
 
-    if spec.limit is not None and spec.limit < spec.owned and (path, "limit") not in reported:
+    node: Node | None
+    if limit is not None and limit < owned and (path, "limit") not in reported:
         reported.add((path, "limit"))
-        node = mine.limit_node if mine is not None and mine.limit_set else d.limit_node
-        where = f"{mine.key}.limit" if mine is not None and mine.limit_set else f"{key}.limit"
-        if mine is not None and mine.owned_node is not None and node is None:
-            node, where = mine.owned_node, f"{mine.key}.owned"
+        if mine is not None and mine.limit_set and mine.limit_node is not None:
+            node, where = mine.limit_node, f"{mine.key}.limit"
+        else:
+            node, where = d.limit_node, f"{key}.limit"
         message = (
-            f"limit {spec.limit} is below owned {spec.owned} "
-            f"{holding([*_subtree(at, path)])}; it could never hold what it owns"
+            f"limit {limit} is below owned {owned} {holding()}; it could never hold what it owns"
         )
-        issues.add(node if node is not None else mine.node if mine else 1, where, message)
-    kids = at.children(path)
-    below = sum(at.consumers[c].owned for c in kids)
+        issues.add(node if node is not None else 1, where, message)
     explicit = (mine is not None and mine.owned is not None) or d.owned is not None
-    if kids and explicit and spec.owned < below and (path, "owned") not in reported:
+    if policy.children(path) and explicit and owned < below and (path, "owned") not in reported:
         reported.add((path, "owned"))
         if mine is not None and mine.owned is not None:
             node, where = mine.owned_node, f"{mine.key}.owned"
         else:
             node, where = d.owned_node, f"{key}.owned"
         message = (
-            f"owned {spec.owned} is below the sum of its children's owned GPUs ({below}) "
-            f"{holding([path, *_subtree(at, path)])}; raise it or leave it out"
+            f"owned {owned} is below the sum of its children's owned GPUs ({below}) "
+            f"{holding()}; raise it or leave it out"
         )
         issues.add(node if node is not None else 1, where, message)
-
-
-def _subtree(policy: Policy, path: ConsumerPath) -> list[ConsumerPath]:
-    """`path` and every consumer under it, top-down."""
-    out = [path]
-    for c in policy.children(path):
-        out.extend(_subtree(policy, c))
-    return out
 
 
 def _pool_names(d: Draft) -> set[str]:
