@@ -17,6 +17,15 @@ from pathlib import Path
 
 from schedulerd.core import Order, Policy
 from schedulerd.sim.engine import Engine, Result, SimConfig
+from schedulerd.sim.pools import (
+    PoolRecorder,
+    PoolSpec,
+    bind_jobs,
+    build_nodes,
+    parse_pools,
+    pool_table,
+    with_pool_terms,
+)
 from schedulerd.sim.report import summarize, table
 from schedulerd.sim.schedulers import FairShare, Fifo, Scheduler, StaticPartitions
 from schedulerd.sim.setup import (
@@ -78,6 +87,19 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="fraction of the cluster owned by the consumers, by the split "
         "(default 1 for philly and mixed, 0 for backlog)",
     )
+    g.add_argument(
+        "--pools",
+        type=_pools,
+        help="pools instead of --gpus: NAME:NODESxGPUS,... (a100:16x8,h100:8x8); owned GPUs "
+        "are split per pool by the same split (docs/pools.md); schedulerd only",
+    )
+    g.add_argument(
+        "--pool-bound",
+        type=float,
+        default=0.5,
+        help="with --pools: the fraction of jobs that ask for one pool, drawn in proportion "
+        "to the pools' GPUs (default 0.5; the rest may run in any)",
+    )
     g.add_argument("--min-runtime", type=float, default=600.0, help="seconds (policy)")
     g.add_argument("--grace", type=float, default=30.0, help="seconds (policy)")
     r = p.add_argument_group("simulation")
@@ -103,6 +125,13 @@ def _date(text: str) -> datetime:
         return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
+
+
+def _pools(text: str) -> tuple[PoolSpec, ...]:
+    try:
+        return parse_pools(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _shares(text: str) -> tuple[float, ...]:
@@ -163,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     if not wl.jobs:
         print("error: the workload has no jobs", file=sys.stderr)
         return 2
+    if args.pools:
+        # Baselines know no pools: they would put a job for h100 on an a100.
+        names = ["schedulerd"]
+        args.gpus = sum(p.gpus for p in args.pools)
+        wl = bind_jobs(wl, args.pools, args.pool_bound, getattr(args, "seed", 1))
     nodes_needed = -(-args.gpus // args.gpus_per_node)
     cluster = ClusterSpec(nodes=nodes_needed, gpus_per_node=args.gpus_per_node)
     owned_fraction = args.owned_fraction
@@ -174,31 +208,46 @@ def main(argv: list[str] | None = None) -> int:
         grace_s=args.grace,
         order=Order.FIFO,
     )
-    policy = build_policy(weights, cluster.gpus, settings)
+    policy = build_policy(weights, args.gpus, settings)
+    if args.pools:
+        policy = with_pool_terms(policy, weights, args.pools, settings)
     config = SimConfig(
         interval_s=args.interval,
         stop_s=args.stop,
         restart_lost=args.restart_lost,
         until_s=args.until_days * 86400 if args.until_days is not None else None,
     )
+    where = (
+        f"pools {', '.join(f'{p.name} {p.nodes}×{p.gpus_per_node}' for p in args.pools)},"
+        f" {args.pool_bound:.0%} of jobs bound to one;"
+        if args.pools
+        else f"cluster {cluster.nodes} nodes × {cluster.gpus_per_node} = {cluster.gpus:,} GPUs;"
+    )
     print(
         f"workload {wl.name}: {len(wl.jobs):,} jobs, {len(wl.consumers)} consumers"
         + (f", from {wl.origin:%Y-%m-%d %H:%M}" if wl.origin else "")
-        + f"; cluster {cluster.nodes} nodes × {cluster.gpus_per_node} = {cluster.gpus:,} GPUs;"
+        + f"; {where}"
         f" split {args.split if args.workload != 'backlog' else 'by --shares'},"
         f" owned {owned_fraction:.0%}; interval {args.interval:g} s,"
         f" min_runtime {args.min_runtime:g} s, grace {args.grace:g} s",
         flush=True,
     )
     results: list[Result] = []
-    nodes = cluster.build()
+    nodes = build_nodes(args.pools) if args.pools else cluster.build()
+    pool_recorder = PoolRecorder(nodes, policy, wl) if args.pools else None
     for name in names:
-        scheduler = make_scheduler(name, policy, cluster.gpus, weights)
-        result = Engine(wl, nodes, policy, scheduler, config).run()
+        scheduler = make_scheduler(name, policy, args.gpus, weights)
+        engine = Engine(wl, nodes, policy, scheduler, config, on_cycle=pool_recorder)
+        result = engine.run()
+        if pool_recorder is not None:
+            pool_recorder.finish(engine.now)
         print(f"  {scheduler.name}: {result.wall_s:.1f} s wall", file=sys.stderr, flush=True)
         results.append(result)
     print()
     print(table([summarize(r) for r in results]))
+    if pool_recorder is not None:
+        print()
+        print(pool_table(pool_recorder, results[0].recorder.span_s))
     if args.plots is not None:
         from schedulerd.sim.plots import allocation_plot, wait_cdf_plot
 
