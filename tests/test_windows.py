@@ -411,3 +411,32 @@ consumers:
     assert night.consumers[ConsumerPath("/a")].entitlement == pytest.approx(8)
     assert day.consumers[ConsumerPath("/a")].entitlement == pytest.approx(12)
     assert day.consumers[ConsumerPath("/b")].entitlement == pytest.approx(4)
+
+
+def test_schedctl_consumers_shows_the_window_in_force() -> None:
+    from schedulerd.api.v1 import admin_pb2
+    from schedulerd.cli.format import consumers_table
+
+    resp = admin_pb2.ListConsumersResponse(
+        consumers=[
+            admin_pb2.ConsumerStatus(path="/a", owned=8, share=3, window="Mon-Fri 09:00-18:00"),
+            admin_pb2.ConsumerStatus(path="/b", owned=2, share=1),
+        ],
+        total_gpus=10,
+    )
+    lines = consumers_table(resp).splitlines()
+    assert lines[1].split()[-1] == "WINDOW"
+    assert lines[2].endswith("Mon-Fri 09:00-18:00") and lines[3].endswith("-")
+    plain = admin_pb2.ListConsumersResponse(consumers=[admin_pb2.ConsumerStatus(path="/b")])
+    assert "WINDOW" not in consumers_table(plain)
+
+
+def test_schedctl_at_reads_naive_times_in_the_policys_zone() -> None:
+    from schedulerd.cli.main import _at
+
+    assert _at("2026-12-01T10:00", POLICY, "p.yaml") == at("2026-12-01T10:00")
+    utc = POLICY.replace("timezone: Europe/Berlin\n", "")
+    assert _at("2026-12-01T10:00", utc, "p.yaml") == at("2026-12-01T10:00", ZoneInfo("UTC"))
+    assert _at("2026-12-01T10:00+01:00", utc, "p.yaml") == at("2026-12-01T10:00")
+    with pytest.raises(SystemExit, match="ISO 8601"):
+        _at("tomorrow", POLICY, "p.yaml")
