@@ -28,7 +28,7 @@ def test_a_job_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
         free = c.client.submit("/a", sleeper, 1)  # no limit: runs on
         ended = wait_for(
             "the job stopped at its time limit",
-            lambda: (g := c.client.get_job(job.id)).state == jobs_pb2.CANCELLED and g,
+            lambda: (g := c.client.get_job(job.id)).state == jobs_pb2.TIMEOUT and g,
             timeout_s=60,
         )
         assert "time limit (2 s) ran out" in ended.reason, ended.reason

@@ -46,7 +46,8 @@ def _finish(ch: Change, job: JobRecord) -> None:
     failed = next((p for p in job.parts if p.exit_code != 0), None)
     code = 0 if failed is None else failed.exit_code
     if job.cancel_requested:
-        final, why = JobState.CANCELLED, job.reason.replace("; stopping", "")
+        final = JobState.TIMEOUT if job.stop_cause == "timeout" else JobState.CANCELLED
+        why = job.reason.replace("; stopping", "")
     elif failed is None:
         final, why = JobState.SUCCEEDED, "exited with 0"
     else:

@@ -159,7 +159,7 @@ class SchedulingLoop:
     def _stop_overdue(self) -> None:
         for job in timelimits.overdue(list(self.state.jobs.values()), self.state.clock()):
             try:
-                _, stops = self.state.cancel(job.id, timelimits.reason(job))
+                _, stops = self.state.cancel(job.id, timelimits.reason(job), timed_out=True)
             except StoreUnavailable as e:
                 log.error("job %d past its time limit, not stopped yet: %s", job.id, e)
                 return

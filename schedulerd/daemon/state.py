@@ -288,10 +288,12 @@ class ClusterState:
         job.submit_time = now
         job.reason = "submitted; waiting for the next scheduling cycle"
 
-    def cancel(self, job_id: int, user: str) -> tuple[JobRecord, Outbox]:
+    def cancel(self, job_id: int, user: str, timed_out: bool = False) -> tuple[JobRecord, Outbox]:
         """Cancel: a waiting job ends now; a running one is asked to stop (SIGTERM,
-        its consumer's grace, SIGKILL) and ends when its agents report the exit.
-        Raises StoreUnavailable, changing nothing, when the store cannot be written."""
+        its consumer's grace, SIGKILL) and ends when its agents report the exit, as
+        CANCELLED, or TIMEOUT when `timed_out` (its time limit ran out: `user` then
+        says so). Raises StoreUnavailable, changing nothing, when the store cannot be
+        written."""
         job = self.jobs.get(job_id)
         if job is None:
             ended = self.store.load_job(job_id)
@@ -306,8 +308,11 @@ class ClusterState:
         elif not copy.cancel_requested:
             copy.cancel_requested = True
             copy.reason = f"cancel requested {who}; stopping".strip()
+            if timed_out:
+                copy.stop_cause = "timeout"
+                copy.reason = f"{user}; stopping"
             begin_stop(self, copy, ch.now)
-            ch.event(copy.id, "cancel-requested", copy.reason)
+            ch.event(copy.id, "time-limit" if timed_out else "cancel-requested", copy.reason)
             ch.out += owed_stops(self, copy, ch.now)
         else:
             ch.out += owed_stops(self, copy, ch.now)  # asked again: repeat the stops

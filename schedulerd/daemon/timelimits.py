@@ -22,4 +22,4 @@ def overdue(jobs: list[JobRecord], now: float) -> list[JobRecord]:
 
 
 def reason(job: JobRecord) -> str:
-    return f"schedulerd: its time limit ({job.time_limit_s:g} s) ran out"
+    return f"its time limit ({job.time_limit_s:g} s) ran out"

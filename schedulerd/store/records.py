@@ -19,6 +19,7 @@ class JobState(enum.Enum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     PREEMPTED = "PREEMPTED"  # back in the queue after a preemption; waits like PENDING
+    TIMEOUT = "TIMEOUT"  # stopped when its time limit (`--time`) ran out
 
     @property
     def ended(self) -> bool:
@@ -81,6 +82,9 @@ class JobRecord:
     # "preempted" (reclaim), "lost" (its node went down or lost it), "node-stopped"
     # (its agent shut down), "refused" (an agent would not start it).
     requeue_cause: str = ""
+    # Why the daemon itself asked it to stop for good: "timeout" (its time limit ran
+    # out) ends it TIMEOUT rather than CANCELLED.
+    stop_cause: str = ""
     # When the grace of the stop or shrink under way ends (unix seconds).
     release_deadline: float | None = None
     store_address: str = ""  # host:port of the elastic store, or of a multi-node rendezvous

@@ -211,8 +211,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (consumer, user)
     );
     """,
-    # 9: pools (docs/pools.md): the pool or GPU type a job asked for ('': any).
+    # 9: pools (docs/pools.md): the pool or GPU type a job asked for ('': any); why
+    # the daemon stopped a job for good ('timeout': its time limit ran out).
     """
     ALTER TABLE jobs ADD COLUMN pool TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN stop_cause TEXT NOT NULL DEFAULT '';
     """,
 ]

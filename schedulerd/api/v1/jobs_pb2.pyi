@@ -19,6 +19,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED: _ClassVar[JobState]
     CANCELLED: _ClassVar[JobState]
     PREEMPTED: _ClassVar[JobState]
+    TIMEOUT: _ClassVar[JobState]
 JOB_STATE_UNSPECIFIED: JobState
 PENDING: JobState
 RUNNING: JobState
@@ -26,6 +27,7 @@ SUCCEEDED: JobState
 FAILED: JobState
 CANCELLED: JobState
 PREEMPTED: JobState
+TIMEOUT: JobState
 
 class GpuRequest(_message.Message):
     __slots__ = ("min", "max")
