@@ -55,7 +55,8 @@ def candidate_pools(job: Job, snapshot: Snapshot, pools: Sequence[str]) -> tuple
 
 def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecidePool) -> Plan:
     pools = pool_names(snapshot)
-    if len(pools) <= 1 and all(j.pool is None or j.pool in _names(snapshot) for j in snapshot.jobs):
+    asked = {j.pool for j in snapshot.jobs if j.pool is not None}
+    if len(pools) <= 1 and (not asked or asked <= _names(snapshot)):
         # One pool, and every job may run in it: the cycle as it always was.
         return one(snapshot, policy.in_pool(pools[0] if pools else DEFAULT_POOL), now, frozenset())
 
