@@ -143,3 +143,14 @@ def test_a_limit_in_every_pool_refuses_a_job_too_large_for_all() -> None:
     assert check_submission(pol, SHAPE, "/a", "u", 4, 4, "") is None  # a100 takes it
     error = check_submission(pol, SHAPE, "/a", "u", 4, 4, "h100")
     assert error is not None and "limit of 2" in error
+
+
+def test_a_job_that_fits_only_while_a_window_holds_is_queued() -> None:
+    text = (
+        "version: 1\nconsumers:\n  a:\n    limit: 2\n    windows:\n"
+        "      - {when: 'Sat-Sun 00:00-24:00', limit: 8}\n"
+    )
+    pol = load_policy(text)
+    assert check_submission(pol, SHAPE, "/a", "u", 6, 6, "a100") is None
+    error = check_submission(pol, SHAPE, "/a", "u", 9, 9, "a100")
+    assert error is not None and "limit of 8" in error

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schedulerd.core.model import DEFAULT_POOL, ConsumerPath, Policy
+from schedulerd.core.model import DEFAULT_POOL, ConsumerPath, ConsumerPolicy, Policy
 
 # The most GPUs a job may ask for, in any cluster (schedulerd.bounds.MAX_GPUS): the bound
 # when the cluster's size is not known yet (no node has registered).
@@ -93,7 +93,7 @@ def _fits(
 ) -> str | None:
     """Whether a job could ever run in one pool (`shape` its nodes, `policy` its terms)."""
     for p in policy.ancestors(path):
-        limit = policy.consumers[p].limit
+        limit = _loosest_limit(policy.consumers[p])
         if limit is not None and gpus_min > limit:
             return f"can never fit: {p} has a limit of {limit} GPUs and the job needs {gpus_min}"
     never = _never_entitled(policy, path, gpus_min)
@@ -117,6 +117,13 @@ def _fits(
     return None
 
 
+def _loosest_limit(spec: ConsumerPolicy) -> int | None:
+    """The largest limit a consumer ever has: its own or a time window's (None: none),
+    so that a job that fits only while a window holds is queued, not refused."""
+    limits = [spec.limit] + [w.limit if w.limit_set else spec.limit for w in spec.windows]
+    return None if any(x is None for x in limits) else max(x for x in limits if x is not None)
+
+
 def _never_entitled(policy: Policy, path: ConsumerPath, gpus: int) -> str | None:
     """A consumer with share 0 that may not borrow is entitled to its owned GPUs at
     most (no surplus, no borrowing), and so is everything below it: a job larger
@@ -125,6 +132,8 @@ def _never_entitled(policy: Policy, path: ConsumerPath, gpus: int) -> str | None
         spec = policy.consumers[p]
         if p == "/" or spec.share != 0 or spec.borrow or gpus <= spec.owned:
             continue
+        if any((w.share or 0) > 0 or (w.owned or 0) >= gpus for w in spec.windows):
+            continue  # a time window gives it more: the job may run then
         if spec.owned == 0:
             return (
                 f"can never run: {path} (or a parent) owns no GPUs, has share 0 and may not borrow"
