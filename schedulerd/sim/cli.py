@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         print(f"--schedulers: unknown {unknown}; choose from {SCHEDULERS}", file=sys.stderr)
         return 2
+    if args.pools:  # the cluster's size is the pools' (the mixed workload is sized by it)
+        args.gpus = sum(p.gpus for p in args.pools)
     try:
         wl, weights = workload_of(args)
     except (TraceError, OSError) as e:
@@ -195,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.pools:
         # Baselines know no pools: they would put a job for h100 on an a100.
         names = ["schedulerd"]
-        args.gpus = sum(p.gpus for p in args.pools)
         wl = bind_jobs(wl, args.pools, args.pool_bound, getattr(args, "seed", 1))
     nodes_needed = -(-args.gpus // args.gpus_per_node)
     cluster = ClusterSpec(nodes=nodes_needed, gpus_per_node=args.gpus_per_node)
