@@ -205,18 +205,3 @@ def test_each_pool_is_placed_in_its_own_nodes() -> None:
     wanted = {j.id: j.pool for j in jobs}
     assert len(plan.starts) == 4
     assert all(pool_of(s.slots) == {wanted[s.job_id]} for s in plan.starts)
-
-
-def test_a_job_for_any_pool_reclaims_in_its_largest_pool() -> None:
-    """Pools are decided smallest first, so a job's last pool, where it may reclaim, is
-    its largest: there most can be reclaimed or held for it."""
-    js = Jobs()
-    cluster = nodes("a100", 2, "a100") + nodes("h100", 1, "h100")  # a100 is larger
-    borrowed = [js.running("/c", slots(f"a100-{n}", i)) for n in (0, 1) for i in range(8)]
-    borrowed += [js.running("/c", slots("h100-0", i)) for i in range(8)]
-    want = js.pending("/a", 2)
-    plan = decide(Snapshot(cluster, (*borrowed, want)), POLICY, 100.0)
-    by_id = {j.id: j for j in borrowed}
-    victims = [by_id[p.job_id] for p in plan.preemptions]
-    assert victims and all(pool_of(v.held) == {"a100"} for v in victims)
-    assert plan.pending_reasons[want.id].startswith("in pool a100: ")

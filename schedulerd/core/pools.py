@@ -9,10 +9,9 @@ pool, over that pool's nodes and the jobs that may run there:
 - a waiting job that asked for a pool or a GPU type (`Job.pool`) may run in every pool
   that has it (a node's pool, or its GPUs' type); one that asked for nothing, in any.
 
-Pools are decided smallest first (by GPUs, then name). A waiting job that may run in
-several pools is offered to them in that order; once it starts in one it is gone from
-the rest. Only in the last of them, its largest, may it reclaim, hold a reservation or
-preempt by priority: in the others it is a guest that takes what is free.
+A waiting job that may run in several pools is offered to them in name order; once it
+starts in one it is gone from the rest. Only in the last of them may it reclaim, hold a
+reservation or preempt by priority: in the others it is a guest that takes what is free.
 Were it allowed to reclaim in the first pool and then start in a later one, the first
 pool's victims would have been stopped for nothing. Its waiting reason is the last
 pool's.
@@ -43,21 +42,15 @@ DecidePool = Callable[[Snapshot, Policy, float, frozenset[JobId]], Plan]
 
 
 def pool_names(snapshot: Snapshot) -> tuple[str, ...]:
-    """The pools of the snapshot's nodes, in the order they are decided: smallest first
-    (GPUs), then by name. A job that may run in several pools reclaims and reserves
-    only in the last of them, so in its largest: where most can be reclaimed or held."""
-    size: dict[str, int] = defaultdict(int)
-    for n in snapshot.nodes:
-        size[n.pool] += len(n.gpus)
-    return tuple(sorted(size, key=lambda p: (size[p], p)))
+    """The pools of the snapshot's nodes, in the order they are decided."""
+    return tuple(sorted({n.pool for n in snapshot.nodes}))
 
 
 def candidate_pools(job: Job, snapshot: Snapshot, pools: Sequence[str]) -> tuple[str, ...]:
     """The pools a waiting job may run in, in decision order."""
     if job.pool is None:
         return tuple(pools)
-    matching = {n.pool for n in snapshot.nodes if job.pool in (n.pool, n.gpu_type)}
-    return tuple(p for p in pools if p in matching)
+    return tuple(sorted({n.pool for n in snapshot.nodes if job.pool in (n.pool, n.gpu_type)}))
 
 
 def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecidePool) -> Plan:
