@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table([summarize(r) for r in results]))
     if pool_recorder is not None:
         print()
-        print(pool_table(pool_recorder, results[0].recorder.span_s))
+        print(pool_table(pool_recorder))
     if args.plots is not None:
         from schedulerd.sim.plots import allocation_plot, wait_cdf_plot
 

@@ -100,9 +100,16 @@ def with_pool_terms(
 class PoolMeasures:
     gpus: int
     allocated_gpu_s: float = 0.0
+    wanted_gpu_s: float = 0.0  # ∫ min(the pool's GPUs, its demand) dt
     demand_s: float = 0.0  # time some consumer had demand in the pool
     error_gpu_s: float = 0.0  # ∫ Σ |allocation - entitlement| dt over that time
     waits: list[float] = field(default_factory=list)
+
+    @property
+    def allocation_while_demand(self) -> float:
+        """Allocated GPU-time over what demand could have used: the main table's
+        "GPU allocation while demand exists", for this pool."""
+        return self.allocated_gpu_s / self.wanted_gpu_s if self.wanted_gpu_s else 0.0
 
     @property
     def fairness_error(self) -> float:
@@ -110,7 +117,8 @@ class PoolMeasures:
 
 
 class PoolRecorder:
-    """Per pool, from each cycle's plan (the engine's `on_cycle`): allocation, fairness
+    """Per pool, from each cycle's plan (the engine's `on_cycle`): allocation while the
+    pool has demand, fairness
     error (Σ over leaves |allocation − entitlement| / the pool's GPUs, over the time the
     pool has demand) and the wait of the jobs that started there. Each plan's numbers
     hold until the next cycle, which runs at the first tick after any change."""
@@ -154,22 +162,24 @@ class PoolRecorder:
                 m.allocated_gpu_s += root.allocation * dt
             if root is None or root.demand == 0:
                 continue
+            m.wanted_gpu_s += min(m.gpus, root.demand) * dt
             m.demand_s += dt
             m.error_gpu_s += dt * sum(
                 abs(s.allocation - s.entitlement) for c in self.leaves if (s := states.get(c))
             )
 
 
-def pool_table(recorder: PoolRecorder, span_s: float) -> str:
-    rows = [("pool", "GPUs", "allocation", "fairness error", "jobs started", "mean wait")]
+def pool_table(recorder: PoolRecorder) -> str:
+    rows = [
+        ("pool", "GPUs", "allocation while demand", "fairness error", "jobs started", "mean wait")
+    ]
     for pool, m in sorted(recorder.measures.items()):
-        used = m.allocated_gpu_s / (m.gpus * span_s) if span_s else 0.0
         wait = sum(m.waits) / len(m.waits) if m.waits else 0.0
         rows.append(
             (
                 pool,
                 f"{m.gpus:,}",
-                f"{used:.1%}",
+                f"{m.allocation_while_demand:.1%}",
                 f"{m.fairness_error:.3f}",
                 f"{len(m.waits):,}",
                 _duration(wait),
