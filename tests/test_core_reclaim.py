@@ -447,6 +447,55 @@ CASES = [
         ),
         id="the-same-consumer-with-a-1-gpu-job-reclaims",
     ),
+    # -- only GPUs owed: a whole GPU below the entitlement (floor) -----------------
+    pytest.param(
+        Case(
+            nodes=[node("n0"), node("n1")],
+            policy=tree(("/a", {}), ("/b", {}), ("/c", {})),
+            jobs=[
+                run(1, "/a", "n0:0-1"),
+                run(2, "/b", "n0:2-3", age=900),
+                run(3, "/b", "n1:0", age=800),
+                run(4, "/b", "n1:1", age=700),
+                run(5, "/c", "n1:2-3"),
+                pend(10, "/a", 1),
+                pend(20, "/b", 1),
+                pend(30, "/c", 1),
+            ],
+            entitlement={"/a": 2.67, "/b": 2.67, "/c": 2.67},
+            # /a holds 2 of 2.67: it is not owed a whole GPU, and a third one it
+            # would borrow (3 > 2.67). No preemption for it, though the move passes
+            # every other rule (/a after, 3/2.67, below /b before, 4/2.67; /b after,
+            # 3/2.67, above /a before, 2/2.67): it waits for GPUs that free up.
+            waiting_never_says={10: ["reclaim"]},
+        ),
+        id="no-reclaim-for-a-consumer-short-of-its-entitlement-by-less-than-one-gpu",
+    ),
+    pytest.param(
+        Case(
+            nodes=[node("n0"), node("n1")],
+            policy=tree(("/a", {}), ("/b", {}), ("/c", {})),
+            jobs=[
+                run(1, "/a", "n0:0"),
+                run(2, "/b", "n0:1-3", age=900),
+                run(3, "/b", "n1:0", age=800),
+                run(4, "/b", "n1:1", age=700),
+                run(5, "/c", "n1:2-3"),
+                pend(10, "/a", 1),
+                pend(11, "/a", 1),
+                pend(20, "/b", 1),
+                pend(30, "/c", 1),
+            ],
+            entitlement={"/a": 2.67, "/b": 2.67, "/c": 2.67},
+            # /a holds 1 of 2.67, below floor(2.67) = 2: it reclaims one GPU (the
+            # newest job of /b), and stops there: with 2 it is at its floor.
+            preempted={4},
+            victim_says={
+                4: ["/a holds 1 of its entitlement 2.7, /b holds 5 of its entitlement 2.7"]
+            },
+        ),
+        id="a-consumer-a-whole-gpu-short-reclaims-up-to-its-floor",
+    ),
     pytest.param(
         Case(
             nodes=[node("n0"), node("n1"), node("n2"), node("n3")],

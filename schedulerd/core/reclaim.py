@@ -1,8 +1,9 @@
 """Reclaim and priority preemption (SEMANTICS: the cycle, steps 4 and 5;
 "Reclaim with grace").
 
-A consumer below its entitlement with a waiting job that free GPUs cannot serve
-takes GPUs back from borrowers, cheapest first:
+A consumer at least one whole GPU below its entitlement (allocation <
+floor(entitlement), SEMANTICS' guarantee) with a waiting job that free GPUs cannot
+serve takes GPUs back from borrowers, cheapest first:
   a. GPUs already on their way back (a stop or shrink in progress) and free ones;
   b. shrink elastic jobs above their `min`, newest-started first;
   c. preempt jobs, lowest priority first, then newest-started, never one younger
@@ -28,6 +29,13 @@ already on their way back count as gone from their holder, and GPUs claimed for 
 consumer in this cycle never make it a victim.
 Limits count what the victims give back under the same limited consumer.
 
+Short of its entitlement by a fraction of a GPU (or not at all), a consumer
+reclaims nothing: reclaim gives back GPUs a consumer is owed, and any GPU it took
+then it would borrow (allocation + 1 > entitlement: entitlements are fractional,
+allocations whole), to be taken back by the next consumer owed one. The fraction
+is worth less than the preemption's restart and grace; GPUs that free up reach it
+first anyway (admission serves the most starved first).
+
 The GPUs a reclaim counts on are held for the waiting job: free ones are taken
 out of play for the rest of the cycle, so borrowers cannot take them back. Those
 that GPUs on their way back complete are held before admission (`hold_incoming`):
@@ -37,6 +45,7 @@ hand the first ones to someone else meanwhile.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -208,8 +217,11 @@ class Planner:
                 if not take and not self._incoming_may_serve(job.gpus):
                     continue  # spend no try on it
                 ent = self.adm.division.entitlement.get(leaf, 0.0)
-                if ent <= _EPS or self.virtual[leaf] >= ent - _EPS:
-                    break  # at its entitlement: it borrows, it does not reclaim
+                if self.virtual[leaf] >= whole_gpus(ent):
+                    # Not owed a whole GPU (SEMANTICS guarantees GPUs below
+                    # floor(entitlement)): any GPU it took it would borrow. It waits
+                    # for GPUs that free up, which reach it first (module docstring).
+                    break
                 after = (self.virtual[leaf] + job.gpus) / ent
                 victims = [
                     j for c in borrowers if self._borrower_above(c, after) for j in self.by_leaf[c]
@@ -550,3 +562,9 @@ class Planner:
 
     def _ent(self, path: ConsumerPath) -> float:
         return self.adm.division.entitlement.get(path, 0.0)
+
+
+def whole_gpus(entitlement: float) -> int:
+    """floor(entitlement), the GPUs SEMANTICS guarantees, tolerant of rounding in
+    the water-filling (2.9999999999 is 3)."""
+    return math.floor(entitlement + _EPS)
