@@ -1,0 +1,323 @@
+"""An outside reviewer's attacks on pools, GPU types and time windows (docs/pools.md,
+docs/policy.md "Time-based plans"). Each xfail(strict) test is a bug found: a minimal
+case that fails now and should pass once fixed; the unmarked ones held."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from schedulerd.cli.main import main as schedctl
+from schedulerd.core import (
+    ConsumerPath,
+    GpuSlot,
+    Job,
+    JobId,
+    JobPhase,
+    Node,
+    NodeName,
+    Snapshot,
+    decide,
+)
+from schedulerd.core.submission import ClusterShape, check_submission
+from schedulerd.core.windows import policy_at
+from schedulerd.policy import PolicyError, load_policy
+
+THURSDAY = 0.0  # 1970-01-01 00:00 UTC
+SATURDAY = 2 * 86400.0
+
+
+def node(name: str, pool: str, gpu_type: str, gpus: int = 8) -> Node:
+    return Node(NodeName(name), tuple(range(gpus)), pool=pool, gpu_type=gpu_type)
+
+
+def pending(i: int, consumer: str, gpus: int, pool: str | None = None) -> Job:
+    return Job(JobId(i), ConsumerPath(consumer), "u", gpus, gpus, 0, i, JobPhase.PENDING, pool=pool)
+
+
+def running(i: int, consumer: str, held: list[GpuSlot], pool: str | None = None) -> Job:
+    n = len(held)
+    return Job(
+        JobId(i), ConsumerPath(consumer), "u", n, n, 0, i, JobPhase.RUNNING,
+        held=tuple(held), started_at=0.0, pool=pool,
+    )  # fmt: skip
+
+
+def slots(name: str, *indexes: int) -> list[GpuSlot]:
+    return [GpuSlot(NodeName(name), i) for i in indexes]
+
+
+# -- a GPU type inside a pool of mixed types ---------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a job for GPU type h100 is placed on any node of a pool that has an h100 "
+    "node, an a100 node included: core placement ignores the type (core/pools.py)",
+)
+def test_a_job_for_a_gpu_type_lands_only_on_nodes_of_that_type_one_pool() -> None:
+    # docs/pools.md: "--pool h100 also finds H100 nodes an admin put in a pool named
+    # training": a node matches when its pool or its type is the one asked for.
+    cluster = (node("a-0", "train", "a100"), node("h-0", "train", "h100"))
+    pol = load_policy("version: 1\nconsumers:\n  a: {}\n")
+    plan = decide(Snapshot(cluster, (pending(1, "/a", 4, pool="h100"),)), pol, THURSDAY)
+    assert [{s.node for s in st.slots} for st in plan.starts] == [{"h-0"}]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="same with several pools: the job for h100 is offered to pool train and "
+    "placed on its a100 node (core/pools.py candidate_pools is per pool, not per node)",
+)
+def test_a_job_for_a_gpu_type_lands_only_on_nodes_of_that_type_two_pools() -> None:
+    cluster = (
+        node("a-0", "train", "a100"),
+        node("h-0", "train", "h100"),
+        node("l-0", "infer", "l40s"),
+    )
+    pol = load_policy("version: 1\nconsumers:\n  a: {}\n")
+    plan = decide(Snapshot(cluster, (pending(1, "/a", 4, pool="h100"),)), pol, THURSDAY)
+    assert [{s.node for s in st.slots} for st in plan.starts] == [{"h-0"}]
+
+
+def test_submission_counts_only_nodes_of_the_asked_type_in_a_mixed_pool() -> None:
+    # Held: the submit check filters by type (so it disagrees with placement above).
+    pol = load_policy("version: 1\nconsumers:\n  a: {}\n")
+    shape = ClusterShape([8, 8], [("train", "a100"), ("train", "h100")])
+    error = check_submission(pol, shape, "/a", "u", 12, 12, "h100")
+    assert error is not None and "can never fit" in error
+
+
+# -- windows and per-pool terms ------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a consumer's window does not apply in a pool that only another consumer "
+    "names: policy/tree.py freezes every consumer's PoolTerms for every named pool at "
+    "load, and windows.resolve never touches them",
+)
+def test_a_window_holds_in_a_pool_the_consumer_does_not_name() -> None:
+    # docs/policy.md: "Windows change a consumer's own terms, which hold in every pool
+    # its `pools:` does not name". /vision names no pool; /nlp names h100.
+    pol = load_policy(
+        """
+version: 1
+consumers:
+  vision:
+    owned: 0
+    windows:
+      - when: "daily 00:00-24:00"
+        owned: 8
+  nlp:
+    pools: {h100: {share: 2}}
+"""
+    )
+    now = policy_at(pol, THURSDAY)
+    assert now.in_pool("a100").consumers[ConsumerPath("/vision")].owned == 8
+    assert now.in_pool("h100").consumers[ConsumerPath("/vision")].owned == 8
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="check_submission reads a window's limit as the loosest limit in a pool "
+    "whose own limit windows never change (submission._loosest_limit on in_pool's "
+    "policy, which keeps the windows): the job is queued and waits forever",
+)
+def test_a_job_above_a_pools_fixed_limit_is_refused_even_if_a_window_raises_the_own_limit() -> None:
+    pol = load_policy(
+        """
+version: 1
+consumers:
+  vision:
+    limit: 4
+    pools: {h100: {limit: 4}}
+    windows:
+      - when: "Sat-Sun 00:00-24:00"
+        limit: 12
+"""
+    )
+    # The job can never run: in h100 the limit is 4 at every instant.
+    nodes = (node("h-0", "h100", "h100"), node("h-1", "h100", "h100"))
+    for t in (THURSDAY, SATURDAY):
+        plan = decide(Snapshot(nodes, (pending(1, "/vision", 8, pool="h100"),)), pol, t)
+        assert plan.starts == ()
+    shape = ClusterShape([8, 8], [("h100", "h100"), ("h100", "h100")])
+    assert check_submission(pol, shape, "/vision", "u", 8, 8, "h100") is not None
+
+
+def test_a_job_that_fits_only_in_a_window_is_queued_and_starts_then() -> None:
+    # Held: the documented case without pools.
+    pol = load_policy(
+        """
+version: 1
+consumers:
+  vision:
+    limit: 4
+    windows:
+      - when: "Sat-Sun 00:00-24:00"
+        limit: 12
+"""
+    )
+    shape = ClusterShape([8, 8], [("h100", "h100"), ("h100", "h100")])
+    assert check_submission(pol, shape, "/vision", "u", 8, 8, "h100") is None
+    nodes = (node("h-0", "h100", "h100"), node("h-1", "h100", "h100"))
+    job = pending(1, "/vision", 8, pool="h100")
+    assert decide(Snapshot(nodes, (job,)), pol, THURSDAY).starts == ()
+    assert len(decide(Snapshot(nodes, (job,)), pol, SATURDAY).starts) == 1
+
+
+# -- running jobs across pools, nodes that changed pool or vanished -----------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a running job holding GPUs in two pools (a node re-registered with another "
+    "--pool while it ran) is counted in the first pool only; in the other its GPUs look "
+    "free and the plan starts a job on them (core/pools.py _running_pool; apply_plan's "
+    "held check drops the start, but the plan breaks 'no GPU given twice')",
+)
+def test_a_job_spanning_two_pools_keeps_its_gpus_in_both() -> None:
+    pol = load_policy("version: 1\nconsumers:\n  a: {}\n  b: {}\n")
+    cluster = (node("a-0", "a100", "a100"), node("h-0", "h100", "h100"))
+    big = running(1, "/a", slots("a-0", *range(8)) + slots("h-0", *range(8)))
+    plan = decide(Snapshot(cluster, (big, pending(2, "/b", 8))), pol, THURSDAY)
+    held = set(big.held)
+    given = [s for st in plan.starts for s in st.slots] + [s for g in plan.grows for s in g.slots]
+    assert not held & set(given)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="decide() raises IndexError when no node is known and a running job asked "
+    "for a pool (core/pools.py _running_pool: pools[0] of an empty tuple)",
+)
+def test_a_running_job_whose_nodes_are_all_gone_does_not_crash_the_cycle() -> None:
+    pol = load_policy("version: 1\nconsumers:\n  a: {}\n  b: {}\n")
+    jobs = (running(1, "/a", slots("gone-0", 0, 1), pool="h100"), pending(2, "/b", 1, "h100"))
+    plan = decide(Snapshot((), jobs), pol, THURSDAY)
+    assert plan.starts == ()
+    assert 2 in plan.pending_reasons
+
+
+def test_a_running_job_on_a_forgotten_node_counts_somewhere() -> None:
+    # Held: with some node left, the vanished job's GPUs stay its consumer's allocation.
+    pol = load_policy("version: 1\nconsumers:\n  a: {}\n  b: {}\n")
+    cluster = (node("a-0", "a100", "a100"), node("h-0", "h100", "h100"))
+    gone = running(1, "/a", slots("gone-0", 0, 1), pool="h100")
+    plan = decide(Snapshot(cluster, (gone, pending(2, "/b", 1))), pol, THURSDAY)
+    assert plan.consumers[ConsumerPath("/a")].allocation == 2
+    assert len(plan.starts) == 1
+
+
+# -- bounds -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no bound on the distinct pools of a whole policy (MAX_POOLS is per "
+    "consumer): every consumer gets terms for every named pool, so consumers x pools "
+    "is quadratic; a 350 KB policy (400 consumers x 64 pools) takes ~70 s and 2.2 GB "
+    "to load, a 1 MiB one minutes and tens of GB (policy/tree.py resolve)",
+)
+def test_a_policy_naming_thousands_of_pools_is_refused_quickly() -> None:
+    lines = ["version: 1", "consumers:"]
+    k = 0
+    for c in range(60):
+        lines += [f"  c{c}:", "    pools:"]
+        for _ in range(64):
+            lines.append(f"      p{k}:")
+            k += 1
+    text = "\n".join(lines) + "\n"
+    t0 = time.monotonic()
+    with pytest.raises(PolicyError, match="pools"):
+        load_policy(text)
+    assert time.monotonic() - t0 < 5
+
+
+# -- window syntax edge cases that held ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "daily 24:00-00:00",
+        "daily 00:00-00:00",
+        "daily 10:00-10:00",
+        "Mon 25:00-26:00",
+        "Mon 10:00-24:01",
+        "daily 9:00-10:00",
+        "daily 00:00-24:00 extra",
+        "Mon- 01:00-02:00",
+        "Mon 24:00-01:00",
+    ],
+)
+def test_bad_windows_are_refused_with_the_key(when: str) -> None:
+    text = f'version: 1\nconsumers:\n  a:\n    windows:\n      - when: "{when}"\n        owned: 1\n'
+    with pytest.raises(PolicyError, match=r"consumers\.a\.windows"):
+        load_policy(text)
+
+
+@pytest.mark.parametrize(
+    ("when", "days"),
+    [("Mon-Mon 10:00-11:00", 1), ("Sun-Sat 00:00-01:00", 127), ("mon,MON 01:00-02:00", 1)],
+)
+def test_odd_but_valid_day_ranges(when: str, days: int) -> None:
+    text = f'version: 1\nconsumers:\n  a:\n    windows:\n      - when: "{when}"\n        owned: 1\n'
+    assert load_policy(text).consumers[ConsumerPath("/a")].windows[0].days == days
+
+
+# -- a job for several pools: only its last pool may reclaim --------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a consumer below floor(entitlement) in pool a100, whose only waiting job may "
+    "run in any pool, never gets a GPU there: the job counts in a100's demand (raising "
+    "/b's entitlement there) but is a guest in a100 (no reclaim), and in its last pool "
+    "h100 /b is at its entitlement; SEMANTICS' liveness promise fails for good "
+    "(core/pools.py: last_pool is the reclaim home whatever the deficits)",
+)
+def test_a_consumer_below_its_entitlement_with_an_any_pool_job_gets_gpus() -> None:
+    pol = load_policy("version: 1\nconsumers:\n  b: {grace: 0s}\n  c: {grace: 0s}\n")
+    cluster = (node("a100-0", "a100", "a100"), node("h100-0", "h100", "h100"))
+    jobs = [running(1 + i, "/c", slots("a100-0", i)) for i in range(8)]
+    jobs += [running(9 + i, "/b", slots("h100-0", i)) for i in range(8)]
+    want = pending(17, "/b", 1)  # any pool
+    plan = decide(Snapshot(cluster, (*jobs, want)), pol, 100.0)
+    a100 = plan.pools["a100"][ConsumerPath("/b")]
+    assert a100.demand >= 1 and a100.allocation < int(a100.entitlement)  # the premise
+    # Within one cycle plus grace: something is reclaimed, or the job starts.
+    assert plan.preemptions or plan.starts
+
+
+def test_the_same_job_bound_to_a100_reclaims_there() -> None:
+    # Held: bound to one pool, the promise holds.
+    pol = load_policy("version: 1\nconsumers:\n  b: {grace: 0s}\n  c: {grace: 0s}\n")
+    cluster = (node("a100-0", "a100", "a100"), node("h100-0", "h100", "h100"))
+    jobs = [running(1 + i, "/c", slots("a100-0", i)) for i in range(8)]
+    jobs += [running(9 + i, "/b", slots("h100-0", i)) for i in range(8)]
+    plan = decide(Snapshot(cluster, (*jobs, pending(17, "/b", 1, "a100"))), pol, 100.0)
+    assert len(plan.preemptions) == 1
+
+
+# -- schedctl policy apply --dry-run --at --------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="schedctl --at a time just outside protobuf Timestamp's range (year 1 or "
+    "9999 with an offset) dies with a ValueError traceback from protobuf instead of "
+    "a clear error (cli/main.py _at: checks only datetime.timestamp's range)",
+)
+@pytest.mark.parametrize("at", ["0001-01-01T00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_schedctl_at_out_of_range_is_a_clear_error(tmp_path: Path, at: str) -> None:
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nconsumers:\n  a: {}\n")
+    args = ["--daemon", "127.0.0.1:1", "policy", "apply", str(policy), "--dry-run", "--at", at]
+    with pytest.raises(SystemExit) as done:
+        schedctl(args)
+    assert "--at" in str(done.value.code)
