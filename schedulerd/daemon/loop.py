@@ -52,6 +52,9 @@ class SchedulingLoop:
         self.tick_s = tick_s
         self.node_timeout_s = node_timeout_s
         self._wake = asyncio.Event()
+        # time.monotonic() at the end of the last turn (None before the first): /readyz
+        # and the metrics tell a stalled loop by it.
+        self.last_turn: float | None = None
         # The policy as resolved at the last cycle, while it has time windows: a window
         # that starts or ends is logged once (core/windows.py).
         self._in_force: core.Policy | None = None
@@ -76,6 +79,7 @@ class SchedulingLoop:
                 await self.cycle()
             except Exception:  # a bad cycle must not kill the daemon; the next one retries
                 log.exception("scheduling cycle failed")
+            self.last_turn = time.monotonic()
             if self.on_turn is not None:
                 self.on_turn()
             # Every submission and report wakes the loop, and a cycle costs time in

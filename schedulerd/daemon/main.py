@@ -19,6 +19,7 @@ from pathlib import Path
 from schedulerd.configfile import parse_args_with_config
 from schedulerd.daemon.reload import Reloads
 from schedulerd.daemon.server import Daemon, DaemonConfig
+from schedulerd.daemon.web.server import split_host_port
 from schedulerd.hangup import HeldHangup
 from schedulerd.lockfile import AlreadyLocked
 from schedulerd.policy import PolicyError
@@ -42,6 +43,16 @@ def _tick(text: str) -> float:
     if value < MIN_TICK_S:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_TICK_S} s, got {text}")
     return value
+
+
+def _http_address(text: str) -> str:
+    """HOST:PORT for --http-listen; "" turns it off."""
+    if text:
+        try:
+            split_host_port(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 # Read when it exists; `--config FILE` names another, `--no-config` reads none.
@@ -144,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER",
         help="a cluster admin besides the daemon's own user (repeatable)",
     )
+    p.add_argument(
+        "--http-listen",
+        default="",
+        type=_http_address,
+        metavar="HOST:PORT",
+        help="serve HTTP there: /metrics (Prometheus), /healthz, /readyz; unauthenticated, "
+        "so loopback or a management network only (docs/metrics.md; default: none)",
+    )
     p.add_argument("--local-agent", action="store_true", help="also run an agent on this machine")
     p.add_argument(
         "--local-agent-fake-gpus",
@@ -193,6 +212,7 @@ async def run(args: argparse.Namespace, held: HeldHangup | None = None) -> int:
         insecure=args.insecure,
         tls_loopback=args.tls_loopback,
         admins=tuple(args.admin),
+        http_listen=args.http_listen,
     )
     if args.local_agent and args.tls_cert is not None:
         print(

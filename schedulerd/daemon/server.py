@@ -54,6 +54,8 @@ from schedulerd.daemon.serving import ServiceController
 from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.status import summary
 from schedulerd.daemon.tokenbook import TokenBook
+from schedulerd.daemon.web.app import build_app
+from schedulerd.daemon.web.server import HttpServer
 from schedulerd.lockfile import hold
 from schedulerd.policy import default_policy_text, load_policy, read_policy_file
 from schedulerd.sdnotify import Notifier, loop_wait_s
@@ -98,6 +100,8 @@ class DaemonConfig:
     insecure: bool = False  # allow a non-loopback listener without TLS
     tls_loopback: bool = False  # TLS on loopback listeners too (default: plaintext there)
     admins: tuple[str, ...] = ()  # cluster admins besides the daemon's own user
+    # HOST:PORT of the HTTP port (/metrics, /healthz, /readyz; docs/metrics.md); "": none.
+    http_listen: str = ""
 
 
 class Daemon:
@@ -150,6 +154,8 @@ class Daemon:
         self.experiments: ExperimentController | None = None
         self._services_task: asyncio.Task[None] | None = None
         self.services: ServiceController | None = None
+        self.http: HttpServer | None = None
+        self.http_port = 0
 
     def _turned(self) -> None:
         """After each turn of the scheduling loop: it is alive (the watchdog), and
@@ -281,6 +287,9 @@ class Daemon:
         open_unix_sockets(self.config)
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.http_listen:
+            self.http = HttpServer(build_app(self), self.config.http_listen)
+            self.http_port = await self.http.start()
         self.notifier.ready(summary(self.state))
         self._loop_task = asyncio.create_task(self.loop.run())
         self._audit_task = asyncio.create_task(self.audit.run())
@@ -335,6 +344,8 @@ class Daemon:
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.stop_deciding()
         await self.server.stop(grace_s)
+        if self.http is not None:
+            await self.http.stop()
         if self._audit_task is not None:
             self._audit_task.cancel()
         self.audit.flush()

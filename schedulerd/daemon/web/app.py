@@ -1,0 +1,76 @@
+"""The daemon's one aiohttp application (--http-listen). Routes are added in
+`build_app`, each area by its own `add_*_routes(app, daemon)` function: probes and
+metrics here; the web dashboard adds its own beside them.
+
+Everything here is unauthenticated and read-only (GET and HEAD only: aiohttp answers
+405 to other methods): it shows consumer, pool and node names and numbers, never a
+job's command, environment, user or logs. Bind it to loopback or a management network
+(docs/metrics.md)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from schedulerd.daemon.server import Daemon
+
+DAEMON = web.AppKey("daemon", object)  # the Daemon (typed loosely: no import cycle)
+# GET requests have no body: anything larger than this is refused (413).
+MAX_BODY_BYTES = 4096
+# /readyz fails when the scheduling loop has not turned for this many ticks (and at
+# least STALL_MIN_S): a cycle that takes long, or a loop that wedged.
+STALL_TICKS = 10
+STALL_MIN_S = 10.0
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[DAEMON] = daemon
+    add_probe_routes(app)
+    # More routes go here, each area with its own function, e.g. the web dashboard's:
+    #   add_dashboard_routes(app, daemon)
+    return app
+
+
+def add_probe_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    return request.app[DAEMON]  # type: ignore[return-value]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to schedule: the store answers, a policy is in force, and the scheduling
+    loop turned recently. 503 with what is wrong otherwise."""
+    problems = not_ready(daemon_of(request))
+    if problems:
+        return web.Response(status=503, text="".join(f"{p}\n" for p in problems))
+    return web.Response(text="ready\n")
+
+
+def not_ready(daemon: Daemon) -> list[str]:
+    problems = []
+    try:
+        daemon.store.db.conn.execute("SELECT 1").fetchone()
+    except Exception as e:  # closed, or the file is gone
+        problems.append(f"store: {type(e).__name__}")
+    if daemon.state.policy is None:
+        problems.append("policy: none in force")
+    last = daemon.loop.last_turn
+    stall_s = max(STALL_TICKS * daemon.loop.tick_s, STALL_MIN_S)
+    if last is None:
+        problems.append("loop: no scheduling cycle yet")
+    elif time.monotonic() - last > stall_s:
+        ago = time.monotonic() - last
+        problems.append(f"loop: no scheduling cycle for {ago:.0f} s (stalled after {stall_s:g} s)")
+    return problems
