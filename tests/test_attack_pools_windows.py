@@ -321,3 +321,17 @@ def test_schedctl_at_out_of_range_is_a_clear_error(tmp_path: Path, at: str) -> N
     with pytest.raises(SystemExit) as done:
         schedctl(args)
     assert "--at" in str(done.value.code)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="before any node registers, a job for any pool is checked against the "
+    "consumer's own terms only (submission.check_submission: in_pool(DEFAULT_POOL)), so "
+    "a job that fits a named pool's larger limit is refused; with the node known, the "
+    "same job is queued",
+)
+def test_an_any_pool_job_is_not_refused_for_a_limit_a_named_pool_lifts_before_nodes() -> None:
+    pol = load_policy("version: 1\nconsumers:\n  a: {limit: 2, pools: {h100: {limit: 8}}}\n")
+    with_node = ClusterShape([8], [("h100", "h100")])
+    assert check_submission(pol, with_node, "/a", "u", 6, 6, "") is None
+    assert check_submission(pol, ClusterShape(()), "/a", "u", 6, 6, "") is None
