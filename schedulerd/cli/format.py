@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import time
 from collections.abc import Sequence
 
@@ -10,6 +12,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
+from schedulerd.exits import describe_exit
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -50,23 +53,89 @@ def _ago(ts_seconds: float) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
-def jobs_table(jobs: Sequence[jobs_pb2.Job]) -> str:
-    rows = []
+def gpus_count(j: jobs_pb2.Job) -> str:
+    """What a job holds: `2`; an elastic one `4 (1:8)` (holds 4, may run on 1 to 8), or
+    `1:8` while it waits."""
+    low, high = j.spec.gpus.min, j.spec.gpus.max
+    held = len(j.gpus)
+    if high > low:
+        return f"{held} ({low}:{high})" if held else f"{low}:{high}"
+    return str(held or low)
+
+
+# The end of a waiting job's reason: its place in its leaf's queue (core/reasons.py).
+_QUEUE_PLACE = re.compile(r" \(\d+(st|nd|rd|th) of \d+ waiting in [^()]*\)$")
+MIN_WHY = 30  # a narrower WHY column says too little to be worth it
+ELLIPSIS = "…"
+
+
+def shorten(text: str, room: int | None) -> str:
+    """`text` in at most `room` characters (None: all of it), cut between clauses
+    ("; ") or else between words, never inside a number, the cut marked with "…". A
+    reason's queue place at its end ("(3rd of 14 waiting in /a)") is kept."""
+    if room is None or len(text) <= room:
+        return text
+    room = max(room, MIN_WHY)
+    tail = ""
+    if (m := _QUEUE_PLACE.search(text)) and len(m.group(0)) <= room // 2:
+        text, tail = text[: m.start()], m.group(0)
+    budget = room - len(tail) - len(ELLIPSIS)
+    clauses = text.split("; ")
+    kept = clauses[0]
+    if len(kept) > budget:
+        kept = _words(kept, budget)
+    else:
+        for clause in clauses[1:]:
+            if len(kept) + 2 + len(clause) > budget:
+                break
+            kept += "; " + clause
+    if kept == text:
+        return kept + tail
+    return kept.rstrip(" ,;:") + ELLIPSIS + tail
+
+
+def _words(text: str, budget: int) -> str:
+    """The words of `text` that fit in `budget` characters (a first word longer than
+    that is cut: there is nothing else to show)."""
+    cut = text.rfind(" ", 0, budget + 1)
+    return text[:cut] if cut > 0 else text[:budget]
+
+
+def jobs_table(jobs: Sequence[jobs_pb2.Job], width: int | None = None) -> str:
+    """`width`: the terminal's columns, the WHY column cut to fit them (None: no cut)."""
+    rows: list[list[object]] = []
     for j in jobs:
-        count = j.spec.gpus.min
         rows.append(
             [
                 j.id,
                 state_name(j),
                 j.spec.consumer,
                 j.spec.user,
-                count,
+                gpus_count(j),
                 _ago(j.submit_time.seconds),
                 j.spec.name[:24],
-                gpus_text(j) if j.gpus else (j.reason[:70] if j.state in WAITING else ""),
+                gpus_text(j) if j.gpus else (j.reason if j.state in WAITING else ""),
             ]
         )
-    return table(["ID", "STATE", "CONSUMER", "USER", "GPUS", "AGE", "NAME", "WHERE / WHY"], rows)
+    headers = ["ID", "STATE", "CONSUMER", "USER", "GPUS", "AGE", "NAME", "WHERE / WHY"]
+    if width is not None and rows:
+        cells: list[Sequence[object]] = [headers, *rows]
+        used = sum(max(len(str(r[i])) for r in cells) + 2 for i in range(7))
+        for r in rows:
+            r[7] = shorten(str(r[7]), width - used)
+    return table(headers, rows)
+
+
+def command_text(command: Sequence[str]) -> str:
+    """A command as a shell would take it back: `python -c 'import os; ...'`."""
+    return shlex.join(command)
+
+
+def exit_code_text(code: int) -> str:
+    """`4`; `killed by SIGTERM (-15)`; `137 (128 + SIGKILL)`."""
+    if code < 0:
+        return f"{describe_exit(code)} ({code})"
+    return describe_exit(code).removeprefix("exited with ")
 
 
 def _range(j: jobs_pb2.Job) -> str:
@@ -83,7 +152,7 @@ def timestamp(seconds: float) -> str:
 
 
 def job_detail(j: jobs_pb2.Job) -> str:
-    command = "(hidden)" if j.redacted else " ".join(j.spec.command)
+    command = "(hidden)" if j.redacted else command_text(j.spec.command)
     lines = [
         f"Job {j.id}: {j.spec.name}",
         f"  state:      {state_name(j)}" + (" (cancel requested)" if j.cancel_requested else ""),
@@ -97,7 +166,7 @@ def job_detail(j: jobs_pb2.Job) -> str:
     if j.attempt:
         lines.append(f"  restarts:   {j.attempt} (preempted and run again)")
     if j.HasField("exit_code"):
-        lines.append(f"  exit code:  {j.exit_code}")
+        lines.append(f"  exit code:  {exit_code_text(j.exit_code)}")
     waiting = j.state in (jobs_pb2.PENDING, jobs_pb2.PREEMPTED)
     lines.append(f"  {'why waiting' if waiting else 'reason'}: {j.reason}")
     if j.history:

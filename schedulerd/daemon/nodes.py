@@ -24,6 +24,7 @@ from schedulerd.daemon.commands import AckPart, Outbox, ResizePart, StopPart
 from schedulerd.daemon.endings import finish_parts, released
 from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.stops import UNKNOWN_PART_GRACE_S, owed_stops
+from schedulerd.exits import describe_exit
 from schedulerd.store import JobRecord, NodeRecord, PartPhase, PartRecord
 
 
@@ -242,7 +243,7 @@ def _same(copy: JobRecord, part: PartRecord) -> PartRecord:
 
 def _default_message(phase: str, code: int | None) -> str:
     if phase == "exited":
-        return f"exited with {code}"
+        return "exited" if code is None else describe_exit(code)
     if phase == "lost":
         return "its processes ended while no agent watched; exit status unknown"
     if phase == "refused":
