@@ -15,6 +15,7 @@ token, a client on the daemon's own machine is known by its Unix user.
 from __future__ import annotations
 
 import collections
+import enum
 import ipaddress
 import os
 import stat
@@ -190,6 +191,56 @@ def job_spec(
     )
 
 
+class JobState(enum.IntEnum):
+    """A job's state as jobs_pb2.JobState's numbers, read as its name: str() and
+    f-strings give "RUNNING", and it equals jobs_pb2.RUNNING."""
+
+    JOB_STATE_UNSPECIFIED = 0
+    PENDING = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+    PREEMPTED = 6
+    TIMEOUT = 7
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
+
+    @classmethod
+    def of(cls, number: int) -> JobState:
+        """A state number the daemon sent; one newer than this library is UNSPECIFIED."""
+        try:
+            return cls(number)
+        except ValueError:
+            return cls.JOB_STATE_UNSPECIFIED
+
+    @property
+    def ended(self) -> bool:
+        """Whether a job in this state is over for good (it never runs again)."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT)
+
+
+class WatchedJob:
+    """A Job as `Client.watch` gives it: the message's fields (`id`, `reason`,
+    `exit_code`, `HasField`...), with `state` a JobState; `message` is the Job itself."""
+
+    __slots__ = ("message", "state")
+
+    def __init__(self, message: jobs_pb2.Job) -> None:
+        self.message = message
+        self.state = JobState.of(message.state)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)
+
+    def __repr__(self) -> str:
+        return f"<job {self.message.id} {self.state}>"
+
+
 class Client:
     """A connection to the daemon. TLS when `ca` (the cluster CA's certificate file) is
     given; `cert` and `key` add a client certificate. `token` None: from the
@@ -340,17 +391,30 @@ class Client:
 
     def watch(
         self, consumer: str = "", ids: Sequence[int] = (), include_current: bool = True
-    ) -> Iterator[jobs_pb2.Job]:
-        """Job updates as they happen; iterate, and `close()` the client to stop."""
+    ) -> Iterator[WatchedJob]:
+        """Job updates as they happen, each a `WatchedJob`: the Job message's fields, its
+        `state` a `JobState` (str(): its name, "RUNNING"; equal to jobs_pb2.RUNNING). With
+        `ids`, it ends once every one of those jobs has ended (as seen on the stream:
+        with `include_current` False, a job that ended before is never seen); without,
+        iterate, and `close()` the client to stop."""
         req = jobs_pb2.WatchJobsRequest(
             consumer=consumer, ids=list(ids), include_current=include_current
         )
+        open_ids = set(ids)
+        stream = self.jobs.WatchJobs(req)
         try:
-            for update in self.jobs.WatchJobs(req):
-                yield update.job
+            for update in stream:
+                job = WatchedJob(update.job)
+                yield job
+                if open_ids and job.state.ended:
+                    open_ids.discard(job.id)
+                    if not open_ids:
+                        return
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.CANCELLED:
                 raise ClientError(e.code(), e.details() or "") from None
+        finally:
+            stream.cancel()  # a watch left early (break, return) ends its stream too
 
     def logs(self, job_id: int, follow: bool = True, offset: int = 0) -> Iterator[bytes]:
         """The job's output, every part's chunks as they come (see `log_chunks`)."""

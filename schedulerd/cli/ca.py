@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c = sub.add_parser("ca", help="the cluster CA: make it, issue node and server certificates")
     csub = c.add_subparsers(dest="ca_cmd", required=True, metavar="ACTION")
     i = csub.add_parser("init", help="make a new CA: DIR/ca.crt and DIR/ca.key (secret)")
-    i.add_argument("dir", type=Path)
+    i.add_argument("dir", type=Path, help="a new directory for the CA's files")
     i.add_argument(
         "--force",
         action="store_true",

@@ -24,24 +24,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     h = sub.add_parser("hpo", help="hyperparameter search: create, list, show, stop, plot")
     hsub = h.add_subparsers(dest="hpo_cmd", required=True, metavar="ACTION")
     c = hsub.add_parser("create", help="start an experiment from a YAML file")
-    c.add_argument("file", type=Path)
+    c.add_argument("file", type=Path, help="the experiment file (YAML; docs/hpo.md)")
     c.add_argument(
         "--user",
         default=None,
         help="default: the file's user, else you (another user: cluster admins only)",
     )
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the experiment as JSON")
     ls = hsub.add_parser("list", help="experiments with their progress and best value")
-    ls.add_argument("--consumer", default="")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--consumer", default="", help="only this consumer's subtree")
+    ls.add_argument("--json", action="store_true", help="print the experiments as JSON")
     s = hsub.add_parser("show", help="an experiment's trials, progress and best value")
-    s.add_argument("experiment", type=int)
+    s.add_argument("experiment", type=int, help="the experiment's id")
     s.add_argument("--watch", action="store_true", help="follow it live until it ends")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the experiment as JSON")
     st = hsub.add_parser("stop", help="stop an experiment: its running trials are cancelled")
-    st.add_argument("experiment", type=int)
+    st.add_argument("experiment", type=int, help="the experiment's id")
     p = hsub.add_parser("plot", help="PNG plots: objective per trial, intermediate values")
-    p.add_argument("experiment", type=int)
+    p.add_argument("experiment", type=int, help="the experiment's id")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
 
 

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
 
-from schedulerd.api.v1 import admin_pb2, jobs_pb2
+from schedulerd import __version__
+from schedulerd.api.v1 import admin_pb2
 from schedulerd.auth.ca import CertError
 from schedulerd.cli import audit, ca, hpo, serve, tokens
 from schedulerd.cli import format as fmt
@@ -53,22 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    p.add_argument("--daemon", default=os.environ.get("SCHEDULERD_ADDRESS", DEFAULT_ADDRESS))
-    p.add_argument(
-        "--token",
-        help="a bearer token; prefer --token-file: a command line is visible to every user",
-    )
-    p.add_argument("--token-file", type=Path, help="a file (mode 0600) holding the token")
-    p.add_argument("--ca", type=Path, help="the cluster CA's certificate: talk TLS")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(p, top=True)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("submit", help="submit a job: schedctl submit --consumer /a -- CMD ...")
-    s.add_argument("--consumer", required=True, help="leaf consumer path, e.g. /team/project")
+    s.add_argument(
+        "--consumer",
+        default=os.environ.get("SCHEDULERD_CONSUMER", ""),
+        help="the leaf consumer to run in, e.g. /team/project (default: $SCHEDULERD_CONSUMER, "
+        "else the one leaf you may submit to, if there is exactly one)",
+    )
     s.add_argument(
         "--gpus", default="1", help="N GPUs, or MIN:MAX for an elastic job (docs/elastic.md)"
     )
-    s.add_argument("--name", default="")
-    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--name", default="", help="a name for people (shown by jobs and show)")
+    s.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="order inside its consumer: higher runs first, and may preempt lower ones of "
+        "the same consumer (default: 0; negative: after the others)",
+    )
     s.add_argument(
         "--time",
         default="",
@@ -84,50 +93,57 @@ def build_parser() -> argparse.ArgumentParser:
         "default: any pool",
     )
     s.add_argument("--user", default="", help="default: you; another user: cluster admins")
-    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the job (repeatable); it starts with a clean one",
+    )
     s.add_argument(
         "--workdir",
         default=os.getcwd(),
         help="working directory on the node (default: here, as with Slurm's sbatch)",
     )
     s.add_argument("--wait", action="store_true", help="wait for the end; exit with its code")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the job as JSON")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its args")
 
     j = sub.add_parser("jobs", help="list jobs (waiting and running; --all for ended too)")
-    j.add_argument("--consumer", default="")
+    j.add_argument("--consumer", default="", help="only this consumer's subtree")
     j.add_argument(
         "--state",
         action="append",
         default=[],
-        choices=["pending", "preempted", "running", "succeeded", "failed", "cancelled"],
+        choices=["pending", "preempted", "running", "succeeded", "failed", "cancelled", "timeout"],
+        help="only jobs in this state (repeatable; default: pending, preempted, running)",
     )
-    j.add_argument("--user", default="")
+    j.add_argument("--user", default="", help="only this user's jobs")
     j.add_argument("--all", action="store_true", help="include ended jobs")
     j.add_argument("--limit", type=int, default=0, help="only the newest N")
-    j.add_argument("--json", action="store_true")
+    j.add_argument("--json", action="store_true", help="print the jobs as JSON (no cut)")
 
     sh = sub.add_parser("show", help="one job, with its pending reason and history")
-    sh.add_argument("job", type=int)
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("job", type=int, help="the job's id")
+    sh.add_argument("--json", action="store_true", help="print the job as JSON")
 
     c = sub.add_parser("cancel", help="cancel jobs")
-    c.add_argument("jobs", type=int, nargs="+")
+    c.add_argument("jobs", type=int, nargs="+", metavar="JOB", help="the jobs' ids")
 
     lg = sub.add_parser("logs", help="a job's output; follows until the job ends")
-    lg.add_argument("job", type=int)
+    lg.add_argument("job", type=int, help="the job's id")
     lg.add_argument("--no-follow", action="store_true", help="print what is there and stop")
 
     cs = sub.add_parser("consumers", help="the consumer tree: owned, share, entitlement, ...")
-    cs.add_argument("--json", action="store_true")
+    cs.add_argument("--json", action="store_true", help="print the consumers as JSON")
 
     n = sub.add_parser("nodes", help="nodes, their GPUs and the jobs on them")
-    n.add_argument("--json", action="store_true")
+    n.add_argument("--json", action="store_true", help="print the nodes as JSON")
     d = sub.add_parser("drain", help="no new jobs on a node; running ones finish")
-    d.add_argument("node")
-    d.add_argument("--reason", default="")
+    d.add_argument("node", help="the node's name, as `schedctl nodes` shows it")
+    d.add_argument("--reason", default="", help="why, for the others (shown with the node)")
     u = sub.add_parser("undrain", help="let a drained node take jobs again")
-    u.add_argument("node")
+    u.add_argument("node", help="the node's name")
     nd = sub.add_parser("node", help="node administration: node forget NODE")
     ndsub = nd.add_subparsers(dest="node_cmd", required=True, metavar="ACTION")
     fg = ndsub.add_parser(
@@ -137,15 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
         "job process on it are known dead): the scheduler then gives its GPUs' jobs to "
         "others. Refused while its agent is connected.",
     )
-    fg.add_argument("node")
+    fg.add_argument("node", help="the node's name")
 
     pol = sub.add_parser("policy", help="validate, apply or show the policy")
     psub = pol.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     v = psub.add_parser("validate", help="check a policy file locally (no daemon needed)")
-    v.add_argument("file", type=Path)
+    v.add_argument("file", type=Path, help="the policy file (YAML; docs/policy.md)")
     a = psub.add_parser("apply", help="apply a policy file (--dry-run: show entitlements only)")
-    a.add_argument("file", type=Path)
-    a.add_argument("--dry-run", action="store_true")
+    a.add_argument("file", type=Path, help="the policy file (YAML; docs/policy.md)")
+    a.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="apply nothing: show the entitlements it would give now, and under full demand",
+    )
     a.add_argument(
         "--at",
         metavar="TIME",
@@ -153,14 +173,66 @@ def build_parser() -> argparse.ArgumentParser:
         "ISO 8601 (2026-12-01T10:00, in the policy's time zone, or with an offset: "
         "2026-12-01T10:00+01:00) or 'now'",
     )
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--json", action="store_true", help="print the answer as JSON")
     psub.add_parser("show", help="print the policy in force")
     hpo.add_parser(sub)
     serve.add_parser(sub)
     ca.add_parser(sub)
     tokens.add_parser(sub)
     audit.add_parsers(sub)
+    _globals_everywhere(p)
     return p
+
+
+def _global_options() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (
+            "--daemon",
+            {
+                "default": os.environ.get("SCHEDULERD_ADDRESS", DEFAULT_ADDRESS),
+                "metavar": "HOST:PORT",
+                "help": "the daemon's address, or unix:PATH "
+                f"(default: $SCHEDULERD_ADDRESS, else {DEFAULT_ADDRESS})",
+            },
+        ),
+        (
+            "--token",
+            {"help": "a bearer token; prefer --token-file: a command line is seen by all users"},
+        ),
+        (
+            "--token-file",
+            {"type": Path, "metavar": "FILE", "help": "a file (mode 0600) holding the token"},
+        ),
+        (
+            "--ca",
+            {
+                "type": Path,
+                "metavar": "FILE",
+                "help": "the cluster CA's certificate: talk TLS (default: $SCHEDULERD_CA)",
+            },
+        ),
+    ]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The connection options, on the top parser and (`top` False) on every command's,
+    so that they may come anywhere, as kubectl's global flags: `schedctl jobs --daemon
+    H:P`. A command's own option of the same name wins there (`ca issue-node --ca DIR`)."""
+    group = parser.add_argument_group("connection (anywhere on the line)")
+    for flag, kwargs in _global_options():
+        if flag in parser._option_string_actions:
+            continue
+        if not top:  # given after the command, it overrides; absent, the top's value holds
+            kwargs = {**kwargs, "default": argparse.SUPPRESS}
+        group.add_argument(flag, **kwargs)
+
+
+def _globals_everywhere(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_global_options(child, top=False)
+                _globals_everywhere(child)
 
 
 def _gpus(text: str) -> tuple[int, int]:
@@ -225,7 +297,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         raise SystemExit("schedctl submit: give the command after --, e.g. -- python train.py")
     gmin, gmax = _gpus(args.gpus)
     job = client.submit(
-        args.consumer,
+        args.consumer or _only_leaf(client),
         command,
         gmin,
         gpus_max=gmax,
@@ -241,10 +313,28 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     for update in client.watch(ids=[job.id]):
-        if update.state not in (*fmt.WAITING, jobs_pb2.RUNNING):
-            print(f"job {job.id} {fmt.state_name(update)}: {update.reason}", file=sys.stderr)
-            return update.exit_code if update.HasField("exit_code") else 1
+        if update.state.ended:
+            print(f"job {job.id} {update.state}: {update.reason}", file=sys.stderr)
+            if not update.HasField("exit_code"):
+                return 1
+            code: int = update.exit_code
+            return 128 - code if code < 0 else code  # killed by a signal: as a shell says
     return 1
+
+
+def _only_leaf(client: Client) -> str:
+    """The consumer of a submission without --consumer: the one leaf the caller may
+    submit to (WhoAmI says which), else a word on how to choose."""
+    leaves: list[str] = list(client.whoami().submit_to)
+    if len(leaves) == 1:
+        return leaves[0]
+    if not leaves:
+        raise SystemExit("schedctl submit: you may submit to no consumer (schedctl whoami)")
+    shown = ", ".join(leaves[:10]) + (f" and {len(leaves) - 10} more" if len(leaves) > 10 else "")
+    raise SystemExit(
+        f"schedctl submit: give --consumer (or set SCHEDULERD_CONSUMER): you may submit to "
+        f"{len(leaves)} consumers: {shown}"
+    )
 
 
 def _time_limit(text: str) -> float:
@@ -261,8 +351,19 @@ def _time_limit(text: str) -> float:
 def _jobs(client: Client, args: argparse.Namespace) -> int:
     states = [s.upper() for s in args.state] or ([] if args.all else ACTIVE)
     jobs = client.list_jobs(args.consumer, states, args.user, args.limit)
-    print(fmt.as_json(jobs) if args.json else fmt.jobs_table(jobs))
+    print(fmt.as_json(jobs) if args.json else fmt.jobs_table(jobs, _width()))
     return 0
+
+
+def _width() -> int | None:
+    """The columns a table may fill: the terminal's; not on a terminal, $COLUMNS if set,
+    else None (no cut: a pipe or a file gets every word)."""
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    try:
+        return int(os.environ["COLUMNS"]) or None
+    except (KeyError, ValueError):
+        return None
 
 
 def _show(client: Client, args: argparse.Namespace) -> int:

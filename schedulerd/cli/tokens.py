@@ -56,9 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ls = tsub.add_parser("list", help="tokens and who holds them (never their secrets)")
     ls.add_argument("--user", default="", help="only this user's (default: all you may see)")
     ls.add_argument("--all", action="store_true", help="revoked tokens too")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the tokens as JSON")
     r = tsub.add_parser("revoke", help="stop a token from working, now")
-    r.add_argument("id")
+    r.add_argument("id", help="the token's id, as `token list` shows it")
 
 
 def run(client: Client, args: argparse.Namespace) -> int:

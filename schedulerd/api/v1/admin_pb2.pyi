@@ -268,20 +268,22 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("identity", "kind", "credential", "cluster_admin", "admin_of", "scopes")
+    __slots__ = ("identity", "kind", "credential", "cluster_admin", "admin_of", "scopes", "submit_to")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ADMIN_FIELD_NUMBER: _ClassVar[int]
     ADMIN_OF_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_TO_FIELD_NUMBER: _ClassVar[int]
     identity: str
     kind: str
     credential: str
     cluster_admin: bool
     admin_of: _containers.RepeatedScalarFieldContainer[str]
     scopes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, identity: _Optional[str] = ..., kind: _Optional[str] = ..., credential: _Optional[str] = ..., cluster_admin: _Optional[bool] = ..., admin_of: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ...) -> None: ...
+    submit_to: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, identity: _Optional[str] = ..., kind: _Optional[str] = ..., credential: _Optional[str] = ..., cluster_admin: _Optional[bool] = ..., admin_of: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., submit_to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
     __slots__ = ("id", "time", "identity", "credential", "action", "object", "result", "detail")

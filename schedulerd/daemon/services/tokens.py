@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 
 from schedulerd.api.v1 import admin_pb2
-from schedulerd.auth.authorize import NOTHING, Action, Target, is_cluster_admin
-from schedulerd.auth.identity import Kind, Scope
+from schedulerd.auth.authorize import NOTHING, Action, Rules, Target, is_cluster_admin
+from schedulerd.auth.identity import Identity, Kind, Scope
 from schedulerd.daemon.convert import timestamp
 from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.services.errors import abort
@@ -101,6 +101,7 @@ class TokenService:
             cluster_admin=is_cluster_admin(who, rules),
             admin_of=admin_of,
             scopes=sorted(s.value for s in who.scopes or ()),
+            submit_to=_submit_to(who, rules),
         )
 
     async def audit(
@@ -141,3 +142,13 @@ def _token_pb(t: TokenRecord) -> admin_pb2.Token:
         created_by=t.created_by,
         revoked_at=timestamp(t.revoked_at),
     )
+
+
+def _submit_to(who: Identity, rules: Rules) -> list[str]:
+    """The leaves `who` may submit to (the same rule as a submission's, the policy's
+    `users:`), so that a client may pick the only one; nothing for a token that may not
+    submit at all."""
+    if who.kind is not Kind.USER or not who.allows(Scope.SUBMIT):
+        return []
+    policy = rules.policy
+    return sorted(str(p) for p in policy.leaves() if policy.may_submit(p, who.name))
