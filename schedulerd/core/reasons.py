@@ -7,6 +7,13 @@ from schedulerd.core.admission import Admission
 from schedulerd.core.model import ConsumerPath, Job
 
 
+def amount(x: float) -> str:
+    """A number of GPUs (an entitlement, a reserve) for people: at most one decimal,
+    none when whole: 2.90909 is "2.9", 3.0 is "3"."""
+    text = f"{x:.1f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
 def _gpus(n: int) -> str:
     return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
@@ -65,7 +72,7 @@ def why_waiting(leaf: ConsumerPath, n: int, adm: Admission) -> str:
     text = f"waiting for {_gpus(n)}{where_}: {_holds(adm, leaf)}; {state}"
     reserved = {p: r for p, r in adm.division.reserved.items() if r > 0}
     if kind == "reserved" and reserved:
-        names = ", ".join(f"{r:g} for {p}" for p, r in sorted(reserved.items()))
+        names = ", ".join(f"{amount(r)} for {p}" for p, r in sorted(reserved.items()))
         text += f"; reserved (lend: false): {names}"
     if adm.ratio(leaf) < 1:
         text += "; below its entitlement, it is served first as GPUs free up"
