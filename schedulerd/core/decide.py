@@ -75,7 +75,8 @@ def decide_pool(
     )
     leaf_demand: dict[ConsumerPath, int] = defaultdict(int)
     for j in (*running, *known):
-        leaf_demand[j.consumer] += j.gpus_max
+        if j.id not in guests:  # a guest counts in the pool where it may reclaim (pools.py)
+            leaf_demand[j.consumer] += j.gpus_max
     leaf_usage: dict[ConsumerPath, float] = defaultdict(float)
     if policy.usage_weight > 0:
         for (leaf, _user), used in snapshot.user_usage.items():

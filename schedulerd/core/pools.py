@@ -11,10 +11,12 @@ pool, over that pool's nodes and the jobs that may run there:
 
 A waiting job that may run in several pools is offered to them in name order; once it
 starts in one it is gone from the rest. Only in the last of them may it reclaim, hold a
-reservation or preempt by priority: in the others it is a guest that takes what is free.
-Were it allowed to reclaim in the first pool and then start in a later one, the first
-pool's victims would have been stopped for nothing. Its waiting reason is the last
-pool's.
+reservation or preempt by priority, and only there does it count in its consumer's
+demand: in the others it is a guest that takes what is free, by borrowing. Were it
+allowed to reclaim in the first pool and then start in a later one, the first pool's
+victims would have been stopped for nothing; were it counted in the demand of a pool
+where it may not reclaim, its consumer could sit below an entitlement there that nothing
+would ever serve. Its waiting reason is the last pool's.
 
 Pure, like the rest of the core.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from schedulerd.core.model import (
     DEFAULT_POOL,
@@ -32,6 +35,7 @@ from schedulerd.core.model import (
     Job,
     JobId,
     JobPhase,
+    Node,
     NodeName,
     Plan,
     Policy,
@@ -47,10 +51,24 @@ def pool_names(snapshot: Snapshot) -> tuple[str, ...]:
 
 
 def candidate_pools(job: Job, snapshot: Snapshot, pools: Sequence[str]) -> tuple[str, ...]:
-    """The pools a waiting job may run in, in decision order."""
+    """The pools a waiting job may run in, in decision order: the pool it named, or every
+    pool made only of nodes of the GPU type it named (a type shared with other types in a
+    pool does not select that pool: the cycle places jobs on a pool's nodes, not on some
+    of them), or any."""
     if job.pool is None:
         return tuple(pools)
-    return tuple(sorted({n.pool for n in snapshot.nodes if job.pool in (n.pool, n.gpu_type)}))
+    return pools_for(job.pool, [(n.pool, n.gpu_type) for n in snapshot.nodes])
+
+
+def pools_for(asked: str, nodes: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """The pools a job asking for `asked` (a pool's name or a GPU type) may run in,
+    sorted; `nodes` are each node's (pool, GPU type)."""
+    if any(pool == asked for pool, _ in nodes):
+        return (asked,)
+    types: dict[str, set[str]] = defaultdict(set)
+    for pool, gpu_type in nodes:
+        types[pool].add(gpu_type)
+    return tuple(sorted(p for p, t in types.items() if t == {asked}))
 
 
 def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecidePool) -> Plan:
@@ -64,9 +82,16 @@ def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecideP
     by_pool: dict[str, list[Job]] = defaultdict(list)
     last_pool: dict[JobId, str] = {}
     nowhere: list[Job] = []
+    # GPUs held by a job counted in another pool (its node changed pool under it): not
+    # offered here, as fenced GPUs are not, so that no one else is given them.
+    foreign: dict[NodeName, set[int]] = defaultdict(set)
     for j in snapshot.jobs:
         if j.phase is JobPhase.RUNNING:
-            by_pool[_running_pool(j, node_pool, snapshot, pools)].append(j)
+            home = _running_pool(j, node_pool, snapshot, pools)
+            by_pool[home].append(j)
+            for s in j.held:
+                if node_pool.get(s.node, home) != home:
+                    foreign[s.node].add(s.index)
             continue
         where = candidate_pools(j, snapshot, pools)
         if not where:
@@ -83,7 +108,11 @@ def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecideP
         guests = frozenset(
             j.id for j in jobs if j.phase is JobPhase.PENDING and last_pool[j.id] != pool
         )
-        nodes = tuple(n for n in snapshot.nodes if n.pool == pool)
+        nodes = tuple(
+            _without_gpus(n, foreign[n.name]) if n.name in foreign else n
+            for n in snapshot.nodes
+            if n.pool == pool
+        )
         part = Snapshot(nodes=nodes, jobs=jobs, user_usage=snapshot.user_usage)
         plan = one(part, policy.in_pool(pool), now, guests)
         started.update(s.job_id for s in plan.starts)
@@ -91,8 +120,16 @@ def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecideP
     return _merge(policy, snapshot, plans, last_pool, started, nowhere, pools)
 
 
+def _without_gpus(node: Node, taken: set[int]) -> Node:
+    return replace(node, gpus=tuple(i for i in node.gpus if i not in taken))
+
+
 def _names(snapshot: Snapshot) -> set[str]:
-    return {n.pool for n in snapshot.nodes} | {n.gpu_type for n in snapshot.nodes if n.gpu_type}
+    """What a job may ask for in a one-pool cluster: its name, or its type if all its
+    nodes have one."""
+    types = {n.gpu_type for n in snapshot.nodes}
+    one_type = types.pop() if len(types) == 1 else ""
+    return {n.pool for n in snapshot.nodes} | ({one_type} if one_type else set())
 
 
 def _running_pool(
@@ -105,7 +142,7 @@ def _running_pool(
     # Its nodes are not in the snapshot (forgotten while it ran): count it where it
     # would have gone, so that its GPUs stay somebody's allocation somewhere.
     where = candidate_pools(job, snapshot, pools)
-    return where[-1] if where else pools[0]
+    return where[-1] if where else (pools[0] if pools else DEFAULT_POOL)
 
 
 def _merge(

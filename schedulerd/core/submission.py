@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schedulerd.core.model import DEFAULT_POOL, ConsumerPath, ConsumerPolicy, Policy
+from schedulerd.core.pools import pools_for
 
 # The most GPUs a job may ask for, in any cluster (schedulerd.bounds.MAX_GPUS): the bound
 # when the cluster's size is not known yet (no node has registered).
@@ -29,19 +30,17 @@ class ClusterShape:
     def pools(self) -> tuple[str, ...]:
         return tuple(sorted({p for p, _ in self._pools()}))
 
-    def within(self, asked: str, pool: str) -> ClusterShape:
-        """The nodes of `pool` that a job asking for `asked` ("" any) may use."""
+    def within(self, pool: str) -> ClusterShape:
+        """The nodes of `pool`."""
         return ClusterShape(
-            tuple(
-                n
-                for n, (p, t) in zip(self.node_gpus, self._pools(), strict=True)
-                if p == pool and (not asked or asked in (p, t))
-            )
+            tuple(n for n, (p, _) in zip(self.node_gpus, self._pools(), strict=True) if p == pool)
         )
 
     def candidates(self, asked: str) -> tuple[str, ...]:
-        """The pools a job asking for `asked` ("" any) may run in."""
-        return tuple(sorted({p for p, t in self._pools() if not asked or asked in (p, t)}))
+        """The pools a job asking for `asked` ("" any) may run in (core/pools.py)."""
+        if not asked:
+            return self.pools()
+        return pools_for(asked, self._pools())
 
     def _pools(self) -> Sequence[tuple[str, str]]:
         return self.node_pools or [(DEFAULT_POOL, "")] * len(self.node_gpus)
@@ -76,10 +75,13 @@ def check_submission(
         return _fits(policy.in_pool(pool or DEFAULT_POOL), shape, path, gpus_min, gpus_max)
     where = shape.candidates(pool)
     if not where:
-        return f"no node has pool or GPU type {pool!r}; the pools are: {', '.join(shape.pools())}"
+        return (
+            f"no node has pool or GPU type {pool!r} (a type names the pools made only of its "
+            f"GPUs); the pools are: {', '.join(shape.pools())}"
+        )
     refusals = []
     for p in where:
-        error = _fits(policy.in_pool(p), shape.within(pool, p), path, gpus_min, gpus_max)
+        error = _fits(policy.in_pool(p), shape.within(p), path, gpus_min, gpus_max)
         if error is None:
             return None
         refusals.append((p, error))
