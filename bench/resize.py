@@ -430,7 +430,7 @@ def torchrun(cfg: Config, run: Run) -> list[Event]:
     port = free_port()
     env = base_env()
     # Without this, the second agent waited for a master address and scale-up hung
-    # (shared/design/FIELD-NOTES.md): workers get a store of their own from rank 0's node.
+    # (docs/design/field-notes.md): workers get a store of their own from rank 0's node.
     env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     env["LOGLEVEL"] = "INFO"  # the agents' log: when they stop, re-rendezvous and start
 
