@@ -1,4 +1,4 @@
-"""The core's vocabulary: frozen values in, a plan out (ARCHITECTURE.md).
+"""The core's vocabulary: frozen values in, a plan out (docs/design/architecture.md).
 
 Nothing here imports grpc, sqlite or protobuf, and nothing reads the clock.
 """
