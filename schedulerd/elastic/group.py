@@ -4,7 +4,7 @@ Each generation gets its own key prefix in the job's one store (`gen<g>/`), so a
 never reads a previous generation's rendezvous keys. The group is torch's default group, so
 a script's own `dist.all_reduce(...)` calls work and always use the current members.
 
-Teardown order (shared/design/FIELD-NOTES.md, pytorch issue 56297): destroying a gloo group
+Teardown order (docs/design/field-notes.md, pytorch issue 56297): destroying a gloo group
 and *then* dropping the DDP wrapper that used it can hang forever (the GIL is held while
 joining a gloo thread that needs the GIL); it hung within 9-29 resizes every time. Keeping a
 reference to the old group while it is destroyed and while DDP is dropped, and dropping that
