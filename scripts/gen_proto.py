@@ -1,7 +1,7 @@
 """Regenerate the Python gRPC stubs from proto/ into the package tree.
 
 Output lands where the proto package says: proto/schedulerd/api/v1/x.proto
-becomes schedulerd/api/v1/x_pb2.py (ARCHITECTURE.md). The stubs are committed;
+becomes schedulerd/api/v1/x_pb2.py (docs/design/architecture.md: API). The stubs are committed;
 tests/test_proto_fresh.py regenerates them into a temporary folder and fails
 when the committed ones are stale.
 """
