@@ -1,4 +1,5 @@
-"""Property tests of the invariants of SEMANTICS.md ("Invariants the tests can check").
+"""Property tests of the invariants of docs/design/semantics.md ("Invariants the tests
+can check").
 
 Random consumer trees (up to depth 3, valid as the policy loader would accept them:
 a parent owns at least what its children own, a limit is at least what is owned),
