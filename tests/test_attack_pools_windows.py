@@ -22,7 +22,6 @@ from schedulerd.core import (
     decide,
 )
 from schedulerd.core.submission import ClusterShape, check_submission
-from schedulerd.core.windows import policy_at
 from schedulerd.policy import PolicyError, load_policy
 
 THURSDAY = 0.0  # 1970-01-01 00:00 UTC
@@ -84,18 +83,14 @@ def test_submission_refuses_a_type_found_only_in_a_mixed_pool() -> None:
 
 
 # -- windows and per-pool terms ------------------------------------------------------
+# Found: a consumer's window did not reach the pools another consumer names, and a pool's
+# fixed limit was read through a window's. Until windows change per-pool terms, a policy
+# may not combine them: refused at load, with the line and key.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a consumer's window does not apply in a pool that only another consumer "
-    "names: policy/tree.py freezes every consumer's PoolTerms for every named pool at "
-    "load, and windows.resolve never touches them",
-)
-def test_a_window_holds_in_a_pool_the_consumer_does_not_name() -> None:
-    # docs/policy.md: "Windows change a consumer's own terms, which hold in every pool
-    # its `pools:` does not name". /vision names no pool; /nlp names h100.
-    pol = load_policy(
+@pytest.mark.parametrize(
+    "text",
+    [
         """
 version: 1
 consumers:
@@ -106,60 +101,23 @@ consumers:
         owned: 8
   nlp:
     pools: {h100: {share: 2}}
-"""
-    )
-    now = policy_at(pol, THURSDAY)
-    assert now.in_pool("a100").consumers[ConsumerPath("/vision")].owned == 8
-    assert now.in_pool("h100").consumers[ConsumerPath("/vision")].owned == 8
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_submission reads a window's limit as the loosest limit in a pool "
-    "whose own limit windows never change (submission._loosest_limit on in_pool's "
-    "policy, which keeps the windows): the job is queued and waits forever",
-)
-def test_a_job_above_a_pools_fixed_limit_is_refused_even_if_a_window_raises_the_own_limit() -> None:
-    pol = load_policy(
+""",
         """
 version: 1
 consumers:
-  vision:
-    limit: 4
+  a:
+    limit: 2
     pools: {h100: {limit: 4}}
     windows:
-      - when: "Sat-Sun 00:00-24:00"
-        limit: 12
-"""
-    )
-    # The job can never run: in h100 the limit is 4 at every instant.
-    nodes = (node("h-0", "h100", "h100"), node("h-1", "h100", "h100"))
-    for t in (THURSDAY, SATURDAY):
-        plan = decide(Snapshot(nodes, (pending(1, "/vision", 8, pool="h100"),)), pol, t)
-        assert plan.starts == ()
-    shape = ClusterShape([8, 8], [("h100", "h100"), ("h100", "h100")])
-    assert check_submission(pol, shape, "/vision", "u", 8, 8, "h100") is not None
-
-
-def test_a_job_that_fits_only_in_a_window_is_queued_and_starts_then() -> None:
-    # Held: the documented case without pools.
-    pol = load_policy(
-        """
-version: 1
-consumers:
-  vision:
-    limit: 4
-    windows:
-      - when: "Sat-Sun 00:00-24:00"
-        limit: 12
-"""
-    )
-    shape = ClusterShape([8, 8], [("h100", "h100"), ("h100", "h100")])
-    assert check_submission(pol, shape, "/vision", "u", 8, 8, "h100") is None
-    nodes = (node("h-0", "h100", "h100"), node("h-1", "h100", "h100"))
-    job = pending(1, "/vision", 8, pool="h100")
-    assert decide(Snapshot(nodes, (job,)), pol, THURSDAY).starts == ()
-    assert len(decide(Snapshot(nodes, (job,)), pol, SATURDAY).starts) == 1
+      - {when: "daily 00:00-24:00", limit: 12}
+""",
+    ],
+)
+def test_windows_and_pool_terms_in_one_policy_are_refused(text: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        load_policy(text, "p.yaml")
+    assert "time windows cannot be combined with per-pool terms" in str(e.value)
+    assert ".windows[0]" in str(e.value) or ".windows" in str(e.value)
 
 
 # -- running jobs across pools, nodes that changed pool or vanished -----------------
@@ -196,13 +154,6 @@ def test_a_running_job_on_a_forgotten_node_counts_somewhere() -> None:
 # -- bounds -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no bound on the distinct pools of a whole policy (MAX_POOLS is per "
-    "consumer): every consumer gets terms for every named pool, so consumers x pools "
-    "is quadratic; a 350 KB policy (400 consumers x 64 pools) takes ~70 s and 2.2 GB "
-    "to load, a 1 MiB one minutes and tens of GB (policy/tree.py resolve)",
-)
 def test_a_policy_naming_thousands_of_pools_is_refused_quickly() -> None:
     lines = ["version: 1", "consumers:"]
     k = 0
@@ -305,13 +256,6 @@ def test_schedctl_at_out_of_range_is_a_clear_error(tmp_path: Path, at: str) -> N
     assert "--at" in str(done.value.code)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="before any node registers, a job for any pool is checked against the "
-    "consumer's own terms only (submission.check_submission: in_pool(DEFAULT_POOL)), so "
-    "a job that fits a named pool's larger limit is refused; with the node known, the "
-    "same job is queued",
-)
 def test_an_any_pool_job_is_not_refused_for_a_limit_a_named_pool_lifts_before_nodes() -> None:
     pol = load_policy("version: 1\nconsumers:\n  a: {limit: 2, pools: {h100: {limit: 8}}}\n")
     with_node = ClusterShape([8], [("h100", "h100")])

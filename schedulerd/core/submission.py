@@ -71,8 +71,17 @@ def check_submission(
         return "a job needs at least 1 GPU"
     if gpus_max < gpus_min:
         return f"GPU range {gpus_min}:{gpus_max} is empty (max below min)"
-    if not shape.node_gpus:  # no node yet: nothing to say about pools
-        return _fits(policy.in_pool(pool or DEFAULT_POOL), shape, path, gpus_min, gpus_max)
+    if not shape.node_gpus:
+        # No node yet: the pools are unknown. A job for any pool may fit the consumer's
+        # own terms or those of a pool the policy names.
+        names = (pool,) if pool else (DEFAULT_POOL, *policy.named_pools())
+        first = None
+        for name in names:
+            error = _fits(policy.in_pool(name), shape, path, gpus_min, gpus_max)
+            if error is None:
+                return None
+            first = first or error
+        return first
     where = shape.candidates(pool)
     if not where:
         return (

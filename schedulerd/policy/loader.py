@@ -319,7 +319,7 @@ def _read_pools(node: Node, key: str, issues: Issues) -> dict[str, PoolDraft]:
         if len(out) >= MAX_POOLS:
             issues.add(k, pkey, f"more than {MAX_POOLS} pools")
             return out
-        d = PoolDraft()
+        d = PoolDraft(name_node=k)
         out[name] = d
         if is_null(v):
             continue

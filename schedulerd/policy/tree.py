@@ -49,6 +49,12 @@ class PoolDraft:
     limit: int | None = None
     limit_node: Node | None = None
     limit_set: bool = False  # `limit: null` (no limit there) differs from no `limit`
+    name_node: Node | None = None  # the pool's name, where problems point
+
+
+# The most distinct pools one policy may name: every consumer has terms in each, and each
+# is a cycle of its own.
+MAX_POLICY_POOLS = 64
 
 
 @dataclass
@@ -118,7 +124,7 @@ def resolve(
     owned: dict[ConsumerPath, int] = {}
     for d in tops:
         _owned(d, owned, issues, None)
-    named = sorted({name for d in tops for name in _pool_names(d)})
+    named = _named_pools(tops, issues)
     terms: dict[str, dict[ConsumerPath, PoolTerms]] = {}
     for pool in named:
         pool_owned: dict[ConsumerPath, int] = {}
@@ -248,11 +254,32 @@ def _check_state(
         issues.add(node if node is not None else 1, where, message)
 
 
-def _pool_names(d: Draft) -> set[str]:
-    names = set(d.pools)
-    for c in d.children:
-        names |= _pool_names(c)
-    return names
+def _named_pools(tops: list[Draft], issues: Issues) -> list[str]:
+    """Every pool the policy names, sorted; none (and an error) when there are too many,
+    or when the policy also has time windows (not combined yet: docs/policy.md)."""
+    first: dict[str, Node | None] = {}
+    windows: list[WindowDraft] = []
+    stack = list(reversed(tops))
+    while stack:
+        d = stack.pop()
+        for name, entry in d.pools.items():
+            first.setdefault(name, entry.name_node)
+        windows += d.windows
+        stack += reversed(d.children)
+    if len(first) > MAX_POLICY_POOLS:
+        beyond = list(first.values())[MAX_POLICY_POOLS]
+        if beyond is not None:
+            issues.add(beyond, "pools", f"more than {MAX_POLICY_POOLS} pools in one policy")
+        return []
+    if first and windows:
+        w = windows[0]
+        message = (
+            "time windows cannot be combined with per-pool terms (`pools:`) in one policy "
+            "yet; use one or the other (docs/policy.md)"
+        )
+        issues.add(w.node, w.key, message)
+        return []
+    return sorted(first)
 
 
 def _owned(d: Draft, owned: dict[ConsumerPath, int], issues: Issues, pool: str | None) -> int:
