@@ -101,9 +101,13 @@ def load_experiment(
             spec = reader.document(doc, base or Path.cwd(), user or "")  # "": the caller
         elif doc is None and not issues:
             issues.add(1, "", "the file is empty; see docs/hpo.md for the format")
-        if spec is not None and not issues:
+        if spec is not None:
+            # Every problem at once: those of the values read well, even after another
+            # key was unknown or mistyped (that key's own placeholder is not judged).
+            bad = issues.keys()
             for key, why in problems(spec):
-                issues.add(reader.line_of(key), key, why)
+                if not any(_related(key, b) for b in bad):
+                    issues.add(reader.line_of(key), key, why)
     except TooManyIssues:  # reported below, with a note that there are more
         pass
     try:
@@ -112,6 +116,13 @@ def load_experiment(
         raise ExperimentFileError(e.issues) from None
     assert spec is not None
     return spec
+
+
+def _related(key: str, other: str) -> bool:
+    """Whether two keys are one, or one holds the other (params.lr, params.lr.low)."""
+    if not key or not other:
+        return key == other
+    return key == other or key.startswith(other + ".") or other.startswith(key + ".")
 
 
 def _finite(x: object) -> bool:
@@ -147,7 +158,7 @@ class _Reader(FileReader):
         for required in ("consumer", "command", "params"):
             if required not in got:
                 self.issues.add(doc, required, "missing; see docs/hpo.md for the format")
-        if self.issues:
+        if any(required not in got for required in ("consumer", "command", "params")):
             return None
         workdir = got.get("workdir") or "."
         try:

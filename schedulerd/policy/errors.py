@@ -81,6 +81,10 @@ class Issues:
     def __bool__(self) -> bool:
         return bool(self._issues)
 
+    def keys(self) -> set[str]:
+        """The keys that have an issue so far."""
+        return {i.key for i in self._issues}
+
     def raise_if_any(self) -> None:
         if self._issues:
             # Line order reads like the file; the sort is stable, so walk order breaks ties.

@@ -142,6 +142,9 @@ def compose(text: str, issues: Issues, limits: Limits = POLICY_LIMITS) -> Node |
         pass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if (plain := _in_words(e, text)) is not None:
+            issues.add(plain[0], "", plain[1])
+            return None
         # PyYAML phrases some problems as the second half of a sentence ("but found ...").
         message = (e.problem or "invalid YAML").removeprefix("but ")
         if e.context:
@@ -157,6 +160,60 @@ def compose(text: str, issues: Issues, limits: Limits = POLICY_LIMITS) -> Node |
     finally:
         if loader is not None:
             loader.dispose()
+    return None
+
+
+def _in_words(e: yaml.MarkedYAMLError, text: str) -> tuple[int, str] | None:
+    """PyYAML's parser and scanner messages for the mistakes people make by hand (most
+    of them indentation), said plainly, with the 1-based line they concern; None:
+    PyYAML's own words will do."""
+    problem, context = e.problem or "", e.context or ""
+    at, ctx = e.problem_mark, e.context_mark
+    lines = text.splitlines()
+    if at is None:
+        return None
+
+    def indent(line: int) -> int:
+        row = lines[line] if line < len(lines) else ""
+        return len(row) - len(row.lstrip(" "))
+
+    def above(line: int) -> int:
+        """The nearest line above with something on it (-1: none)."""
+        line -= 1
+        while line >= 0 and (line >= len(lines) or not lines[line].strip()):
+            line -= 1
+        return line
+
+    if "'\\t'" in problem:
+        return at.line + 1, "a tab: YAML indents with spaces only"
+    if problem.startswith("expected <block end>") and ctx is not None:
+        if "collection" in context:  # a list's items, then a key at their level
+            return at.line + 1, (
+                f"bad indentation: a key among the '- ' items of the list from line "
+                f"{ctx.line + 1}; a list and a mapping cannot share one level"
+            )
+        prev = above(at.line)
+        here, outer = indent(at.line), ctx.column
+        inner = f" or {indent(prev)} (line {prev + 1})" if prev >= 0 else ""
+        return at.line + 1, (
+            f"bad indentation: {here} spaces, where the keys above are at {outer} "
+            f"(from line {ctx.line + 1}){inner}; line it up with the keys it belongs with"
+        )
+    if problem == "mapping values are not allowed here":
+        prev = above(at.line)
+        if prev >= 0 and indent(at.line) > indent(prev):
+            return at.line + 1, (
+                f"bad indentation: indented more than line {prev + 1}, which already has "
+                "its value; line it up with that line's key (or, for a value with ': ' "
+                "in it, quote the value)"
+            )
+        return at.line + 1, "a ': ' inside a value: quote the value (\"a: b\")"
+    if problem == "could not find expected ':'":
+        line = ctx.line if ctx is not None else at.line
+        return line + 1, (
+            "not KEY: VALUE (a ':' missing?), or a continuation of the line above that is "
+            "indented wrong"
+        )
     return None
 
 
