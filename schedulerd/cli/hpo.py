@@ -4,7 +4,7 @@ schedctl hpo create FILE          start the experiment a YAML file describes
 schedctl hpo list                 experiments, their progress and best value
 schedctl hpo show EXP [--watch]   trials, progress bar, best so far
 schedctl hpo stop EXP             stop its running trials, start no more
-schedctl hpo plot EXP --out DIR   PNGs: objective per trial, intermediate values
+schedctl hpo plot EXP --out DIR   PNGs: objective per trial, intermediate values, params
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     s.add_argument("--json", action="store_true", help="print the experiment as JSON")
     st = hsub.add_parser("stop", help="stop an experiment: its running trials are cancelled")
     st.add_argument("experiment", type=int, help="the experiment's id")
-    p = hsub.add_parser("plot", help="PNG plots: objective per trial, intermediate values")
+    p = hsub.add_parser(
+        "plot", help="PNG plots: objective per trial, intermediate values, each parameter"
+    )
     p.add_argument("experiment", type=int, help="the experiment's id")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def allocation_plot(results: Sequence[Result], path: Path, hours: bool = True) -
                     zorder=5,
                     label="entitlement (schedulerd's rule)",
                 )
+        hidden = hidden_curves(
+            [r.scheduler for r in results],
+            [[row[i] for row in r.recorder.series.allocation] for r in results],
+            scale=max(1.0, max(row[i] for row in series.entitlement)),
+        )
+        if hidden:
+            ax.text(
+                0.995,
+                0.96,
+                "; ".join(f"{a} allocated hidden under {b}'s (the same here)" for a, b in hidden),
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=7,
+                color="dimgray",
+            )
         ax.set_ylabel(f"{consumers[i]}\nGPUs", fontsize=8)
         ax.tick_params(labelsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -74,8 +91,39 @@ def allocation_plot(results: Sequence[Result], path: Path, hours: bool = True) -
     return path
 
 
+def hidden_curves(
+    names: Sequence[str], curves: Sequence[Sequence[float]], scale: float = 1.0
+) -> list[tuple[str, str]]:
+    """(hidden, over) for each curve drawn after one it (nearly) equals: at every point
+    within 1% of `scale`, so that it cannot be told apart on the plot. Each hidden
+    curve is named once, with the first curve it equals."""
+    out = []
+    for k in range(1, len(curves)):
+        for j in range(k):
+            a, b = curves[k], curves[j]
+            same = len(a) == len(b) > 0
+            if same and all(abs(x - y) <= 0.01 * scale for x, y in zip(a, b, strict=True)):
+                out.append((names[k], names[j]))
+                break
+    return out
+
+
+def _cdf_points(result: Result, points: int = 200) -> list[float]:
+    """The wait at evenly spaced fractions of the jobs (to compare two CDFs)."""
+    waits = sorted(
+        max(o.first_start - o.spec.submit_s, 1.0)
+        for o in result.outcomes
+        if o.first_start is not None
+    )
+    if not waits:
+        return []
+    return [math.log10(waits[min(len(waits) - 1, n * len(waits) // points)]) for n in range(points)]
+
+
 def wait_cdf_plot(results: Sequence[Result], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # A curve equal to one drawn before it hides under it: its label says so.
+    hidden = dict(hidden_curves([r.scheduler for r in results], [_cdf_points(r) for r in results]))
     for k, result in enumerate(results):
         waits = sorted(
             max(o.first_start - o.spec.submit_s, 1.0)
@@ -85,7 +133,10 @@ def wait_cdf_plot(results: Sequence[Result], path: Path) -> Path:
         if not waits:
             continue
         ys = [(n + 1) / len(waits) for n in range(len(waits))]
-        ax.plot(waits, ys, color=f"C{k}", label=result.scheduler)
+        label = result.scheduler
+        if result.scheduler in hidden:
+            label += f" (hidden under {hidden[result.scheduler]}: the same waits)"
+        ax.plot(waits, ys, color=f"C{k}", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("wait until first start, seconds (log; under 1 s shown as 1 s)")
     ax.set_ylabel("fraction of jobs")
