@@ -1,6 +1,7 @@
 """What wraps every RPC handler: the bounds of its request (schedulerd/bounds.py),
-checked before anything else runs; the end of its audit record; and the last line of
-defence against an unexpected exception.
+checked before anything else runs; the end of its audit record; the last line of
+defence against an unexpected exception; and the API's metrics (calls by method and
+status code, and how long unary ones took: docs/metrics.md).
 
 A handler that raises something other than an abort is a bug: the caller gets
 INTERNAL with a reference number, never UNKNOWN with the text of a Python exception
@@ -9,8 +10,10 @@ INTERNAL with a reference number, never UNKNOWN with the text of a Python except
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,15 +22,22 @@ import grpc
 from schedulerd import bounds
 from schedulerd.auth.identity import ANONYMOUS, SCOPE_NAMES, Identity
 from schedulerd.daemon.audit import AuditTrail
+from schedulerd.daemon.metrics import DaemonMetrics
 
 log = logging.getLogger("schedulerd.calls")
 _refs = itertools.count(1)
 
 
 class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, audit: AuditTrail, identify: Callable[[Any], Identity]) -> None:
+    def __init__(
+        self,
+        audit: AuditTrail,
+        identify: Callable[[Any], Identity],
+        metrics: DaemonMetrics | None = None,
+    ) -> None:
         self.audit = audit
         self.identify = identify
+        self.metrics = metrics
 
     async def _refuse_malformed(
         self, method: str, request: Any, context: grpc.aio.ServicerContext
@@ -54,19 +64,19 @@ class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+                self._measured(method, self._unary(method, handler.unary_unary)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
+                self._measured_stream(method, self._stream(method, handler.unary_stream)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._stream(method, handler.stream_stream),
+                self._measured_stream(method, self._stream(method, handler.stream_stream)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -111,6 +121,54 @@ class CallWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self.audit.end_call(token, result, detail)
 
         return wrapped
+
+    def _measured(self, method: str, behavior: Any) -> Any:
+        metrics = self.metrics
+        if metrics is None:
+            return behavior
+        name = _action_name(method)
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            began, code = time.perf_counter(), ""
+            try:
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the caller went away
+                raise
+            finally:
+                seconds = time.perf_counter() - began
+                metrics.api_call(name, code or _code_name(context), seconds)
+
+        return wrapped
+
+    def _measured_stream(self, method: str, behavior: Any) -> Any:
+        metrics = self.metrics
+        if metrics is None:
+            return behavior
+        name = _action_name(method)
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            code = ""
+            metrics.streams.labels(name).inc()
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit):
+                code = "CANCELLED"
+                raise
+            finally:
+                metrics.streams.labels(name).dec()
+                metrics.api_call(name, code or _code_name(context), None)
+
+        return wrapped
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    """The status the call ended with: OK unless it was aborted or set otherwise."""
+    code = context.code()
+    if code is None:
+        return "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
 def _action_name(method: str) -> str:

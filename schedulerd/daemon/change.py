@@ -137,6 +137,7 @@ class Change:
             else:
                 state.jobs[target.id] = target
             changed.append(target)
+        state.metrics.committed(self._events, {job.id: job for job in changed})
         for job in changed:
             state.notify(job)
         out, self.out = self.out, []

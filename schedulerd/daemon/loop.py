@@ -75,10 +75,13 @@ class SchedulingLoop:
             if self.hang_when is not None and self.hang_when.exists():
                 log.warning("failpoint loop-hang: the scheduling loop blocks for good")
                 await asyncio.to_thread(threading.Event().wait)
+            failed = False
             try:
                 await self.cycle()
             except Exception:  # a bad cycle must not kill the daemon; the next one retries
                 log.exception("scheduling cycle failed")
+                failed = True
+            self.state.metrics.cycle_done(time.perf_counter() - began, failed)
             self.last_turn = time.monotonic()
             if self.on_turn is not None:
                 self.on_turn()
@@ -138,7 +141,10 @@ class SchedulingLoop:
         began = time.perf_counter()
         # decide() applies the policy's time windows at `now` (core/windows.py).
         plan = await asyncio.to_thread(core.decide, snapshot, policy, now)
-        log.debug("decide() took %.1f ms", (time.perf_counter() - began) * 1000)
+        took = time.perf_counter() - began
+        log.debug("decide() took %.1f ms", took * 1000)
+        self.state.metrics.decide_time.observe(took)
+        self.state.metrics.plan_sizes(plan)
         if policy is not self.state.policy:
             self.wake()  # a new policy came in meanwhile: this plan is stale
             return

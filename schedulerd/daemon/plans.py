@@ -14,6 +14,7 @@ from schedulerd import core
 from schedulerd.core import GpuSlot, NodeName
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox, ResizePart
+from schedulerd.daemon.metrics import shrink_cause
 from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.stops import begin_stop, owed_stops
 from schedulerd.store import JobRecord, JobState, PartPhase, PartRecord
@@ -34,6 +35,11 @@ def apply_plan(
     held = state.held_slots()
     taken_ports = {j.store_address for j in state.jobs.values() if j.store_address}
     started: list[JobRecord] = []
+    # Sent, for the metrics once committed: (consumer, cause) of each preemption and
+    # shrink, and the consumer of each grow.
+    preempted: list[tuple[str, str]] = []
+    shrunk: list[tuple[str, str]] = []
+    grown: list[str] = []
 
     for start in plan.starts:
         live = state.jobs.get(start.job_id)
@@ -66,6 +72,7 @@ def apply_plan(
         begin_stop(state, job, now)
         ch.event(job.id, "preempt-requested", f"{preempt.reason}; grace {state.grace_of(job):g} s")
         ch.out += owed_stops(state, job, now)
+        preempted.append((job.consumer, preempt.cause))
 
     for shrink in plan.shrinks:
         live = state.jobs.get(shrink.job_id)
@@ -88,6 +95,7 @@ def apply_plan(
         job.release_deadline = now + grace
         text = f"shrinking {size} -> {size - len(shrink.slots)} GPUs: {shrink.reason}"
         ch.event(job.id, "shrink-requested", text)
+        shrunk.append((job.consumer, shrink_cause(shrink.reason)))
 
     for grow in plan.grows:
         live = state.jobs.get(grow.job_id)
@@ -119,8 +127,10 @@ def apply_plan(
                 added = _assign_workers(job, [part], indices)
                 ch.out.append((node, ResizePart(job.id, job.attempt, (), 0.0, added, grow.reason)))
         ch.event(job.id, "grown", f"growing {size} -> {size + len(grow.slots)} GPUs: {grow.reason}")
+        grown.append(job.consumer)
 
     out = ch.commit()
+    state.metrics.plan_applied(preempted, shrunk, grown)
     # Not stored: a waiting job's reason is recomputed every cycle.
     for job_id, reason in plan.pending_reasons.items():
         waiting = state.jobs.get(job_id)

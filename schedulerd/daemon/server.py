@@ -143,7 +143,8 @@ class Daemon:
             clock,
         )
         self.server = grpc.aio.server(
-            interceptors=[CallWrapper(self.audit, self.gate.identify)], options=server_options()
+            interceptors=[CallWrapper(self.audit, self.gate.identify, self.state.metrics)],
+            options=server_options(),
         )
         self.port = 0
         self.agent_port = 0

@@ -16,6 +16,7 @@ from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeNam
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox, StartPart
 from schedulerd.daemon.endings import end_job
+from schedulerd.daemon.metrics import DaemonMetrics
 from schedulerd.daemon.stops import begin_stop, must_stop, owed_stops
 from schedulerd.store import (
     JobRecord,
@@ -74,6 +75,7 @@ class ClusterState:
         # same: a backlog of thousands would otherwise be rebuilt every cycle (a
         # third of the daemon's time under a burst of submissions).
         self._waiting_views: dict[int, tuple[tuple[object, ...], core.Job]] = {}
+        self.metrics = DaemonMetrics()  # counters and histograms (docs/metrics.md)
 
     # -- loading and policy -------------------------------------------------
 
@@ -240,6 +242,7 @@ class ClusterState:
             if also is not None:
                 also(job)
         self.jobs[job.id] = job
+        self.metrics.submitted_jobs([job])
         self.notify(job)
         return job
 
@@ -277,6 +280,7 @@ class ClusterState:
             for job in jobs:
                 self._queue(job, now)
                 self.store.insert_job(job)
+        self.metrics.submitted_jobs(jobs)
         for job in jobs:  # visible only once committed
             self.jobs[job.id] = job
             self.notify(job)

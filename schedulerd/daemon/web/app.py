@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from schedulerd.daemon.web.metrics import add_metrics_routes
+from schedulerd.dashboard import add_dashboard_routes
+
 if TYPE_CHECKING:
     from schedulerd.daemon.server import Daemon
 
@@ -30,8 +33,9 @@ def build_app(daemon: Daemon) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[DAEMON] = daemon
     add_probe_routes(app)
-    # More routes go here, each area with its own function, e.g. the web dashboard's:
-    #   add_dashboard_routes(app, daemon)
+    add_metrics_routes(app, daemon)
+    # More routes go here, each area with its own function.
+    add_dashboard_routes(app, daemon)  # the web dashboard, under /ui/ (docs/dashboard.md)
     return app
 
 
