@@ -32,12 +32,28 @@ class GpuDevice:
     memory_bytes: int
 
 
+@dataclass(frozen=True)
+class GpuSample:
+    """What a GPU is doing now (the agent's /metrics: docs/metrics.md)."""
+
+    index: int
+    utilization: float  # 0..1: the share of the last sample period a kernel ran
+    memory_used_bytes: int
+    memory_total_bytes: int
+
+
 class GpuBackend(Protocol):
     name: str
     is_fake: bool
 
     def discover(self) -> list[GpuDevice]:
         """The GPUs of this machine; raises NoGpusFound when there are none."""
+        ...
+
+    def sample(self, indices: list[int]) -> tuple[list[GpuSample], int]:
+        """Utilisation and memory of these GPUs now, and how many could not be read
+        (those are left out). May block for a few milliseconds per GPU: called from
+        the metrics thread, never from the agent's event loop."""
         ...
 
 
@@ -80,6 +96,31 @@ class NvmlBackend:
             raise NoGpusFound("NVML works but reports 0 GPUs")
         return devices
 
+    _initialized = False
+
+    def sample(self, indices: list[int]) -> tuple[list[GpuSample], int]:
+        # NVML stays initialised from the first sample on (nvmlInit costs more than a
+        # whole sample); discover()'s own init and shutdown are reference-counted.
+        if not self._initialized:
+            try:
+                pynvml.nvmlInit()
+            except pynvml.NVMLError as e:
+                log.debug("NVML could not start for a sample: %s", e)
+                return [], len(indices)
+            self._initialized = True
+        out, failed = [], 0
+        for index in indices:
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except pynvml.NVMLError as e:
+                log.debug("NVML could not sample GPU %d: %s", index, e)
+                failed += 1
+                continue
+            out.append(GpuSample(index, rates.gpu / 100.0, int(memory.used), int(memory.total)))
+        return out, failed
+
 
 class FakeBackend:
     """N invented GPUs, the same every time for the same node (uuids name the node)."""
@@ -92,6 +133,10 @@ class FakeBackend:
             raise ValueError(f"fake GPU count must be >= 0, got {count}")
         self.count = count
         self.node = node
+
+    def sample(self, indices: list[int]) -> tuple[list[GpuSample], int]:
+        """Fixed values, never measured: idle, no memory used (the metrics say fake)."""
+        return [GpuSample(i, 0.0, 0, FAKE_MEMORY_BYTES) for i in indices], 0
 
     def discover(self) -> list[GpuDevice]:
         return [

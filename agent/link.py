@@ -112,6 +112,9 @@ class Link:
         # Called after every look at the job processes: the systemd watchdog and STATUS
         # are fed from here (agent/main.py), so a wedged agent stops feeding them.
         self.on_poll: Callable[[], None] | None = None
+        # Called with the kind of each message as it goes on the stream (register,
+        # heartbeat, report, log_data): the agent's metrics count them.
+        self.on_send: Callable[[str], None] | None = None
 
     async def run(self) -> None:
         """Poll the jobs and keep a session with the daemon, until `request_stop`."""
@@ -224,7 +227,7 @@ class Link:
             if self._stopping.is_set():  # request_stop came while we were connecting
                 out.put_nowait(None)
             heartbeats: asyncio.Task[None] | None = None
-            call = stub.Connect(_drain(out), metadata=self.credentials.metadata())
+            call = stub.Connect(_drain(out, self._sending), metadata=self.credentials.metadata())
             try:
                 async for msg in call:
                     self._heard()
@@ -322,6 +325,10 @@ class Link:
 
     # --- helpers --------------------------------------------------------------------------
 
+    def _sending(self, msg: agent_pb2.AgentMessage) -> None:
+        if self.on_send is not None:
+            self.on_send(msg.WhichOneof("msg") or "")
+
     def _send(self, msg: agent_pb2.AgentMessage) -> None:
         if self._out is not None:
             self._out.put_nowait(msg)
@@ -405,8 +412,12 @@ def _heartbeat(shutting_down: bool) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(shutting_down=shutting_down))
 
 
-async def _drain(out: Outbox) -> AsyncIterator[agent_pb2.AgentMessage]:
+async def _drain(
+    out: Outbox, sending: Callable[[agent_pb2.AgentMessage], None] | None = None
+) -> AsyncIterator[agent_pb2.AgentMessage]:
     while (msg := await out.get()) is not None:
+        if sending is not None:
+            sending(msg)
         yield msg
 
 

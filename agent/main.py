@@ -37,6 +37,7 @@ from agent.credentials import load as load_credentials
 from agent.gpus import NoGpusFound, choose_backend
 from agent.jobenv import DEFAULT_JOB_PATH
 from agent.link import Identity, Link
+from agent.metrics import AgentMetrics, serve, split_host_port
 from agent.runner import Runner
 from agent.vouch import DEFAULT_SOCKET as DEFAULT_VOUCH_SOCKET
 from agent.vouch import serve as serve_vouching
@@ -112,6 +113,16 @@ def _reloader(args: argparse.Namespace, notifier: Notifier) -> Callable[[], None
             notifier.ready()
 
     return reload
+
+
+def _metrics_address(text: str) -> str:
+    """HOST:PORT for --metrics-listen; "" turns it off."""
+    if text:
+        try:
+            split_host_port(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="INFO by default; SIGHUP re-reads it from the config file",
     )
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        type=_metrics_address,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus) and /healthz there; unauthenticated, so loopback "
+        "or a management network only (docs/metrics.md; default: none)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -298,7 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     link = Link(args.daemon, identity, runner, state_dir=state_dir, credentials=credentials)
     vouching = Path(args.auth_socket) if args.auth_socket else None
     notifier = Notifier()  # systemd's, when it started us (deploy/systemd)
-    link.on_poll = _fed(notifier, link, runner, len(gpus))
+    metrics = None
+    if args.metrics_listen:
+        metrics = AgentMetrics(args.node, backend, [g.index for g in gpus])
+        link.on_send = metrics.count_sent
+        try:
+            serve(metrics, *split_host_port(args.metrics_listen))
+        except OSError as e:
+            log.error("cannot serve metrics on %s: %s", args.metrics_listen, e)
+            return 2
+    link.on_poll = _fed(notifier, link, runner, len(gpus), metrics)
     return asyncio.run(
         _serve(
             link,
@@ -313,12 +341,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def _fed(notifier: Notifier, link: Link, runner: Runner, gpus: int) -> Callable[[], None]:
-    """What each look at the jobs tells systemd: alive (WATCHDOG) and a STATUS line."""
+def _fed(
+    notifier: Notifier, link: Link, runner: Runner, gpus: int, metrics: AgentMetrics | None = None
+) -> Callable[[], None]:
+    """What each look at the jobs tells systemd: alive (WATCHDOG) and a STATUS line;
+    and the metrics, their numbers."""
 
     def on_poll() -> None:
         notifier.watchdog()
         parts, busy = runner.summary()
+        if metrics is not None:
+            metrics.publish(parts, busy, link.connected)
         where = "connected to" if link.connected else "waiting for"
         notifier.status(
             f"{where} the daemon at {link.target}; {parts} job parts running on "
