@@ -21,6 +21,7 @@ from schedulerd.daemon.reload import Reloads
 from schedulerd.daemon.server import Daemon, DaemonConfig
 from schedulerd.daemon.web.server import split_host_port
 from schedulerd.hangup import HeldHangup
+from schedulerd.helpformat import DefaultsHelpFormatter
 from schedulerd.lockfile import AlreadyLocked
 from schedulerd.policy import PolicyError
 from schedulerd.sdnotify import Notifier
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="schedulerd",
         description=__doc__.split("\n")[0],
+        formatter_class=DefaultsHelpFormatter,
         epilog=f"Every option can be set in the config file ({DEFAULT_CONFIG} by default) "
         "as KEY = VALUE, KEY being the flag without '--'; flags win over the file.",
     )
