@@ -14,6 +14,7 @@ and the closed sets of kinds below; never a job id, a user or a command.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 
@@ -91,6 +92,9 @@ def shrink_cause(reason: str) -> str:
 class DaemonMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # Consumer -> when (the state's clock) it was last found below floor(entitlement)
+        # with waiting jobs, after a cycle that did not end it.
+        self.below_since: dict[str, float] = {}
         self.submitted = Counter(
             "schedulerd_jobs_submitted_total", "Jobs queued", ["consumer"], registry=r
         )
@@ -223,6 +227,21 @@ class DaemonMetrics:
             self.shrinks.labels(consumer, cause).inc()
         for consumer in grown:
             self.grows.labels(consumer).inc()
+
+    def consumers_decided(
+        self, consumers: Mapping[core.ConsumerPath, core.ConsumerState], now: float
+    ) -> None:
+        """After each cycle: which consumers hold fewer than the whole GPUs of their
+        entitlement (SEMANTICS' guarantee: floor(entitlement)) while jobs of theirs
+        wait, and since when (schedulerd_consumer_below_entitlement_seconds)."""
+        for path, c in consumers.items():
+            owed = math.floor(c.entitlement + 1e-9)
+            if c.pending_jobs > 0 and c.allocation < owed:
+                self.below_since.setdefault(str(path), now)
+            else:
+                self.below_since.pop(str(path), None)
+        for gone in set(self.below_since) - {str(p) for p in consumers}:
+            del self.below_since[gone]
 
     def plan_sizes(self, plan: core.Plan) -> None:
         sizes = {

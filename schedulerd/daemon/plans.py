@@ -137,6 +137,7 @@ def apply_plan(
         if waiting is not None and waiting.state.waiting:
             waiting.reason = reason
     state.consumer_states = dict(plan.consumers)
+    state.metrics.consumers_decided(plan.consumers, now)
     state.pool_states = dict(plan.pools)
     return started, out
 

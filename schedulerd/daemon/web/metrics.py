@@ -93,6 +93,12 @@ class ClusterCollector(Collector):
             "Decayed GPU-seconds used (the policy's half-life), summed over its users",
             c,
         )
+        below = _gauge(
+            "schedulerd_consumer_below_entitlement_seconds",
+            "Seconds the consumer has held fewer than floor(entitlement) GPUs while jobs of "
+            "its wait (0 when not): reclaim should end it within its grace",
+            c,
+        )
         grace = _gauge(
             "schedulerd_consumer_grace_seconds",
             "Seconds a job of the consumer gets between SIGTERM and SIGKILL",
@@ -100,7 +106,8 @@ class ClusterCollector(Collector):
         )
         family = (entitlement, allocation, owned, share, limit, reserved, demand, running)
         if policy is not None:
-            now_policy = policy_at(policy, state.clock())
+            now = state.clock()
+            now_policy = policy_at(policy, now)
             states = state.consumer_states
             for path, spec in now_policy.consumers.items():
                 label = [str(path)]
@@ -115,6 +122,8 @@ class ClusterCollector(Collector):
                 if spec.limit is not None:
                     limit.add_metric(label, spec.limit)
                 grace.add_metric(label, spec.grace_s)
+                since = state.metrics.below_since.get(str(path))
+                below.add_metric(label, 0.0 if since is None else max(0.0, now - since))
             counts: dict[tuple[str, str], int] = defaultdict(int)
             for leaf in now_policy.consumers:
                 if now_policy.is_leaf(leaf):
@@ -131,7 +140,7 @@ class ClusterCollector(Collector):
             for consumer, value in sorted(used.items()):
                 usage.add_metric([consumer], value)
         yield from family
-        yield from (waiting, usage, grace)
+        yield from (waiting, usage, below, grace)
 
     def _pools(self) -> Iterator[Metric]:
         state = self.daemon.state
