@@ -6,7 +6,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -64,7 +64,8 @@ def gpus_count(j: jobs_pb2.Job) -> str:
 
 
 # The end of a waiting job's reason: its place in its leaf's queue (core/reasons.py).
-_QUEUE_PLACE = re.compile(r" \(\d+(st|nd|rd|th) of \d+ waiting in [^()]*\)$")
+_QUEUE_PLACE = re.compile(r" \((\d+(?:st|nd|rd|th) of \d+) waiting in [^()]*\)$")
+MIN_HEAD = 12  # room kept for the reason's first words before its queue place
 MIN_WHY = 30  # a narrower WHY column says too little to be worth it
 ELLIPSIS = "…"
 
@@ -72,13 +73,16 @@ ELLIPSIS = "…"
 def shorten(text: str, room: int | None) -> str:
     """`text` in at most `room` characters (None: all of it), cut between clauses
     ("; ") or else between words, never inside a number, the cut marked with "…". A
-    reason's queue place at its end ("(3rd of 14 waiting in /a)") is kept."""
+    reason's queue place at its end ("(3rd of 14 waiting in /a)") is kept, if need be
+    as "(3rd of 14)"."""
     if room is None or len(text) <= room:
         return text
     room = max(room, MIN_WHY)
     tail = ""
-    if (m := _QUEUE_PLACE.search(text)) and len(m.group(0)) <= room // 2:
-        text, tail = text[: m.start()], m.group(0)
+    if m := _QUEUE_PLACE.search(text):
+        # The place in full, or without its leaf (the CONSUMER column names it).
+        fits = [t for t in (m.group(0), f" ({m.group(1)})") if len(t) <= room - MIN_HEAD]
+        text, tail = text[: m.start()], (fits[0] if fits else "")
     budget = room - len(tail) - len(ELLIPSIS)
     clauses = text.split("; ")
     kept = clauses[0]
@@ -177,13 +181,21 @@ def job_detail(j: jobs_pb2.Job) -> str:
     return "\n".join(lines)
 
 
+def _one_decimal(x: float) -> str:
+    return f"{x:.1f}"
+
+
 def _tree_name(path: str) -> str:
     depth = 0 if path == "/" else path.count("/")
     return "/" if path == "/" else "  " * (depth - 1) + path.rsplit("/", 1)[1]
 
 
-def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
-    rows = []
+def consumers_table(
+    resp: admin_pb2.ListConsumersResponse, full: Mapping[str, Mapping[str, float]] | None = None
+) -> str:
+    """`full`: entitlements under full demand per pool ("": all pools), a FULL column."""
+    full = full or {}
+    rows: list[list[object]] = []
     for c in resp.consumers:
         name = _tree_name(c.path)
         rows.append(
@@ -202,6 +214,8 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
         )
         if any(x.window for x in resp.consumers):
             rows[-1].append(c.window or "-")
+        if "" in full:
+            rows[-1].append(_one_decimal(full[""].get(c.path, 0.0)))
     headers = [
         "CONSUMER",
         "OWNED",
@@ -216,6 +230,8 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
     ]
     if any(c.window for c in resp.consumers):
         headers.append("WINDOW")  # the time window in force (docs/policy.md)
+    if "" in full:
+        headers.append("FULL")  # entitled to under full demand (policy apply --dry-run)
     pools = sorted({p.pool for c in resp.consumers for p in c.pools})
     if not pools:
         return f"{resp.total_gpus} schedulable GPUs\n" + table(headers, rows)
@@ -234,8 +250,10 @@ def consumers_table(resp: admin_pb2.ListConsumersResponse) -> str:
                     prows.append(
                         [name, p.owned, f"{p.share:g}", limit, p.demand, ent, p.allocation]
                     )
+                    if pool in full:
+                        prows[-1].append(_one_decimal(full[pool].get(c.path, 0.0)))
         out.append(f"\npool {pool}: {gpus} schedulable GPUs")
-        out.append(table(headers[:7], prows))
+        out.append(table(headers[:7] + (["FULL"] if pool in full else []), prows))
     return "\n".join(out)
 
 

@@ -43,6 +43,8 @@ from schedulerd.client import (
     CredentialError,
     read_token_file,
 )
+from schedulerd.core import ROOT, divide
+from schedulerd.core.windows import policy_at
 from schedulerd.policy import PolicyError, load_policy
 from schedulerd.policy.fields import parse_duration
 
@@ -443,9 +445,58 @@ def _policy(client: Client, args: argparse.Namespace) -> int:
     head = "dry run: nothing applied" if args.dry_run else f"applied as version {resp.version}"
     if at is not None and args.at != "now":
         head += f"; as at {_show_at(at, text, str(args.file))}"
-    listing = fmt.consumers_table(_as_list(resp)).split("\n", 1)[1]
-    print(f"{head}; entitlements under {args.file}:\n{listing}")
+    listing = _as_list(resp)
+    full: dict[str, dict[str, float]] = {}
+    warnings: list[str] = []
+    if args.dry_run:
+        cluster = client.consumers()
+        listing.total_gpus = cluster.total_gpus
+        full, warnings = _full_demand(text, str(args.file), at, cluster)
+    table = fmt.consumers_table(listing, full).split("\n", 1)[1]
+    print(f"{head}; entitlements under {args.file}:\n{table}")
+    if full:
+        print(
+            f"FULL: what each would be entitled to if every leaf asked for all it may "
+            f"(its limit, or the {cluster.total_gpus} GPUs there are now)"
+        )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _full_demand(
+    text: str, source: str, at: float | None, cluster: admin_pb2.ListConsumersResponse
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Each consumer's entitlement under full demand (every leaf asks for its limit or the
+    whole cluster), over all pools ("") and per pool, by the core's own divide(); and a
+    warning where the GPUs owned are more than there are. Nothing for a policy that does
+    not load (the daemon has said why)."""
+    try:
+        policy = policy_at(load_policy(text, source), time.time() if at is None else at)
+    except (PolicyError, ValueError):
+        return {}, []
+    pool_gpus = {p.pool: p.gpus for c in cluster.consumers for p in c.pools}
+    sizes = {"": cluster.total_gpus, **pool_gpus}
+    full: dict[str, dict[str, float]] = {}
+    warnings = []
+    for pool, gpus in sizes.items():
+        terms = policy.in_pool(pool) if pool else policy
+        demand = {}
+        for leaf in terms.leaves():
+            limits = [terms.consumers[p].limit for p in terms.ancestors(leaf)]
+            demand[leaf] = min([gpus, *(x for x in limits if x is not None)])
+        division = divide(terms, gpus, demand)
+        full[pool] = {str(p): e for p, e in division.entitlement.items()}
+        owned = sum(terms.consumers[c].owned for c in terms.children(ROOT))
+        if owned > gpus and (pool or not pool_gpus):
+            where = f"pool {pool} has" if pool else "the cluster has"
+            warnings.append(
+                f"the consumers own {owned} GPUs and {where} {gpus} schedulable now: "
+                "every guarantee shrinks in proportion (docs/policy.md)"
+            )
+    if pool_gpus:  # over all pools: the sum of each pool's (as ListConsumers sums them)
+        full[""] = {path: sum(full[pool].get(path, 0.0) for pool in pool_gpus) for path in full[""]}
+    return full, warnings
 
 
 def _policy_zone(text: str, source: str) -> ZoneInfo:
