@@ -378,6 +378,21 @@ def test_dashboard_and_alerts_use_only_metrics_the_daemon_and_agents_expose(
         used = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
         assert used, where
         assert used <= names, f"{where} uses metrics nobody exposes: {sorted(used - names)}"
+    # Every metric of ours is documented (a counter by its _total name).
+    doc = (DEPLOY.parent / "docs/metrics.md").read_text()
+    documented = set(METRIC_NAME.findall(doc))
+    ours = {n for n in names if n.startswith("schedulerd_")}
+    missing = {
+        n
+        for n in ours
+        if n not in documented
+        and not any(n == d + suffix for d in documented for suffix in ("_bucket", "_count", "_sum"))
+        and n + "_total" not in documented
+    }
+    assert not missing, f"docs/metrics.md does not list: {sorted(missing)}"
+    assert documented <= names | {"process_resident_memory_bytes", "process_open_fds"}, sorted(
+        documented - names
+    )
     # The rules the issue asks for are there.
     alerts = " ".join(alert_exprs())
     for needed in (

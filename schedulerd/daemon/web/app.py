@@ -2,10 +2,11 @@
 `build_app`, each area by its own `add_*_routes(app, daemon)` function: probes and
 metrics here; the web dashboard adds its own beside them.
 
-Everything here is unauthenticated and read-only (GET and HEAD only: aiohttp answers
-405 to other methods): it shows consumer, pool and node names and numbers, never a
-job's command, environment, user or logs. Bind it to loopback or a management network
-(docs/metrics.md)."""
+The probes and /metrics are unauthenticated and read-only (GET and HEAD only: aiohttp
+answers 405 to other methods): they show consumer, pool and node names and numbers,
+never a job's command, environment, user or logs. Bind the port to loopback or a
+management network (docs/metrics.md). The dashboard's routes have their own
+authentication (schedulerd/dashboard)."""
 
 from __future__ import annotations
 
