@@ -239,12 +239,6 @@ def test_the_same_job_bound_to_a100_reclaims_there() -> None:
 # -- schedctl policy apply --dry-run --at --------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedctl --at a time just outside protobuf Timestamp's range (year 1 or "
-    "9999 with an offset) dies with a ValueError traceback from protobuf instead of "
-    "a clear error (cli/main.py _at: checks only datetime.timestamp's range)",
-)
 @pytest.mark.parametrize("at", ["0001-01-01T00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_schedctl_at_out_of_range_is_a_clear_error(tmp_path: Path, at: str) -> None:
 

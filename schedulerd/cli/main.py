@@ -523,9 +523,16 @@ def _at(text: str, policy_text: str, source: str) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=_policy_zone(policy_text, source))
     try:
-        return when.timestamp()
+        at = when.timestamp()
     except (OverflowError, ValueError, OSError):
-        raise SystemExit(f"schedctl: --at {text!r}: out of range") from None
+        at = -1.0
+    # The daemon takes 1970 to 9998 (a protobuf Timestamp holds years 1 to 9999 in UTC).
+    if not 0 <= at < _YEAR_9999:
+        raise SystemExit(f"schedctl: --at {text!r}: out of range (1970 to 9998)")
+    return at
+
+
+_YEAR_9999 = 253370764800.0  # 9999-01-01T00:00Z
 
 
 def _show_at(at: float, policy_text: str, source: str) -> str:
