@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +344,83 @@ def test_history_is_a_bounded_ring() -> None:
     series = h.series(["/a", "/a/b"])
     assert series["/a"] == [(2.0, 3.0, 2.0), (3.0, 4.5, 3.0), (4.0, 6.0, 4.0)]
     assert series["/a/b"] == []  # past max_series (the shallowest are kept)
+
+
+@dataclass
+class FakeServices:
+    """What service_to_pb reads of the service controller."""
+
+    state: ClusterState
+    records: list[Any]
+    loads: dict[int, Any]
+
+    def listed(self, include_deleted: bool) -> list[Any]:
+        return self.records
+
+    def replicas_of(self, svc: Any) -> list[Any]:
+        return []
+
+
+@dataclass
+class FakeExperiments:
+    records: list[Any]
+
+    def list(self) -> list[tuple[Any, list[Any]]]:
+        return [(e, []) for e in self.records]
+
+    def get(self, exp_id: int) -> tuple[Any, list[Any]] | None:
+        return next(((e, []) for e in self.records if e.id == exp_id), None)
+
+
+def test_experiments_and_services_as_the_api_shows_them(world: World, tmp_path: Path) -> None:
+    import hpo_helpers
+
+    from schedulerd.hpo.codec import spec_from_pb as experiment_spec
+    from schedulerd.serve.spec import ServiceSpec
+    from schedulerd.store.experiments import ExperimentRecord, ExperimentState
+    from schedulerd.store.serving import ServiceRecord, ServiceState
+
+    now = time.time()
+    exps = [
+        ExperimentRecord(
+            i,
+            replace(experiment_spec(hpo_helpers.spec(tmp_path, consumer)), user=user),
+            ExperimentState.RUNNING,
+            now,
+        )
+        for i, (consumer, user) in enumerate(
+            (("/vision", "alice"), ("/vision", "ann"), ("/nlp", "bob")), start=1
+        )
+    ]
+    world.daemon.experiments = FakeExperiments(exps)
+    services = [
+        ServiceRecord(
+            i,
+            ServiceSpec(f"svc{i}", consumer, user, ("python", f"secret-serve-{i}.py")),
+            ServiceState.ACTIVE,
+            now,
+        )
+        for i, (consumer, user) in enumerate(
+            (("/vision", "alice"), ("/vision", "ann"), ("/nlp", "bob")), start=1
+        )
+    ]
+    world.daemon.services = FakeServices(world.daemon.state, services, {})
+    alice = world.token("alice", {Scope.READ})
+    ops = world.token("ops")
+
+    async def body(client: TestClient[Any, Any]) -> None:
+        got = await (await client.get("/ui/api/experiments", headers=bearer(alice))).json()
+        assert [e["id"] for e in got["experiments"]] == [1]  # as ListExperiments: in full
+        assert (await client.get("/ui/api/experiments/1", headers=bearer(alice))).status == 200
+        for other in (2, 3):
+            r = await client.get(f"/ui/api/experiments/{other}", headers=bearer(alice))
+            assert r.status == 404
+        got = await (await client.get("/ui/api/experiments", headers=bearer(ops))).json()
+        assert [e["id"] for e in got["experiments"]] == [1, 2, 3]
+        got = await (await client.get("/ui/api/services", headers=bearer(alice))).json()
+        by_name = {s["spec"]["name"]: s for s in got["services"]}
+        assert set(by_name) == {"svc1", "svc2"}  # not /nlp's
+        assert by_name["svc1"]["spec"]["command"] and not by_name["svc1"]["redacted"]
+        assert by_name["svc2"]["redacted"] and by_name["svc2"]["spec"]["command"] == []
+
+    run(world, body)
