@@ -47,7 +47,8 @@ case "$cmd" in
     install
     # Jobs start from a clean environment; the local agent's job PATH puts this venv
     # first, so that a job's `python` has torch and schedulerd.elastic (examples/README.md).
-    exec "$VENV/bin/schedulerd" --local-agent --local-router 127.0.0.1:8080 "$@"
+    exec "$VENV/bin/schedulerd" --local-agent --local-router 127.0.0.1:8080 \
+      --http-listen 127.0.0.1:9090 "$@"
     ;;
   test)
     install
