@@ -162,7 +162,9 @@ class PoolRecorder:
                 m.allocated_gpu_s += root.allocation * dt
             if root is None or root.demand == 0:
                 continue
-            m.wanted_gpu_s += min(m.gpus, root.demand) * dt
+            # A job that starts as a guest (core/pools.py) holds GPUs in a pool whose
+            # demand does not count it: what is held was wanted too.
+            m.wanted_gpu_s += min(m.gpus, max(root.demand, root.allocation)) * dt
             m.demand_s += dt
             m.error_gpu_s += dt * sum(
                 abs(s.allocation - s.entitlement) for c in self.leaves if (s := states.get(c))
