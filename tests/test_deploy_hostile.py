@@ -238,8 +238,9 @@ def test_print_config_of_hostile_values_reads_back_to_the_same(tmp_path: Path, m
     back to the same values."""
     weird = 'a "quoted" \\ back\\slash\ttab\nnewline \x01 \x7f é 漢 \U0001f600 \x00 end'
     if module == "agent":
-        text = f"node = 'n1'\npool = {_toml(weird)}\njob-path = {_toml(weird)}\n"
-        keys: tuple[str, ...] = ("pool", "job-path")
+        # (`pool` is a name, checked like a node's: weird text there is refused.)
+        text = f"node = 'n1'\njob-path = {_toml(weird)}\n"
+        keys: tuple[str, ...] = ("job-path",)
     else:
         text = f"advertise = {_toml(weird)}\nadmin = [{_toml(weird)}, '']\n"
         keys = ("advertise",)
@@ -845,3 +846,14 @@ def test_the_daemon_unit_lets_it_find_local_callers_and_write_only_its_state() -
     assert Path(sample["db"]).parent == Path("/var/lib/schedulerd")
     # Its watchdog is well above the loop's idle turn (tick 1 s by default).
     assert int(s["WatchdogSec"][0]) >= 10
+
+
+def test_an_agent_pool_that_is_not_a_name_is_refused(tmp_path: Path) -> None:
+    first = _write(tmp_path / "a.toml", "node = 'n1'\npool = 'a b'\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(first), "--print-config"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "'a b'" in out.stderr and "pool" in out.stderr
