@@ -75,6 +75,11 @@ class ConsumerPolicy:
     # borrowing (reclaim); priority preemption inside the consumer still may
     # (docs/scheduling.md, bounded disruption).
     max_preemptions: int = 3
+    # How long a job of this consumer waits before reclaim preempts or shrinks others for
+    # it (0: at once, SEMANTICS' guarantee). Most GPUs it is owed free up by themselves
+    # within minutes on a busy cluster (docs/simulator.md, the preemption study): a
+    # patience trades that much of the guarantee for fewer preemptions.
+    reclaim_patience_s: float = 0.0
     order: Order = Order.PRIORITY
     # A waiting job may preempt lower-priority jobs of this same consumer (SEMANTICS:
     # the cycle, step 5).
@@ -299,6 +304,9 @@ class Job:
     time_limit_s: float | None = None
     # The pool or GPU type it asked for (`--pool`); None: any pool (core/pools.py).
     pool: str | None = None
+    # Since when it waits (submitted, or back in the queue): reclaim acts for it once its
+    # consumer's reclaim_patience has passed. None: since ever.
+    waiting_since: float | None = None
 
     @property
     def gpus(self) -> int:

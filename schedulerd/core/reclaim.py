@@ -216,6 +216,8 @@ class Planner:
                     continue  # served already (hold_incoming), or known to fail
                 if not take and not self._incoming_may_serve(job.gpus):
                     continue  # spend no try on it
+                if take and self._patient(job):
+                    continue  # not waited its consumer's reclaim_patience yet
                 ent = self.adm.division.entitlement.get(leaf, 0.0)
                 if self.virtual[leaf] >= whole_gpus(ent):
                     # Not owed a whole GPU (SEMANTICS guarantees GPUs below
@@ -232,6 +234,14 @@ class Planner:
                     borrowers_stale = True
                 else:
                     failed.add(job.gpus)
+
+    def _patient(self, job: Job) -> bool:
+        """Whether the job has waited less than its consumer's reclaim_patience: GPUs
+        that free up by themselves may serve it meanwhile (docs/scheduling.md)."""
+        spec = self.adm.policy.consumers.get(job.consumer)
+        if spec is None or spec.reclaim_patience_s <= 0 or job.waiting_since is None:
+            return False
+        return self.now - job.waiting_since < spec.reclaim_patience_s
 
     def _incoming_may_serve(self, n: int) -> bool:
         """Whether unclaimed GPUs on their way back, with the free ones beside

@@ -69,6 +69,7 @@ def requeue(ch: Change, job: JobRecord) -> None:
     if cause == "preempted":  # not a node that went down: that was no one's choice
         job.preemptions += 1
     job.state = JobState.PREEMPTED
+    job.queued_at = ch.now
     job.parts = []
     job.preempting = False
     job.requeue_cause = ""

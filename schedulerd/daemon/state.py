@@ -161,6 +161,7 @@ class ClusterState:
             job.preemptions,
             job.time_limit_s,
             job.pool,
+            job.queued_at,
         )
         cached = self._waiting_views.get(job.id)
         if cached is not None and cached[0] == key:
@@ -290,6 +291,7 @@ class ClusterState:
     def _queue(job: JobRecord, now: float) -> None:
         job.state = JobState.PENDING
         job.submit_time = now
+        job.queued_at = now
         job.reason = "submitted; waiting for the next scheduling cycle"
 
     def cancel(self, job_id: int, user: str, timed_out: bool = False) -> tuple[JobRecord, Outbox]:
@@ -382,4 +384,5 @@ def _core_job(job: JobRecord) -> core.Job:
         preemptions=job.preemptions,
         time_limit_s=job.time_limit_s,
         pool=job.pool or None,
+        waiting_since=None if running else job.queued_at,
     )

@@ -44,10 +44,17 @@ TOP_KEYS = (
     *("timezone", "defaults"),
     "consumers",
 )
-DEFAULT_KEYS = ("grace", "min_runtime", "max_preemptions", "order")
+DEFAULT_KEYS = ("grace", "min_runtime", "max_preemptions", "reclaim_patience", "order")
 CONSUMER_KEYS = (
     *("owned", "share", "limit", "lend", "borrow"),
-    *("grace", "min_runtime", "max_preemptions", "order", "priority_preemption"),
+    *(
+        "grace",
+        "min_runtime",
+        "max_preemptions",
+        "reclaim_patience",
+        "order",
+        "priority_preemption",
+    ),
     *("users", "admins"),
     *("run_as_root", "pools", "windows", "consumers"),
 )
@@ -200,6 +207,8 @@ def _read_defaults(node: Node, issues: Issues) -> Inherited:
             d.grace_s = or_(fields.duration(v, key, issues), d.grace_s)
         elif name == "min_runtime":
             d.min_runtime_s = or_(fields.duration(v, key, issues), d.min_runtime_s)
+        elif name == "reclaim_patience":
+            d.reclaim_patience_s = or_(fields.duration(v, key, issues), d.reclaim_patience_s)
         elif name == "max_preemptions":
             d.max_preemptions = or_(fields.preemptions(v, key, issues), d.max_preemptions)
         elif name == "order":
@@ -273,6 +282,8 @@ def _read_consumer(
             d.grace_s = fields.duration(v, vkey, issues)
         elif name == "min_runtime":
             d.min_runtime_s = fields.duration(v, vkey, issues)
+        elif name == "reclaim_patience":
+            d.reclaim_patience_s = fields.duration(v, vkey, issues)
         elif name == "max_preemptions":
             d.max_preemptions = fields.preemptions(v, vkey, issues)
         elif name == "order":

@@ -34,6 +34,7 @@ class Inherited:
 
     grace_s: float = ConsumerPolicy.grace_s
     min_runtime_s: float = ConsumerPolicy.min_runtime_s
+    reclaim_patience_s: float = ConsumerPolicy.reclaim_patience_s
     max_preemptions: int = ConsumerPolicy.max_preemptions
     order: Order = ConsumerPolicy.order
     run_as_root: bool = False  # the policy's top-level `run_as_root`, else false
@@ -102,6 +103,7 @@ class Draft:
     priority_preemption: bool = ConsumerPolicy.priority_preemption
     grace_s: float | None = None
     min_runtime_s: float | None = None
+    reclaim_patience_s: float | None = None
     max_preemptions: int | None = None
     order: Order | None = None
     users: frozenset[str] | None = None
@@ -341,6 +343,7 @@ def _emit(
     here = Inherited(
         grace_s=or_(d.grace_s, up.grace_s),
         min_runtime_s=or_(d.min_runtime_s, up.min_runtime_s),
+        reclaim_patience_s=or_(d.reclaim_patience_s, up.reclaim_patience_s),
         max_preemptions=or_(d.max_preemptions, up.max_preemptions),
         order=or_(d.order, up.order),
         run_as_root=or_(d.run_as_root, up.run_as_root),
@@ -355,6 +358,7 @@ def _emit(
         priority_preemption=d.priority_preemption,
         grace_s=here.grace_s,
         min_runtime_s=here.min_runtime_s,
+        reclaim_patience_s=here.reclaim_patience_s,
         max_preemptions=here.max_preemptions,
         order=here.order,
         users=d.users,

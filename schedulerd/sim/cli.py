@@ -102,6 +102,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--min-runtime", type=float, default=600.0, help="seconds (policy)")
     g.add_argument("--grace", type=float, default=30.0, help="seconds (policy)")
+    g.add_argument(
+        "--reclaim-patience",
+        type=float,
+        default=0.0,
+        help="seconds a job waits before reclaim acts for it (policy reclaim_patience; "
+        "default 0: at once)",
+    )
     r = p.add_argument_group("simulation")
     r.add_argument(
         "--interval",
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         owned_fraction=owned_fraction,
         min_runtime_s=args.min_runtime,
         grace_s=args.grace,
+        reclaim_patience_s=args.reclaim_patience,
         order=Order.FIFO,
     )
     policy = build_policy(weights, args.gpus, settings)

@@ -154,6 +154,11 @@ class Engine:
         # The policy's time windows in force when `entitlement` was divided: decide()
         # reads the windows at the virtual `now` as unix time (core/windows.py).
         self.window_state: tuple[int, ...] = ()
+        # Consumers whose jobs wait a while before reclaim acts for them: a cycle must
+        # run when that time is up (reclaim_patience).
+        self.patient = {
+            p: c.reclaim_patience_s for p, c in policy.consumers.items() if c.reclaim_patience_s > 0
+        }
         self.elastic_running = 0
         first = workload.jobs[0].submit_s if workload.jobs else 0.0
         last = workload.jobs[-1].submit_s if workload.jobs else 1.0
@@ -256,6 +261,7 @@ class Engine:
             phase=JobPhase.PENDING,
             time_limit_s=spec.time_limit_s,
             pool=spec.pool,
+            waiting_since=self.now,
         )
         self.live[job.id] = Live(spec=spec, job=job, outcome=outcome, work_left=spec.work)
         self._wait(job)
@@ -291,6 +297,7 @@ class Engine:
             stopping=False,
             release_deadline=None,
             preemptions=live.outcome.preemptions,
+            waiting_since=self.now,
         )
         self._wait(live.job)
 
@@ -452,10 +459,28 @@ class Engine:
         """When time alone may change the plan: a job becomes preemptible, or a time
         window of the policy starts or ends (entitlements change; reclaim may follow)."""
         wake = self._next_preemptible()
+        patience = self._next_patience_end()
+        if patience is not None and (wake is None or patience < wake):
+            wake = patience
         boundary = next_boundary(self.policy, self.now)
         if boundary is not None and (wake is None or boundary < wake):
             return boundary
         return wake
+
+    def _next_patience_end(self) -> float | None:
+        """When the next waiting job has waited its consumer's reclaim_patience."""
+        if not self.patient:
+            return None
+        soonest: float | None = None
+        for job_id in self.pending:
+            job = self.live[job_id].job
+            patience = self.patient.get(job.consumer, 0.0)
+            if patience <= 0 or job.waiting_since is None:
+                continue
+            at = job.waiting_since + patience
+            if at > self.now and (soonest is None or at < soonest):
+                soonest = at
+        return soonest
 
     def _next_preemptible(self) -> float | None:
         """When the next running job outlives its consumer's min_runtime."""

@@ -62,6 +62,7 @@ class PolicySettings:
     min_runtime_s: float = 600.0
     grace_s: float = 30.0
     order: Order = Order.FIFO
+    reclaim_patience_s: float = 0.0
 
 
 def build_policy(
@@ -79,6 +80,7 @@ def build_policy(
             share=max(weights[c], 1e-6),
             grace_s=settings.grace_s,
             min_runtime_s=settings.min_runtime_s,
+            reclaim_patience_s=settings.reclaim_patience_s,
             order=settings.order,
         )
     return Policy(consumers=consumers)

@@ -103,6 +103,9 @@ class JobRecord:
     time_limit_s: float | None = None
     # The pool or GPU type it asked for (`--pool`); "": any (docs/pools.md).
     pool: str = ""
+    # When it last began to wait (submitted, or back in the queue): reclaim acts for it
+    # once its consumer's reclaim_patience has passed. None: before this was kept.
+    queued_at: float | None = None
     parts: list[PartRecord] = field(default_factory=list)
 
     @property

@@ -212,9 +212,11 @@ MIGRATIONS: list[str] = [
     );
     """,
     # 9: pools (docs/pools.md): the pool or GPU type a job asked for ('': any); why
-    # the daemon stopped a job for good ('timeout': its time limit ran out).
+    # the daemon stopped a job for good ('timeout': its time limit ran out); when it last
+    # began to wait (reclaim_patience).
     """
     ALTER TABLE jobs ADD COLUMN pool TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN stop_cause TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN queued_at REAL;
     """,
 ]
