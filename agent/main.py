@@ -37,7 +37,7 @@ from agent.credentials import load as load_credentials
 from agent.gpus import NoGpusFound, choose_backend
 from agent.jobenv import DEFAULT_JOB_PATH
 from agent.link import Identity, Link
-from agent.metrics import AgentMetrics, serve, split_host_port
+from agent.metrics import AgentMetrics, serve
 from agent.runner import Runner
 from agent.vouch import DEFAULT_SOCKET as DEFAULT_VOUCH_SOCKET
 from agent.vouch import serve as serve_vouching
@@ -45,6 +45,7 @@ from schedulerd.configfile import ConfigError, Source, parse_args_with_config, r
 from schedulerd.core.model import DEFAULT_POOL
 from schedulerd.gputype import node_gpu_type
 from schedulerd.hangup import HeldHangup
+from schedulerd.hostport import listen_address, split_host_port
 from schedulerd.lockfile import AlreadyLocked, hold
 from schedulerd.sdnotify import Notifier
 
@@ -113,16 +114,6 @@ def _reloader(args: argparse.Namespace, notifier: Notifier) -> Callable[[], None
             notifier.ready()
 
     return reload
-
-
-def _metrics_address(text: str) -> str:
-    """HOST:PORT for --metrics-listen; "" turns it off."""
-    if text:
-        try:
-            split_host_port(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-listen",
         default="",
-        type=_metrics_address,
+        type=listen_address,
         metavar="HOST:PORT",
         help="serve /metrics (Prometheus) and /healthz there; unauthenticated, so loopback "
         "or a management network only (docs/metrics.md; default: none)",

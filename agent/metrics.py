@@ -163,14 +163,6 @@ def _plain(start_response: Callable[..., Any], status: str, body: bytes) -> list
     return [body]
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """HOST:PORT -> (host, port); ValueError if malformed. IPv4 or a host name."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host or "127.0.0.1", int(port)
-
-
 def serve(metrics: AgentMetrics, host: str, port: int) -> ThreadingWSGIServer:
     """Listen on host:port in a daemon thread; returns the server (server_port: the
     port bound). Raises OSError when the address cannot be bound."""

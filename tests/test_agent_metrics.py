@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import agent.gpus as gpus
 from agent.gpus import FAKE_MEMORY_BYTES, FakeBackend, NvmlBackend
-from agent.metrics import AgentMetrics, serve, split_host_port
+from agent.metrics import AgentMetrics, serve
+from schedulerd.hostport import split_host_port
 
 
 class FakeNvml:

@@ -19,9 +19,9 @@ from pathlib import Path
 from schedulerd.configfile import parse_args_with_config
 from schedulerd.daemon.reload import Reloads
 from schedulerd.daemon.server import Daemon, DaemonConfig
-from schedulerd.daemon.web.server import split_host_port
 from schedulerd.hangup import HeldHangup
 from schedulerd.helpformat import DefaultsHelpFormatter
+from schedulerd.hostport import listen_address
 from schedulerd.lockfile import AlreadyLocked
 from schedulerd.policy import PolicyError
 from schedulerd.sdnotify import Notifier
@@ -44,16 +44,6 @@ def _tick(text: str) -> float:
     if value < MIN_TICK_S:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_TICK_S} s, got {text}")
     return value
-
-
-def _http_address(text: str) -> str:
-    """HOST:PORT for --http-listen; "" turns it off."""
-    if text:
-        try:
-            split_host_port(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 # Read when it exists; `--config FILE` names another, `--no-config` reads none.
@@ -160,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--http-listen",
         default="",
-        type=_http_address,
+        type=listen_address,
         metavar="HOST:PORT",
         help="serve HTTP there: /metrics (Prometheus), /healthz, /readyz; unauthenticated, "
         "so loopback or a management network only (docs/metrics.md; default: none)",

@@ -9,6 +9,7 @@ import logging
 
 from aiohttp import web
 
+from schedulerd.hostport import split_host_port
 from schedulerd.router.listen import CappedSite, server_options
 
 log = logging.getLogger("schedulerd.web")
@@ -16,14 +17,6 @@ log = logging.getLogger("schedulerd.web")
 MAX_CONNECTIONS = 256
 HEADER_TIMEOUT_S = 10.0
 SHUTDOWN_S = 2.0
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """HOST:PORT ([::1]:PORT for IPv6) -> (host, port); ValueError if malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class HttpServer:
