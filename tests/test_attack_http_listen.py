@@ -32,7 +32,7 @@ def test_a_non_loopback_http_listener_is_refused_or_warned_about(tmp_path: Path)
         except Exception:
             return  # refused at start: as the gRPC listener does
         time.sleep(0.5)
-        if cluster.daemon.poll() not in (None, 0):
+        if cluster.daemon is not None and cluster.daemon.poll() not in (None, 0):
             return  # refused
         log = cluster.log_tail(400)
         warned = [
