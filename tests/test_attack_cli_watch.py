@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pytest
 from harness import Cluster
 
 from schedulerd.api.v1 import jobs_pb2
@@ -36,11 +35,6 @@ def _watch_ends(client: Client, ids: list[int], within_s: float) -> tuple[bool, 
     return (not t.is_alive(), outcome[0] if outcome else None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Client.watch(ids=[an id that does not exist]) waits forever: the daemon's "
-    "WatchJobs sends nothing for an unknown id and the client waits for it to end",
-)
 def test_watch_of_an_unknown_job_id_ends(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, POLICY)
     try:
@@ -65,20 +59,11 @@ def _hostile_job() -> jobs_pb2.Job:
     return job
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedctl jobs prints another user's job name raw: ESC/OSC sequences in it "
-    "(set title, clear screen, OSC 52 clipboard write) reach the reader's terminal",
-)
 def test_jobs_table_does_not_print_terminal_escapes_from_job_names() -> None:
     out = fmt.jobs_table([_hostile_job()], 120)
     assert "\x1b" not in out and "\x07" not in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedctl show prints another user's job name raw (terminal escapes)",
-)
 def test_job_detail_does_not_print_terminal_escapes_from_job_names() -> None:
     out = fmt.job_detail(_hostile_job())
     assert "\x1b" not in out and "\x07" not in out

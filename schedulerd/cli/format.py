@@ -14,9 +14,25 @@ from google.protobuf.message import Message
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
 from schedulerd.exits import describe_exit
 
+# C0 and C1 control characters and DEL: in a job's name or command (another user's
+# text), ESC and BEL would drive the reader's terminal (set its title, clear it, write
+# its clipboard with OSC 52). They are shown escaped instead.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """`text` with control characters shown as escapes (\\x1b), so that printing it
+    cannot drive the terminal; newlines kept when `keep_newlines`."""
+
+    def escape(m: re.Match[str]) -> str:
+        ch = m.group()
+        return ch if keep_newlines and ch == "\n" else ch.encode("unicode_escape").decode()
+
+    return _CONTROL.sub(escape, text)
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    cells = [[printable(str(h)) for h in headers]] + [[printable(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
@@ -178,7 +194,7 @@ def job_detail(j: jobs_pb2.Job) -> str:
         for e in j.history:
             stamp = time.strftime("%H:%M:%S", time.localtime(e.time.seconds))
             lines.append(f"    {stamp}  {e.kind:<17} {e.message}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _one_decimal(x: float) -> str:

@@ -316,7 +316,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         return 0
     for update in client.watch(ids=[job.id]):
         if update.state.ended:
-            print(f"job {job.id} {update.state}: {update.reason}", file=sys.stderr)
+            print(fmt.printable(f"job {job.id} {update.state}: {update.reason}"), file=sys.stderr)
             if not update.HasField("exit_code"):
                 return 1
             code: int = update.exit_code
@@ -377,7 +377,7 @@ def _show(client: Client, args: argparse.Namespace) -> int:
 def _cancel(client: Client, args: argparse.Namespace) -> int:
     for job_id in args.jobs:
         job = client.cancel(job_id)
-        print(f"job {job.id}: {fmt.state_name(job)}: {job.reason}")
+        print(fmt.printable(f"job {job.id}: {fmt.state_name(job)}: {job.reason}"))
     return 0
 
 

@@ -220,10 +220,16 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
                 if backlog.overflowed:  # it will be ended: no more work for it
                     self.state.listeners.remove(listener)
 
+        named = self._jobs(sorted(ids)) if ids else []
+        missing = ids - {j.id for j in named}
+        if missing:  # a watch of it would wait for its end forever
+            shown = ", ".join(map(str, sorted(missing)[:10]))
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {shown}{more}")
         self.state.listeners.append(listener)
         try:
             if request.include_current:
-                current = self._jobs(sorted(ids)) if ids else list(self.state.jobs.values())
+                current = named if ids else list(self.state.jobs.values())
                 for job in current:
                     if wanted(job):
                         yield jobs_pb2.JobUpdate(job=view(job))
