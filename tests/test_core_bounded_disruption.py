@@ -108,6 +108,8 @@ def test_the_daemon_counts_a_preemption_and_not_a_lost_node() -> None:
     from schedulerd.store import JobRecord, JobState
 
     class _Change:
+        now = 5.0
+
         def event(self, *args: object) -> None:
             pass
 
@@ -121,6 +123,8 @@ def test_the_daemon_counts_a_preemption_and_not_a_lost_node() -> None:
     requeue(_Change(), lost_node)  # type: ignore[arg-type]
     assert (preempted.preemptions, lost_node.preemptions) == (1, 0)
     assert (preempted.attempt, lost_node.attempt) == (1, 1)
+    # Back in the queue now: reclaim_patience counts from here, not from its submission.
+    assert (preempted.queued_at, lost_node.queued_at) == (5.0, 5.0)
 
 
 def test_each_preemption_says_its_cause_as_a_kind() -> None:
