@@ -144,12 +144,6 @@ def _login_in_two_writes(port: int, form: bytes, pause_s: float) -> Awaitable[by
     return go()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dashboard.login reads the form with request.content.read(MAX_FORM_BYTES + 1), "
-    "which returns what has arrived so far: a body in two TCP segments loses its tail "
-    "and a good token is refused",
-)
 def test_login_whose_body_arrives_in_two_pieces_succeeds(world: World) -> None:
     alice = world.token("alice", {Scope.READ})
 
@@ -164,11 +158,6 @@ def test_login_whose_body_arrives_in_two_pieces_succeeds(world: World) -> None:
     run(world, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_int() takes str.isdigit(), which is true for '\u00b2' (superscript two) "
-    "that int() refuses: ValueError, a 500 and a traceback in the daemon's log",
-)
 def test_a_superscript_digit_as_an_id_or_offset_is_not_found_not_a_500(world: World) -> None:
     alice = world.token("alice", {Scope.READ})
 
@@ -199,11 +188,6 @@ def test_non_ascii_digits_do_not_alias_job_ids(world: World) -> None:
     run(world, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dashboard.login calls parse_qs(max_num_fields=4), which raises ValueError "
-    "past 4 fields: any unauthenticated caller gets a 500 and logs a traceback",
-)
 def test_a_login_form_with_many_fields_is_refused_not_a_500(world: World) -> None:
     async def body(client: TestClient[Any, Any]) -> None:
         r = await client.post(
@@ -292,13 +276,6 @@ def test_another_teams_job_is_not_found_by_any_spelling(world: World) -> None:
     run(world, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the overview page fetches /ui/api/history every 3 s and each answer is the "
-    "whole 6-hour ring of every shown consumer, built and JSON-encoded on the daemon's "
-    "event loop: ~0.3 s and ~4 MiB per admin tab per poll at 300 consumers (1.3 s and "
-    "13 MiB at the documented 1,000)",
-)
 def test_history_polling_does_not_hold_the_event_loop(tmp_path: Path) -> None:
     n = 300
     text = "version: 1\nconsumers:\n" + "".join(f"  c{i}: {{share: 1}}\n" for i in range(n))
@@ -337,12 +314,6 @@ def test_history_polling_does_not_hold_the_event_loop(tmp_path: Path) -> None:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dashboard.viewer returns None for any non-Bearer Authorization header without "
-    "looking at the session cookie: behind a reverse proxy with HTTP Basic auth (which "
-    "forwards 'Authorization: Basic ...' on every request) every page loops to the login",
-)
 def test_a_session_works_behind_a_proxy_that_adds_basic_auth(world: World) -> None:
     alice = world.token("alice", {Scope.READ})
 

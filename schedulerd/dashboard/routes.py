@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +27,7 @@ from schedulerd.daemon.links import AgentLinks, NodeNotConnected
 from schedulerd.daemon.state import ClusterState
 from schedulerd.dashboard import views
 from schedulerd.dashboard.history import History
+from schedulerd.dashboard.history import build as build_history
 from schedulerd.dashboard.sessions import MAX_TOKEN_CHARS, SessionBook
 from schedulerd.dashboard.views import Viewer, as_json
 
@@ -38,6 +40,7 @@ log = logging.getLogger("schedulerd.dashboard")
 PREFIX = "/ui"
 COOKIE = "schedulerd_session"
 MAX_FORM_BYTES = 8192
+FORM_TIMEOUT_S = 10.0  # to read a login form's body
 TAIL_BYTES = 64 * 1024  # a log's tail on a job page
 MAX_PROBES = 48  # reads to find a log's end (doubling, then halving)
 LOG_READS_AT_ONCE = 8  # log reads through agents, all sessions together
@@ -94,20 +97,22 @@ class Dashboard:
         gate = self.daemon.gate
         header = request.headers.get("Authorization")
         cookie = request.cookies.get(COOKIE)
-        token: str | None
+        token: str | None = None
+        bearer = False
         if header is not None:
-            scheme, _, token = header.strip().partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            token = token.strip()
-        else:
+            # Only a Bearer header is a credential here: another scheme (a proxy's Basic
+            # auth, forwarded on every request) leaves the session cookie to answer.
+            scheme, _, rest = header.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                token, bearer = rest.strip(), True
+        if not bearer:
             token = self.sessions.token(cookie)
         if not token:
             return None
         try:
             who = gate.identify_bearer(token)
         except Unauthenticated:
-            if header is None:
+            if not bearer:
                 self.sessions.close(cookie)
             return None
         rules = gate.rules()
@@ -144,10 +149,11 @@ class Dashboard:
         same_origin(request)
         if (request.content_length or 0) > MAX_FORM_BYTES:
             raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, request.content_length or 0)
-        body = await request.content.read(MAX_FORM_BYTES + 1)
-        if len(body) > MAX_FORM_BYTES:
-            raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, len(body))
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        body = await read_form(request)
+        try:
+            form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:  # more fields than the form has
+            form = {}
         token = (form.get("token") or [""])[0].strip()
         back = safe_next((form.get("next") or [""])[0])
         gate = self.daemon.gate
@@ -220,12 +226,33 @@ class Dashboard:
     async def api_overview(self, viewer: Viewer, request: web.Request) -> dict[str, Any]:
         return views.overview(viewer, self.daemon.state)
 
-    async def api_history(self, viewer: Viewer, request: web.Request) -> dict[str, Any]:
+    async def api_history(self, request: web.Request) -> web.StreamResponse:
+        """The chart's samples (History.encoded): `?since=T` gives only those after T,
+        what a page that has the rest asks for."""
+        viewer = self.viewer(request)
+        if viewer is None:
+            return json_response({"error": "log in first (a token with scope read)"}, 401)
+        since: float | None = None
+        text = request.query.get("since")
+        if text is not None:
+            try:
+                since = float(text) if len(text) <= 32 else math.nan
+            except ValueError:
+                since = math.nan
+            if not math.isfinite(since):
+                return json_response({"error": "since: a time in seconds"}, 400)
+        history = self.history
         shown = viewer.consumers()
-        return {
-            "every_s": self.history.every_s,
-            "series": self.history.series(shown),
-        }
+        body = history.cached(shown) if since is None else None
+        if body is None:
+            seq, chosen = history.select(since)
+            args = (chosen, shown, history.every_s, history.keep)
+            if since is None:  # up to 6 hours of up to 1,000 consumers: not on the loop
+                body = await asyncio.to_thread(build_history, *args)
+                history.remember(shown, seq, body)
+            else:  # the samples since the page's last poll: a few
+                body = build_history(*args)
+        return secured(web.Response(body=body, content_type="application/json"))
 
     async def api_nodes(self, viewer: Viewer, request: web.Request) -> dict[str, Any]:
         return views.nodes(viewer, self.daemon.state)
@@ -244,7 +271,10 @@ class Dashboard:
         if not viewer.may(Action.READ_LOGS, job.consumer, job.user):
             raise Refused(403, "the logs of this job are its owner's and its admins'")
         node = request.query.get("node")
-        offset = _int(request.query.get("offset"))
+        offset_text = request.query.get("offset")
+        offset = _int(offset_text)
+        if offset_text is not None and offset is None:
+            raise Refused(400, "offset: a byte offset (digits)")
         parts = []
         for part in sorted(job.parts, key=lambda p: p.node_rank):
             if node is not None and part.node != node:
@@ -373,7 +403,7 @@ def add_dashboard_routes(app: web.Application, daemon: DaemonParts) -> Dashboard
     api = PREFIX + "/api"
     r.add_get(api + "/me", dash.api(dash.api_me))
     r.add_get(api + "/overview", dash.api(dash.api_overview))
-    r.add_get(api + "/history", dash.api(dash.api_history))
+    r.add_get(api + "/history", dash.api_history)
     r.add_get(api + "/nodes", dash.api(dash.api_nodes))
     r.add_get(api + "/jobs/{id}", dash.api(dash.api_job))
     r.add_get(api + "/jobs/{id}/log", dash.api(dash.api_log))
@@ -430,8 +460,27 @@ def safe_next(where: str) -> str:
     return PREFIX + "/"
 
 
+async def read_form(request: web.Request) -> bytes:
+    """The whole body of a form POST, however many pieces it comes in: at most
+    MAX_FORM_BYTES (else 413) and within FORM_TIMEOUT_S (else 408)."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout(FORM_TIMEOUT_S):
+            while len(body) <= MAX_FORM_BYTES:
+                chunk = await request.content.read(MAX_FORM_BYTES + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the form took too long\n") from None
+    if len(body) > MAX_FORM_BYTES:
+        raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, len(body))
+    return bytes(body)
+
+
 def _int(text: str | None) -> int | None:
-    if text is None or not text.isdigit() or len(text) > 18:
+    """ASCII digits only: str.isdigit() is true of '\u00b2' too, which int() refuses."""
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 18:
         return None
     return int(text)
 

@@ -259,8 +259,35 @@ function chart(history, data) {
   );
 }
 
+// The chart's samples: the whole history once, then only the samples after the newest
+// one held (the daemon takes one every 30 s), kept here for the last keep_s seconds.
+const historyState = { every_s: 30, keep_s: 21600, last: null, series: {} };
+
+async function loadHistory() {
+  const since = historyState.last === null ? "" : `?since=${historyState.last}`;
+  const got = await getJSON(`/ui/api/history${since}`);
+  historyState.every_s = got.every_s;
+  historyState.keep_s = got.keep_s;
+  const times = got.times || [];
+  for (const [path, [es, as]] of Object.entries(got.series || {})) {
+    const points = historyState.series[path] || (historyState.series[path] = []);
+    for (let i = 0; i < es.length; i++) {
+      if (es[i] !== null && es[i] !== undefined) points.push([times[i], es[i], as[i]]);
+    }
+  }
+  if (times.length) {
+    historyState.last = times[times.length - 1];
+    const oldest = historyState.last - historyState.keep_s;
+    for (const points of Object.values(historyState.series)) {
+      const drop = points.findIndex((p) => p[0] > oldest);
+      points.splice(0, drop < 0 ? points.length : drop);
+    }
+  }
+}
+
 async function overviewPage(main) {
-  const [data, history] = await Promise.all([getJSON("/ui/api/overview"), getJSON("/ui/api/history")]);
+  const [data] = await Promise.all([getJSON("/ui/api/overview"), loadHistory()]);
+  const history = historyState;
   showMe(data.me);
   const waiting = data.waiting.map((j) =>
     el(
