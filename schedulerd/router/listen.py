@@ -38,14 +38,23 @@ MAX_CONNECTIONS = 10_000
 # File descriptors kept for everything but client connections and their upstream ones:
 # the daemon's channel, probes (64 at once), logs, the listening socket.
 RESERVE_FDS = 256
-_OVER_CAP_BODY = b'{"error": "the router has too many connections", "service": null}'
-OVER_CAP_ANSWER = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"Content-Type: application/json; charset=utf-8\r\n"
-    b"Retry-After: 1\r\n"
-    b"Connection: close\r\n"
-    b"Content-Length: %d\r\n"
-    b"\r\n%s" % (len(_OVER_CAP_BODY), _OVER_CAP_BODY)
+
+
+def over_cap_answer(body: bytes) -> bytes:
+    """The whole 503 a connection past the cap gets, with this JSON body."""
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"Content-Type: application/json; charset=utf-8\r\n"
+        b"Retry-After: 1\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: %d\r\n"
+        b"\r\n%s" % (len(body), body)
+    )
+
+
+# The router's; another server on CappedSite (the daemon's HTTP port) names itself.
+OVER_CAP_ANSWER = over_cap_answer(
+    b'{"error": "the router has too many connections", "service": null}'
 )
 ACCEPT_ERROR = "socket.accept() out of system resource"  # asyncio's own words
 
@@ -106,9 +115,12 @@ class _Refused(asyncio.Protocol):
     client that sent its request already may see a reset instead: its bytes are left
     unread, and waiting to read them would hold the descriptor the cap is saving)."""
 
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(OVER_CAP_ANSWER)
+        transport.write(self._answer)
         transport.close()
 
 
@@ -120,9 +132,17 @@ class ConnectionCap:
     to create the transport, the count keeps one too many: that fails only when memory
     or descriptors are out, and costs one connection of the cap.)"""
 
-    def __init__(self, server: web.Server, limit: int) -> None:
+    def __init__(
+        self,
+        server: web.Server,
+        limit: int,
+        answer: bytes = OVER_CAP_ANSWER,
+        limit_name: str = "--max-connections",
+    ) -> None:
         self._server = server
         self.limit = limit
+        self.answer = answer
+        self.limit_name = limit_name
         self.open = 0
         self.refused = 0
         self._trouble = RateLimitedLog(logger=log)
@@ -132,25 +152,35 @@ class ConnectionCap:
             self.refused += 1
             self._trouble.warning(
                 "cap",
-                "%d connections open, at --max-connections: new ones get 503",
+                "%d connections open, at %s: new ones get 503",
                 self.open,
+                self.limit_name,
             )
-            return _Refused()
+            return _Refused(self.answer)
         self.open += 1
         return _Counted(self._server(), self)
 
 
 class CappedSite(web.BaseSite):
-    """web.TCPSite with ConnectionCap as its protocol factory."""
+    """web.TCPSite with ConnectionCap as its protocol factory (`answer`: the 503 past
+    the cap, `limit_name`: the cap in the log's warning; the router's by default)."""
 
     __slots__ = ("_host", "_port", "cap")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int):
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        max_connections: int,
+        answer: bytes = OVER_CAP_ANSWER,
+        limit_name: str = "--max-connections",
+    ):
         super().__init__(runner)
         self._host = host
         self._port = port
         assert runner.server is not None
-        self.cap = ConnectionCap(runner.server, max_connections)
+        self.cap = ConnectionCap(runner.server, max_connections, answer, limit_name)
 
     @property
     def name(self) -> str:

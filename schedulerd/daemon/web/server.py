@@ -10,13 +10,14 @@ import logging
 from aiohttp import web
 
 from schedulerd.hostport import split_host_port
-from schedulerd.router.listen import CappedSite, server_options
+from schedulerd.router.listen import CappedSite, over_cap_answer, server_options
 
 log = logging.getLogger("schedulerd.web")
 
 MAX_CONNECTIONS = 256
 HEADER_TIMEOUT_S = 10.0
 SHUTDOWN_S = 2.0
+OVER_CAP_ANSWER = over_cap_answer(b'{"error": "the daemon\'s HTTP port has too many connections"}')
 
 
 class HttpServer:
@@ -33,7 +34,14 @@ class HttpServer:
     async def start(self) -> int:
         """Listen; the port bound (the one asked, or the one chosen for port 0)."""
         await self._runner.setup()
-        site = CappedSite(self._runner, self.host, self.port, MAX_CONNECTIONS)
+        site = CappedSite(
+            self._runner,
+            self.host,
+            self.port,
+            MAX_CONNECTIONS,
+            OVER_CAP_ANSWER,
+            f"the HTTP port's cap of {MAX_CONNECTIONS}",
+        )
         await site.start()
         server = site._server
         if self.port == 0 and server is not None:
