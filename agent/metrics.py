@@ -6,7 +6,9 @@ GPU, and never touches the runner's state. The event loop only publishes a few
 numbers after each look at the jobs (`publish`), and counts the messages it sends.
 
 Unauthenticated, like the daemon's: GPU numbers and counts only, no job's command,
-environment or user. Bind it to loopback or a management network."""
+environment or user. Bind it to loopback or a management network. At most
+MAX_CONNECTIONS connections at once (the next get 503 at accept), each cut after
+CONNECTION_TIMEOUT_S idle: slow or idle callers cannot grow the agent's threads."""
 
 from __future__ import annotations
 
@@ -38,6 +40,12 @@ MESSAGE_KINDS = ("register", "heartbeat", "report", "log_data")
 # Requests answered at once; past that a scrape gets 503 (a thread per connection
 # otherwise: a flood of slow callers must not grow the agent without bound).
 MAX_CONCURRENT = 8
+# Connections held at once (each holds a thread from accept to close): past that a new
+# one is answered 503 and closed at accept, before any thread starts.
+MAX_CONNECTIONS = 8
+# Seconds a connection may sit idle (a request line never finished, a reader that
+# never reads): then it is cut and its thread and slot freed.
+CONNECTION_TIMEOUT_S = 10.0
 
 
 class AgentMetrics:
@@ -163,11 +171,58 @@ def _plain(start_response: Callable[..., Any], status: str, body: bytes) -> list
     return [body]
 
 
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+
+class _Handler(_SilentHandler):
+    # socketserver sets it on the connection: a read or write idle this long raises,
+    # and the connection is closed.
+    timeout = CONNECTION_TIMEOUT_S
+
+
+class CappedWSGIServer(ThreadingWSGIServer):
+    """prometheus_client's thread-per-connection server with at most MAX_CONNECTIONS
+    connections (and so threads) at once: the next ones get 503 at accept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(0)  # a fresh socket's buffer takes it; never wait
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it will not release the slot
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # An idle connection cut (TimeoutError), a caller gone: not worth a traceback.
+        log.debug("metrics connection from %s ended", client_address, exc_info=True)
+
+
 def serve(metrics: AgentMetrics, host: str, port: int) -> ThreadingWSGIServer:
     """Listen on host:port in a daemon thread; returns the server (server_port: the
     port bound). Raises OSError when the address cannot be bound."""
     server = make_server(
-        host, port, wsgi_app(metrics.registry), ThreadingWSGIServer, handler_class=_SilentHandler
+        host, port, wsgi_app(metrics.registry), CappedWSGIServer, handler_class=_Handler
     )
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()

@@ -28,12 +28,6 @@ consumers:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent's metrics server (prometheus_client's ThreadingWSGIServer) starts a "
-    "thread per connection with no read timeout; MAX_CONCURRENT bounds only the WSGI app, "
-    "so idle connections that never finish a request line grow threads and fds unboundedly",
-)
 def test_idle_connections_do_not_grow_the_agents_threads_without_bound() -> None:
     m = AgentMetrics("n1", FakeBackend(1, "n1"), [0])
     server = serve(m, "127.0.0.1", 0)

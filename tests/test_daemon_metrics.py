@@ -113,3 +113,31 @@ def test_no_job_ids_or_users_in_labels() -> None:
     m.api_call("Scheduler.SubmitJob", "OK", 0.01)
     text = generate_latest(m.registry).decode()
     assert "123456" not in text and 'user="' not in text
+
+
+def test_a_non_loopback_http_listener_needs_insecure_and_warns(caplog: Any) -> None:
+    import asyncio
+    import logging
+
+    import pytest
+    from aiohttp import web
+
+    from schedulerd.daemon.web.server import HttpServer
+
+    with pytest.raises(SystemExit, match="without TLS"):
+        HttpServer(web.Application(), "0.0.0.0:0")
+    HttpServer(web.Application(), "127.0.0.1:0")  # loopback: no question
+    HttpServer(web.Application(), "localhost:0")
+
+    async def go() -> int:
+        server = HttpServer(web.Application(), "0.0.0.0:0", insecure=True)
+        try:
+            return await server.start()
+        finally:
+            await server.stop()
+
+    with caplog.at_level(logging.INFO, logger="schedulerd.web"):
+        port = asyncio.run(go())
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"0.0.0.0:{port} WITHOUT TLS" in warned[0].getMessage()
+    assert "/ui/" in warned[0].getMessage()

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="allow listening on a non-loopback address without TLS (trusted networks only)",
+        help="allow listening on a non-loopback address without TLS, --listen's and "
+        "--http-listen's (trusted networks only)",
     )
     p.add_argument(
         "--tls-loopback",
@@ -152,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         type=listen_address,
         metavar="HOST:PORT",
-        help="serve HTTP there: /metrics (Prometheus), /healthz, /readyz; unauthenticated, "
-        "so loopback or a management network only (docs/metrics.md; default: none)",
+        help="serve HTTP there: /metrics (Prometheus), /healthz, /readyz (unauthenticated) "
+        "and the dashboard /ui/ (token logins); no TLS, so loopback only: another address "
+        "is refused unless --insecure, as it sends tokens in clear text (docs/metrics.md; "
+        "default: none)",
     )
     p.add_argument("--local-agent", action="store_true", help="also run an agent on this machine")
     p.add_argument(

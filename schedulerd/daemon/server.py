@@ -289,7 +289,9 @@ class Daemon:
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.http_listen:
-            self.http = HttpServer(build_app(self), self.config.http_listen)
+            self.http = HttpServer(
+                build_app(self), self.config.http_listen, insecure=self.config.insecure
+            )
             self.http_port = await self.http.start()
         self.notifier.ready(summary(self.state))
         self._loop_task = asyncio.create_task(self.loop.run())

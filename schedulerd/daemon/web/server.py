@@ -1,7 +1,9 @@
 """Binding the daemon's HTTP application (--http-listen), with the router's guards
 (schedulerd/router/listen.py): a cap on open connections and a deadline for a
 request's headers, so that idle or slow callers cannot hold the daemon's file
-descriptors."""
+descriptors; and the gRPC listener's rule (daemon/listeners.py): the port serves no TLS
+and takes the dashboard's token logins and session cookies, so an address that is not
+loopback is refused unless --insecure, which logs a WARNING."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 
 from aiohttp import web
 
+from schedulerd.client import is_local_address
 from schedulerd.hostport import split_host_port
 from schedulerd.router.listen import CappedSite, over_cap_answer, server_options
 
@@ -21,9 +24,17 @@ OVER_CAP_ANSWER = over_cap_answer(b'{"error": "the daemon\'s HTTP port has too m
 
 
 class HttpServer:
-    def __init__(self, app: web.Application, address: str) -> None:
+    def __init__(self, app: web.Application, address: str, insecure: bool = False) -> None:
         self.address = address
         self.host, self.port = split_host_port(address)
+        self.plaintext_remote = not is_local_address(address)
+        if self.plaintext_remote and not insecure:
+            raise SystemExit(
+                f"refusing to serve HTTP on {address} without TLS: the dashboard's token "
+                "logins (/ui/) and session cookies would cross the network in clear text. "
+                "Bind --http-listen to loopback (and put a TLS proxy in front), or give "
+                "--insecure on a network you trust"
+            )
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -48,7 +59,14 @@ class HttpServer:
             sockets = getattr(server, "sockets", None) or []
             if sockets:
                 self.port = int(sockets[0].getsockname()[1])
-        log.info("serving HTTP (/metrics, /healthz, /readyz) on %s:%d", self.host, self.port)
+        if self.plaintext_remote:
+            log.warning(
+                "serving HTTP on %s:%d WITHOUT TLS (--insecure): the dashboard's token "
+                "logins (/ui/) and session cookies cross the network in clear text",
+                self.host,
+                self.port,
+            )
+        log.info("serving HTTP (/metrics, /healthz, /readyz, /ui/) on %s:%d", self.host, self.port)
         return self.port
 
     async def stop(self) -> None:
