@@ -123,13 +123,6 @@ def test_a_scrape_does_not_block_the_loop_in_proportion_to_the_queue(tmp_path: P
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SchedulingLoop.run sets last_turn after a cycle that raised too, so a loop "
-    "whose every cycle fails (the store unwritable, a bug in decide) is 'ready' on "
-    "/readyz and schedulerd_scheduler_seconds_since_last_cycle stays near 0: "
-    "SchedulerdLoopStalled never fires",
-)
 def test_a_loop_whose_every_cycle_fails_is_not_ready(tmp_path: Path) -> None:
     import asyncio
 
@@ -167,11 +160,6 @@ def test_a_loop_whose_every_cycle_fails_is_not_ready(tmp_path: Path) -> None:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deploy/prometheus/alerts.yml has no rule on "
-    "schedulerd_scheduler_cycle_failures_total: a loop that fails every cycle alerts nobody",
-)
 def test_the_alert_rules_cover_failing_scheduling_cycles() -> None:
     import yaml
 

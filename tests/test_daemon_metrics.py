@@ -17,11 +17,17 @@ from schedulerd.daemon.web.app import not_ready
 from schedulerd.store import EventRecord, JobRecord, JobState
 
 
-def _daemon(policy: object, last_turn: float | None, conn: sqlite3.Connection) -> Any:
+def _daemon(
+    policy: object,
+    last_turn: float | None,
+    conn: sqlite3.Connection,
+    last_good_turn: float | None = -1.0,
+) -> Any:
+    good = last_turn if last_good_turn == -1.0 else last_good_turn
     return types.SimpleNamespace(
         store=types.SimpleNamespace(db=types.SimpleNamespace(conn=conn)),
         state=types.SimpleNamespace(policy=policy),
-        loop=types.SimpleNamespace(last_turn=last_turn, tick_s=1.0),
+        loop=types.SimpleNamespace(last_turn=last_turn, last_good_turn=good, tick_s=1.0),
     )
 
 
@@ -31,7 +37,12 @@ def test_readyz_judgement() -> None:
     problems = not_ready(_daemon(None, None, conn))
     assert [p.split(":")[0] for p in problems] == ["policy", "loop"]
     stalled = not_ready(_daemon(object(), time.monotonic() - 60, conn))
-    assert len(stalled) == 1 and "no scheduling cycle for" in stalled[0]
+    assert len(stalled) == 1 and "no successful scheduling cycle for" in stalled[0]
+    # Turning is not enough: the cycles must not fail.
+    failing = not_ready(_daemon(object(), time.monotonic(), conn, last_good_turn=None))
+    assert len(failing) == 1 and "every scheduling cycle so far failed" in failing[0]
+    failing = not_ready(_daemon(object(), time.monotonic(), conn, time.monotonic() - 60))
+    assert len(failing) == 1 and "no successful scheduling cycle for" in failing[0]
     conn.close()
     assert not_ready(_daemon(object(), time.monotonic(), conn))[0].startswith("store:")
 

@@ -52,9 +52,16 @@ class SchedulingLoop:
         self.tick_s = tick_s
         self.node_timeout_s = node_timeout_s
         self._wake = asyncio.Event()
-        # time.monotonic() at the end of the last turn (None before the first): /readyz
-        # and the metrics tell a stalled loop by it.
+        # time.monotonic() at the end of the last turn, however it went (None before
+        # the first).
         self.last_turn: float | None = None
+        # time.monotonic() at the end of the last turn whose cycle did not raise (None
+        # before the first): /readyz and schedulerd_scheduler_seconds_since_last_cycle
+        # tell a stalled loop by it, and a loop whose every cycle fails is one.
+        self.last_good_turn: float | None = None
+        # time.monotonic() when the loop was made: the metric counts from here before
+        # the first good turn, so that a loop that never turns alerts too.
+        self.created = time.monotonic()
         # The policy as resolved at the last cycle, while it has time windows: a window
         # that starts or ends is logged once (core/windows.py).
         self._in_force: core.Policy | None = None
@@ -83,6 +90,8 @@ class SchedulingLoop:
                 failed = True
             self.state.metrics.cycle_done(time.perf_counter() - began, failed)
             self.last_turn = time.monotonic()
+            if not failed:
+                self.last_good_turn = self.last_turn
             if self.on_turn is not None:
                 self.on_turn()
             # Every submission and report wakes the loop, and a cycle costs time in

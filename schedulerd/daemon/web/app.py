@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 DAEMON = web.AppKey("daemon", object)  # the Daemon (typed loosely: no import cycle)
 # GET requests have no body: anything larger than this is refused (413).
 MAX_BODY_BYTES = 4096
-# /readyz fails when the scheduling loop has not turned for this many ticks (and at
-# least STALL_MIN_S): a cycle that takes long, or a loop that wedged.
+# /readyz fails when the scheduling loop has not completed a cycle without error for
+# this many ticks (and at least STALL_MIN_S): a cycle that takes long, a loop that
+# wedged, or cycles that all fail.
 STALL_TICKS = 10
 STALL_MIN_S = 10.0
 
@@ -71,11 +72,18 @@ def not_ready(daemon: Daemon) -> list[str]:
         problems.append(f"store: {type(e).__name__}")
     if daemon.state.policy is None:
         problems.append("policy: none in force")
-    last = daemon.loop.last_turn
+    # A cycle that raised does not count: a loop whose every cycle fails (the store
+    # unwritable, a bug in decide) schedules nothing, however fast it turns.
+    good = daemon.loop.last_good_turn
     stall_s = max(STALL_TICKS * daemon.loop.tick_s, STALL_MIN_S)
-    if last is None:
-        problems.append("loop: no scheduling cycle yet")
-    elif time.monotonic() - last > stall_s:
-        ago = time.monotonic() - last
-        problems.append(f"loop: no scheduling cycle for {ago:.0f} s (stalled after {stall_s:g} s)")
+    if good is None:
+        if daemon.loop.last_turn is None:
+            problems.append("loop: no scheduling cycle yet")
+        else:
+            problems.append("loop: every scheduling cycle so far failed (see the log)")
+    elif time.monotonic() - good > stall_s:
+        ago = time.monotonic() - good
+        problems.append(
+            f"loop: no successful scheduling cycle for {ago:.0f} s (stalled after {stall_s:g} s)"
+        )
     return problems

@@ -218,11 +218,15 @@ class ClusterCollector(Collector):
         if state.policy_record is not None:
             version.add_metric([], state.policy_record.version)
         yield version
-        last = self.daemon.loop.last_turn
+        # A cycle that raised does not count (a loop whose every cycle fails schedules
+        # nothing); before the first good one, the seconds since the loop was made.
+        loop = self.daemon.loop
+        since = getattr(loop, "last_good_turn", None) or getattr(loop, "created", None)
         yield GaugeMetricFamily(
             "schedulerd_scheduler_seconds_since_last_cycle",
-            "Seconds since the scheduling loop last turned (NaN before the first turn)",
-            value=math.nan if last is None else max(0.0, time.monotonic() - last),
+            "Seconds since the scheduling loop last completed a cycle without error "
+            "(since the daemon started, before the first)",
+            value=math.nan if since is None else max(0.0, time.monotonic() - since),
         )
 
     # -- experiments and services -----------------------------------------------
