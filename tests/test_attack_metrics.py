@@ -103,13 +103,6 @@ def test_metrics_name_no_user_job_command_env_or_reason(tmp_path: Path) -> None:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/metrics (unauthenticated) classifies every waiting job's reason text on the "
-    "daemon's event loop at each scrape: O(waiting jobs) substring searches, ~0.4 s at "
-    "100k waiting jobs, while docs/metrics.md says a scrape costs about `schedctl "
-    "consumers` plus `schedctl nodes`",
-)
 def test_a_scrape_does_not_block_the_loop_in_proportion_to_the_queue(tmp_path: Path) -> None:
     state, store = _state(tmp_path, 100_000)
     try:

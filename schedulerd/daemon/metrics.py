@@ -95,6 +95,10 @@ class DaemonMetrics:
         # Consumer -> when (the state's clock) it was last found below floor(entitlement)
         # with waiting jobs, after a cycle that did not end it.
         self.below_since: dict[str, float] = {}
+        # Waiting jobs by (consumer, kind of reason), counted after each scheduling
+        # cycle (apply_plan, where the reasons are set) and read by the scrape; None
+        # before the first count.
+        self.waiting_counts: dict[tuple[str, str], int] | None = None
         self.submitted = Counter(
             "schedulerd_jobs_submitted_total", "Jobs queued", ["consumer"], registry=r
         )
@@ -242,6 +246,26 @@ class DaemonMetrics:
                 self.below_since.pop(str(path), None)
         for gone in set(self.below_since) - {str(p) for p in consumers}:
             del self.below_since[gone]
+
+    def count_waiting(self, jobs: Iterable[JobRecord]) -> dict[tuple[str, str], int]:
+        """Count the waiting jobs by (consumer, kind of reason), keep the counts for
+        the scrapes until the next call, and return them. Once per cycle: a pass over
+        the jobs, the reason texts classified once each (many jobs share one)."""
+        pending, preempted = JobState.PENDING, JobState.PREEMPTED  # JobState.waiting
+        by_reason: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            if job.state is pending or job.state is preempted:
+                key = (job.consumer, job.reason)
+                by_reason[key] = by_reason.get(key, 0) + 1
+        kinds: dict[str, str] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for (consumer, reason), n in by_reason.items():
+            kind = kinds.get(reason)
+            if kind is None:
+                kind = kinds[reason] = waiting_kind(reason)
+            counts[(consumer, kind)] = counts.get((consumer, kind), 0) + n
+        self.waiting_counts = counts
+        return counts
 
     def plan_sizes(self, plan: core.Plan) -> None:
         sizes = {

@@ -136,6 +136,9 @@ def apply_plan(
         waiting = state.jobs.get(job_id)
         if waiting is not None and waiting.state.waiting:
             waiting.reason = reason
+    # For /metrics: the waiting jobs by kind of reason, counted here once per cycle
+    # rather than at every scrape.
+    state.metrics.count_waiting(state.jobs.values())
     state.consumer_states = dict(plan.consumers)
     state.metrics.consumers_decided(plan.consumers, now)
     state.pool_states = dict(plan.pools)

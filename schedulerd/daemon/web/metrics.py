@@ -2,7 +2,9 @@
 text format, with the cluster's state read at scrape time by `ClusterCollector`:
 consumers, pools, nodes, experiments and services as the daemon holds them now
 (docs/metrics.md). Nothing here is updated on every change: a scrape reads the
-ClusterState on the event loop, where it is consistent.
+ClusterState on the event loop, where it is consistent. What would cost a pass over
+every waiting job (the waiting jobs by kind of reason) is counted once per scheduling
+cycle instead (DaemonMetrics.count_waiting).
 
 Labels are names the policy and the cluster bound: consumers, pools, nodes, services;
 never a job id, a user, a command or an environment."""
@@ -21,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schedulerd.core.windows import policy_at
-from schedulerd.daemon.metrics import WAIT_KIND_NAMES, waiting_kind
+from schedulerd.daemon.metrics import WAIT_KIND_NAMES
 from schedulerd.daemon.state import Liveness
 from schedulerd.store import JobState
 from schedulerd.store.experiments import TrialState
@@ -129,9 +131,14 @@ class ClusterCollector(Collector):
                 if now_policy.is_leaf(leaf):
                     for kind in WAIT_KIND_NAMES:
                         counts[(str(leaf), kind)] = 0
-            for job in list(state.jobs.values()):
-                if job.state.waiting:
-                    counts[(job.consumer, waiting_kind(job.reason))] += 1
+            # Counted once per scheduling cycle, where the reasons are set (apply_plan),
+            # not here: a scrape must not cost the event loop O(waiting jobs). Before
+            # the first cycle, counted now, once.
+            cached = state.metrics.waiting_counts
+            if cached is None:
+                cached = state.metrics.count_waiting(list(state.jobs.values()))
+            for key, n in cached.items():
+                counts[key] += n
             for (consumer, kind), n in sorted(counts.items()):
                 waiting.add_metric([consumer, kind], n)
             used: dict[str, float] = defaultdict(float)
