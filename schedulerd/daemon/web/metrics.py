@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from schedulerd.daemon.server import Daemon
 
 
+# Services with series of their own; the others are summed under OTHER_SERVICE (no
+# service name can be it: names are DNS-like labels, schedulerd/serve/spec.py).
+MAX_SERVICE_SERIES = 200
+OTHER_SERVICE = "(other)"
+
+
 def add_metrics_routes(app: web.Application, daemon: Daemon) -> None:
     registry = daemon.state.metrics.registry
     registry.register(ClusterCollector(daemon))
@@ -288,17 +294,42 @@ class ClusterCollector(Collector):
             "The router's latency quantiles for the service, as last reported",
             ["service", "quantile"],
         )
+        folded_gauge = _gauge(
+            "schedulerd_service_series_folded",
+            f"Services past the first {MAX_SERVICE_SERIES} (those with replicas first, "
+            f'then the oldest) whose numbers are summed under service="{OTHER_SERVICE}"',
+            [],
+        )
         controller = self.daemon.services
+        folded = 0
         if controller is not None:
             now = self.daemon.state.clock()
+            phases = [p for p in ReplicaPhase if p is not ReplicaPhase.ENDED]
+            # Users name services and may create many (scale_to_zero ones hold no GPU):
+            # at most MAX_SERVICE_SERIES get their own series, the rest are summed.
+            listed = []
             for svc_id, svc in list(controller.services.items()):
+                live = list(controller.replicas.get(svc_id, {}).values())
+                listed.append((not (live or svc.desired), svc_id, svc, live))
+            listed.sort(key=lambda t: (t[0], t[1]))
+            other: dict[str, float] = defaultdict(float)
+            for _idle, svc_id, svc, live in listed[MAX_SERVICE_SERIES:]:
+                folded += 1
+                other["desired"] += svc.desired
+                for phase in phases:
+                    other[phase.value] += sum(1 for r in live if r.phase is phase)
+                other["ready"] += sum(1 for r in live if controller.is_ready(svc, r))
+                book = controller.loads.get(svc_id)
+                if book is not None:
+                    flying, _held, per_s = book.summary(now, svc.spec.window_s)
+                    other["in_flight"] += flying
+                    other["rate"] += per_s
+            for _idle, svc_id, svc, live in listed[:MAX_SERVICE_SERIES]:
                 name = svc.spec.name
                 desired.add_metric([name], svc.desired)
-                live = list(controller.replicas.get(svc_id, {}).values())
-                for phase in ReplicaPhase:
-                    if phase is not ReplicaPhase.ENDED:
-                        n = sum(1 for r in live if r.phase is phase)
-                        replicas.add_metric([name, phase.value], n)
+                for phase in phases:
+                    n = sum(1 for r in live if r.phase is phase)
+                    replicas.add_metric([name, phase.value], n)
                 ready.add_metric([name], sum(1 for r in live if controller.is_ready(svc, r)))
                 book = controller.loads.get(svc_id)
                 if book is not None:
@@ -307,4 +338,13 @@ class ClusterCollector(Collector):
                     rate.add_metric([name], per_s)
                     latency.add_metric([name, "0.5"], book.p50_ms / 1000)
                     latency.add_metric([name, "0.99"], book.p99_ms / 1000)
-        yield from (replicas, ready, desired, in_flight, rate, latency)
+            if folded:
+                # Latency quantiles do not sum: none for the folded services.
+                desired.add_metric([OTHER_SERVICE], other["desired"])
+                for phase in phases:
+                    replicas.add_metric([OTHER_SERVICE, phase.value], other[phase.value])
+                ready.add_metric([OTHER_SERVICE], other["ready"])
+                in_flight.add_metric([OTHER_SERVICE], other["in_flight"])
+                rate.add_metric([OTHER_SERVICE], other["rate"])
+        folded_gauge.add_metric([], folded)
+        yield from (replicas, ready, desired, in_flight, rate, latency, folded_gauge)
