@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cluster import REPO, BenchCluster, wait_for  # noqa: E402
+from _cluster import REPO, BenchCluster, wait_for
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 POLICY = f"""

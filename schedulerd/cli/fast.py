@@ -35,12 +35,15 @@ def main() -> None:
     path = broker_path()
     if path is None or not wanted(argv):
         _in_process(argv)
+    message = request(argv)
+    if message is None:  # too large for a broker: here, then
+        _in_process(argv)
     sock = _connect(path)
     if sock is None:
         start_broker(path)
         _in_process(argv)
     try:
-        sock.sendall(request(argv))
+        sock.sendall(message)
         code = _relay(sock)
     except OSError:
         code = None
@@ -133,10 +136,10 @@ def _connect(path: str) -> _socket.socket | None:
     return sock
 
 
-def request(argv: list[str]) -> bytes:
+def request(argv: list[str]) -> bytes | None:
     """PROTOCOL, then a length and NUL-terminated fields: cwd, the terminal's columns
     ("" when stdout is not a terminal), argc, argv, then NAME=VALUE for SCHEDULERD_* and
-    COLUMNS."""
+    COLUMNS. None: more than MAX_REQUEST bytes."""
     columns = ""
     if os.isatty(1):
         try:
@@ -149,7 +152,7 @@ def request(argv: list[str]) -> bytes:
     fields = [os.getcwd(), columns, str(len(argv)), *argv, *env]
     body = b"".join(os.fsencode(f) + b"\0" for f in fields)
     if len(body) > MAX_REQUEST:
-        raise OSError("request too large")
+        return None
     return PROTOCOL + len(body).to_bytes(4, "big") + body
 
 
