@@ -108,6 +108,12 @@ def _via_broker(done: subprocess.CompletedProcess[str]) -> bool:
     return "grpc" not in imported
 
 
+def _job_id(out: str) -> int:
+    m = re.search(r"submitted job (\d+) to /lab", out)
+    assert m, out
+    return int(m.group(1))
+
+
 def _started(broker_dir: Path) -> int:
     return wait_for("a broker", lambda: (_brokers(broker_dir) or [0])[0], timeout_s=20)
 
@@ -120,9 +126,7 @@ def test_the_first_command_starts_a_broker_that_answers_the_next(
     _started(broker_dir)
     second = schedctl(cluster, broker_dir, "submit", "--", "sleep", "1", importtime=True)
     assert second.returncode == 0 and _via_broker(second), second.stderr
-    ids = [
-        int(re.search(r"submitted job (\d+) to /lab", d.stdout).group(1)) for d in (first, second)
-    ]  # type: ignore[union-attr]
+    ids = [_job_id(d.stdout) for d in (first, second)]
     assert ids[1] > ids[0]
     # The same words, and the same exit codes, as without a broker.
     for args in (
@@ -165,7 +169,7 @@ def test_each_command_uses_its_callers_credentials(cluster: Cluster, broker_dir:
 def test_streams_and_waits_are_run_by_schedctl_itself(cluster: Cluster, broker_dir: Path) -> None:
     job = schedctl(cluster, broker_dir, "submit", "--", "true")
     _started(broker_dir)
-    job_id = re.search(r"submitted job (\d+)", job.stdout).group(1)  # type: ignore[union-attr]
+    job_id = str(_job_id(job.stdout))
     logs = schedctl(cluster, broker_dir, "logs", job_id, "--no-follow", importtime=True)
     assert not _via_broker(logs)  # the broker said: run it here
 
