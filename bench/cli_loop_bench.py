@@ -123,6 +123,12 @@ def main() -> int:
             ("broker, #!python -S", fast_s, {**env, "PYTHONPATH": f"{REPO}:{site}"}),
         ):
             rows.append((name, loop(path_dir, e, args.jobs, submit)))
+        # The floor under any Python client: the interpreter's own start, with and
+        # without site (in this venv site imports setuptools' editable finder).
+        for name, flags in (("python -c pass", ""), ("python -S -c pass", "-S")):
+            rows.append(
+                (f"({name})", loop(None, env, args.jobs, f"{sys.executable} {flags} -c pass"))
+            )
         if args.sbatch and shutil.which("sbatch"):
             rows.append(("sbatch --wrap true", loop(None, env, args.jobs, "sbatch --wrap true")))
         print(f"a shell loop of {args.jobs} submissions (each durable before it returns):")
