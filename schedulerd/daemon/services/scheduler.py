@@ -117,7 +117,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         try:
             jobs = self.state.submit_many(
                 [
-                    job_from_spec(one.spec, user)
+                    job_from_spec(one.spec, user, _vouched(who))
                     for one, user in zip(request.jobs, users, strict=True)
                 ]
             )
