@@ -103,7 +103,8 @@ class Broker:
                 if not full:
                     self._active += 1
             if full:  # the caller runs it itself rather than wait here
-                _reply(conn, [(b"f", b"")])
+                with conn:
+                    _reply(conn, [(b"f", b"")])
                 continue
             threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
 
