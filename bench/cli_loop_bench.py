@@ -13,6 +13,8 @@ run by bash in `for i in $(seq N); do schedctl submit ... >/dev/null; done`:
   broker           schedulerd.cli.fast:main, its broker started by a first call
   broker, -S       the same with `#!python -S`: what a start without site costs (this
                    venv's site imports the editable install's finder, ~10 ms)
+  bash schedctl    scripts/schedctl, as pip installs it (with schedctl-py beside it):
+                   no Python started per submission
 
 --sbatch adds the same loop of `sbatch --wrap true` (Slurm must be running).
 """
@@ -113,14 +115,18 @@ def main() -> int:
         before = script(bins, "before", "schedulerd.cli.main:main")
         fast = script(bins, "fast", "schedulerd.cli.fast:main")
         fast_s = script(bins, "fast-S", "schedulerd.cli.fast:main", "-S")
+        sh = script(bins, "sh", "schedulerd.cli.fast:main")  # schedctl-py, then schedctl
+        (sh / "schedctl").rename(sh / "schedctl-py")
+        shutil.copy(REPO / "scripts" / "schedctl", sh / "schedctl")
         off = {**env, "SCHEDULERD_BROKER": "off"}
-        loop(fast, env, 1, submit)  # starts the broker
+        loop(sh, env, 1, submit)  # starts the broker (and names scripts/schedctl's door)
         wait_for("the broker", lambda: broker_pid(broker_dir))
         for name, path_dir, e in (
             ("before (schedulerd.cli.main)", before, off),
             ("no broker (SCHEDULERD_BROKER=off)", fast, off),
             ("broker", fast, env),
             ("broker, #!python -S", fast_s, {**env, "PYTHONPATH": f"{REPO}:{site}"}),
+            ("bash schedctl (scripts/schedctl)", sh, env),
         ):
             rows.append((name, loop(path_dir, e, args.jobs, submit)))
         # The floor under any Python client: the interpreter's own start, with and

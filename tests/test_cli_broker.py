@@ -16,12 +16,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import Cluster, running_cluster, wait_for
 
 from schedulerd.cli import fast
 
+REPO = Path(__file__).resolve().parent.parent
 POLICY = """
 version: 1
 consumers:
@@ -234,3 +236,123 @@ def test_it_answers_no_other_user(cluster: Cluster, broker_dir: Path) -> None:
     assert done.stdout.strip() == b"0", done.stderr  # closed without a word
     # And schedctl itself uses no broker in a directory others may enter.
     assert not fast.private_dir(str(broker_dir))
+
+
+# --- scripts/schedctl: a submission without starting Python ------------------------------
+
+
+@pytest.fixture
+def installed(broker_dir: Path) -> Path:
+    """scripts/schedctl and schedctl-py side by side, as pip installs them; schedctl-py
+    notes each time it runs (in ran.log) before running the Python CLI."""
+    bin_dir = broker_dir / "bin"
+    bin_dir.mkdir()
+    shutil.copy(REPO / "scripts" / "schedctl", bin_dir / "schedctl")
+    py = bin_dir / "schedctl-py"
+    py.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        f"open({str(broker_dir / 'ran.log')!r}, 'a').write('ran\\n')\n"
+        "from schedulerd.cli.fast import main\nmain()\n"
+    )
+    py.chmod(0o755)
+    return bin_dir
+
+
+def _ran(broker_dir: Path) -> int:
+    log = broker_dir / "ran.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _sh(cluster: Cluster, broker_dir: Path, installed: Path, *args: str, **kw: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULERD_")}
+    env.update(
+        SCHEDULERD_ADDRESS=cluster.address,
+        SCHEDULERD_CONSUMER="/lab",
+        SCHEDULERD_BROKER_DIR=str(broker_dir),
+        SCHEDULERD_BROKER_IDLE_S="30",
+        **kw,
+    )
+    return subprocess.run(
+        [str(installed / "schedctl"), *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def _door(broker_dir: Path) -> Path:
+    return wait_for("the broker's door", lambda: next(broker_dir.glob("*.tcp"), None))
+
+
+def test_the_bash_schedctl_submits_without_starting_python(
+    cluster: Cluster, broker_dir: Path, installed: Path
+) -> None:
+    first = _sh(cluster, broker_dir, installed, "submit", "--", "sleep", "1")
+    assert first.returncode == 0 and _ran(broker_dir) == 1, first.stderr
+    _door(broker_dir)
+    second = _sh(cluster, broker_dir, installed, "submit", "--", "sleep", "1")
+    assert second.returncode == 0 and _ran(broker_dir) == 1, second.stderr  # no Python
+    assert _job_id(second.stdout) > _job_id(first.stdout)
+    # Refusals in the same words and exit codes as the Python CLI, quotes and all.
+    for args in (
+        ["submit", "--consumer", "/it's $(nope)", "--", "true"],
+        ["submit", "--gpus", "x", "--", "true"],
+        ["submit", "--bogus"],
+    ):
+        served = _sh(cluster, broker_dir, installed, *args)
+        alone = schedctl(cluster, broker_dir, *args, env={"SCHEDULERD_BROKER": "off"})
+        assert (served.returncode, served.stdout, served.stderr) == (
+            alone.returncode,
+            alone.stdout,
+            alone.stderr,
+        ), args
+    assert _ran(broker_dir) == 1
+    # Everything else is schedctl-py's; and so is a submission with the broker off.
+    assert _sh(cluster, broker_dir, installed, "whoami").returncode == 0
+    assert _ran(broker_dir) == 2
+    off = _sh(cluster, broker_dir, installed, "submit", "--", "true", SCHEDULERD_BROKER="off")
+    assert off.returncode == 0 and _ran(broker_dir) == 3
+
+
+def test_the_bash_schedctl_trusts_only_its_brokers_secret(
+    cluster: Cluster, broker_dir: Path, installed: Path
+) -> None:
+    _sh(cluster, broker_dir, installed, "whoami")
+    door = _door(broker_dir)
+    port, secret = door.read_text().split()
+    # Another secret in the file (as if another process held the port): the script sends
+    # nothing there and schedctl-py does the work.
+    door.write_text(f"{port} {'0' * 32}\n")
+    done = _sh(cluster, broker_dir, installed, "submit", "--", "true")
+    assert done.returncode == 0 and "submitted job" in done.stdout
+    assert _ran(broker_dir) == 2
+    # The door itself: the secret first, then it serves submissions only.
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=15) as s:
+        assert _read_to_nul(s) == secret.encode()
+        s.sendall(b"".join(f.encode() + b"\0" for f in ["/", "1", "whoami", "0"]))
+        assert _read_to_nul(s) == b"F"
+
+
+def _read_to_nul(s: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\0"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.rstrip(b"\0")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_the_door_answers_no_other_user(
+    cluster: Cluster, broker_dir: Path, installed: Path
+) -> None:
+    _sh(cluster, broker_dir, installed, "whoami")
+    port = _door(broker_dir).read_text().split()[0]
+    probe = (
+        "import encodings.idna, os, socket, sys; os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=15)\n"
+        "try:\n    print(len(s.recv(100)))\n"
+        "except (ConnectionResetError, BrokenPipeError):\n    print(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, port], capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.strip() == "0", done.stderr  # closed, not a byte of the secret

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import io
 import os
+import select
 import socket
 import sys
 import threading
@@ -33,6 +34,7 @@ from typing import TextIO
 
 from schedulerd.cli import fast
 from schedulerd.cli.main import Connection, Invocation, build_parser, invoke
+from schedulerd.cli.shdoor import ShellDoor
 from schedulerd.client import Client
 
 MAX_ACTIVE = 32
@@ -68,9 +70,10 @@ class _Output(io.TextIOBase):
 
 
 class Broker:
-    def __init__(self, path: str, idle_s: float) -> None:
+    def __init__(self, path: str, idle_s: float, door: ShellDoor | None = None) -> None:
         self.path = path
         self.idle_s = idle_s
+        self.door = door  # scripts/schedctl's way in (schedulerd/cli/shdoor.py)
         self._local = threading.local()
         self._parser = build_parser()
         self._parse_lock = threading.Lock()
@@ -85,30 +88,50 @@ class Broker:
     # -- serving --------------------------------------------------------------
 
     def serve(self, listener: socket.socket) -> None:
-        listener.settimeout(1.0)
         sys.stdout = _Output(self._local, "out", sys.stdout)
         sys.stderr = _Output(self._local, "err", sys.stderr)
+        listeners = [listener] if self.door is None else [listener, self.door.listener]
         while not self._stale:
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
+            ready, _, _ = select.select(listeners, [], [], 1.0)
+            if not ready:
                 with self._active_lock:
                     idle = not self._active and time.monotonic() - self._last > self.idle_s
                 if idle:
                     return
                 continue
-            with self._active_lock:
-                self._last = time.monotonic()
-                full = self._active >= MAX_ACTIVE
-                if not full:
-                    self._active += 1
-            if full:  # the caller runs it itself rather than wait here
-                with conn:
-                    _reply(conn, [(b"f", b"")])
-                continue
-            threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+            for sock in ready:
+                try:
+                    conn, peer = sock.accept()
+                except OSError:
+                    continue
+                with self._active_lock:
+                    self._last = time.monotonic()
+                    full = self._active >= MAX_ACTIVE
+                    if not full:
+                        self._active += 1
+                if full:  # the caller runs it itself rather than wait here
+                    with conn:
+                        if sock is listener:  # (the script, answered nothing, does too)
+                            _reply(conn, [(b"f", b"")])
+                    continue
+                target = self._serve_one if sock is listener else self._serve_door
+                threading.Thread(target=target, args=(conn, peer), daemon=True).start()
 
-    def _serve_one(self, conn: socket.socket) -> None:
+    def _serve_door(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        assert self.door is not None
+        try:
+            self.door.serve(conn, peer, self.run_captured)
+        except OSError:
+            return
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+            self._last = time.monotonic()
+
+    def _serve_one(self, conn: socket.socket, _peer: object = None) -> None:
         try:
             with conn:
                 if fast.peer_uid(conn) != os.getuid():  # never another user's command
@@ -117,20 +140,31 @@ class Broker:
                 req = _read_request(conn)
                 if req is None:
                     return
+                name = req[1].env.get("SCHEDULERD_SH_NAME")
+                if name and self.door is not None:  # scripts/schedctl asks for its door
+                    self.door.publish(name)
                 frames = self._answer(*req)
                 conn.settimeout(None)
                 _reply(conn, frames)
         except OSError:
             return
         finally:
-            with self._active_lock:
-                self._active -= 1
-                self._last = time.monotonic()
+            self._done()
 
     def _answer(self, argv: list[str], inv: Invocation) -> list[tuple[bytes, bytes]]:
+        done = self.run_captured(argv, inv)
+        if done is None:
+            return [(b"f", b"")]
+        code, out, err = done
+        frames = _frames(b"o", out) + _frames(b"e", err)
+        return [*frames, (b"x", str(code).encode())]
+
+    def run_captured(self, argv: list[str], inv: Invocation) -> tuple[int, str, str] | None:
+        """Run a command as the CLI would: (its exit code, what it printed on stdout,
+        on stderr); None: not served here (the caller runs it itself)."""
         if _code_stamp() != self._code:  # upgraded under us: old code answers nothing
             self._stale = True
-            return [(b"f", b"")]
+            return None
         out: list[str] = []
         err: list[str] = []
         self._local.out, self._local.err = out, err
@@ -139,10 +173,7 @@ class Broker:
             code = self._run(argv, inv)
         finally:
             self._local.out = self._local.err = None
-        if code is None:
-            return [(b"f", b"")]
-        frames = _frames(b"o", "".join(out)) + _frames(b"e", "".join(err))
-        return [*frames, (b"x", str(code).encode())]
+        return None if code is None else (code, "".join(out), "".join(err))
 
     def _run(self, argv: list[str], inv: Invocation) -> int | None:
         """The command's exit code, having printed what it prints; None: not served
@@ -285,9 +316,13 @@ def main(argv: list[str] | None = None) -> None:
     if bound is None:
         return
     sock, lock = bound
+    door = ShellDoor(os.path.dirname(args.path))
+    if os.environ.get("SCHEDULERD_SH_NAME"):
+        door.publish(os.environ["SCHEDULERD_SH_NAME"])
     try:
-        Broker(args.path, idle_s).serve(sock)
+        Broker(args.path, idle_s, door).serve(sock)
     finally:
+        door.close()
         # Unlinked before the lock is let go: a new broker binds only once this is gone.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.path)

@@ -68,14 +68,16 @@ def wanted(argv: list[str]) -> bool:
     return "--no-broker" not in head
 
 
+PROXIES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+
+
 def _process_settings() -> str:
     """What gRPC reads from the process environment rather than from a channel's
     options (GRPC_*, proxies): a broker serves only callers whose settings are its own
-    (they are part of its socket's name)."""
+    (they are part of its socket's name; scripts/schedctl names the same)."""
     found = []
     for name, value in os.environ.items():
-        low = name.lower()
-        if low.startswith("grpc_") or low.endswith("_proxy"):
+        if name.startswith(("GRPC_", "grpc_")) or name in PROXIES:
             found.append(f"{name}={value}")
     return "\0".join(sorted(found))
 
@@ -199,7 +201,7 @@ def start_broker(path: str | None) -> None:
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULERD_")}
-    for keep in ("SCHEDULERD_BROKER_IDLE_S", "SCHEDULERD_BROKER_DIR"):
+    for keep in ("SCHEDULERD_BROKER_IDLE_S", "SCHEDULERD_BROKER_DIR", "SCHEDULERD_SH_NAME"):
         if keep in os.environ:
             env[keep] = os.environ[keep]
     try:
