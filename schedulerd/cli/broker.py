@@ -268,7 +268,8 @@ def _read_request(conn: socket.socket) -> tuple[list[str], Invocation] | None:
 def _code_stamp() -> tuple[int, ...]:
     """When the CLI's code last changed on disk (an upgrade, a checkout)."""
     here = Path(__file__).resolve().parent
-    files = [here / "main.py", here / "broker.py", here / "fast.py", here.parent / "client.py"]
+    files = [here / n for n in ("main.py", "broker.py", "fast.py", "shdoor.py")]
+    files.append(here.parent / "client.py")
     stamp = []
     for f in files:
         try:
@@ -316,13 +317,18 @@ def main(argv: list[str] | None = None) -> None:
     if bound is None:
         return
     sock, lock = bound
-    door = ShellDoor(os.path.dirname(args.path))
-    if os.environ.get("SCHEDULERD_SH_NAME"):
+    door: ShellDoor | None = None
+    try:
+        door = ShellDoor(os.path.dirname(args.path))
+    except OSError:  # no loopback to listen on: scripts/schedctl uses schedctl-py
+        door = None
+    if door is not None and os.environ.get("SCHEDULERD_SH_NAME"):
         door.publish(os.environ["SCHEDULERD_SH_NAME"])
     try:
         Broker(args.path, idle_s, door).serve(sock)
     finally:
-        door.close()
+        if door is not None:
+            door.close()
         # Unlinked before the lock is let go: a new broker binds only once this is gone.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.path)
