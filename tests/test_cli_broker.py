@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,3 +357,62 @@ def test_the_door_answers_no_other_user(
         [sys.executable, "-c", probe, port], capture_output=True, text=True, timeout=30
     )
     assert done.stdout.strip() == "0", done.stderr  # closed, not a byte of the secret
+
+
+# --- a broker that ends before answering: the command is never done twice --------------
+
+
+def _half_broker(listener: socket.socket, hello: bytes, seen: list[bytes]) -> None:
+    """Accept one connection, say `hello`, read a request, and close unanswered."""
+    conn, _ = listener.accept()
+    with conn:
+        if hello:
+            conn.sendall(hello)
+        conn.settimeout(10)
+        seen.append(conn.recv(1 << 20))
+
+
+def test_schedctl_py_never_runs_a_command_its_broker_may_have_run(
+    cluster: Cluster, broker_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCHEDULERD_BROKER_DIR", str(broker_dir))
+    path = fast.broker_path()  # as schedctl-py names it (same interpreter and package)
+    assert path is not None
+    seen: list[bytes] = []
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        t = threading.Thread(target=_half_broker, args=(listener, b"", seen))
+        t.start()
+        before = len(cluster.client.list_jobs())
+        done = schedctl(cluster, broker_dir, "submit", "--", "true")
+        t.join(10)
+    assert seen and b"submit" in seen[0]
+    assert done.returncode == 1 and "may or may not have been done" in done.stderr
+    assert len(cluster.client.list_jobs()) == before  # not submitted a second time
+
+
+def test_the_bash_schedctl_never_runs_a_command_its_broker_may_have_run(
+    cluster: Cluster, broker_dir: Path, installed: Path
+) -> None:
+    _sh(cluster, broker_dir, installed, "whoami")
+    door = _door(broker_dir)
+    pid = _started(broker_dir)
+    os.kill(pid, signal.SIGKILL)  # it leaves its door's file behind
+    wait_for("the broker to end", lambda: not _alive(pid), timeout_s=10)
+    for leftover in broker_dir.glob("*.sock"):
+        leftover.unlink()  # (schedctl-py, if asked, would start a new one)
+    seen: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        door.write_text(f"{listener.getsockname()[1]} {'ab' * 16}\n")
+        t = threading.Thread(target=_half_broker, args=(listener, b"ab" * 16 + b"\0", seen))
+        t.start()
+        before = len(cluster.client.list_jobs())
+        done = _sh(cluster, broker_dir, installed, "submit", "--", "true")
+        t.join(10)
+    assert seen and b"submit" in seen[0]
+    assert done.returncode == 1 and "may or may not have been done" in done.stderr
+    assert len(cluster.client.list_jobs()) == before
+    assert _ran(broker_dir) == 1  # schedctl-py was not asked to do it again
