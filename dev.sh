@@ -29,7 +29,11 @@ install() {
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # The pinned torch first (a local CPU wheel on these machines), then the rest.
   "$VENV/bin/python" -m pip install --quiet torch==2.13.0 numpy
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev,train,sim,hpo]'
+  # compat: a plain path in a .pth rather than setuptools' import finder, which site
+  # imports at every Python start (pathlib, re...: ~10 ms of each `schedctl`,
+  # docs/cli-broker.md).
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev,train,sim,hpo]' \
+    --config-settings editable_mode=compat
   wanted > "$STAMP"
 }
 

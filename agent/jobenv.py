@@ -7,7 +7,8 @@ that may name folders a job's user should not run from); a job gets, in this ord
    user's passwd entry, LANG=C.UTF-8;
 2. the job's own env, which may change any of those;
 3. the scheduler's word, which the job's env may not change: the GPU assignment and the
-   SCHEDULERD_* identity, and for an elastic worker its contract (docs/elastic.md).
+   SCHEDULERD_* identity (SCHEDULERD_ARRAY_* for an array's element), and for an
+   elastic worker its contract (docs/elastic.md).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def job_env(
             "SCHEDULERD_GPUS": str(len(gpus)),
         }
     )
+    if spec.array_id:  # an element of a job array (docs/arrays.md), as Slurm's
+        env["SCHEDULERD_ARRAY_JOB_ID"] = str(spec.array_id)
+        env["SCHEDULERD_ARRAY_INDEX"] = str(spec.array_index)
     if spec.master_address:
         host, _, port = spec.master_address.rpartition(":")
         env.update({"MASTER_ADDR": host.strip("[]"), "MASTER_PORT": port})

@@ -73,6 +73,9 @@ class JobSpec:
     # HOST:PORT of node rank 0 for a job on several nodes that is not elastic: its
     # processes meet there (MASTER_ADDR/MASTER_PORT, as torch's env:// expects).
     master_address: str = ""
+    # An element of a job array (docs/arrays.md): its array's id (0: none) and index.
+    array_id: int = 0
+    array_index: int = 0
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a spec is a value, never edited after it arrives.

@@ -50,6 +50,8 @@ def job_spec(msg: agent_pb2.StartJob) -> JobSpec:
         elastic=elastic,
         allow_root=msg.allow_root,
         master_address=msg.master_address,
+        array_id=msg.array_id,
+        array_index=msg.array_index,
     )
 
 

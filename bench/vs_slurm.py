@@ -478,7 +478,7 @@ def _schedctl_sample(
         ids.append(int(out.split()[2]))  # "submitted job N to /acct"
     took = time.perf_counter() - began
     for job_id in ids:
-        client.cancel(job_id, "bench")
+        client.cancel(job_id)
     return args.cli_sample / took, args.cli_sample
 
 

@@ -73,6 +73,7 @@ MAX_ENV_VALUE = 32 * KIB
 MAX_ENV_BYTES = 64 * KIB  # UTF-8 bytes of every name and value together
 MAX_PATH = 4096  # a working directory (Linux's PATH_MAX)
 MAX_BATCH = 1000  # jobs in one SubmitJobs
+MAX_ARRAY_TEXT = 1024  # characters of SubmitJobRequest.array (schedulerd/arrays.py)
 MAX_WATCH_IDS = 10_000  # ids in one WatchJobs
 MAX_STATES = 16  # states in one ListJobs filter
 MAX_PAGE_TOKEN = 20  # digits of a ListJobs page token (a job id)
@@ -320,7 +321,11 @@ def check_job_spec(spec: jobs_pb2.JobSpec, field: str = "spec") -> Refusal | Non
 
 
 def check_submit_job(request: jobs_pb2.SubmitJobRequest) -> Refusal | None:
-    return check_job_spec(request.spec, "spec")
+    # The array's syntax and size are the handler's (schedulerd/arrays.py); its length here.
+    return _first(
+        check_job_spec(request.spec, "spec"),
+        check_text(request.array, "array", MAX_ARRAY_TEXT),
+    )
 
 
 def check_submit_jobs(request: jobs_pb2.SubmitJobsRequest) -> Refusal | None:
@@ -373,6 +378,7 @@ def check_list_jobs(request: jobs_pb2.ListJobsRequest) -> Refusal | None:
         check_job_states(request.states, "states"),
         check_text(request.user, "user", MAX_USER),
         _no("page_token", "not a page token from this daemon") if bad_token else None,
+        check_id(request.array_id, "array_id") if request.array_id else None,
     )
 
 

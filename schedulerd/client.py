@@ -37,9 +37,10 @@ from schedulerd.api.v1 import (
     serving_pb2,
     serving_pb2_grpc,
 )
-from schedulerd.auth import vouch
-from schedulerd.auth.tlsfiles import channel_credentials
 
+# The vouch socket's default (schedulerd.auth.vouch.DEFAULT_SOCKET, which imports jwt:
+# imported only when a credential must be vouched for).
+_VOUCH_SOCKET = "/run/schedulerd/auth.sock"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The daemon's own limits (schedulerd/daemon/listeners.py): it answers with at most
 # 32 MiB (a page of jobs is cut far below) and reads at most 16 MiB. Matching them, a
@@ -259,12 +260,16 @@ class Client:
         key: Path | None = None,
         max_receive_bytes: int = MAX_RECEIVE_BYTES,
         max_send_bytes: int = MAX_SEND_BYTES,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`env`: where SCHEDULERD_* settings are read (default: this process's
+        environment; the CLI's broker passes its caller's, docs/cli-broker.md)."""
+        env = os.environ if env is None else env
         self.address = address
         self.timeout_s = timeout_s
-        token = token_from_env() if token is None else token
-        if ca is None and os.environ.get("SCHEDULERD_CA"):
-            ca = Path(os.environ["SCHEDULERD_CA"])
+        token = token_from_env(env) if token is None else token
+        if ca is None and env.get("SCHEDULERD_CA"):
+            ca = Path(env["SCHEDULERD_CA"])
         if token and ca is None and not is_local_address(address):
             raise CredentialError(
                 f"a token goes to {address} only over TLS: give the cluster CA "
@@ -277,6 +282,8 @@ class Client:
         if ca is None:
             self.channel = grpc.insecure_channel(address, options=options)
         else:
+            from schedulerd.auth.tlsfiles import channel_credentials  # TLS only
+
             creds = channel_credentials(ca, cert, key)
             self.channel = grpc.secure_channel(address, creds, options=options)
         if token:
@@ -284,8 +291,10 @@ class Client:
             self.channel = grpc.intercept_channel(self.channel, _BearerToken(lambda: secret))
         elif token is None and _needs_vouching(address, ca):
             # No token, and no loopback uid to be known by: this node's agent vouches.
-            socket_path = os.environ.get("SCHEDULERD_AUTH_SOCKET", vouch.DEFAULT_SOCKET)
+            socket_path = env.get("SCHEDULERD_AUTH_SOCKET", _VOUCH_SOCKET)
             if os.path.exists(socket_path):
+                from schedulerd.auth import vouch
+
                 cached = vouch.CachedVouch(socket_path)
 
                 def provider() -> str:
@@ -327,7 +336,11 @@ class Client:
         priority: int = 0,
         time_limit_s: float = 0,
         pool: str = "",
+        array: str = "",
     ) -> jobs_pb2.Job:
+        """`array`: a job array, in Slurm's --array syntax ("0-999", "0-999:10",
+        "1,3,5-7"; docs/arrays.md): one job per index, in one transaction; the answer
+        is the first."""
         spec = job_spec(
             consumer,
             command,
@@ -341,7 +354,7 @@ class Client:
             time_limit_s=time_limit_s,
             pool=pool,
         )
-        req = jobs_pb2.SubmitJobRequest(spec=spec)
+        req = jobs_pb2.SubmitJobRequest(spec=spec, array=array)
         result: jobs_pb2.Job = _call(self.jobs.SubmitJob, req, timeout=self.timeout_s).job
         return result
 
@@ -352,10 +365,10 @@ class Client:
         req = jobs_pb2.SubmitJobsRequest(jobs=[jobs_pb2.SubmitJobRequest(spec=s) for s in specs])
         return list(_call(self.jobs.SubmitJobs, req, timeout=self.timeout_s).jobs)
 
-    def get_job(self, job_id: int) -> jobs_pb2.Job:
-        result: jobs_pb2.Job = _call(
-            self.jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id), timeout=self.timeout_s
-        )
+    def get_job(self, job_id: int, array_index: int | None = None) -> jobs_pb2.Job:
+        """Job `job_id`; with `array_index`, that element of job array `job_id`."""
+        req = jobs_pb2.GetJobRequest(id=job_id, array_index=array_index)
+        result: jobs_pb2.Job = _call(self.jobs.GetJob, req, timeout=self.timeout_s)
         return result
 
     def list_jobs(
@@ -364,9 +377,10 @@ class Client:
         states: Sequence[str] = (),
         user: str = "",
         limit: int = 0,
+        array_id: int = 0,
     ) -> list[jobs_pb2.Job]:
         """Jobs newest first, across as many pages as the daemon cuts them into;
-        `limit`: only the newest N."""
+        `limit`: only the newest N; `array_id`: only that job array's elements."""
         jobs: list[jobs_pb2.Job] = []
         page = ""
         while True:
@@ -376,6 +390,7 @@ class Client:
                 user=user,
                 limit=limit - len(jobs) if limit else 0,
                 page_token=page,
+                array_id=array_id,
             )
             resp = _call(self.jobs.ListJobs, req, timeout=self.timeout_s)
             jobs.extend(resp.jobs)
@@ -383,9 +398,13 @@ class Client:
             if not page or (limit and len(jobs) >= limit):
                 return jobs[:limit] if limit else jobs
 
-    def cancel(self, job_id: int) -> jobs_pb2.Job:
-        """Who cancels is the caller, as its credential proves."""
-        req = jobs_pb2.CancelJobRequest(id=job_id)
+    def cancel(
+        self, job_id: int, array_index: int | None = None, whole_array: bool = False
+    ) -> jobs_pb2.Job:
+        """Who cancels is the caller, as its credential proves. `array_index`: that
+        element of job array `job_id`; `whole_array`: with `job_id` an array's id,
+        every element (on another job: that job alone)."""
+        req = jobs_pb2.CancelJobRequest(id=job_id, array_index=array_index, whole_array=whole_array)
         result: jobs_pb2.Job = _call(self.jobs.CancelJob, req, timeout=self.timeout_s)
         return result
 

@@ -214,6 +214,8 @@ class Site:
             "SCHEDULERD_ADDRESS": f"{self.head}:{USER_PORT}",
             "SCHEDULERD_CA": str(m.paths.map_path("/etc/schedulerd/ca.crt")),
             "SCHEDULERD_TOKEN_FILE": f"{self.user.pw_dir}/.schedulerd-token",
+            # No broker (docs/cli-broker.md) left behind in the user host's namespace.
+            "SCHEDULERD_BROKER": "off",
         }
         result = subprocess.run(
             [*m.enter, RUNUSER, "-u", self.user.pw_name, "--", "schedctl", *args],

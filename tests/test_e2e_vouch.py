@@ -210,17 +210,23 @@ def test_a_node_vouched_user_mints_no_token_and_never_runs_as_root(cluster: Clus
         spec = jobs_pb2.JobSpec(
             consumer="/a", command=["/bin/true"], gpus=jobs_pb2.GpuRequest(min=1)
         )
-        job = (
-            jobs_pb2_grpc.SchedulerStub(ch)
-            .SubmitJob(jobs_pb2.SubmitJobRequest(spec=spec), metadata=meta, timeout=10)
-            .job
-        )
+        stub = jobs_pb2_grpc.SchedulerStub(ch)
+        job = stub.SubmitJob(jobs_pb2.SubmitJobRequest(spec=spec), metadata=meta, timeout=10).job
+        # The same through a batch and as a job array (docs/arrays.md).
+        one = jobs_pb2.SubmitJobRequest(spec=spec)
+        batch = stub.SubmitJobs(jobs_pb2.SubmitJobsRequest(jobs=[one]), metadata=meta, timeout=10)
+        array = stub.SubmitJob(
+            jobs_pb2.SubmitJobRequest(spec=spec, array="0-1"), metadata=meta, timeout=10
+        ).job
     assert job.spec.user == "root"
-    ended = wait_for(
-        "the vouched root job to end",
-        lambda: (j := cluster.client.get_job(job.id)).state == jobs_pb2.FAILED and j,
-    )
-    assert "root" in ended.reason and "run_as_root" in ended.reason, ended.reason
+    for job_id in (job.id, batch.jobs[0].id, array.id, array.id + 1):
+        ended = wait_for(
+            "the vouched root job to end",
+            lambda job_id=job_id: (
+                (j := cluster.client.get_job(job_id)).state == jobs_pb2.FAILED and j
+            ),
+        )
+        assert "root" in ended.reason and "run_as_root" in ended.reason, ended.reason
     # The same job from root's login on the daemon's machine runs (as root).
     local = cluster.client.submit("/a", ["/bin/true"])
     wait_for(

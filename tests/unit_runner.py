@@ -243,6 +243,12 @@ def install_schedulerd(dest: Path) -> Path:
             f"sys.exit({ep.attr}())\n"
         )
         path.chmod(0o755)
+    # `schedctl` itself is a script (scripts/schedctl: bash, then schedctl-py beside it),
+    # installed by pip as it is.
+    script = Path(__file__).resolve().parent.parent / "scripts" / "schedctl"
+    if script.exists() and (bin_dir / "schedctl-py").exists():
+        shutil.copy(script, bin_dir / "schedctl")
+        (bin_dir / "schedctl").chmod(0o755)
     return dest
 
 

@@ -22,6 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from schedulerd.auth.certerror import CertError
+
+__all__ = ["CertError"]  # re-exported: its home was here
+
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 NODE_URI_PREFIX = "schedulerd:node:"
@@ -30,10 +34,6 @@ SERVER_NAME = "schedulerd"
 # Certificates start a few minutes in the past: a machine whose clock is a little
 # behind the issuer's must not refuse a certificate issued a second ago.
 CLOCK_SKEW = dt.timedelta(minutes=5)
-
-
-class CertError(Exception):
-    """A certificate or key is missing, unreadable, or not what it must be."""
 
 
 @dataclass(frozen=True)

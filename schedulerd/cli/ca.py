@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from schedulerd.auth.ca import Issued, init_ca, issue_node, issue_server, load_ca
 from schedulerd.cli import format as fmt
+
+if TYPE_CHECKING:
+    from schedulerd.auth.ca import Issued
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: `cryptography` is about 40 ms of every other command's start.
+    from schedulerd.auth.ca import init_ca, issue_node, issue_server, load_ca
+
     if args.ca_cmd == "init":
         ca = init_ca(args.dir, force=args.force)
         print(

@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from schedulerd.api.v1 import admin_pb2, jobs_pb2
+from schedulerd.arrays import compact
 from schedulerd.exits import describe_exit
 
 # C0 and C1 control characters and DEL: in a job's name or command (another user's
@@ -121,13 +122,37 @@ def _words(text: str, budget: int) -> str:
     return text[:cut] if cut > 0 else text[:budget]
 
 
-def jobs_table(jobs: Sequence[jobs_pb2.Job], width: int | None = None) -> str:
-    """`width`: the terminal's columns, the WHY column cut to fit them (None: no cut)."""
-    rows: list[list[object]] = []
+def job_label(j: jobs_pb2.Job) -> str:
+    """A job's name in tables: its id, or for an array's element ARRAY_INDEX (123_7)."""
+    return f"{j.array_id}_{j.array_index}" if j.array_id else str(j.id)
+
+
+def _collapsed(jobs: Sequence[jobs_pb2.Job]) -> list[tuple[jobs_pb2.Job, str]]:
+    """Each job with its label, but the waiting elements of one array as one line,
+    123_[4-999] (as squeue shows them), where the first of them comes in the list."""
+    waiting: dict[int, list[jobs_pb2.Job]] = {}
     for j in jobs:
+        if j.array_id and j.state == jobs_pb2.PENDING:
+            waiting.setdefault(j.array_id, []).append(j)
+    out: list[tuple[jobs_pb2.Job, str]] = []
+    for j in jobs:
+        group = waiting.get(j.array_id) if j.array_id and j.state == jobs_pb2.PENDING else None
+        if group is None or len(group) == 1:
+            out.append((j, job_label(j)))
+        elif group[0] is j:
+            out.append((j, f"{j.array_id}_[{compact(g.array_index for g in group)}]"))
+    return out
+
+
+def jobs_table(jobs: Sequence[jobs_pb2.Job], width: int | None = None, expand: bool = False) -> str:
+    """`width`: the terminal's columns, the WHY column cut to fit them (None: no cut).
+    The waiting elements of a job array make one line unless `expand`."""
+    rows: list[list[object]] = []
+    labelled = [(j, job_label(j)) for j in jobs] if expand else _collapsed(jobs)
+    for j, label in labelled:
         rows.append(
             [
-                j.id,
+                label,
                 state_name(j),
                 j.spec.consumer,
                 j.spec.user,
@@ -171,10 +196,33 @@ def timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
 
 
+def array_summary(first: jobs_pb2.Job, elements: Sequence[jobs_pb2.Job]) -> str:
+    """A job array (`schedctl show 123`): what its elements run, and their states
+    counted, with the indices in each."""
+    command = "(hidden)" if first.redacted else command_text(first.spec.command)
+    by_state: dict[str, list[int]] = {}
+    for e in elements:
+        by_state.setdefault(state_name(e), []).append(e.array_index)
+    lines = [
+        f"Job array {first.array_id}: {first.spec.name} ({len(elements)} elements)",
+        f"  consumer:   {first.spec.consumer}   user: {first.spec.user}"
+        f"   priority: {first.spec.priority}",
+        f"  gpus:       {_range(first)} each",
+        f"  command:    {command}",
+        f"  submitted:  {timestamp(first.submit_time.seconds)}",
+        "  elements:",
+    ]
+    for state, indices in sorted(by_state.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"    {state:<10} {len(indices):>6}  {first.array_id}_[{compact(indices)}]")
+    lines.append(f"  one element: schedctl show {first.array_id}_INDEX")
+    return "\n".join(printable(line) for line in lines)
+
+
 def job_detail(j: jobs_pb2.Job) -> str:
     command = "(hidden)" if j.redacted else command_text(j.spec.command)
+    title = f"Job {j.id}" + (f" (array element {job_label(j)})" if j.array_id else "")
     lines = [
-        f"Job {j.id}: {j.spec.name}",
+        f"{title}: {j.spec.name}",
         f"  state:      {state_name(j)}" + (" (cancel requested)" if j.cancel_requested else ""),
         f"  consumer:   {j.spec.consumer}   user: {j.spec.user}   priority: {j.spec.priority}",
         f"  gpus:       {_range(j)}" + (f"  on {gpus_text(j)}" if j.gpus else ""),

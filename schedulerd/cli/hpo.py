@@ -16,8 +16,6 @@ from pathlib import Path
 from schedulerd.api.v1 import experiments_pb2 as pb
 from schedulerd.cli import format as fmt
 from schedulerd.client import Client
-from schedulerd.hpo.codec import spec_to_pb, value_from_pb
-from schedulerd.hpo.file import ExperimentFileError, load_experiment_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,6 +50,10 @@ def run(client: Client, args: argparse.Namespace) -> int:
 
 
 def _create(client: Client, args: argparse.Namespace) -> int:
+    # Imported here: YAML, the policy reader and Optuna's spaces are no other command's.
+    from schedulerd.hpo.codec import spec_to_pb
+    from schedulerd.hpo.file import ExperimentFileError, load_experiment_file
+
     try:
         spec = load_experiment_file(args.file, user=args.user)
     except ExperimentFileError as e:
@@ -151,6 +153,8 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
 
 def params_text(params: object) -> str:
     items = sorted(params.items())  # type: ignore[attr-defined]
+    from schedulerd.hpo.codec import value_from_pb
+
     return " ".join(f"{k}={_num(value_from_pb(v))}" for k, v in items)
 
 

@@ -1,7 +1,8 @@
 """`schedctl`: the schedulerd command line.
 
     schedctl submit --consumer /research/vision --gpus 2 -- python train.py
-    schedctl jobs | show JOB | cancel JOB | logs JOB
+    schedctl submit --array 0-999 --consumer /a -- python task.py  (docs/arrays.md)
+    schedctl jobs | show JOB | cancel JOB | logs JOB   (JOB: 123, or 123_7 in an array)
     schedctl consumers | nodes | drain NODE | undrain NODE | node forget NODE
     schedctl policy validate FILE | policy apply FILE [--dry-run [--at TIME]] | policy show
     schedctl hpo create FILE | hpo list | hpo show EXP [--watch] | hpo stop EXP | hpo plot EXP
@@ -15,25 +16,28 @@ The daemon address comes from --daemon or $SCHEDULERD_ADDRESS (default 127.0.0.1
 Credentials (docs/security.md): a token from --token, --token-file, $SCHEDULERD_TOKEN or
 $SCHEDULERD_TOKEN_FILE; TLS with the cluster CA's certificate from --ca or $SCHEDULERD_CA.
 On the daemon's machine, with neither, you are your Unix user.
+
+`schedctl submit`, `jobs`, `show`, `cancel`, ... are answered through a broker that
+keeps the connection open between calls, so that a shell loop of submissions is fast;
+SCHEDULERD_BROKER=off or --no-broker goes without (docs/cli-broker.md).
 """
 
 from __future__ import annotations
 
+# Only what every command needs is imported here: the policy reader, the core,
+# cryptography and time zones are imported by the commands that use them (a
+# `schedctl submit` start is mostly imports: `python -X importtime`).
 import argparse
 import os
-import shutil
 import sys
-import time
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from schedulerd import __version__
-from schedulerd.api.v1 import admin_pb2
-from schedulerd.auth.ca import CertError
+from schedulerd.arrays import ArrayError, compact, parse_indices, parse_job_ref
+from schedulerd.auth.certerror import CertError
 from schedulerd.cli import audit, ca, hpo, serve, tokens
 from schedulerd.cli import format as fmt
 from schedulerd.client import (
@@ -42,13 +46,35 @@ from schedulerd.client import (
     ClientError,
     CredentialError,
     read_token_file,
+    token_from_env,
 )
-from schedulerd.core import ROOT, divide
-from schedulerd.core.windows import policy_at
-from schedulerd.policy import PolicyError, load_policy
-from schedulerd.policy.fields import parse_duration
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from schedulerd.api.v1 import admin_pb2
 
 ACTIVE = ["PENDING", "PREEMPTED", "RUNNING"]
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Where a command was given: its environment, working directory, and the width of
+    the terminal its output goes to (None: not a terminal). The in-process CLI's are
+    this process's; the broker's are its caller's (schedulerd/cli/broker.py)."""
+
+    env: Mapping[str, str]
+    cwd: str
+    columns: int | None
+
+    @classmethod
+    def here(cls) -> Invocation:
+        columns = None
+        if sys.stdout.isatty():
+            import shutil
+
+            columns = shutil.get_terminal_size().columns
+        return cls(os.environ, os.getcwd(), columns)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", help="submit a job: schedctl submit --consumer /a -- CMD ...")
     s.add_argument(
         "--consumer",
-        default=os.environ.get("SCHEDULERD_CONSUMER", ""),
+        default=None,  # $SCHEDULERD_CONSUMER, else "": resolved after parsing
         help="the leaf consumer to run in, e.g. /team/project (default: $SCHEDULERD_CONSUMER, "
         "else the one leaf you may submit to, if there is exactly one)",
     )
@@ -104,8 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--workdir",
-        default=os.getcwd(),
+        default=None,  # the caller's working directory: resolved after parsing
         help="working directory on the node (default: here, as with Slurm's sbatch)",
+    )
+    s.add_argument(
+        "--array",
+        default="",
+        metavar="INDICES",
+        help="a job array: one job per index, as Slurm's --array: 0-999, 0-999:10 (a "
+        "step), 1,3,5-7 (a list); at most 10,000. Each has SCHEDULERD_ARRAY_INDEX and "
+        "SCHEDULERD_ARRAY_JOB_ID in its environment (docs/arrays.md)",
     )
     s.add_argument("--wait", action="store_true", help="wait for the end; exit with its code")
     s.add_argument("--json", action="store_true", help="print the job as JSON")
@@ -124,16 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--all", action="store_true", help="include ended jobs")
     j.add_argument("--limit", type=int, default=0, help="only the newest N")
     j.add_argument("--json", action="store_true", help="print the jobs as JSON (no cut)")
+    j.add_argument(
+        "--expand",
+        action="store_true",
+        help="a line for every waiting element of a job array (default: one line per "
+        "array, 123_[4-999], as squeue)",
+    )
 
-    sh = sub.add_parser("show", help="one job, with its pending reason and history")
-    sh.add_argument("job", type=int, help="the job's id")
+    sh = sub.add_parser("show", help="one job, with its pending reason and history; or a job array")
+    sh.add_argument(
+        "job", help="the job's id; an array's id (a summary of it), or ARRAY_INDEX (123_7)"
+    )
     sh.add_argument("--json", action="store_true", help="print the job as JSON")
 
     c = sub.add_parser("cancel", help="cancel jobs")
-    c.add_argument("jobs", type=int, nargs="+", metavar="JOB", help="the jobs' ids")
+    c.add_argument(
+        "jobs",
+        nargs="+",
+        metavar="JOB",
+        help="the jobs' ids; an array's id cancels the whole array, ARRAY_INDEX (123_7) "
+        "one element",
+    )
 
     lg = sub.add_parser("logs", help="a job's output; follows until the job ends")
-    lg.add_argument("job", type=int, help="the job's id")
+    lg.add_argument("job", help="the job's id, or ARRAY_INDEX (123_7)")
     lg.add_argument("--no-follow", action="store_true", help="print what is there and stop")
 
     cs = sub.add_parser("consumers", help="the consumer tree: owned, share, entitlement, ...")
@@ -191,7 +239,7 @@ def _global_options() -> list[tuple[str, dict[str, Any]]]:
         (
             "--daemon",
             {
-                "default": os.environ.get("SCHEDULERD_ADDRESS", DEFAULT_ADDRESS),
+                "default": None,  # $SCHEDULERD_ADDRESS, else DEFAULT_ADDRESS: after parsing
                 "metavar": "HOST:PORT",
                 "help": "the daemon's address, or unix:PATH "
                 f"(default: $SCHEDULERD_ADDRESS, else {DEFAULT_ADDRESS})",
@@ -213,6 +261,14 @@ def _global_options() -> list[tuple[str, dict[str, Any]]]:
                 "help": "the cluster CA's certificate: talk TLS (default: $SCHEDULERD_CA)",
             },
         ),
+        (
+            "--no-broker",
+            {
+                "action": "store_true",
+                "help": "no broker (docs/cli-broker.md): this process connects itself "
+                "(as SCHEDULERD_BROKER=off)",
+            },
+        ),
     ]
 
 
@@ -226,6 +282,8 @@ def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
             continue
         if not top:  # given after the command, it overrides; absent, the top's value holds
             kwargs = {**kwargs, "default": argparse.SUPPRESS}
+        elif flag == "--daemon":
+            kwargs = {**kwargs, "default": None}
         group.add_argument(flag, **kwargs)
 
 
@@ -261,25 +319,98 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def run(args: argparse.Namespace) -> int:
+def resolve(args: argparse.Namespace, inv: Invocation) -> argparse.Namespace:
+    """Fill in what depends on where the command was given (the defaults from the
+    environment, the working directory, the terminal's width), so that one parser
+    serves every caller of the broker."""
+    if args.daemon is None:
+        args.daemon = inv.env.get("SCHEDULERD_ADDRESS", DEFAULT_ADDRESS)
+    if getattr(args, "consumer", "") is None:
+        args.consumer = inv.env.get("SCHEDULERD_CONSUMER", "")
+    if args.cmd == "submit" and args.workdir is None:
+        args.workdir = inv.cwd
+    args.width = inv.columns if inv.columns is not None else _columns(inv.env)
+    return args
+
+
+def _columns(env: Mapping[str, str]) -> int | None:
+    """Not on a terminal: $COLUMNS if set, else None (no cut: a pipe or a file gets
+    every word)."""
+    try:
+        return int(env["COLUMNS"]) or None
+    except (KeyError, ValueError):
+        return None
+
+
+def run(
+    args: argparse.Namespace,
+    inv: Invocation | None = None,
+    client_for: Callable[[Connection], Client] | None = None,
+) -> int:
+    """`client_for`: the broker's open connections (kept open); None: a new one."""
+    inv = Invocation.here() if inv is None else inv
     if args.cmd == "policy" and args.policy_cmd == "validate":
         return _validate(args.file)
     if args.cmd == "ca":
         return ca.run(args)
-    with _client(args) as client:
+    connection = connect(args, inv)
+    if client_for is not None:
+        return COMMANDS[args.cmd](client_for(connection), args)
+    with connection.client() as client:
         return COMMANDS[args.cmd](client, args)
 
 
-def _client(args: argparse.Namespace) -> Client:
-    """A client with the options' credentials; what they leave out, Client takes from
-    the environment."""
+@dataclass(frozen=True)
+class Connection:
+    """What a Client is made of: the daemon's address and the credentials the caller's
+    options and environment name, with paths made absolute from its working directory.
+    The broker keeps one open connection per distinct `key`."""
+
+    address: str
+    token: str | None  # None: none named (Client then asks the agent to vouch, or none)
+    ca: Path | None
+    env: Mapping[str, str]
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        ca_stat: tuple[int, int] | None = None
+        if self.ca is not None:
+            try:
+                st = self.ca.stat()
+                ca_stat = (st.st_mtime_ns, st.st_size)  # a CA file replaced: a new channel
+            except OSError:
+                ca_stat = None
+        return (self.address, self.token, self.ca, ca_stat, self.env.get("SCHEDULERD_AUTH_SOCKET"))
+
+    def client(self) -> Client:
+        return Client(self.address, token=self.token, ca=self.ca, env=self.env)
+
+
+def connect(args: argparse.Namespace, inv: Invocation) -> Connection:
+    """The options' credentials, else the environment's; a token file is read now (a
+    token file that changes is read again by the next command)."""
+    env = {k: v for k, v in inv.env.items() if k.startswith("SCHEDULERD_")}
+    for key in ("SCHEDULERD_TOKEN_FILE", "SCHEDULERD_CA"):
+        if env.get(key):
+            env[key] = str(_here(inv, Path(env[key])))
     token = args.token
     if token is None and args.token_file is not None:
-        token = read_token_file(args.token_file)
-    return Client(args.daemon, token=token, ca=args.ca)
+        token = read_token_file(_here(inv, args.token_file))
+    if token is None:
+        token = token_from_env(env)
+    ca = _here(inv, args.ca) if args.ca is not None else None
+    if ca is None and env.get("SCHEDULERD_CA"):
+        ca = Path(env["SCHEDULERD_CA"])
+    return Connection(args.daemon, token, ca, env)
+
+
+def _here(inv: Invocation, path: Path) -> Path:
+    return path if path.is_absolute() else Path(inv.cwd) / path
 
 
 def _validate(path: Path) -> int:
+    from schedulerd.policy import PolicyError, load_policy
+
     try:
         policy = load_policy(path.read_text(), str(path))
     except OSError as e:
@@ -298,6 +429,14 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if not command:
         raise SystemExit("schedctl submit: give the command after --, e.g. -- python train.py")
     gmin, gmax = _gpus(args.gpus)
+    count = 0
+    if args.array:
+        try:
+            count = len(parse_indices(args.array))
+        except ArrayError as e:
+            raise SystemExit(f"schedctl submit: --array {args.array!r}: {e}") from None
+        if args.wait:
+            raise SystemExit("schedctl submit: --wait waits for one job, not for an array")
     job = client.submit(
         args.consumer or _only_leaf(client),
         command,
@@ -310,8 +449,18 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         priority=args.priority,
         time_limit_s=_time_limit(args.time),
         pool=args.pool,
+        array=args.array,
     )
-    print(fmt.as_json(job) if args.json else f"submitted job {job.id} to {job.spec.consumer}")
+    if args.json:
+        print(fmt.as_json(job))
+    elif args.array:
+        indices = compact(parse_indices(args.array))
+        print(
+            f"submitted job array {job.id} ({count} jobs, {job.id}_[{indices}]) "
+            f"to {job.spec.consumer}"
+        )
+    else:
+        print(f"submitted job {job.id} to {job.spec.consumer}")
     if not args.wait:
         return 0
     for update in client.watch(ids=[job.id]):
@@ -342,6 +491,8 @@ def _only_leaf(client: Client) -> str:
 def _time_limit(text: str) -> float:
     if not text:
         return 0
+    from schedulerd.policy.fields import parse_duration
+
     seconds = parse_duration(text)
     if seconds is None or seconds < 1:
         raise SystemExit(
@@ -353,31 +504,40 @@ def _time_limit(text: str) -> float:
 def _jobs(client: Client, args: argparse.Namespace) -> int:
     states = [s.upper() for s in args.state] or ([] if args.all else ACTIVE)
     jobs = client.list_jobs(args.consumer, states, args.user, args.limit)
-    print(fmt.as_json(jobs) if args.json else fmt.jobs_table(jobs, _width()))
+    if args.json:
+        print(fmt.as_json(jobs))
+    else:
+        print(fmt.jobs_table(jobs, args.width, expand=args.expand))
     return 0
 
 
-def _width() -> int | None:
-    """The columns a table may fill: the terminal's; not on a terminal, $COLUMNS if set,
-    else None (no cut: a pipe or a file gets every word)."""
-    if sys.stdout.isatty():
-        return shutil.get_terminal_size().columns
+def _ref(text: str, command: str) -> tuple[int, int | None]:
     try:
-        return int(os.environ["COLUMNS"]) or None
-    except (KeyError, ValueError):
-        return None
+        return parse_job_ref(text)
+    except ArrayError as e:
+        raise SystemExit(f"schedctl {command}: {e}") from None
 
 
 def _show(client: Client, args: argparse.Namespace) -> int:
-    job = client.get_job(args.job)
+    job_id, index = _ref(args.job, "show")
+    job = client.get_job(job_id, index)
+    if index is None and job.array_id == job.id:  # an array's id: the whole array
+        elements = client.list_jobs(array_id=job.id)
+        elements.sort(key=lambda e: e.array_index)
+        print(fmt.as_json(elements) if args.json else fmt.array_summary(job, elements))
+        return 0
     print(fmt.as_json(job) if args.json else fmt.job_detail(job))
     return 0
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
-    for job_id in args.jobs:
-        job = client.cancel(job_id)
-        print(fmt.printable(f"job {job.id}: {fmt.state_name(job)}: {job.reason}"))
+    refs = [_ref(text, "cancel") for text in args.jobs]
+    for job_id, index in refs:
+        job = client.cancel(job_id, index, whole_array=index is None)
+        if index is None and job.array_id == job.id:
+            print(f"job array {job.id}: its waiting elements cancelled, running ones stopping")
+            continue
+        print(fmt.printable(f"job {fmt.job_label(job)}: {fmt.state_name(job)}: {job.reason}"))
     return 0
 
 
@@ -385,9 +545,9 @@ def _logs(client: Client, args: argparse.Namespace) -> int:
     """A job on one node: its log as it is. On several nodes: every line prefixed with
     its node and rank, `[n1 r0] `, as the parts' chunks arrive."""
     out = sys.stdout.buffer
-    job = client.get_job(args.job)
+    job = client.get_job(*_ref(args.job, "logs"))
     prefixer = fmt.LogPrefixer(multi=len({g.node for g in job.gpus}) > 1)
-    for chunk in client.log_chunks(args.job, follow=not args.no_follow):
+    for chunk in client.log_chunks(job.id, follow=not args.no_follow):
         out.write(prefixer.feed(chunk.node, chunk.node_rank, chunk.data))
         out.flush()
     out.write(prefixer.flush())
@@ -430,6 +590,7 @@ def _undrain(client: Client, args: argparse.Namespace) -> int:
 
 
 def _policy(client: Client, args: argparse.Namespace) -> int:
+
     if args.policy_cmd == "show":
         pol = client.get_policy()
         print(f"# version {pol.version} from {pol.source_name}\n{pol.text}", end="")
@@ -471,6 +632,12 @@ def _full_demand(
     whole cluster), over all pools ("") and per pool, by the core's own divide(); and a
     warning where the GPUs owned are more than there are. Nothing for a policy that does
     not load (the daemon has said why)."""
+    import time
+
+    from schedulerd.core import ROOT, divide
+    from schedulerd.core.windows import policy_at
+    from schedulerd.policy import PolicyError, load_policy
+
     try:
         policy = policy_at(load_policy(text, source), time.time() if at is None else at)
     except (PolicyError, ValueError):
@@ -502,6 +669,10 @@ def _full_demand(
 def _policy_zone(text: str, source: str) -> ZoneInfo:
     """The time zone of a policy's windows; UTC when it names none, or when it is not
     valid (the daemon then says what is wrong)."""
+    from zoneinfo import ZoneInfo
+
+    from schedulerd.policy import PolicyError, load_policy
+
     try:
         return ZoneInfo(load_policy(text, source).timezone)
     except (PolicyError, ValueError, OSError):
@@ -511,6 +682,9 @@ def _policy_zone(text: str, source: str) -> ZoneInfo:
 def _at(text: str, policy_text: str, source: str) -> float:
     """--at TIME as unix time: "now", or ISO 8601; without an offset, in the policy's
     time zone (its windows are written in it)."""
+    import time
+    from datetime import datetime
+
     if text == "now":
         return time.time()
     try:
@@ -536,11 +710,15 @@ _YEAR_9999 = 253370764800.0  # 9999-01-01T00:00Z
 
 
 def _show_at(at: float, policy_text: str, source: str) -> str:
+    from datetime import datetime
+
     zone = _policy_zone(policy_text, source)
     return f"{datetime.fromtimestamp(at, zone):%a %Y-%m-%d %H:%M %Z}"
 
 
 def _as_list(resp: admin_pb2.ApplyPolicyResponse) -> admin_pb2.ListConsumersResponse:
+    from schedulerd.api.v1 import admin_pb2
+
     return admin_pb2.ListConsumersResponse(consumers=resp.consumers)
 
 
@@ -564,12 +742,12 @@ COMMANDS = {
 }
 
 
-def _hint(e: ClientError, args: argparse.Namespace) -> str:
+def _hint(e: ClientError, args: argparse.Namespace, env: Mapping[str, str]) -> str:
     """A daemon that serves TLS closes a plaintext connection without a word: say what
     is likely missing rather than leave "Socket closed" alone."""
-    if e.code != grpc.StatusCode.UNAVAILABLE or getattr(args, "ca", None):
+    if e.code.name != "UNAVAILABLE" or getattr(args, "ca", None):
         return ""
-    if os.environ.get("SCHEDULERD_CA"):
+    if env.get("SCHEDULERD_CA"):
         return ""
     return (
         f" (is the daemon at {args.daemon} there? If it serves TLS, give its CA: "
@@ -578,11 +756,25 @@ def _hint(e: ClientError, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The CLI in this process (`python -m schedulerd.cli`; `schedctl` tries its broker
+    first: schedulerd/cli/fast.py)."""
+    inv = Invocation.here()
     args = build_parser().parse_args(argv)
+    sys.exit(invoke(args, inv))
+
+
+def invoke(
+    args: argparse.Namespace,
+    inv: Invocation,
+    client_for: Callable[[Connection], Client] | None = None,
+) -> int:
+    """Run a parsed command; its exit code. Errors are said on stderr, as a person
+    reads them."""
+    resolve(args, inv)
     try:
-        code = run(args)
+        code = run(args, inv, client_for)
     except ClientError as e:
-        print(f"schedctl: {e.details}{_hint(e, args)}", file=sys.stderr)
+        print(f"schedctl: {e.details}{_hint(e, args, inv.env)}", file=sys.stderr)
         code = 1
     except (CredentialError, CertError) as e:
         print(f"schedctl: {e}", file=sys.stderr)
@@ -591,7 +783,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except BrokenPipeError:
         code = 0
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ from typing import BinaryIO
 from schedulerd.api.v1 import serving_pb2 as pb
 from schedulerd.cli import format as fmt
 from schedulerd.client import Client, ClientError
-from schedulerd.serve.codec import spec_to_pb
-from schedulerd.serve.file import ServiceFileError, load_service_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -103,6 +101,10 @@ def run(client: Client, args: argparse.Namespace) -> int:
 
 
 def _load(path: Path) -> pb.ServiceSpec | None:
+    # Imported here: the service file's reader is no other command's.
+    from schedulerd.serve.codec import spec_to_pb
+    from schedulerd.serve.file import ServiceFileError, load_service_file
+
     try:
         return spec_to_pb(load_service_file(path))
     except ServiceFileError as e:

@@ -81,6 +81,8 @@ def job_to_pb(
         attempt=job.attempt,
         cancel_requested=job.cancel_requested,
         redacted=redacted,
+        array_id=max(job.array_id, 0),
+        array_index=job.array_index,
     )
     if job.exit_code is not None:
         msg.exit_code = job.exit_code
@@ -265,6 +267,8 @@ def command_to_pb(command: Command | ReadLogRequest, epoch: int = 0) -> agent_pb
                 elastic=_elastic_spec(job, part) if job.elastic else None,
                 allow_root=command.allow_root,
                 master_address="" if job.elastic else job.store_address,
+                array_id=max(job.array_id, 0),
+                array_index=job.array_index,
                 epoch=epoch,
             )
         )

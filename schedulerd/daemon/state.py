@@ -27,6 +27,7 @@ from schedulerd.store import (
     Store,
     StoreUnavailable,
 )
+from schedulerd.store.records import ARRAY_FIRST
 
 # Decayed usage is written to the store at most this often (and at shutdown): a SIGKILL
 # loses at most this much of it; a write per cycle would cost the loop.
@@ -280,6 +281,8 @@ class ClusterState:
         with self.store.transaction():
             for job in jobs:
                 self._queue(job, now)
+                if job.array_id == ARRAY_FIRST and job is not jobs[0]:  # docs/arrays.md
+                    job.array_id = jobs[0].array_id  # the first element's id, once stored
                 self.store.insert_job(job)
         self.metrics.submitted_jobs(jobs)
         for job in jobs:  # visible only once committed
@@ -306,8 +309,25 @@ class ClusterState:
             if ended is None:
                 raise KeyError(job_id)
             return ended, []  # already ended: nothing to do
-        who = f"by {user}" if user else ""
         ch = Change(self)
+        self._cancel_in(ch, job, user, timed_out)
+        out = ch.commit()
+        return job, out
+
+    def cancel_many(self, job_ids: list[int], user: str) -> Outbox:
+        """Cancel every one of these jobs still waiting or running (a job array's
+        elements, docs/arrays.md) in one transaction; ended or unknown ones are passed
+        over. Raises StoreUnavailable, changing nothing, when the store cannot be
+        written."""
+        ch = Change(self)
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self._cancel_in(ch, job, user, False)
+        return ch.commit()
+
+    def _cancel_in(self, ch: Change, job: JobRecord, user: str, timed_out: bool) -> None:
+        who = f"by {user}" if user else ""
         copy = ch.job(job)
         if copy.state.waiting:
             end_job(ch, copy, JobState.CANCELLED, None, f"cancelled {who} while waiting".strip())
@@ -322,8 +342,6 @@ class ClusterState:
             ch.out += owed_stops(self, copy, ch.now)
         else:
             ch.out += owed_stops(self, copy, ch.now)  # asked again: repeat the stops
-        out = ch.commit()
-        return job, out
 
     def grace_of(self, job: JobRecord) -> float:
         if self.policy is None or job.consumer not in self.policy.consumers:

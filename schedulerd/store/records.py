@@ -55,6 +55,10 @@ class PartRecord:
     releasing: list[int] = field(default_factory=list)
 
 
+# JobRecord.array_id of an array's elements before they are stored (store.insert_job).
+ARRAY_FIRST = -1
+
+
 @dataclass
 class JobRecord:
     id: int
@@ -106,6 +110,11 @@ class JobRecord:
     # When it last began to wait (submitted, or back in the queue): reclaim acts for it
     # once its consumer's reclaim_patience has passed. None: before this was kept.
     queued_at: float | None = None
+    # An element of a job array (docs/arrays.md): the array's id (its first element's
+    # job id) and this element's index; 0 and 0 for a lone job. ARRAY_FIRST until
+    # stored: the store gives the first element's id to its whole batch.
+    array_id: int = 0
+    array_index: int = 0
     parts: list[PartRecord] = field(default_factory=list)
 
     @property

@@ -219,4 +219,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN stop_cause TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN queued_at REAL;
     """,
+    # 10: job arrays (docs/arrays.md): each element is a job; array_id is the job id of
+    # the array's first element (0: not an array's), array_index its index.
+    """
+    ALTER TABLE jobs ADD COLUMN array_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN array_index INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_by_array ON jobs(array_id, array_index) WHERE array_id != 0;
+    """,
 ]

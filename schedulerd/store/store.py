@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlite_utils
 
 from schedulerd.store.records import (
+    ARRAY_FIRST,
     EventRecord,
     FenceRecord,
     GpuRecord,
@@ -109,6 +110,9 @@ class Store:
         del row["id"]
         with self.transaction():
             job.id = self._insert("jobs", row)
+            if job.array_id == ARRAY_FIRST:  # an array's first element names it
+                job.array_id = job.id
+                self.db.execute("UPDATE jobs SET array_id = ? WHERE id = ?", [job.id, job.id])
             self._event(job.submit_time, job.id, "submitted", job.reason)
         return job
 
@@ -162,6 +166,7 @@ class Store:
         user: str = "",
         limit: int = 0,
         before_id: int = 0,
+        array_id: int = 0,
     ) -> list[JobRecord]:
         """One page of the jobs matching the filters, newest first: at most `limit` jobs
         (LIST_CAP when `limit` is 0 or above it), with ids below `before_id` when it is
@@ -183,11 +188,28 @@ class Store:
         if before_id > 0:
             where.append("id < ?")
             args.append(before_id)
+        if array_id > 0:  # the elements of one job array (docs/arrays.md)
+            where.append("array_id = ?")
+            args.append(array_id)
         cap = LIST_CAP if limit <= 0 or limit > LIST_CAP else limit
         rows = self.db.table("jobs").rows_where(
             " AND ".join(where), args, order_by="id desc", limit=cap
         )
         return self._with_parts([_job_from_row(r) for r in rows])
+
+    def array_element(self, array_id: int, index: int) -> int | None:
+        """The job id of element `index` of job array `array_id`, if there is one."""
+        row = self.db.execute(
+            "SELECT id FROM jobs WHERE array_id = ? AND array_index = ?", [array_id, index]
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def array_jobs(self, array_id: int) -> list[int]:
+        """The job ids of job array `array_id`'s elements, in index order."""
+        rows = self.db.execute(
+            "SELECT id FROM jobs WHERE array_id = ? ORDER BY array_index", [array_id]
+        )
+        return [int(r[0]) for r in rows]
 
     def load_jobs_by_ids(self, ids: list[int]) -> list[JobRecord]:
         """The jobs of these ids that exist, in id order."""

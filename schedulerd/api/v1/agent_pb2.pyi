@@ -143,7 +143,7 @@ class ElasticSpec(_message.Message):
     def __init__(self, store_address: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., initial_worker_ids: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[ElasticWorker, _Mapping]]] = ..., join: _Optional[bool] = ...) -> None: ...
 
 class StartJob(_message.Message):
-    __slots__ = ("job_id", "attempt", "command", "env", "working_dir", "gpu_indices", "consumer", "user", "name", "node_rank", "num_nodes", "elastic", "allow_root", "master_address", "epoch")
+    __slots__ = ("job_id", "attempt", "command", "env", "working_dir", "gpu_indices", "consumer", "user", "name", "node_rank", "num_nodes", "elastic", "allow_root", "master_address", "array_id", "array_index", "epoch")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class StartJob(_message.Message):
     ELASTIC_FIELD_NUMBER: _ClassVar[int]
     ALLOW_ROOT_FIELD_NUMBER: _ClassVar[int]
     MASTER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_ID_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
@@ -180,8 +182,10 @@ class StartJob(_message.Message):
     elastic: ElasticSpec
     allow_root: bool
     master_address: str
+    array_id: int
+    array_index: int
     epoch: int
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., elastic: _Optional[_Union[ElasticSpec, _Mapping]] = ..., allow_root: _Optional[bool] = ..., master_address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., consumer: _Optional[str] = ..., user: _Optional[str] = ..., name: _Optional[str] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., elastic: _Optional[_Union[ElasticSpec, _Mapping]] = ..., allow_root: _Optional[bool] = ..., master_address: _Optional[str] = ..., array_id: _Optional[int] = ..., array_index: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ResizeJob(_message.Message):
     __slots__ = ("job_id", "attempt", "release_gpus", "grace_seconds", "add", "reason", "epoch")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cschedulerd/api/v1/jobs.proto\x12\x11schedulerd.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\nGpuRequest\x12\x0b\n\x03min\x18\x01 \x01(\r\x12\x0b\n\x03max\x18\x02 \x01(\r\"\xa4\x02\n\x07JobSpec\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x30\n\x03\x65nv\x18\x05 \x03(\x0b\x32#.schedulerd.api.v1.JobSpec.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12+\n\x04gpus\x18\x07 \x01(\x0b\x32\x1d.schedulerd.api.v1.GpuRequest\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x1a\n\x12time_limit_seconds\x18\t \x01(\x04\x12\x0c\n\x04pool\x18\n \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\rGpuAssignment\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04uuid\x18\x03 \x01(\t\"S\n\x08JobEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xc7\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\x04\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.schedulerd.api.v1.JobSpec\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.schedulerd.api.v1.JobState\x12.\n\x04gpus\x18\x04 \x03(\x0b\x32 .schedulerd.api.v1.GpuAssignment\x12/\n\x0bsubmit_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\texit_code\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x08\x12,\n\x07history\x18\x0c \x03(\x0b\x32\x1b.schedulerd.api.v1.JobEvent\x12\x10\n\x08redacted\x18\r \x01(\x08\x42\x0c\n\n_exit_code\"<\n\x10SubmitJobRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.schedulerd.api.v1.JobSpec\"8\n\x11SubmitJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.schedulerd.api.v1.Job\"F\n\x11SubmitJobsRequest\x12\x31\n\x04jobs\x18\x01 \x03(\x0b\x32#.schedulerd.api.v1.SubmitJobRequest\":\n\x12SubmitJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.schedulerd.api.v1.Job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"\x81\x01\n\x0fListJobsRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.schedulerd.api.v1.JobState\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.schedulerd.api.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04user\x18\x02 \x01(\t\"J\n\x10WatchJobsRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\x12\x17\n\x0finclude_current\x18\x03 \x01(\x08\"0\n\tJobUpdate\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.schedulerd.api.v1.Job\"?\n\x11StreamLogsRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"9\n\x08LogChunk\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tnode_rank\x18\x03 \x01(\r*\x85\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\r\n\tPREEMPTED\x10\x06\x12\x0b\n\x07TIMEOUT\x10\x07\x32\xc6\x04\n\tScheduler\x12V\n\tSubmitJob\x12#.schedulerd.api.v1.SubmitJobRequest\x1a$.schedulerd.api.v1.SubmitJobResponse\x12Y\n\nSubmitJobs\x12$.schedulerd.api.v1.SubmitJobsRequest\x1a%.schedulerd.api.v1.SubmitJobsResponse\x12\x42\n\x06GetJob\x12 .schedulerd.api.v1.GetJobRequest\x1a\x16.schedulerd.api.v1.Job\x12S\n\x08ListJobs\x12\".schedulerd.api.v1.ListJobsRequest\x1a#.schedulerd.api.v1.ListJobsResponse\x12H\n\tCancelJob\x12#.schedulerd.api.v1.CancelJobRequest\x1a\x16.schedulerd.api.v1.Job\x12P\n\tWatchJobs\x12#.schedulerd.api.v1.WatchJobsRequest\x1a\x1c.schedulerd.api.v1.JobUpdate0\x01\x12Q\n\nStreamLogs\x12$.schedulerd.api.v1.StreamLogsRequest\x1a\x1b.schedulerd.api.v1.LogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cschedulerd/api/v1/jobs.proto\x12\x11schedulerd.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\nGpuRequest\x12\x0b\n\x03min\x18\x01 \x01(\r\x12\x0b\n\x03max\x18\x02 \x01(\r\"\xa4\x02\n\x07JobSpec\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x30\n\x03\x65nv\x18\x05 \x03(\x0b\x32#.schedulerd.api.v1.JobSpec.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12+\n\x04gpus\x18\x07 \x01(\x0b\x32\x1d.schedulerd.api.v1.GpuRequest\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x1a\n\x12time_limit_seconds\x18\t \x01(\x04\x12\x0c\n\x04pool\x18\n \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\rGpuAssignment\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04uuid\x18\x03 \x01(\t\"S\n\x08JobEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xee\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\x04\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.schedulerd.api.v1.JobSpec\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.schedulerd.api.v1.JobState\x12.\n\x04gpus\x18\x04 \x03(\x0b\x32 .schedulerd.api.v1.GpuAssignment\x12/\n\x0bsubmit_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\texit_code\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x08\x12,\n\x07history\x18\x0c \x03(\x0b\x32\x1b.schedulerd.api.v1.JobEvent\x12\x10\n\x08redacted\x18\r \x01(\x08\x12\x10\n\x08\x61rray_id\x18\x0e \x01(\x04\x12\x13\n\x0b\x61rray_index\x18\x0f \x01(\rB\x0c\n\n_exit_code\"K\n\x10SubmitJobRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.schedulerd.api.v1.JobSpec\x12\r\n\x05\x61rray\x18\x02 \x01(\t\"8\n\x11SubmitJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.schedulerd.api.v1.Job\"F\n\x11SubmitJobsRequest\x12\x31\n\x04jobs\x18\x01 \x03(\x0b\x32#.schedulerd.api.v1.SubmitJobRequest\":\n\x12SubmitJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.schedulerd.api.v1.Job\"E\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x18\n\x0b\x61rray_index\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x0e\n\x0c_array_index\"\x93\x01\n\x0fListJobsRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.schedulerd.api.v1.JobState\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x10\n\x08\x61rray_id\x18\x06 \x01(\x04\"Q\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.schedulerd.api.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x18\n\x0b\x61rray_index\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0bwhole_array\x18\x04 \x01(\x08\x42\x0e\n\x0c_array_index\"J\n\x10WatchJobsRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\x12\x17\n\x0finclude_current\x18\x03 \x01(\x08\"0\n\tJobUpdate\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.schedulerd.api.v1.Job\"?\n\x11StreamLogsRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"9\n\x08LogChunk\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tnode_rank\x18\x03 \x01(\r*\x85\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\r\n\tPREEMPTED\x10\x06\x12\x0b\n\x07TIMEOUT\x10\x07\x32\xc6\x04\n\tScheduler\x12V\n\tSubmitJob\x12#.schedulerd.api.v1.SubmitJobRequest\x1a$.schedulerd.api.v1.SubmitJobResponse\x12Y\n\nSubmitJobs\x12$.schedulerd.api.v1.SubmitJobsRequest\x1a%.schedulerd.api.v1.SubmitJobsResponse\x12\x42\n\x06GetJob\x12 .schedulerd.api.v1.GetJobRequest\x1a\x16.schedulerd.api.v1.Job\x12S\n\x08ListJobs\x12\".schedulerd.api.v1.ListJobsRequest\x1a#.schedulerd.api.v1.ListJobsResponse\x12H\n\tCancelJob\x12#.schedulerd.api.v1.CancelJobRequest\x1a\x16.schedulerd.api.v1.Job\x12P\n\tWatchJobs\x12#.schedulerd.api.v1.WatchJobsRequest\x1a\x1c.schedulerd.api.v1.JobUpdate0\x01\x12Q\n\nStreamLogs\x12$.schedulerd.api.v1.StreamLogsRequest\x1a\x1b.schedulerd.api.v1.LogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_ENVENTRY']._loaded_options = None
   _globals['_JOBSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1815
-  _globals['_JOBSTATE']._serialized_end=1948
+  _globals['_JOBSTATE']._serialized_start=1992
+  _globals['_JOBSTATE']._serialized_end=2125
   _globals['_GPUREQUEST']._serialized_start=84
   _globals['_GPUREQUEST']._serialized_end=122
   _globals['_JOBSPEC']._serialized_start=125
@@ -47,31 +47,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBEVENT']._serialized_start=479
   _globals['_JOBEVENT']._serialized_end=562
   _globals['_JOB']._serialized_start=565
-  _globals['_JOB']._serialized_end=1020
-  _globals['_SUBMITJOBREQUEST']._serialized_start=1022
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1082
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=1084
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=1140
-  _globals['_SUBMITJOBSREQUEST']._serialized_start=1142
-  _globals['_SUBMITJOBSREQUEST']._serialized_end=1212
-  _globals['_SUBMITJOBSRESPONSE']._serialized_start=1214
-  _globals['_SUBMITJOBSRESPONSE']._serialized_end=1272
-  _globals['_GETJOBREQUEST']._serialized_start=1274
-  _globals['_GETJOBREQUEST']._serialized_end=1301
-  _globals['_LISTJOBSREQUEST']._serialized_start=1304
-  _globals['_LISTJOBSREQUEST']._serialized_end=1433
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1435
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1516
-  _globals['_CANCELJOBREQUEST']._serialized_start=1518
-  _globals['_CANCELJOBREQUEST']._serialized_end=1562
-  _globals['_WATCHJOBSREQUEST']._serialized_start=1564
-  _globals['_WATCHJOBSREQUEST']._serialized_end=1638
-  _globals['_JOBUPDATE']._serialized_start=1640
-  _globals['_JOBUPDATE']._serialized_end=1688
-  _globals['_STREAMLOGSREQUEST']._serialized_start=1690
-  _globals['_STREAMLOGSREQUEST']._serialized_end=1753
-  _globals['_LOGCHUNK']._serialized_start=1755
-  _globals['_LOGCHUNK']._serialized_end=1812
-  _globals['_SCHEDULER']._serialized_start=1951
-  _globals['_SCHEDULER']._serialized_end=2533
+  _globals['_JOB']._serialized_end=1059
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1061
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1136
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=1138
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1194
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=1196
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=1266
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=1268
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=1326
+  _globals['_GETJOBREQUEST']._serialized_start=1328
+  _globals['_GETJOBREQUEST']._serialized_end=1397
+  _globals['_LISTJOBSREQUEST']._serialized_start=1400
+  _globals['_LISTJOBSREQUEST']._serialized_end=1547
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1549
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1630
+  _globals['_CANCELJOBREQUEST']._serialized_start=1632
+  _globals['_CANCELJOBREQUEST']._serialized_end=1739
+  _globals['_WATCHJOBSREQUEST']._serialized_start=1741
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1815
+  _globals['_JOBUPDATE']._serialized_start=1817
+  _globals['_JOBUPDATE']._serialized_end=1865
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1867
+  _globals['_STREAMLOGSREQUEST']._serialized_end=1930
+  _globals['_LOGCHUNK']._serialized_start=1932
+  _globals['_LOGCHUNK']._serialized_end=1989
+  _globals['_SCHEDULER']._serialized_start=2128
+  _globals['_SCHEDULER']._serialized_end=2710
 # @@protoc_insertion_point(module_scope)

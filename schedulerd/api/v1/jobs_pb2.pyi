@@ -89,7 +89,7 @@ class JobEvent(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "gpus", "submit_time", "start_time", "end_time", "exit_code", "reason", "attempt", "cancel_requested", "history", "redacted")
+    __slots__ = ("id", "spec", "state", "gpus", "submit_time", "start_time", "end_time", "exit_code", "reason", "attempt", "cancel_requested", "history", "redacted", "array_id", "array_index")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,8 @@ class Job(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     REDACTED_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_ID_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
     id: int
     spec: JobSpec
     state: JobState
@@ -116,13 +118,17 @@ class Job(_message.Message):
     cancel_requested: bool
     history: _containers.RepeatedCompositeFieldContainer[JobEvent]
     redacted: bool
-    def __init__(self, id: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., gpus: _Optional[_Iterable[_Union[GpuAssignment, _Mapping]]] = ..., submit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., redacted: _Optional[bool] = ...) -> None: ...
+    array_id: int
+    array_index: int
+    def __init__(self, id: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., gpus: _Optional[_Iterable[_Union[GpuAssignment, _Mapping]]] = ..., submit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., redacted: _Optional[bool] = ..., array_id: _Optional[int] = ..., array_index: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "array")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+    array: str
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., array: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -143,24 +149,28 @@ class SubmitJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "array_index")
     ID_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
     id: int
-    def __init__(self, id: _Optional[int] = ...) -> None: ...
+    array_index: int
+    def __init__(self, id: _Optional[int] = ..., array_index: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("consumer", "states", "user", "limit", "page_token")
+    __slots__ = ("consumer", "states", "user", "limit", "page_token", "array_id")
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_ID_FIELD_NUMBER: _ClassVar[int]
     consumer: str
     states: _containers.RepeatedScalarFieldContainer[JobState]
     user: str
     limit: int
     page_token: str
-    def __init__(self, consumer: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., user: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    array_id: int
+    def __init__(self, consumer: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., user: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., array_id: _Optional[int] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -171,12 +181,16 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
-    __slots__ = ("id", "user")
+    __slots__ = ("id", "user", "array_index", "whole_array")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_ARRAY_FIELD_NUMBER: _ClassVar[int]
     id: int
     user: str
-    def __init__(self, id: _Optional[int] = ..., user: _Optional[str] = ...) -> None: ...
+    array_index: int
+    whole_array: bool
+    def __init__(self, id: _Optional[int] = ..., user: _Optional[str] = ..., array_index: _Optional[int] = ..., whole_array: _Optional[bool] = ...) -> None: ...
 
 class WatchJobsRequest(_message.Message):
     __slots__ = ("consumer", "ids", "include_current")

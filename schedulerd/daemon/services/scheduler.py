@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from schedulerd.api.v1 import jobs_pb2, jobs_pb2_grpc
+from schedulerd.arrays import ArrayError, parse_indices
 from schedulerd.auth.authorize import NOTHING, Action, Target
 from schedulerd.auth.identity import Credential, Identity
 from schedulerd.bounds import MAX_PAGE_BYTES, USER_NAME, USER_NAME_RULE
@@ -21,6 +22,7 @@ from schedulerd.daemon.loop import SchedulingLoop
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState, SubmitError
 from schedulerd.store import JobRecord, StoreUnavailable
+from schedulerd.store.records import ARRAY_FIRST
 
 _LOG_CHUNK = 64 * 1024
 
@@ -66,6 +68,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         who = await self.gate.who(context, Action.SUBMIT)
         spec = request.spec
         user = await self._submitter(who, spec, context)
+        if request.array:
+            return await self._submit_array(request, who, user, context)
         try:
             job = self.state.submit(job_from_spec(spec, user, _vouched(who)))
         except SubmitError as e:
@@ -76,6 +80,34 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self.loop.wake()
         return jobs_pb2.SubmitJobResponse(job=job_to_pb(job))
 
+    async def _submit_array(
+        self,
+        request: jobs_pb2.SubmitJobRequest,
+        who: Identity,
+        user: str,
+        context: grpc.aio.ServicerContext,
+    ) -> jobs_pb2.SubmitJobResponse:
+        """A job array (docs/arrays.md): one job per index, authorized as one
+        submission (they share consumer and user), all in one transaction."""
+        try:
+            indices = parse_indices(request.array)
+        except ArrayError as e:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"array {request.array!r}: {e}")
+        jobs = []
+        for index in indices:
+            job = job_from_spec(request.spec, user, _vouched(who))
+            job.array_id, job.array_index = ARRAY_FIRST, index
+            jobs.append(job)
+        try:
+            jobs = self.state.submit_many(jobs)
+        except SubmitError as e:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"job array refused: {e}")
+        except StoreUnavailable as e:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"job array not submitted: {e}")
+        self.gate.audit.note(f"job array {jobs[0].id} ({len(jobs)} jobs)")
+        self.loop.wake()
+        return jobs_pb2.SubmitJobResponse(job=job_to_pb(jobs[0]))
+
     async def SubmitJobs(
         self, request: jobs_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobsResponse:
@@ -85,7 +117,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         try:
             jobs = self.state.submit_many(
                 [
-                    job_from_spec(one.spec, user)
+                    job_from_spec(one.spec, user, _vouched(who))
                     for one, user in zip(request.jobs, users, strict=True)
                 ]
             )
@@ -108,9 +140,10 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         who = await self.gate.who(context, Action.GET_JOB)
-        job = self._job(request.id)
+        job_id = await self._element(request, context)
+        job = self._job(job_id)
         if job is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
         decision = await self.gate.allow(
             context, who, Action.GET_JOB, Target(job.consumer, owner=job.user)
         )
@@ -129,7 +162,12 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         limit = min(request.limit or LIST_PAGE_CAP, LIST_PAGE_CAP)
         states = [job_state_from_pb(s).value for s in request.states]
         jobs = self.state.store.list_jobs(
-            request.consumer, states, request.user, limit, before_id=before
+            request.consumer,
+            states,
+            request.user,
+            limit,
+            before_id=before,
+            array_id=request.array_id,
         )
         # Newest first until the page is full, in jobs or in bytes (a few jobs with big
         # argv must not make the answer too large for anyone to list). A full page
@@ -154,24 +192,47 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         who = await self.gate.who(context, Action.CANCEL_JOB)
-        known = self._job(request.id)
+        job_id = await self._element(request, context)
+        known = self._job(job_id)
         if known is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
+        # An array's elements share consumer and user: one check covers them all.
         await self.gate.allow(
             context, who, Action.CANCEL_JOB, Target(known.consumer, owner=known.user)
         )
-        self.gate.audit.note(f"job {request.id}")
+        whole = request.whole_array and known.array_id == known.id
+        self.gate.audit.note(f"job array {job_id}" if whole else f"job {job_id}")
         try:
-            job, stops = self.state.cancel(request.id, who.label)
+            if whole:
+                stops = self.state.cancel_many(self.state.store.array_jobs(job_id), who.label)
+                job = self._job(job_id) or known
+            else:
+                job, stops = self.state.cancel(job_id, who.label)
         except KeyError:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.id}")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
         except StoreUnavailable as e:
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, f"job {request.id} not cancelled: {e}"
-            )
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"job {job_id} not cancelled: {e}")
         self.links.send_all(stops)
         self.loop.wake()
         return job_to_pb(job)
+
+    async def _element(
+        self,
+        request: jobs_pb2.GetJobRequest | jobs_pb2.CancelJobRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> int:
+        """The job a request names: `id`, or with `array_index` that element of array
+        `id` (docs/arrays.md)."""
+        if not request.HasField("array_index"):
+            return int(request.id)
+        found = self.state.store.array_element(request.id, request.array_index)
+        if found is None:
+            await abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no job {request.id}_{request.array_index}: no such job array or element",
+            )
+        return found
 
     async def WatchJobs(
         self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext

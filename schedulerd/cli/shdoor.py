@@ -1,0 +1,162 @@
+"""The broker's door for scripts/schedctl, the bash `schedctl` (docs/cli-broker.md):
+`schedctl submit` answered without starting Python.
+
+bash reaches no Unix socket, but opens loopback TCP (/dev/tcp). So the broker also
+listens on 127.0.0.1 (a port of the kernel's choosing) and publishes "PORT SECRET" in
+a file of its user's 0700 directory, under the name the script gives it
+(SCHEDULERD_SH_NAME: its own path and PYTHONPATH; host first). On every connection:
+
+1. the kernel says which uid holds the other end (sock_diag, schedulerd/auth/peer.py,
+   as the daemon knows local users): another user's connection is closed unanswered;
+2. the broker sends the secret (NUL-ended): a process of another user that took the
+   port after this broker ended cannot, so the script sends nothing to it;
+3. the script sends NUL-ended fields: cwd, argc, argv..., envc, NAME=VALUE...
+   (SCHEDULERD_* and COLUMNS), at most fast.MAX_REQUEST bytes within 10 s;
+4. the broker answers one NUL-ended shell text that the script evals: `printf %s
+   '...'` for stdout, the same `>&2` for stderr, `exit N`, every word single-quoted;
+   or "F": not served here, the script runs schedctl-py instead.
+
+Only `submit` is served here (a shell loop's command; `jobs` and the rest go through
+schedctl-py, whose broker answers them): bash reads an answer a byte at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Callable
+
+from schedulerd.auth.peer import loopback_peer_uid
+from schedulerd.cli import fast
+from schedulerd.cli.main import Invocation
+
+NAME_MAX = 200
+READ_TIMEOUT_S = 10.0
+
+# (argv, where it was given) -> (exit code, stdout, stderr), or None: not served here.
+Run = Callable[[list[str], Invocation], "tuple[int, str, str] | None"]
+
+
+class ShellDoor:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+        self.secret = secrets.token_hex(16)
+        self.published: set[str] = set()
+
+    def publish(self, name: str) -> None:
+        """Write "PORT SECRET" under `name` in the broker's directory (a file name made
+        by scripts/schedctl; anything else is ignored), mode 0600, replaced whole."""
+        if name in self.published or not valid_name(name):
+            return
+        final = os.path.join(self.directory, name)
+        tmp = f"{final}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{self.port} {self.secret}\n")
+            os.replace(tmp, final)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return
+        self.published.add(name)
+
+    def close(self) -> None:
+        """Unpublish (only what still names this broker: a newer one may have
+        replaced it) and stop listening."""
+        for name in self.published:
+            path = os.path.join(self.directory, name)
+            with contextlib.suppress(OSError), open(path) as f:
+                if f.read().split() == [str(self.port), self.secret]:
+                    os.unlink(path)
+        self.listener.close()
+
+    def serve(self, conn: socket.socket, peer: tuple[str, int], run: Run) -> None:
+        with conn:
+            uid = loopback_peer_uid(f"ipv4:{peer[0]}:{peer[1]}", [self.port])
+            if uid != os.getuid():  # never another user's command
+                return
+            conn.settimeout(READ_TIMEOUT_S)
+            conn.sendall(self.secret.encode() + b"\0")
+            req = read_request(conn)
+            if req is None:
+                return
+            argv, inv = req
+            done = run(argv, inv) if argv[:1] == ["submit"] else None
+            conn.settimeout(None)
+            conn.sendall(answer(done).encode("utf-8", "surrogateescape") + b"\0")
+
+
+def valid_name(name: str) -> bool:
+    return (
+        0 < len(name) <= NAME_MAX
+        and name.endswith(".tcp")
+        and "/" not in name
+        and "\0" not in name
+        and not name.startswith(".")
+    )
+
+
+def read_request(conn: socket.socket) -> tuple[list[str], Invocation] | None:
+    """The script's fields (see the module's doc); None: not a whole request."""
+    buf = b""
+    fields: list[bytes] = []
+    want: int | None = None  # fields in all, once argc and envc are known
+    while want is None or len(fields) < want:
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            return None
+        buf += chunk
+        if len(buf) + sum(len(f) for f in fields) > fast.MAX_REQUEST:
+            return None
+        *whole, buf = buf.split(b"\0")
+        fields += whole
+        want = _count(fields)
+        if want == -1:
+            return None
+    text = [os.fsdecode(f) for f in fields]
+    argc = int(text[1])
+    argv = text[2 : 2 + argc]
+    env = dict(kv.partition("=")[::2] for kv in text[3 + argc :])
+    env = {k: v for k, v in env.items() if k.startswith("SCHEDULERD_") or k == "COLUMNS"}
+    return argv, Invocation(env, text[0], None)
+
+
+def _count(fields: list[bytes]) -> int | None:
+    """How many fields the request has, once that can be known; -1: not a request."""
+    if len(fields) < 2:
+        return None
+    if not fields[1].isdigit() or len(fields[1]) > 6:
+        return -1
+    argc = int(fields[1])
+    if len(fields) < 3 + argc:
+        return None
+    envc = fields[2 + argc]
+    if not envc.isdigit() or len(envc) > 6:
+        return -1
+    return 3 + argc + int(envc)
+
+
+def answer(done: tuple[int, str, str] | None) -> str:
+    """Shell text for the script to eval: the words single-quoted (nothing in them is
+    expanded), NUL (which no shell word holds) shown as \\0."""
+    if done is None:
+        return "F"
+    code, out, err = done
+    parts = []
+    if out:
+        parts.append(f"printf %s {quote(out)}")
+    if err:
+        parts.append(f"printf %s {quote(err)} >&2")
+    parts.append(f"exit {int(code) & 0xFF}")
+    return "; ".join(parts)
+
+
+def quote(text: str) -> str:
+    return "'" + text.replace("\0", "\\0").replace("'", "'\\''") + "'"
