@@ -437,7 +437,9 @@ class SimNode:
             added = [w.gpu_index for w in msg.add if w.gpu_index not in part.live]
             held = self.running_gpus()
             if any(g in held for g in added):
-                log.error("node %s: joiners of job %d on held GPUs %s", self.name, part.job_id, added)
+                log.error(
+                    "node %s: joiners of job %d on held GPUs %s", self.name, part.job_id, added
+                )
                 self.counters.refused += 1
             else:
                 self.counters.grows += 1

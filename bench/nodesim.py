@@ -36,9 +36,9 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _nodesim_node import Behaviour, Counters, SimNode  # noqa: E402
+from _nodesim_node import Behaviour, Counters, SimNode
 
-from schedulerd.auth.ca import issue_node, load_ca  # noqa: E402
+from schedulerd.auth.ca import issue_node, load_ca
 
 log = logging.getLogger("nodesim")
 T = TypeVar("T")
@@ -219,9 +219,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--daemon", required=True, help="the daemon's agent listener, HOST:PORT")
     p.add_argument("--certs", type=Path, help="folder of NODE.crt/NODE.key (and ca.crt)")
     p.add_argument("--ca", type=Path, help="the CA folder (ca.crt, ca.key): issue missing certs")
-    p.add_argument(
-        "--insecure", action="store_true", help="no TLS (a daemon's loopback listener)"
-    )
+    p.add_argument("--insecure", action="store_true", help="no TLS (a daemon's loopback listener)")
     p.add_argument("--nodes", type=int, default=64)
     p.add_argument("--gpus", type=int, default=8, help="GPUs per node")
     p.add_argument("--prefix", default="sim", help="node names: PREFIX-0000, PREFIX-0001, ...")
