@@ -109,8 +109,18 @@ class Counters:
     reports: int = 0
     heartbeats: int = 0
     busy_by_consumer: dict[str, int] = field(default_factory=dict)
+    busy_total: int = 0
+    gpu_seconds: float = 0.0  # the integral of busy GPUs over time (usage)
+    _since: float = field(default_factory=time.monotonic)
+
+    def gpu_seconds_now(self) -> float:
+        return self.gpu_seconds + self.busy_total * (time.monotonic() - self._since)
 
     def busy(self, consumer: str, delta: int) -> None:
+        now = time.monotonic()
+        self.gpu_seconds += self.busy_total * (now - self._since)
+        self._since = now
+        self.busy_total += delta
         n = self.busy_by_consumer.get(consumer, 0) + delta
         if n:
             self.busy_by_consumer[consumer] = n

@@ -147,6 +147,7 @@ class Fleet:
             "running_parts": running,
             "busy_gpus": sum(c.busy_by_consumer.values()),
             "busy_by_consumer": dict(sorted(c.busy_by_consumer.items())),
+            "gpu_seconds": round(c.gpu_seconds_now(), 3),
             "registers": c.registers,
             "sessions_lost": c.sessions_lost,
             "starts": c.starts,
