@@ -107,6 +107,7 @@ class Counters:
     grows: int = 0
     stale: int = 0  # commands of another session, ignored
     reports: int = 0
+    repeats: int = 0  # reports sent again: a start or stop of a part already known
     heartbeats: int = 0
     busy_by_consumer: dict[str, int] = field(default_factory=dict)
     busy_total: int = 0
@@ -336,6 +337,10 @@ class SimNode:
             elif isinstance(action, Report):
                 part = self.parts.get(action.key)
                 if part is not None:
+                    self.counters.repeats += 1
+                    log.debug(
+                        "node %s: %s again for part %s", self.name, kind_of(command), part.key
+                    )
                     self._send(part.report)
             elif isinstance(action, Ignore):
                 log.warning("node %s: %s", self.name, action.reason)
@@ -478,6 +483,10 @@ class SimNode:
             if part.timer is not None:
                 part.timer.cancel()
                 part.timer = None
+
+
+def kind_of(command: JobSpec | StopRequest) -> str:
+    return "start" if isinstance(command, JobSpec) else "stop"
 
 
 async def _drain(out: Outbox) -> AsyncIterator[agent_pb2.AgentMessage]:

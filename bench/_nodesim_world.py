@@ -84,6 +84,7 @@ class World:
                 *("--nodes", str(nodes), "--gpus", str(gpus)),
                 *("--status", str(self.status_file), "--status-every", "0.05"),
                 *args,
+                *os.environ.get("NODESIM_ARGS", "").split(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -135,8 +135,24 @@ def main() -> int:
         running = time.monotonic() - t0
         rows.append((f"room for a {big}-GPU job: placed (KAI: 102 s)", f"{placed:.1f} s"))
         rows.append((f"room for a {big}-GPU job: all its parts running", f"{running:.1f} s"))
+        # Its cancel: every part gone from the nodes (each part's exit makes the daemon
+        # resend a stop to the parts still listed alive, see docs/nodesim.md).
+        before = world.status()
+        t0 = time.monotonic()
         world.client.cancel(job)
+        wait_for("big job gone", lambda: world.busy("/owner") == 0, 900)
+        gone = time.monotonic() - t0
         wait_for("the cluster refilled", lambda: world.busy("/filler") == total, 900)
+        refilled = time.monotonic() - t0
+        after = world.status()
+        rows.append((f"cancel of the {big}-GPU job: all its parts gone", f"{gone:.1f} s"))
+        rows.append(
+            (
+                "  reports repeated by the nodes meanwhile (a stop for a part already ended)",
+                str(after.get("repeats", 0) - before.get("repeats", 0)),
+            )
+        )
+        rows.append((f"  and the cluster refilled with {big} one-GPU jobs", f"{refilled:.1f} s"))
 
         # --- reclaim one GPU, ten times -------------------------------------------------
         placed_s: list[float] = []

@@ -158,6 +158,7 @@ class Fleet:
             "refused": c.refused,
             "stale": c.stale,
             "reports": c.reports,
+            "repeats": c.repeats,
             "heartbeats": c.heartbeats,
         }
 
