@@ -40,10 +40,14 @@ class World:
         return {**os.environ, "PYTHONPATH": str(REPO)}
 
     def start_daemon(self, extra: tuple[str, ...] = ()) -> None:
+        profile = os.environ.get("SCHEDULERD_PROFILE", "")
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - lives with the process
         self.daemon = subprocess.Popen(
             [
                 sys.executable,
+                # SCHEDULERD_PROFILE=FILE: the daemon under cProfile, its stats in FILE
+                # when it stops (where its time goes at this scale).
+                *(("-m", "cProfile", "-o", profile) if profile else ()),
                 "-m",
                 "schedulerd.daemon",
                 *("--listen", self.address, "--db", str(self.root / "schedulerd.db")),

@@ -77,6 +77,8 @@ def main() -> int:
 
         t0 = time.monotonic()
         world.start_sim(args.nodes, args.gpus)
+        assert world.sim is not None
+        sim = ProcStat(world.sim.pid)
         reg_s = world.wait_registered(args.nodes)
         rows.append((f"{args.nodes} nodes registered (sim start to all UP)", f"{reg_s:.1f} s"))
         time.sleep(2 * 2.0)  # let the registrations' work settle
@@ -175,6 +177,19 @@ def main() -> int:
         rows.append((f"reclaim one GPU, mean of {n}: running", f"{sum(running_s) / n:.3f} s"))
         status = world.status()
         rows.append(("nodesim: starts refused (GPU still held)", str(status.get("refused"))))
+        rows.append(("nodesim: its RSS at the end", f"{sim.rss_mib():.0f} MiB"))
+        rows.append(
+            (
+                "nodesim: its CPU over the run",
+                f"{100 * sim.cpu_s() / status.get('uptime_s', 1):.0f} % of a core",
+            )
+        )
+        rows.append(
+            (
+                "nodesim: CPU now (4,000 parts running, heartbeats)",
+                f"{100 * sim.cpu_share(5):.0f} %",
+            )
+        )
     finally:
         world.stop()
         if args.keep:
