@@ -58,6 +58,7 @@ class World:
                 *("--agent-listen", f"127.0.0.1:{self.agent_port}"),
                 *("--heartbeat", str(self.heartbeat_s)),
                 *extra,
+                *os.environ.get("SCHEDULERD_ARGS", "").split(),  # e.g. --log-level DEBUG
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
