@@ -160,7 +160,7 @@ def test_the_simulator_drives_a_64_node_daemon_through_reclaim_and_a_lost_node(
         # 1. /b borrows the whole cluster.
         b_ids = [j.id for j in c.client.submit_many([job_spec("/b", ["x"], 1, env=FOREVER)] * 600)]
         elastic = c.client.submit("/b", ["x"], 4, gpus_max=16, env=FOREVER).id
-        wait_for("/b holding all 512 GPUs", lambda: allocation().get("/b") == 512)
+        wait_for("/b holding all 512 GPUs", lambda: allocation().get("/b") == 512, 60)
 
         # 2. /a comes: 200 for ever, 90 short ones that succeed, 10 that fail.
         specs = [job_spec("/a", ["x"], 1, env=FOREVER)] * 200
@@ -175,7 +175,7 @@ def test_the_simulator_drives_a_64_node_daemon_through_reclaim_and_a_lost_node(
 
         wait_for("/a's short jobs to end", lambda: ended(a_ok + a_fail), timeout_s=60)
         steady = {"/a": 200, "/b": 312}
-        wait_for(f"allocation {steady}", lambda: _sub(allocation(), steady) == steady)
+        wait_for(f"allocation {steady}", lambda: _sub(allocation(), steady) == steady, 60)
         reclaimed = [i for i in b_ids if c.client.get_job(i).attempt > 0]
         assert reclaimed, "no job of /b was preempted for /a"
 
@@ -197,7 +197,7 @@ def test_the_simulator_drives_a_64_node_daemon_through_reclaim_and_a_lost_node(
             timeout_s=60,
         )
         steady = {"/a": 200, "/b": 304}
-        wait_for(f"allocation {steady}", lambda: _sub(allocation(), steady) == steady)
+        wait_for(f"allocation {steady}", lambda: _sub(allocation(), steady) == steady, 60)
         for job_id in on_victim:
             job = c.client.get_job(job_id)
             if JobState.of(job.state) is JobState.RUNNING:
