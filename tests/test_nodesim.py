@@ -4,7 +4,7 @@ A real daemon (TLS on, an mTLS listener for agents, node certificates of a CA ma
 and 64 simulated nodes of 8 GPUs, each its own AgentService stream with its own node
 certificate, through a short scenario:
 
-1. /b (owns 128 of 512) submits 600 jobs that run for ever and one elastic job: it
+1. /b (owns 128 of 512) submits 540 jobs that run for ever and one elastic job: it
    borrows the whole cluster.
 2. /a (owns 384) submits 200 jobs that run for ever and 100 that run a second or two (90
    exit 0, 10 exit 3): the daemon reclaims from /b for /a; the short ones finish.
@@ -12,6 +12,8 @@ certificate, through a short scenario:
 3. A node holding jobs of /a is powered off: past the node timeout its jobs are requeued
    and run elsewhere, /a reclaims again. Steady state: /a 200, /b 304.
 4. Everything still live is cancelled.
+5. An elastic job of /b (8 to 200 GPUs) borrows 200; /a's 376 new jobs shrink it in
+   place to /b's 128 (releases); once they are cancelled it grows back to 200.
 
 All along, a sampler reads ListJobs and ListNodes: no GPU is ever shown held by two jobs,
 and no node shows a GPU held by a job that does not list it. The simulated nodes refuse
@@ -24,6 +26,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -61,7 +64,7 @@ class World:
                 *("--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key")),
                 *("--tls-client-ca", str(pki / "ca.crt")),
                 *("--agent-listen", f"127.0.0.1:{self.agent_port}"),
-                *("--heartbeat", "1", "--node-timeout", "6"),
+                *("--heartbeat", "1", "--node-timeout", "5"),
             ),
         )
         self.names = nodesim.node_names("sim", NODES)
@@ -140,7 +143,7 @@ class Sampler:
         }
 
 
-def test_the_simulator_drives_a_64_node_daemon_through_reclaim_and_a_lost_node(
+def test_the_simulator_drives_a_64_node_daemon_through_reclaim_a_lost_node_and_resizes(
     world: World,
 ) -> None:
     c = world.cluster
@@ -158,7 +161,7 @@ def test_the_simulator_drives_a_64_node_daemon_through_reclaim_and_a_lost_node(
 
     with Sampler(world) as sampler:
         # 1. /b borrows the whole cluster.
-        b_ids = [j.id for j in c.client.submit_many([job_spec("/b", ["x"], 1, env=FOREVER)] * 600)]
+        b_ids = [j.id for j in c.client.submit_many([job_spec("/b", ["x"], 1, env=FOREVER)] * 540)]
         elastic = c.client.submit("/b", ["x"], 4, gpus_max=16, env=FOREVER).id
         wait_for("/b holding all 512 GPUs", lambda: allocation().get("/b") == 512, 60)
 
@@ -205,8 +208,7 @@ def test_the_simulator_drives_a_64_node_daemon_through_reclaim_and_a_lost_node(
         sampler.check()
 
     # 4. Cancel what is live; every job ends as the scenario says.
-    for job in c.client.list_jobs(states=["pending", "running", "preempted"]):
-        c.client.cancel(job.id)
+    _cancel(c, [j.id for j in c.client.list_jobs(states=["pending", "running", "preempted"])])
     everyone = [*b_ids, elastic, *a_forever, *a_ok, *a_fail]
     wait_for("every job to end", lambda: ended(everyone), timeout_s=60)
     states = {i: JobState.of(c.client.get_job(i).state) for i in everyone}
@@ -216,11 +218,31 @@ def test_the_simulator_drives_a_64_node_daemon_through_reclaim_and_a_lost_node(
     assert all(c.client.get_job(i).exit_code == 3 for i in a_fail)
     wait_for("no GPU busy on the nodes", lambda: sim.call(sim.fleet.status)["busy_gpus"] == 0)
 
+    # 5. An elastic job of /b borrows, is shrunk for /a, and grows back.
+    grown = c.client.submit("/b", ["x"], 8, gpus_max=200, env=FOREVER).id
+    wait_for("the elastic job at 200 GPUs", lambda: allocation().get("/b") == 200, 60)
+    a_more = [j.id for j in c.client.submit_many([job_spec("/a", ["x"], 1, env=FOREVER)] * 376)]
+    steady = {"/a": 376, "/b": 128}  # 504 GPUs left: /b keeps its 128, shrunk in place
+    wait_for(f"allocation {steady}", lambda: _sub(allocation(), steady) == steady, 60)
+    assert JobState.of(c.client.get_job(grown).state) is JobState.RUNNING
+    assert sim.call(sim.fleet.status)["releases"] > 0
+    _cancel(c, a_more)
+    wait_for("the elastic job grown back", lambda: allocation().get("/b") == 200, 60)
+    assert sim.call(sim.fleet.status)["grows"] > 0
+    c.client.cancel(grown)
+    wait_for("every job to end", lambda: ended([*a_more, grown]), timeout_s=60)
+    assert JobState.of(c.client.get_job(grown).state) is JobState.CANCELLED
+
     status = sim.call(sim.fleet.status)
     assert status["refused"] == 0, status  # the daemon never sent a start on a held GPU
     assert sim.call(sim.fleet.double_booked) == []
     assert sampler.samples > 0 and sampler.violations == []
     assert status["starts"] >= 512 + 300 and status["stops"] > 0
+
+
+def _cancel(c: Cluster, ids: list[int]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(c.client.cancel, ids))
 
 
 def _sub(allocation: dict[str, int], keys: dict[str, int]) -> dict[str, int]:
