@@ -175,6 +175,30 @@ def main() -> int:
             (f"reclaim one GPU, mean of {n}: placed (KAI: 13.9 s)", f"{sum(placed_s) / n:.3f} s")
         )
         rows.append((f"reclaim one GPU, mean of {n}: running", f"{sum(running_s) / n:.3f} s"))
+        # --- the daemon SIGKILLed and restarted on its store: every node registers again
+        # with its running parts (each registration walks every job).
+        before = world.status()
+        world.daemon.kill()
+        world.daemon.wait(30)
+        t0 = time.monotonic()
+        world.start_daemon()
+        daemon = ProcStat(world.daemon.pid)
+        world.wait_registered(args.nodes, 900)
+        back = time.monotonic() - t0
+        wait_for("all held again", lambda: sum(world.allocation().values()) >= total, 900)
+        held = time.monotonic() - t0
+        after = world.status()
+        rows.append(
+            (f"daemon SIGKILLed and restarted: {args.nodes} nodes UP again", f"{back:.1f} s")
+        )
+        rows.append((f"  and all {total} running jobs held again", f"{held:.1f} s"))
+        rows.append(
+            (
+                "  parts started again meanwhile",
+                str(after.get("starts", 0) - before.get("starts", 0)),
+            )
+        )
+
         status = world.status()
         rows.append(("nodesim: starts refused (GPU still held)", str(status.get("refused"))))
         rows.append(("nodesim: its RSS at the end", f"{sim.rss_mib():.0f} MiB"))
@@ -186,7 +210,7 @@ def main() -> int:
         )
         rows.append(
             (
-                "nodesim: CPU now (4,000 parts running, heartbeats)",
+                f"nodesim: CPU now ({total} parts running, heartbeats)",
                 f"{100 * sim.cpu_share(5):.0f} %",
             )
         )
