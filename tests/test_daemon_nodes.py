@@ -7,7 +7,7 @@ from pathlib import Path
 
 from schedulerd import core
 from schedulerd.core import ConsumerPath, GpuSlot, JobId, NodeName
-from schedulerd.daemon.commands import AckPart, ResizePart, StartPart
+from schedulerd.daemon.commands import AckPart, ResizePart, StartPart, StopPart
 from schedulerd.daemon.nodes import PartReport, register, report
 from schedulerd.daemon.plans import apply_plan
 from schedulerd.daemon.state import ClusterState
@@ -112,3 +112,40 @@ def test_a_preempted_job_goes_back_to_the_queue_as_a_new_attempt(tmp_path: Path)
     snapshot_job = next(j for j in state.snapshot().jobs if j.id == job.id)
     assert snapshot_job.phase is core.JobPhase.PENDING  # it waits like any pending job
     assert snapshot_job.consumer == ConsumerPath("/a")
+
+
+def test_a_stopping_job_on_many_nodes_is_not_sent_its_stops_again_at_each_part_end(
+    tmp_path: Path,
+) -> None:
+    # Its stops went out when the stop began: the end of each part must not send a stop
+    # to every part still alive again (N²/2 stops for a job on N nodes), while a part
+    # that fails first still stops the others.
+    state = _state(tmp_path)
+    names = [f"n{i}" for i in range(4)]
+    for name in names:
+        register(state, _node(name, 1), [])
+
+    def start_on_all() -> JobRecord:
+        job = state.submit(
+            JobRecord(0, "/a", "u", "r", ["x"], {}, "", 4, 4, 0, JobState.PENDING, 0.0)
+        )
+        slots = tuple(GpuSlot(NodeName(n), 0) for n in names)
+        apply_plan(state, core.Plan((core.Start(JobId(job.id), slots, "t"),), {}, {}))
+        for name in names:
+            report(state, name, PartReport(job.id, 0, "running", pid=1, gpu_indices=(0,)))
+        return job
+
+    job = start_on_all()
+    _, out = state.cancel(job.id, "u")
+    assert sorted(n for n, c in out if isinstance(c, StopPart)) == names
+    for name in names:
+        out = report(state, name, PartReport(job.id, 0, "exited", exit_code=-15))
+        assert out == [(name, AckPart(job.id, 0))]
+    ended = state.store.load_job(job.id)
+    assert ended is not None and ended.state is JobState.CANCELLED
+
+    job = start_on_all()
+    out = report(state, "n0", PartReport(job.id, 0, "exited", exit_code=3))
+    assert sorted(n for n, c in out if isinstance(c, StopPart)) == names[1:]
+    out = report(state, "n1", PartReport(job.id, 0, "exited", exit_code=-15))
+    assert out == [("n1", AckPart(job.id, 0))]

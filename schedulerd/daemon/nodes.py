@@ -23,7 +23,7 @@ from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import AckPart, Outbox, ResizePart, StopPart
 from schedulerd.daemon.endings import finish_parts, released
 from schedulerd.daemon.state import ClusterState
-from schedulerd.daemon.stops import UNKNOWN_PART_GRACE_S, owed_stops
+from schedulerd.daemon.stops import UNKNOWN_PART_GRACE_S, must_stop, owed_stops
 from schedulerd.exits import describe_exit
 from schedulerd.store import JobRecord, NodeRecord, PartPhase, PartRecord
 
@@ -117,6 +117,11 @@ def _report(ch: Change, node: str, r: PartReport) -> None:
         ch.out += owed_stops(state, job, ch.now, node)
         return
     copy = ch.job(live)
+    # Stopping already: its parts were sent their stops when the stop began (and are
+    # again at each reconnection), so this part's end sends none to the others. Else a
+    # job on N nodes would get about N²/2 stops as its parts end, each answered by an
+    # agent that has already stopped it (docs/nodesim.md).
+    stopping, mark = must_stop(copy), len(ch.out)
     code = r.exit_code if r.phase == "exited" else None if r.phase == "lost" else 127
     why = r.message or _default_message(r.phase, code)
     cause = ""
@@ -125,6 +130,12 @@ def _report(ch: Change, node: str, r: PartReport) -> None:
     elif r.stopped_by_node:
         cause, why = "node-stopped", f"the node was shut down ({why})"
     finish_parts(ch, copy, _same(copy, part), code, why, cause=cause)
+    if stopping:
+        ch.out[mark:] = [
+            (n, c)
+            for n, c in ch.out[mark:]
+            if not (isinstance(c, StopPart) and c.job_id == copy.id)
+        ]
     ch.unfence(node, r.job_id, r.attempt)
     ch.out.append((node, AckPart(r.job_id, r.attempt)))  # sent after the commit
 
