@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from schedulerd.core.admission import Admission
+from schedulerd.core.cache import DecideCache
 from schedulerd.core.entitlement import divide
 from schedulerd.core.model import (
     ROOT,
@@ -50,7 +51,9 @@ from schedulerd.core.reservation import Reservation, backfills, reserve
 from schedulerd.core.windows import policy_at
 
 
-def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
+def decide(
+    snapshot: Snapshot, policy: Policy, now: float, cache: DecideCache | None = None
+) -> Plan:
     """The plan for the whole cluster: one cycle per pool (pools.py), with each
     consumer's terms in force at `now` (its time windows: windows.py)."""
     return decide_in_pools(snapshot, policy_at(policy, now), now, decide_pool)
