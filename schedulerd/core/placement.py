@@ -80,6 +80,10 @@ class FreeGpus:
                 remaining = 0
         return tuple(slots)
 
+    def free_count(self, node: NodeName) -> int:
+        free = self._free.get(node)
+        return len(free) if free is not None else 0
+
     def free_on(self, node: NodeName) -> list[int]:
         return list(self._free.get(node, ()))
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from schedulerd.core.admission import Admission
-from schedulerd.core.model import ConsumerPath, Job
+from schedulerd.core.model import ConsumerPath, Job, JobId
+from schedulerd.core.queues import Waiting
 
 
 def amount(x: float) -> str:
@@ -82,3 +85,89 @@ def why_waiting(leaf: ConsumerPath, n: int, adm: Admission) -> str:
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+class WaitingReasons(Mapping[JobId, str]):
+    """Every waiting job's reason, worded when asked (issue 15): a cycle no longer
+    words tens of thousands of reasons nobody reads. Built from what the cycle decided
+    and never changed after: asking later, from another thread, reads the same. A
+    reason is why its leaf's jobs of its size wait (shared by them, worded once), what
+    is under way for it (a reclaim, a reservation), and its place in its queue."""
+
+    def __init__(
+        self,
+        adm: Admission,
+        queues: Mapping[ConsumerPath, Waiting],
+        notes: Mapping[JobId, str],
+        reserved_notes: Mapping[JobId, str],
+        others: Mapping[ConsumerPath, Mapping[JobId, Job]],
+    ) -> None:
+        self._adm = adm
+        self._queues = queues
+        self._notes = notes
+        self._reserved = reserved_notes
+        self._others = others  # waiting jobs of consumers that are not leaves
+        self._why: dict[tuple[ConsumerPath, int], str] = {}
+        self._where: dict[JobId, ConsumerPath] | None = None
+
+    def of(self, job_id: JobId, consumer: ConsumerPath) -> str | None:
+        """The reason of a job of `consumer`, without an index of every job."""
+        view = self._queues.get(consumer)
+        if view is not None:
+            at = view.queue.index.get(job_id)
+            if at is None or job_id in view.gone:
+                return None
+            return self._word(consumer, view, view.queue.jobs[at])
+        if job_id in self._others.get(consumer, {}):
+            return (
+                f"consumer {consumer} is not a leaf of the policy in force; "
+                "apply a policy that has it, or cancel the job"
+            )
+        return None
+
+    def _word(self, leaf: ConsumerPath, view: Waiting, job: Job) -> str:
+        key = (leaf, job.gpus)
+        why = self._why.get(key)
+        if why is None:
+            why = self._why[key] = why_waiting(leaf, job.gpus, self._adm)
+        note = self._notes.get(job.id) or self._reserved.get(job.id)
+        text = why + (f"; {note}" if note else "")
+        return text + queue_place(leaf, view.place(job.id), len(view))
+
+    def __getitem__(self, job_id: JobId) -> str:
+        if self._where is None:
+            where = {j.id: leaf for leaf, view in self._queues.items() for j in view}
+            for consumer, jobs in self._others.items():
+                where.update(dict.fromkeys(jobs, consumer))
+            self._where = where
+        found = self._where.get(job_id)
+        text = None if found is None else self.of(job_id, found)
+        if text is None:
+            raise KeyError(job_id)
+        return text
+
+    def __iter__(self) -> Iterator[JobId]:
+        for view in self._queues.values():
+            for j in view:
+                yield j.id
+        for jobs in self._others.values():
+            yield from jobs
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._queues.values()) + sum(
+            len(o) for o in self._others.values()
+        )
+
+    def items(self) -> Iterator[tuple[JobId, str]]:  # type: ignore[override]
+        """Every (job, reason), without looking each job up again."""
+        for leaf, view in self._queues.items():
+            for j in view:
+                yield j.id, self._word(leaf, view, j)
+        for consumer, jobs in self._others.items():
+            for job_id in jobs:
+                text = self.of(job_id, consumer)
+                assert text is not None
+                yield job_id, text
+
+    def values(self) -> Iterator[str]:  # type: ignore[override]
+        return (text for _, text in self.items())

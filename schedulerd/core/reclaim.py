@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from schedulerd.core.admission import Admission, takes_back
@@ -162,7 +162,7 @@ class Planner:
 
     # -- step 4: reclaim for consumers below their entitlement ---------------
 
-    def hold_incoming(self, queues: Mapping[ConsumerPath, list[Job]]) -> None:
+    def hold_incoming(self, queues: Mapping[ConsumerPath, Sequence[Job]]) -> None:
         """Before admission: a waiting job that GPUs on their way back, with free
         ones beside them, will serve keeps those free ones. Else, as a victim's
         GPUs come back at different times (graces differ), admission would hand
@@ -186,7 +186,7 @@ class Planner:
         for p, n in self.moved.items():
             self.virtual[p] += n
 
-    def reclaim(self, queues: Mapping[ConsumerPath, list[Job]], take: bool = True) -> None:
+    def reclaim(self, queues: Mapping[ConsumerPath, Sequence[Job]], take: bool = True) -> None:
         if not any(queues.values()):
             return
         self._index()
@@ -258,7 +258,9 @@ class Planner:
 
     # -- step 5: priority preemption inside a consumer -----------------------
 
-    def by_priority(self, queues: Mapping[ConsumerPath, list[Job]], started: set[JobId]) -> None:
+    def by_priority(
+        self, queues: Mapping[ConsumerPath, Sequence[Job]], started: Container[JobId]
+    ) -> None:
         policy = self.adm.policy
         for leaf, queue in queues.items():
             if not policy.consumers[leaf].priority_preemption or not queue:
