@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import platform
 import pstats
 import random
@@ -312,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         prof.enable()
         decide(snapshot, policy, NOW, cache)
         prof.disable()
-        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats(
+            os.environ.get("SORT", "tottime")
+        ).print_stats(40)
     return 0
 
 

@@ -49,6 +49,7 @@ import math
 from collections import defaultdict
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
@@ -101,6 +102,11 @@ class Planner:
         self._incoming_set: set[GpuSlot] = set()
         self.by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
         self.jobs_on: dict[NodeName, list[Job]] = defaultdict(list)
+        # Per node, each job there with its GPUs there; per consumer, the GPUs its jobs
+        # would give back (held, less those on their way back already): a try reads
+        # these for whole consumers of victims rather than walking their jobs.
+        self.count_on: dict[NodeName, list[tuple[Job, int]]] = defaultdict(list)
+        self.gives: dict[ConsumerPath, int] = defaultdict(int)
         # Allocations as they will be once the moves planned so far are done:
         # admission's, plus `moved`. GPUs already on their way back are gone from
         # their holder: counting them would take more from a consumer that the
@@ -125,8 +131,13 @@ class Planner:
         for j in self.running:
             if not j.stopping:
                 self.by_leaf[j.consumer].append(j)
-                for node in {s.node for s in j.held}:
+                self.gives[j.consumer] += len(j.held) - len(j.releasing)
+                on: dict[NodeName, int] = {}
+                for s in j.held:
+                    on[s.node] = on.get(s.node, 0) + 1
+                for node, count in on.items():
                     self.jobs_on[node].append(j)
+                    self.count_on[node].append((j, count))
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
         self.virtual = defaultdict(int, self.adm.allocation)
         for j in self.running:
@@ -225,9 +236,7 @@ class Planner:
                     # for GPUs that free up, which reach it first (module docstring).
                     break
                 after = (self.virtual[leaf] + job.gpus) / ent
-                victims = [
-                    j for c in borrowers if self._borrower_above(c, after) for j in self.by_leaf[c]
-                ]
+                victims = _Victims(self, {c for c in borrowers if self._borrower_above(c, after)})
                 tries += 1
                 if self._serve(job, victims, "reclaim"):
                     failed.clear()
@@ -276,22 +285,22 @@ class Planner:
 
     # -- one waiting job ----------------------------------------------------
 
-    def _serve(self, job: Job, victims: list[Job], why: str) -> bool:
+    def _serve(self, job: Job, victims: list[Job] | _Victims, why: str) -> bool:
         """Plan what serves `job`, if anything; whether something was claimed."""
         n = job.gpus
         if self.tries >= _TRIES_PER_CYCLE:
             return False
-        victims = [j for j in victims if j.id not in self.taken]
-        if not self._within_limits(job, victims):
+        if not isinstance(victims, _Victims):
+            victims = _Victims(self, None, [j for j in victims if j.id not in self.taken])
+        if not self._within_given(job, victims.give()):
             return False
         self.tries += 1
         spans = self.adm.free.spans_nodes(n)
         locations = [SPAN] if spans else self._candidate_nodes(n, victims)
-        allowed = {j.id for j in victims}
         options = [
             o
             for loc in locations
-            if (o := self._option(job, loc, victims, allowed, why != "priority")) is not None
+            if (o := self._option(job, loc, victims, why != "priority")) is not None
             and self._within_limits(job, o.preempt, o.shrink)
             and (why == "priority" or self._not_undone(job, o.preempt, o.shrink))
         ]
@@ -326,20 +335,30 @@ class Planner:
         self.result.notes[job.id] = self._note(job, best, freed_from)
         return True
 
-    def _candidate_nodes(self, n: int, victims: list[Job]) -> list[NodeName]:
+    def _candidate_nodes(self, n: int, victims: _Victims) -> list[NodeName]:
         """Nodes where free, incoming and victims' GPUs could add up to n, those
-        needing the least taken from victims first."""
+        needing the least taken from victims first (by name among equals), at most
+        _NODES_PER_TRY: walked in that order, so that the victims' GPUs on a node (an
+        upper bound: claims are checked again in _option) are counted only until
+        enough nodes are found, not on every node of the cluster."""
         ready = self.ready_n
-        takeable: dict[NodeName, int] = defaultdict(int)
-        for v in victims:  # an upper bound: claims are checked again in _option
-            for s in v.held:
-                takeable[s.node] += 1
-        nodes = [node for node in self.free if ready[node] + takeable.get(node, 0) >= n]
-        nodes.sort(key=lambda node: (-min(ready[node], n), node))
-        return nodes[:_NODES_PER_TRY]
+        nodes = self.free  # by name (FreeGpus.nodes)
+        some = sorted(
+            (node for node in nodes if ready[node] != 0),
+            key=lambda node: (-min(ready[node], n), node),
+        )
+        ahead = [node for node in some if ready[node] > 0]
+        behind = [node for node in some if ready[node] < 0]
+        out: list[NodeName] = []
+        for node in chain(ahead, (node for node in nodes if ready[node] == 0), behind):
+            if ready[node] >= n or ready[node] + victims.on(node) >= n:
+                out.append(node)
+                if len(out) == _NODES_PER_TRY:
+                    break
+        return out
 
     def _option(
-        self, job: Job, loc: NodeName, victims: list[Job], allowed: set[JobId], borrowing: bool
+        self, job: Job, loc: NodeName, victims: _Victims, borrowing: bool
     ) -> _Option | None:
         n = job.gpus
         free = [s for s in self._at(self.free, loc) if s not in self.claimed]
@@ -357,7 +376,11 @@ class Planner:
         shrink: dict[JobId, list[GpuSlot]] = {}
         preempt: list[Job] = []
         taken: dict[JobId, list[GpuSlot]] = {}  # each preempted job's GPUs at loc
-        here = victims if loc == SPAN else [j for j in self.jobs_on.get(loc, ()) if j.id in allowed]
+        here = (
+            victims.jobs()
+            if loc == SPAN
+            else [j for j in self.jobs_on.get(loc, ()) if j in victims]
+        )
         # a. shrink elastic extras, newest-started first.
         for victim in sorted(
             (j for j in here if j.elastic),
@@ -449,6 +472,9 @@ class Planner:
             per_consumer[victim.consumer] += len(victim.held) - len(victim.releasing)
         for job_id, slots in (shrink or {}).items():
             per_consumer[self.by_id[job_id].consumer] += len(slots)
+        return self._up(per_consumer)
+
+    def _up(self, per_consumer: Mapping[ConsumerPath, int]) -> dict[ConsumerPath, int]:
         freed: dict[ConsumerPath, int] = defaultdict(int)
         for consumer, n in per_consumer.items():  # up the tree once per consumer, not per job
             for p in self.adm.chain(consumer):
@@ -464,7 +490,17 @@ class Planner:
         """Whether the receiver stays within every limit once these victims give
         their GPUs back: a victim under the same limited consumer (a sibling, or
         the consumer itself for priority preemption) makes room under it."""
-        freed = self._freed(preempt, shrink)
+        return self._within_given(job, None, preempt, shrink)
+
+    def _within_given(
+        self,
+        job: Job,
+        given: Mapping[ConsumerPath, int] | None,
+        preempt: list[Job] = (),  # type: ignore[assignment]
+        shrink: Mapping[JobId, list[GpuSlot]] | None = None,
+    ) -> bool:
+        """_within_limits, with what the victims give back per consumer (`given`)."""
+        freed = self._up(given) if given is not None else self._freed(preempt, shrink)
         for p in self.adm.chain(job.consumer):
             limit = self.adm.policy.consumers[p].limit
             if limit is not None and self.virtual[p] + job.gpus - freed[p] > limit:
@@ -574,6 +610,54 @@ class Planner:
 
     def _ent(self, path: ConsumerPath) -> float:
         return self.adm.division.entitlement.get(path, 0.0)
+
+
+class _Victims:
+    """The jobs a try may take from, less those taken already this cycle: for reclaim,
+    every job of some borrowing consumers (read through the planner's per-consumer and
+    per-node counts, not listed); for priority preemption, a list."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        consumers: set[ConsumerPath] | None,
+        listed: list[Job] = (),  # type: ignore[assignment]
+    ) -> None:
+        self._p = planner
+        self._consumers = consumers
+        self._listed = listed
+        self._ids = {j.id for j in listed} if consumers is None else set()
+
+    def __contains__(self, job: Job) -> bool:
+        if self._consumers is None:
+            return job.id in self._ids
+        return job.consumer in self._consumers and job.id not in self._p.taken
+
+    def jobs(self) -> list[Job]:
+        if self._consumers is None:
+            return self._listed
+        taken = self._p.taken
+        by_leaf = self._p.by_leaf
+        return [j for c in self._consumers for j in by_leaf[c] if j.id not in taken]
+
+    def give(self) -> dict[ConsumerPath, int]:
+        """GPUs they would give back, per consumer (Planner._freed, before the tree)."""
+        out: dict[ConsumerPath, int] = defaultdict(int)
+        if self._consumers is None:
+            for j in self._listed:
+                out[j.consumer] += len(j.held) - len(j.releasing)
+            return out
+        for c in self._consumers:
+            out[c] += self._p.gives[c]
+        for job_id in self._p.taken:
+            j = self._p.by_id[job_id]
+            if j.consumer in self._consumers:
+                out[j.consumer] -= len(j.held) - len(j.releasing)
+        return out
+
+    def on(self, node: NodeName) -> int:
+        """Their GPUs on `node`."""
+        return sum(count for j, count in self._p.count_on.get(node, ()) if j in self)
 
 
 def whole_gpus(entitlement: float) -> int:
