@@ -44,7 +44,7 @@ from schedulerd.core.model import (
 )
 from schedulerd.core.placement import FreeGpus
 from schedulerd.core.pools import decide_in_pools
-from schedulerd.core.queues import LeafQueue, PoolQueues, pending_of, waiting_views
+from schedulerd.core.queues import LeafQueue, PoolQueues, split_phases, waiting_views
 from schedulerd.core.reasons import WaitingReasons, grow_reason, start_reason
 from schedulerd.core.reclaim import Planner
 from schedulerd.core.reservation import Holders, Reservation, backfills, reserve
@@ -80,7 +80,7 @@ def decide_pool(
     decided later: they start here if they can, but neither reclaim, reserve nor
     preempt here (pools.py: only in the last pool they may run in). `kept`: this
     pool's waiting queues as the last cycle left them (queues.py)."""
-    running = [j for j in snapshot.jobs if j.phase is JobPhase.RUNNING]
+    running, pending = split_phases(snapshot.jobs)
     running_by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
     for j in running:
         running_by_leaf[j.consumer].append(j)
@@ -88,7 +88,6 @@ def decide_pool(
     for (leaf, user), used in snapshot.user_usage.items():
         usage_by_leaf[leaf][user] = used
     kept = kept if kept is not None else PoolQueues()
-    pending = pending_of(snapshot.jobs)
     kept.update(policy, pending, running_by_leaf, usage_by_leaf)
     queues: dict[ConsumerPath, LeafQueue] = dict(kept.queues)
 
