@@ -141,7 +141,7 @@ class PoolQueues:
         running_by_leaf: Mapping[ConsumerPath, list[Job]],
         usage_by_leaf: Mapping[ConsumerPath, Mapping[str, float]],
     ) -> None:
-        now_pending = dict(zip(map(id, pending), pending))
+        now_pending = dict(zip(map(id, pending), pending, strict=True))
         if policy is not self._policy:
             self._policy = policy
             self._pending = {}
