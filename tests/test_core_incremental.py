@@ -7,6 +7,7 @@ the cycle's cache is carried from one cycle to the next while the cluster change
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import reference_core
@@ -95,3 +96,17 @@ def test_the_suite_sees_every_kind_of_decision() -> None:
     want = {"start", "grow", "shrink", "reclaim", "priority", "held", "pools", "reservation"}
     want.add("backfill")
     assert want <= seen, want - seen
+
+
+def test_a_cycle_that_raises_leaves_no_half_updated_cache() -> None:
+    """A cycle cut short (here: a snapshot the core cannot read) empties the cache, so
+    the next cycle builds it again from its own inputs and decides as the reference."""
+    rng = random.Random(7)
+    world = random_world(rng)
+    cache = DecideCache()
+    decide(world.snapshot, world.policy, world.now, cache)
+    broken = replace(world.snapshot, jobs=(*world.snapshot.jobs, None))  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):
+        decide(broken, world.policy, world.now, cache)
+    want = reference_core.decide(world.snapshot, world.policy, world.now)
+    assert_same(decide(world.snapshot, world.policy, world.now, cache), want, "after a failure")

@@ -24,6 +24,10 @@ class DecideCache:
             kept = self._pools[name] = PoolQueues()
         return kept
 
+    def clear(self) -> None:
+        self._pools = {}
+        self._used = set()
+
     def forget_others(self) -> None:
         """Drop the pools this cycle did not decide (gone from the cluster)."""
         for name in self._pools.keys() - self._used:

@@ -63,7 +63,11 @@ def decide(
     def one(part: Snapshot, terms: Policy, at: float, guests: frozenset[JobId], pool: str) -> Plan:
         return decide_pool(part, terms, at, guests, cache.pool(pool))
 
-    plan = decide_in_pools(snapshot, policy_at(policy, now), now, one)
+    try:
+        plan = decide_in_pools(snapshot, policy_at(policy, now), now, one)
+    except BaseException:
+        cache.clear()  # a cycle cut short may have left it half updated
+        raise
     cache.forget_others()
     return plan
 
