@@ -93,6 +93,8 @@ SIZES_BY_NAME = {
 # Per steady cycle: running jobs that end, and jobs submitted.
 ENDS_PER_CYCLE = 10
 SUBMITS_PER_CYCLE = 10
+# Steady cycles run before the measured ones (not timed).
+WARM_CYCLES = 5
 
 
 def build_policy(rng: random.Random, size: Size, capacity: int) -> Policy:
@@ -202,6 +204,9 @@ def time_cycles(
     cache = DecideCache()
     plan = decide(snapshot, policy, NOW, cache)
     seq = max(j.submit_seq for j in snapshot.jobs)
+    for _ in range(WARM_CYCLES):  # the first cycles' reclaims play out
+        snapshot, seq = advance(rng, snapshot, plan, policy, seq)
+        plan = decide(snapshot, policy, NOW, cache)
     before, after, starts = [], [], []
     for _ in range(repeats):
         snapshot, seq = advance(rng, snapshot, plan, policy, seq)
@@ -224,17 +229,43 @@ def time_cycles(
 def advance(
     rng: random.Random, snapshot: Snapshot, plan: Plan, policy: Policy, seq: int
 ) -> tuple[Snapshot, int]:
-    """The next cycle's snapshot: the plan's starts run, ENDS_PER_CYCLE running jobs end,
-    SUBMITS_PER_CYCLE jobs are submitted. Unchanged jobs are the same values, as the
-    daemon keeps them (daemon/state.py)."""
+    """The next cycle's snapshot, as the daemon would see it: the plan's starts run, its
+    preemptions stop (the job's GPUs on their way back) and its shrinks release; a stop
+    or release under way completes with even odds (a preempted job back in the queue);
+    ENDS_PER_CYCLE running jobs end, SUBMITS_PER_CYCLE jobs are submitted. Unchanged
+    jobs are the same values, as the daemon keeps them (daemon/state.py)."""
     started = {s.job_id: s for s in plan.starts}
+    stopped = {p.job_id for p in plan.preemptions}
+    shrunk = {sh.job_id: sh.slots for sh in plan.shrinks}
+    grown = {g.job_id: g.slots for g in plan.grows}
     jobs = []
     for j in snapshot.jobs:
         s = started.get(j.id)
         if s is not None:
             j = replace(j, phase=JobPhase.RUNNING, held=s.slots, started_at=NOW)
+        elif j.stopping and rng.random() < 0.5:
+            j = replace(
+                j,
+                phase=JobPhase.PENDING,
+                held=(),
+                releasing=(),
+                stopping=False,
+                started_at=None,
+                release_deadline=None,
+                preemptions=j.preemptions + 1,
+                waiting_since=NOW,
+            )
+        elif j.releasing and rng.random() < 0.5:
+            held = tuple(x for x in j.held if x not in j.releasing)
+            j = replace(j, held=held, releasing=(), release_deadline=None)
+        if j.id in stopped:
+            j = replace(j, stopping=True, release_deadline=NOW + 30.0)
+        if j.id in shrunk:
+            j = replace(j, releasing=(*j.releasing, *shrunk[j.id]), release_deadline=NOW + 30)
+        if j.id in grown:
+            j = replace(j, held=(*j.held, *grown[j.id]))
         jobs.append(j)
-    running = [i for i, j in enumerate(jobs) if j.phase is JobPhase.RUNNING]
+    running = [i for i, j in enumerate(jobs) if j.phase is JobPhase.RUNNING and j.id not in started]
     for i in sorted(rng.sample(running, min(ENDS_PER_CYCLE, len(running))), reverse=True):
         del jobs[i]
     leaves = list(policy.leaves())

@@ -303,6 +303,12 @@ def _serve_tree(
     return served
 
 
+# Blocker codes (admission.Admission.blocker) that a job of n GPUs fails only if every
+# larger job fails too: "allocation + n > bound" and "free < n". Not "fragmented": a job
+# larger than any node spans nodes and may fit where a smaller one does not.
+_MONOTONE = frozenset({"limit", "borrow", "reserved", "capacity"})
+
+
 def _serve_jobs(
     policy: Policy,
     adm: Admission,
@@ -327,8 +333,17 @@ def _serve_jobs(
                 return None
             cursor[leaf] = at + 1
             job = queue.jobs[at]
-            if adm.blocker(leaf, job.gpus) is not None:
-                refused.setdefault(leaf, set()).add(job.gpus)
+            code = adm.blocker(leaf, job.gpus)
+            if code is not None:
+                kind = code.partition(":")[0]
+                if kind == "fair":  # whatever the size: nothing of this leaf passes
+                    cursor[leaf] = len(queue)
+                    return None
+                sizes = refused.setdefault(leaf, set())
+                if kind in _MONOTONE:  # every larger size fails the same check
+                    sizes.update(k for k in queue.at if k >= job.gpus)
+                else:
+                    sizes.add(job.gpus)
                 continue
             refused = {}
             ratio_before = adm.ratio(leaf)

@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
+from schedulerd.core.queues import Waiting
 
 _EPS = 1e-9
 _TRIES_PER_LEAF = 2  # waiting jobs looked at per consumer and cycle (cost bound)
@@ -91,6 +92,7 @@ class Planner:
         self._free: dict[NodeName, list[GpuSlot]] | None = None
         self._ready_n: dict[NodeName, int] = {}
         self.claimed: set[GpuSlot] = set()
+        self._may: dict[int, bool] = {}  # _incoming_may_serve's answers, per size
         self.tries = 0
         self.taken: set[JobId] = set()  # victims already chosen this cycle
         self.result = Reclaim()
@@ -98,6 +100,7 @@ class Planner:
         # nothing waiting and nothing on its way back, and never need them.
         self._indexed = False
         self.by_id: dict[JobId, Job] = {}
+        self.releasing: list[Job] = []
         self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
         self._incoming_set: set[GpuSlot] = set()
         self.by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
@@ -105,7 +108,7 @@ class Planner:
         # Per node, each job there with its GPUs there; per consumer, the GPUs its jobs
         # would give back (held, less those on their way back already): a try reads
         # these for whole consumers of victims rather than walking their jobs.
-        self.count_on: dict[NodeName, list[tuple[Job, int]]] = defaultdict(list)
+        self.count_on: dict[NodeName, list[tuple[ConsumerPath, JobId, int]]] = defaultdict(list)
         self.gives: dict[ConsumerPath, int] = defaultdict(int)
         # Allocations as they will be once the moves planned so far are done:
         # admission's, plus `moved`. GPUs already on their way back are gone from
@@ -137,8 +140,9 @@ class Planner:
                     on[s.node] = on.get(s.node, 0) + 1
                 for node, count in on.items():
                     self.jobs_on[node].append(j)
-                    self.count_on[node].append((j, count))
+                    self.count_on[node].append((j.consumer, j.id, count))
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
+        self.releasing = [j for j in self.running if j.incoming]  # read by _note
         self.virtual = defaultdict(int, self.adm.allocation)
         for j in self.running:
             self._add_virtual(j.consumer, -len(j.incoming))
@@ -191,6 +195,7 @@ class Planner:
     def refresh(self) -> None:
         """Read again what admission changed since: free GPUs, allocations."""
         self._free = None
+        self._may = {}
         if not self._indexed:
             return  # _index reads the allocations when it runs
         self.virtual = defaultdict(int, self.adm.allocation)
@@ -218,15 +223,19 @@ class Planner:
             # either until something is claimed (what reclaim sees depends on the
             # leaf and the size only), so it costs no try, and a large head of the
             # queue that cannot be served does not hide a smaller job that can.
+            # Sizes still worth a look: not failed, and (holding incoming GPUs) ones they
+            # may serve. Once none is left, the rest of the queue would only be skipped.
+            queue = queues[leaf]
+            sizes = _sizes(queue)
             failed: set[int] = set()
+            alive = self._alive(sizes, failed, take)
             tries = 0
-            for job in queues[leaf]:
-                if tries >= _TRIES_PER_LEAF:
+            for job in queue:
+                if tries >= _TRIES_PER_LEAF or not alive:
                     break
-                if job.id in self.result.notes or job.gpus in failed:
-                    continue  # served already (hold_incoming), or known to fail
-                if not take and not self._incoming_may_serve(job.gpus):
-                    continue  # spend no try on it
+                if job.id in self.result.notes or job.gpus not in alive:
+                    continue  # served already (hold_incoming), known to fail, or (not
+                    # take) one that incoming GPUs cannot serve: spend no try on it
                 if take and self._patient(job):
                     continue  # not waited its consumer's reclaim_patience yet
                 ent = self.adm.division.entitlement.get(leaf, 0.0)
@@ -243,6 +252,10 @@ class Planner:
                     borrowers_stale = True
                 else:
                     failed.add(job.gpus)
+                alive = self._alive(sizes, failed, take)
+
+    def _alive(self, sizes: Iterable[int], failed: set[int], take: bool) -> set[int]:
+        return {n for n in sizes if n not in failed and (take or self._incoming_may_serve(n))}
 
     def _patient(self, job: Job) -> bool:
         """Whether the job has waited less than its consumer's reclaim_patience: GPUs
@@ -254,11 +267,18 @@ class Planner:
 
     def _incoming_may_serve(self, n: int) -> bool:
         """Whether unclaimed GPUs on their way back, with the free ones beside
-        them, might make n GPUs where the job can be placed."""
+        them, might make n GPUs where the job can be placed. Kept per size until a
+        claim or a refresh changes what it reads."""
+        known = self._may.get(n)
+        if known is not None:
+            return known
         nodes = {s.node for s in self._incoming_set if s not in self.claimed}
         if self.adm.free.spans_nodes(n):
-            return bool(nodes) and sum(self.ready_n.values()) >= n
-        return any(self.ready_n[node] >= n for node in nodes)
+            may = bool(nodes) and sum(self.ready_n.values()) >= n
+        else:
+            may = any(self.ready_n[node] >= n for node in nodes)
+        self._may[n] = may
+        return may
 
     def _borrower_above(self, consumer: ConsumerPath, receiver_after: float) -> bool:
         ent = self.adm.division.entitlement.get(consumer, 0.0)
@@ -308,6 +328,7 @@ class Planner:
             return False  # none, or servable from free GPUs now: admission's job
         best = min(options, key=lambda o: o.cost)
         self.claimed.update(best.claims)
+        self._may = {}
         for slot in best.claims:
             if slot.node in self.ready_n and (self._is_free(slot) or slot in self._incoming_set):
                 self.ready_n[slot.node] -= 1
@@ -596,7 +617,7 @@ class Planner:
     def _note(self, job: Job, option: _Option, freed_from: Mapping[ConsumerPath, int]) -> str:
         deadlines = [
             j.release_deadline
-            for j in self.running
+            for j in self.releasing
             if j.release_deadline is not None and any(s in option.claims for s in j.incoming)
         ]
         parts = []
@@ -657,7 +678,19 @@ class _Victims:
 
     def on(self, node: NodeName) -> int:
         """Their GPUs on `node`."""
-        return sum(count for j, count in self._p.count_on.get(node, ()) if j in self)
+        here = self._p.count_on.get(node, ())
+        if self._consumers is None:
+            ids = self._ids
+            return sum(count for _, i, count in here if i in ids)
+        consumers, taken = self._consumers, self._p.taken
+        return sum(count for c, i, count in here if c in consumers and i not in taken)
+
+
+def _sizes(queue: Sequence[Job]) -> Iterable[int]:
+    """The sizes of a queue's jobs (a waiting view's from its queue: a superset)."""
+    if isinstance(queue, Waiting):
+        return queue.queue.at.keys()
+    return {j.gpus for j in queue}
 
 
 def whole_gpus(entitlement: float) -> int:
