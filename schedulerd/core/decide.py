@@ -85,9 +85,15 @@ def decide_pool(
     preempt here (pools.py: only in the last pool they may run in). `kept`: this
     pool's waiting queues as the last cycle left them (queues.py)."""
     running, pending = split_phases(snapshot.jobs)
+    # One pass over the running jobs for what is counted per consumer (up the tree
+    # once per consumer below, not once per job).
     running_by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
+    held_by: dict[ConsumerPath, int] = defaultdict(int)
+    leaf_demand: dict[ConsumerPath, int] = defaultdict(int)
     for j in running:
         running_by_leaf[j.consumer].append(j)
+        held_by[j.consumer] += len(j.held)
+        leaf_demand[j.consumer] += j.gpus_max  # never a guest: guests wait
     usage_by_leaf: dict[ConsumerPath, dict[str, float]] = defaultdict(dict)
     for (leaf, user), used in snapshot.user_usage.items():
         usage_by_leaf[leaf][user] = used
@@ -101,10 +107,6 @@ def decide_pool(
     capacity = sum(len(n.gpus) for n in snapshot.nodes if n.schedulable) + sum(
         1 for j in running for s in j.held if s.node not in schedulable
     )
-    leaf_demand: dict[ConsumerPath, int] = defaultdict(int)
-    for j in running:
-        if j.id not in guests:
-            leaf_demand[j.consumer] += j.gpus_max
     for leaf, q in queues.items():
         leaf_demand[leaf] += q.demand
     if guests:  # a guest counts in the pool where it may reclaim (pools.py)
@@ -119,8 +121,8 @@ def decide_pool(
 
     free = FreeGpus(snapshot.nodes, (s for j in running for s in j.held))
     adm = Admission(policy, division, free)
-    for j in running:
-        adm.count_running(j)
+    for consumer, held in held_by.items():
+        adm.add_running(consumer, held)
 
     # Step 2-3. Per-leaf queues (kept sorted between cycles), then the most-starved-first
     # admission loop.
@@ -402,10 +404,17 @@ def _grow(policy: Policy, adm: Admission, running: list[Job]) -> tuple[Grow, ...
     consumer first, round-robin over a consumer's jobs, oldest first; a new GPU
     lands next to the job's workers when it can (SEMANTICS: the cycle, steps 2-3)."""
     by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
-    for j in sorted(running, key=lambda j: (j.started_at or 0.0, j.id)):
-        growable = j.elastic and not j.stopping and not j.releasing and len(j.held) < j.gpus_max
-        if growable and policy.is_leaf(j.consumer):
-            by_leaf[j.consumer].append(j)
+    growable = [
+        j
+        for j in running
+        if j.gpus_max > j.gpus_min  # elastic
+        and not j.stopping
+        and not j.releasing
+        and len(j.held) < j.gpus_max
+        and policy.is_leaf(j.consumer)
+    ]
+    for j in sorted(growable, key=lambda j: (j.started_at or 0.0, j.id)):
+        by_leaf[j.consumer].append(j)
     if not by_leaf or adm.free.total == 0:
         return ()
     tokens: dict[ConsumerPath, list[Job]] = {}
