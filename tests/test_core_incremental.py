@@ -13,7 +13,9 @@ import pytest
 import reference_core
 from incremental_world import World, random_world, step
 
-from schedulerd.core import DecideCache, Plan, decide
+from schedulerd.core import DecideCache, JobId, Plan, Snapshot, decide
+from schedulerd.core.reasons import count_kinds, reason_for
+from schedulerd.daemon.metrics import waiting_kind
 
 
 def assert_same(got: Plan, want: Plan, where: str) -> None:
@@ -31,7 +33,20 @@ def assert_same(got: Plan, want: Plan, where: str) -> None:
     # Asked one at a time, as the daemon's readers do, each reason is the same too.
     for job_id, text in want.pending_reasons.items():
         assert got.pending_reasons.get(job_id) == text, (where, job_id)
-    assert got.pending_reasons.get(-1) is None
+    assert got.pending_reasons.get(JobId(-1)) is None
+
+
+def assert_same_lookups(got: Plan, want: Plan, snapshot: Snapshot, where: str) -> None:
+    """The daemon's reads: a job's reason found by its consumer (reason_for), and the
+    waiting jobs counted by kind of reason (count_kinds, classified as /metrics does)."""
+    consumer = {j.id: j.consumer for j in snapshot.jobs}
+    for job_id, text in want.pending_reasons.items():
+        assert reason_for(got.pending_reasons, job_id, consumer[job_id]) == text, (where, job_id)
+    counts: dict[tuple[str, str], int] = {}
+    for job_id, text in want.pending_reasons.items():
+        key = (consumer[job_id], waiting_kind(text))
+        counts[key] = counts.get(key, 0) + 1
+    assert count_kinds(got.pending_reasons, consumer.get, waiting_kind) == counts, where
 
 
 def run_sequence(seed: int, cycles: int, churn: float = 1.0) -> int:
@@ -43,6 +58,7 @@ def run_sequence(seed: int, cycles: int, churn: float = 1.0) -> int:
         want = reference_core.decide(world.snapshot, world.policy, world.now)
         got = decide(world.snapshot, world.policy, world.now, cache)
         assert_same(got, want, f"seed {seed}, cycle {cycle}")
+        assert_same_lookups(got, want, world.snapshot, f"seed {seed}, cycle {cycle}")
         # Without a cache: the same plan as well.
         assert_same(decide(world.snapshot, world.policy, world.now), want, f"seed {seed} bare")
         compared += 1

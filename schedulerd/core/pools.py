@@ -231,6 +231,17 @@ class PooledReasons(Mapping[JobId, str]):
         self._per_pool = per_pool
         self._lost = lost
 
+    def of(self, job_id: JobId, consumer: ConsumerPath) -> str | None:
+        """A job's reason, found in its pool by its consumer (reasons.WaitingReasons.of)."""
+        home = self._homes.get(job_id)
+        if home is not None:
+            pool = self._per_pool[home]
+            of = getattr(pool, "of", None)
+            why = of(job_id, consumer) if of is not None else pool.get(job_id)
+            if why is not None:
+                return f"in pool {home}: {why}"
+        return self._lost.get(job_id)
+
     def __getitem__(self, job_id: JobId) -> str:
         home = self._homes.get(job_id)
         if home is not None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from schedulerd.core.admission import Admission
 from schedulerd.core.model import ConsumerPath, Job, JobId
@@ -134,6 +134,49 @@ class WaitingReasons(Mapping[JobId, str]):
         text = why + (f"; {note}" if note else "")
         return text + queue_place(leaf, view.place(job.id), len(view))
 
+    def kinds(self, classify: Callable[[str], str]) -> dict[tuple[str, str], int]:
+        """The waiting jobs counted by (consumer, classify(reason)), classifying one
+        reason per leaf and size (and each job with a note of its own): the jobs of a
+        group differ only in their place in the queue."""
+        counts: dict[tuple[str, str], int] = {}
+
+        def count(consumer: str, text: str, n: int) -> None:
+            if n:
+                key = (consumer, classify(text))
+                counts[key] = counts.get(key, 0) + n
+
+        noted = {*self._notes, *self._reserved}
+        for leaf, view in self._queues.items():
+            if not len(view):
+                continue
+            queue = view.queue
+            special: dict[int, int] = {}  # per size, jobs classified one by one
+            for job_id in noted:
+                at = queue.index.get(job_id)
+                if at is not None and job_id not in view.gone:
+                    job = queue.jobs[at]
+                    count(leaf, self._word(leaf, view, job), 1)
+                    special[job.gpus] = special.get(job.gpus, 0) + 1
+            gone: dict[int, int] = {}
+            for job_id in view.gone:
+                at = queue.index.get(job_id)
+                if at is not None:
+                    size = queue.jobs[at].gpus
+                    gone[size] = gone.get(size, 0) + 1
+            for size, places in queue.at.items():
+                n = len(places) - gone.get(size, 0) - special.get(size, 0)
+                if n:
+                    why = self._why.get((leaf, size))
+                    if why is None:
+                        why = self._why[(leaf, size)] = why_waiting(leaf, size, self._adm)
+                    count(leaf, why + queue_place(leaf, 1, len(view)), n)
+        for consumer, jobs in self._others.items():
+            for job_id in jobs:
+                text = self.of(job_id, consumer)
+                if text is not None:
+                    count(consumer, text, 1)
+        return counts
+
     def __getitem__(self, job_id: JobId) -> str:
         if self._where is None:
             where = {j.id: leaf for leaf, view in self._queues.items() for j in view}
@@ -171,3 +214,32 @@ class WaitingReasons(Mapping[JobId, str]):
 
     def values(self) -> Iterator[str]:  # type: ignore[override]
         return (text for _, text in self.items())
+
+
+def reason_for(reasons: Mapping[JobId, str], job_id: JobId, consumer: ConsumerPath) -> str | None:
+    """A waiting job's reason in a plan's `pending_reasons`, found without an index of
+    every job when the plan words them when asked (WaitingReasons, pools.PooledReasons)."""
+    of = getattr(reasons, "of", None)
+    if of is not None:
+        text: str | None = of(job_id, consumer)
+        return text
+    return reasons.get(job_id)
+
+
+def count_kinds(
+    reasons: Mapping[JobId, str],
+    consumer_of: Callable[[JobId], str | None],
+    classify: Callable[[str], str],
+) -> dict[tuple[str, str], int]:
+    """Waiting jobs by (consumer, classify(reason)) over a plan's reasons."""
+    kinds = getattr(reasons, "kinds", None)
+    if kinds is not None:
+        out: dict[tuple[str, str], int] = kinds(classify)
+        return out
+    counts: dict[tuple[str, str], int] = {}
+    for job_id, text in reasons.items():
+        consumer = consumer_of(job_id)
+        if consumer is not None:
+            key = (consumer, classify(text))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
