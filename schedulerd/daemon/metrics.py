@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 
 from schedulerd import core
+from schedulerd.core.reasons import count_kinds
 from schedulerd.store import EventRecord, JobRecord, JobState
 
 # No `_created` series: they double the counters and no panel or rule reads them.
@@ -264,6 +265,21 @@ class DaemonMetrics:
             if kind is None:
                 kind = kinds[reason] = waiting_kind(reason)
             counts[(consumer, kind)] = counts.get((consumer, kind), 0) + n
+        self.waiting_counts = counts
+        return counts
+
+    def count_waiting_plan(
+        self, reasons: Mapping[core.JobId, str], jobs: Mapping[int, JobRecord]
+    ) -> dict[tuple[str, str], int]:
+        """count_waiting over the jobs a plan left waiting, from the plan's reasons: a
+        reason classified per leaf and job size, not per job (core.reasons.count_kinds).
+        Jobs submitted while the cycle decided are counted by the next one."""
+
+        def consumer_of(job_id: core.JobId) -> str | None:
+            job = jobs.get(job_id)
+            return None if job is None else job.consumer
+
+        counts = count_kinds(reasons, consumer_of, waiting_kind)
         self.waiting_counts = counts
         return counts
 

@@ -131,14 +131,12 @@ def apply_plan(
 
     out = ch.commit()
     state.metrics.plan_applied(preempted, shrunk, grown)
-    # Not stored: a waiting job's reason is recomputed every cycle.
-    for job_id, reason in plan.pending_reasons.items():
-        waiting = state.jobs.get(job_id)
-        if waiting is not None and waiting.state.waiting:
-            waiting.reason = reason
+    # Not stored, nor written on every waiting job: a waiting job's reason is the last
+    # plan's, worded when someone asks (ClusterState.reason_of).
+    state.waiting_reasons = plan.pending_reasons
     # For /metrics: the waiting jobs by kind of reason, counted here once per cycle
-    # rather than at every scrape.
-    state.metrics.count_waiting(state.jobs.values())
+    # rather than at every scrape, a reason per leaf and size rather than per job.
+    state.metrics.count_waiting_plan(plan.pending_reasons, state.jobs)
     state.consumer_states = dict(plan.consumers)
     state.metrics.consumers_decided(plan.consumers, now)
     state.pool_states = dict(plan.pools)

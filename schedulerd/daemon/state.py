@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from schedulerd import core
 from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeName
+from schedulerd.core.reasons import reason_for
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox, StartPart
 from schedulerd.daemon.endings import end_job
@@ -76,6 +77,9 @@ class ClusterState:
         # third of the daemon's time under a burst of submissions).
         self._waiting_views: dict[int, tuple[tuple[object, ...], core.Job]] = {}
         self.metrics = DaemonMetrics()  # counters and histograms (docs/metrics.md)
+        # The last plan's reasons of the jobs it left waiting, worded when someone asks
+        # (reason_of): a cycle no longer writes tens of thousands of reasons.
+        self.waiting_reasons: Mapping[JobId, str] = {}
 
     # -- loading and policy -------------------------------------------------
 
@@ -324,6 +328,16 @@ class ClusterState:
             ch.out += owed_stops(self, copy, ch.now)  # asked again: repeat the stops
         out = ch.commit()
         return job, out
+
+    def reason_of(self, job: JobRecord) -> str:
+        """A job's reason as people see it: a waiting job's from the last cycle that
+        decided it (worded now, core/reasons.py), else the record's own (submitted since,
+        requeued since, or not waiting)."""
+        if job.state.waiting and self.jobs.get(job.id) is job:
+            text = reason_for(self.waiting_reasons, JobId(job.id), ConsumerPath(job.consumer))
+            if text is not None:
+                return text
+        return job.reason
 
     def grace_of(self, job: JobRecord) -> float:
         if self.policy is None or job.consumer not in self.policy.consumers:
