@@ -185,12 +185,15 @@ def decide_pool(
     # Step 6. Reasons: worded when asked (reasons.WaitingReasons), from what this cycle
     # decided; nothing below changes once the plan is out.
     reserved_notes = {r.job_id: r.describe(now) for r in reservations}
+    noted_in = dict(planner.result.noted_in)
+    noted_in.update((r.job_id, r.consumer) for r in reservations)
     reasons = WaitingReasons(
         adm,
         waiting_views(queues, dict(started)),
         dict(planner.result.notes),
         reserved_notes,
         dict(kept.others),
+        noted_in,
     )
     return Plan(
         starts=tuple(starts),

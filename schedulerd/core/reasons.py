@@ -101,8 +101,20 @@ class WaitingReasons(Mapping[JobId, str]):
         notes: Mapping[JobId, str],
         reserved_notes: Mapping[JobId, str],
         others: Mapping[ConsumerPath, Mapping[JobId, Job]],
+        noted_in: Mapping[JobId, ConsumerPath] | None = None,
     ) -> None:
         self._adm = adm
+        # The consumer of each job with a note: kinds() words those one by one.
+        self._noted_by: dict[ConsumerPath, list[JobId]] = {}
+        if noted_in is None:  # not given: found by looking in every queue
+            noted_in = {
+                i: leaf
+                for leaf, view in queues.items()
+                for i in (*notes, *reserved_notes)
+                if i in view.queue.index
+            }
+        for job_id, leaf in noted_in.items():
+            self._noted_by.setdefault(leaf, []).append(job_id)
         self._queues = queues
         self._notes = notes
         self._reserved = reserved_notes
@@ -145,13 +157,12 @@ class WaitingReasons(Mapping[JobId, str]):
                 key = (consumer, classify(text))
                 counts[key] = counts.get(key, 0) + n
 
-        noted = {*self._notes, *self._reserved}
         for leaf, view in self._queues.items():
             if not len(view):
                 continue
             queue = view.queue
             special: dict[int, int] = {}  # per size, jobs classified one by one
-            for job_id in noted:
+            for job_id in set(self._noted_by.get(leaf, ())):
                 at = queue.index.get(job_id)
                 if at is not None and job_id not in view.gone:
                     job = queue.jobs[at]

@@ -70,6 +70,7 @@ class Reclaim:
     preemptions: list[Preempt] = field(default_factory=list)
     held: list[GpuSlot] = field(default_factory=list)  # free GPUs kept for receivers
     notes: dict[JobId, str] = field(default_factory=dict)  # waiting job -> what is under way
+    noted_in: dict[JobId, ConsumerPath] = field(default_factory=dict)  # ... and its consumer
 
 
 @dataclass
@@ -354,6 +355,7 @@ class Planner:
         for p in self.adm.chain(job.consumer):
             self.receiving[p] += n
         self.result.notes[job.id] = self._note(job, best, freed_from)
+        self.result.noted_in[job.id] = job.consumer
         return True
 
     def _candidate_nodes(self, n: int, victims: _Victims) -> list[NodeName]:

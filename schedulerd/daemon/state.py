@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from operator import attrgetter
 
 from schedulerd import core
 from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeName
@@ -150,23 +151,7 @@ class ClusterState:
         if job.parts:  # running, or placed: built fresh (its parts change in place)
             self._waiting_views.pop(job.id, None)
             return _core_job(job)
-        key = (
-            job.state,
-            job.consumer,
-            job.user,
-            job.gpus_min,
-            job.gpus_max,
-            job.priority,
-            job.start_time,
-            job.release_deadline,
-            job.cancel_requested,
-            job.preempting,
-            job.ending,
-            job.preemptions,
-            job.time_limit_s,
-            job.pool,
-            job.queued_at,
-        )
+        key = _VIEW_KEY(job)
         cached = self._waiting_views.get(job.id)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -201,8 +186,9 @@ class ClusterState:
 
     def _held_now(self) -> dict[tuple[ConsumerPath, str], float]:
         held: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
+        running = JobState.RUNNING
         for j in self.jobs.values():
-            if j.state is JobState.RUNNING:
+            if j.parts and j.state is running:  # waiting jobs have no parts: skipped first
                 held[(ConsumerPath(j.consumer), j.user)] += sum(len(p.gpu_indices) for p in j.parts)
         return held
 
@@ -217,10 +203,22 @@ class ClusterState:
             return
         self._usage_saved_at = self._usage_at
 
-    def held_slots(self) -> set[GpuSlot]:
-        """GPUs held by a job, or fenced: none of them may be given to a new part."""
-        held = {s for j in self.jobs.values() for s in _slots(j)}
-        for n in self.nodes.values():
+    def held_slots(self, on: Collection[str] | None = None) -> set[GpuSlot]:
+        """GPUs held by a job, or fenced: none of them may be given to a new part. `on`:
+        only those of these nodes (a plan's starts and grows need no others)."""
+        if on is None:
+            held = {s for j in self.jobs.values() for s in _slots(j)}
+            nodes = list(self.nodes.values())
+        else:
+            held = {
+                GpuSlot(NodeName(p.node), i)
+                for j in self.jobs.values()
+                for p in j.parts
+                if p.node in on
+                for i in p.gpu_indices
+            }
+            nodes = [self.nodes[n] for n in on if n in self.nodes]
+        for n in nodes:
             held.update(GpuSlot(NodeName(n.name), f.gpu_index) for f in n.fences)
         return held
 
@@ -354,6 +352,27 @@ class ClusterState:
     def notify(self, job: JobRecord) -> None:
         for listener in list(self.listeners):
             listener(job)
+
+
+# What the core's view of a waiting job is made of (_core_job): a cached view serves
+# while these are the same. One C-level call per job and cycle.
+_VIEW_KEY = attrgetter(
+    "state",
+    "consumer",
+    "user",
+    "gpus_min",
+    "gpus_max",
+    "priority",
+    "start_time",
+    "release_deadline",
+    "cancel_requested",
+    "preempting",
+    "ending",
+    "preemptions",
+    "time_limit_s",
+    "pool",
+    "queued_at",
+)
 
 
 def _offered(node: NodeRecord) -> tuple[int, ...]:
