@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
-from operator import attrgetter
 
 from schedulerd import core
 from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeName
@@ -73,10 +72,11 @@ class ClusterState:
         self._usage_at = clock()
         self._usage_saved_at = self._usage_at
         self.listeners: list[Callable[[JobRecord], None]] = []
-        # The core's view of each waiting job, kept while the job's fields are the
-        # same: a backlog of thousands would otherwise be rebuilt every cycle (a
-        # third of the daemon's time under a burst of submissions).
-        self._waiting_views: dict[int, tuple[tuple[object, ...], core.Job]] = {}
+        # The core's view of each job, kept from cycle to cycle and built again only
+        # for the jobs changed since (notify: every committed change and submission
+        # passes there), so that a snapshot costs what changed, not every job held.
+        self._views: dict[int, core.Job] = {}
+        self._changed: set[int] = set()
         self.metrics = DaemonMetrics()  # counters and histograms (docs/metrics.md)
         # The last plan's reasons of the jobs it left waiting, worded when someone asks
         # (reason_of): a cycle no longer writes tens of thousands of reasons.
@@ -142,22 +142,35 @@ class ClusterState:
             core.Node(NodeName(n.name), _offered(n), self.schedulable(n), n.pool, n.gpu_type)
             for n in self.nodes.values()
         )
-        jobs = tuple(self._core_view(j) for j in self.jobs.values())
-        for gone in self._waiting_views.keys() - self.jobs.keys():
-            del self._waiting_views[gone]
-        return core.Snapshot(nodes=nodes, jobs=jobs, user_usage=dict(self.usage))
+        return core.Snapshot(nodes=nodes, jobs=self._job_views(), user_usage=dict(self.usage))
 
-    def _core_view(self, job: JobRecord) -> core.Job:
-        if job.parts:  # running, or placed: built fresh (its parts change in place)
-            self._waiting_views.pop(job.id, None)
-            return _core_job(job)
-        key = _VIEW_KEY(job)
-        cached = self._waiting_views.get(job.id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        view = _core_job(job)
-        self._waiting_views[job.id] = (key, view)
-        return view
+    def _job_views(self) -> tuple[core.Job, ...]:
+        """The core's view of every job, in the order of `jobs`."""
+        views, jobs = self._views, self.jobs
+        changed, self._changed = self._changed, set()
+        for job_id in changed:
+            job = jobs.get(job_id)
+            if job is None:
+                views.pop(job_id, None)
+            else:
+                views[job_id] = _core_job(job)
+        if len(views) != len(jobs):
+            self._resync_views()
+        try:
+            return tuple(map(views.__getitem__, jobs))
+        except KeyError:
+            self._resync_views()
+            return tuple(map(views.__getitem__, jobs))
+
+    def _resync_views(self) -> None:
+        """Views for jobs that came without a change (loaded at start); none for jobs
+        that left without one."""
+        views, jobs = self._views, self.jobs
+        for job_id, job in jobs.items():
+            if job_id not in views:
+                views[job_id] = _core_job(job)
+        for gone in views.keys() - jobs.keys():
+            del views[gone]
 
     def pool_gpus(self) -> dict[str, int]:
         """GPUs of schedulable nodes, per pool."""
@@ -350,29 +363,10 @@ class ClusterState:
         return StartPart(job, part, root_ok and not job.vouched)
 
     def notify(self, job: JobRecord) -> None:
+        """`job` changed (committed) or came in: its core view is built again."""
+        self._changed.add(job.id)
         for listener in list(self.listeners):
             listener(job)
-
-
-# What the core's view of a waiting job is made of (_core_job): a cached view serves
-# while these are the same. One C-level call per job and cycle.
-_VIEW_KEY = attrgetter(
-    "state",
-    "consumer",
-    "user",
-    "gpus_min",
-    "gpus_max",
-    "priority",
-    "start_time",
-    "release_deadline",
-    "cancel_requested",
-    "preempting",
-    "ending",
-    "preemptions",
-    "time_limit_s",
-    "pool",
-    "queued_at",
-)
 
 
 def _offered(node: NodeRecord) -> tuple[int, ...]:
