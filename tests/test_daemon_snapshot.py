@@ -8,6 +8,8 @@ and the cycle's plan must equal the one decided without any cache."""
 from __future__ import annotations
 
 import random
+from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from schedulerd import core
@@ -49,9 +51,22 @@ def _fresh(state: ClusterState) -> tuple[core.Job, ...]:
     return tuple(_core_job(j) for j in state.jobs.values())
 
 
+def _held(views: Iterable[core.Job]) -> dict[tuple[str, str], float]:
+    held: dict[tuple[str, str], float] = defaultdict(float)
+    for v in views:
+        held[(v.consumer, v.user)] += len(v.held)
+    return held
+
+
 def _cycle(state: ClusterState, cache: core.DecideCache) -> None:
     snapshot = state.snapshot()
     assert snapshot.jobs == _fresh(state)
+    # Usage accrues from the running jobs' kept views: the GPUs the records hold.
+    running = {v.id: v for v in _fresh(state) if v.phase is core.JobPhase.RUNNING}
+    assert state._running == running
+    assert {k: v for k, v in state._held_now().items() if v} == {
+        k: v for k, v in _held(running.values()).items() if v
+    }
     assert state.policy is not None
     plan = core.decide(snapshot, state.policy, state.clock(), cache)
     assert plan.starts == core.decide(snapshot, state.policy, state.clock()).starts

@@ -49,7 +49,6 @@ import math
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
@@ -111,6 +110,7 @@ class Planner:
         # these for whole consumers of victims rather than walking their jobs.
         self.count_on: dict[NodeName, list[tuple[ConsumerPath, JobId, int]]] = defaultdict(list)
         self.gives: dict[ConsumerPath, int] = defaultdict(int)
+        self.nodes_of: dict[ConsumerPath, set[NodeName]] = defaultdict(set)
         # Allocations as they will be once the moves planned so far are done:
         # admission's, plus `moved`. GPUs already on their way back are gone from
         # their holder: counting them would take more from a consumer that the
@@ -139,6 +139,7 @@ class Planner:
                 on: dict[NodeName, int] = {}
                 for s in j.held:
                     on[s.node] = on.get(s.node, 0) + 1
+                self.nodes_of[j.consumer].update(on)
                 for node, count in on.items():
                     self.jobs_on[node].append(j)
                     self.count_on[node].append((j.consumer, j.id, count))
@@ -361,20 +362,20 @@ class Planner:
     def _candidate_nodes(self, n: int, victims: _Victims) -> list[NodeName]:
         """Nodes where free, incoming and victims' GPUs could add up to n, those
         needing the least taken from victims first (by name among equals), at most
-        _NODES_PER_TRY: walked in that order, so that the victims' GPUs on a node (an
-        upper bound: claims are checked again in _option) are counted only until
-        enough nodes are found, not on every node of the cluster."""
+        _NODES_PER_TRY. Those with n ready come first; after them only nodes where the
+        victims hold GPUs can qualify, so only those are counted (an upper bound:
+        claims are checked again in _option), in order, until enough are found."""
         ready = self.ready_n
-        nodes = self.free  # by name (FreeGpus.nodes)
-        some = sorted(
-            (node for node in nodes if ready[node] != 0),
+        out = sorted(node for node in self.free if ready[node] >= n)[:_NODES_PER_TRY]
+        if len(out) == _NODES_PER_TRY:
+            return out
+        free = self.free
+        rest = sorted(
+            (node for node in victims.nodes() if node in free and ready[node] < n),
             key=lambda node: (-min(ready[node], n), node),
         )
-        ahead = [node for node in some if ready[node] > 0]
-        behind = [node for node in some if ready[node] < 0]
-        out: list[NodeName] = []
-        for node in chain(ahead, (node for node in nodes if ready[node] == 0), behind):
-            if ready[node] >= n or ready[node] + victims.on(node) >= n:
+        for node in rest:
+            if ready[node] + victims.on(node) >= n:
                 out.append(node)
                 if len(out) == _NODES_PER_TRY:
                     break
@@ -676,6 +677,16 @@ class _Victims:
             j = self._p.by_id[job_id]
             if j.consumer in self._consumers:
                 out[j.consumer] -= len(j.held) - len(j.releasing)
+        return out
+
+    def nodes(self) -> set[NodeName]:
+        """The nodes where they hold GPUs (a superset: taken ones' too)."""
+        if self._consumers is None:
+            return {s.node for j in self._listed for s in j.held}
+        nodes_of = self._p.nodes_of
+        out: set[NodeName] = set()
+        for c in self._consumers:
+            out.update(nodes_of.get(c, ()))
         return out
 
     def on(self, node: NodeName) -> int:

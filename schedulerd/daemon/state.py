@@ -77,6 +77,7 @@ class ClusterState:
         # passes there), so that a snapshot costs what changed, not every job held.
         self._views: dict[int, core.Job] = {}
         self._changed: set[int] = set()
+        self._running: dict[int, core.Job] = {}  # the views of running jobs
         self.metrics = DaemonMetrics()  # counters and histograms (docs/metrics.md)
         # The last plan's reasons of the jobs it left waiting, worded when someone asks
         # (reason_of): a cycle no longer writes tens of thousands of reasons.
@@ -136,13 +137,18 @@ class ClusterState:
         )
 
     def snapshot(self) -> core.Snapshot:
-        self._decay_usage()
+        jobs = self._job_views()
+        # GPUs held now, per (consumer, user), from the running jobs' views.
+        held: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
+        for view in self._running.values():
+            held[(view.consumer, view.user)] += len(view.held)
+        self._decay_usage(held)
         # Fenced GPUs are not offered: their last holder may still run (docs/fencing.md).
         nodes = tuple(
             core.Node(NodeName(n.name), _offered(n), self.schedulable(n), n.pool, n.gpu_type)
             for n in self.nodes.values()
         )
-        return core.Snapshot(nodes=nodes, jobs=self._job_views(), user_usage=dict(self.usage))
+        return core.Snapshot(nodes=nodes, jobs=jobs, user_usage=dict(self.usage))
 
     def _job_views(self) -> tuple[core.Job, ...]:
         """The core's view of every job, in the order of `jobs`."""
@@ -152,8 +158,9 @@ class ClusterState:
             job = jobs.get(job_id)
             if job is None:
                 views.pop(job_id, None)
+                self._running.pop(job_id, None)
             else:
-                views[job_id] = _core_job(job)
+                self._keep(job_id, _core_job(job))
         if len(views) != len(jobs):
             self._resync_views()
         try:
@@ -168,9 +175,17 @@ class ClusterState:
         views, jobs = self._views, self.jobs
         for job_id, job in jobs.items():
             if job_id not in views:
-                views[job_id] = _core_job(job)
+                self._keep(job_id, _core_job(job))
         for gone in views.keys() - jobs.keys():
             del views[gone]
+            self._running.pop(gone, None)
+
+    def _keep(self, job_id: int, view: core.Job) -> None:
+        self._views[job_id] = view
+        if view.phase is core.JobPhase.RUNNING:
+            self._running[job_id] = view
+        else:
+            self._running.pop(job_id, None)
 
     def pool_gpus(self) -> dict[str, int]:
         """GPUs of schedulable nodes, per pool."""
@@ -186,11 +201,10 @@ class ClusterState:
             tuple(len(n.gpus) for n in nodes), tuple((n.pool, n.gpu_type) for n in nodes)
         )
 
-    def _decay_usage(self) -> None:
+    def _decay_usage(self, held: Mapping[tuple[ConsumerPath, str], float]) -> None:
         """Usage up to now (core/usage.py, the simulator's function too), and kept in
-        the store every USAGE_SAVE_S."""
+        the store every USAGE_SAVE_S; `held`: the GPUs held now."""
         now = self.clock()
-        held = self._held_now()
         half_life = self.policy.usage_half_life_s if self.policy else 3600.0
         self.usage = core.decay_usage(self.usage, held, now - self._usage_at, half_life)
         self._usage_at = now
