@@ -37,7 +37,8 @@ class FreeGpus:
             self._size[node.name] = len(node.gpus)
             self.capacity += len(node.gpus)
             busy = taken.get(node.name)
-            free = sorted(i for i in node.gpus if i not in busy) if busy else sorted(node.gpus)
+            free = [i for i in node.gpus if i not in busy] if busy else list(node.gpus)
+            free.sort()
             self._free[node.name] = free
             self.total += len(free)
             if free:

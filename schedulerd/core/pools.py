@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from operator import attrgetter
 
 from schedulerd.core.model import (
     DEFAULT_POOL,
@@ -74,7 +75,8 @@ def pools_for(asked: str, nodes: Sequence[tuple[str, str]]) -> tuple[str, ...]:
 
 def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecidePool) -> Plan:
     pools = pool_names(snapshot)
-    asked = {j.pool for j in snapshot.jobs if j.pool is not None}
+    asked = set(map(_asked, snapshot.jobs))  # one C-level pass
+    asked.discard(None)
     if len(pools) <= 1 and (not asked or asked <= _names(snapshot)):
         # One pool, and every job may run in it: the cycle as it always was.
         name = pools[0] if pools else DEFAULT_POOL
@@ -120,6 +122,9 @@ def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecideP
         started.update(s.job_id for s in plan.starts)
         plans[pool] = plan
     return _merge(policy, snapshot, plans, last_pool, started, nowhere, pools)
+
+
+_asked = attrgetter("pool")
 
 
 def _without_gpus(node: Node, taken: set[int]) -> Node:

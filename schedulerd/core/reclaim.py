@@ -127,7 +127,8 @@ class Planner:
             return
         self._indexed = True
         self.by_id = {j.id: j for j in self.running}
-        for j in self.running:
+        self.releasing = [j for j in self.running if j.incoming]  # also read by _note
+        for j in self.releasing:
             for s in j.incoming:
                 if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
                     self.incoming[s.node].append(s)
@@ -136,18 +137,24 @@ class Planner:
             if not j.stopping:
                 self.by_leaf[j.consumer].append(j)
                 self.gives[j.consumer] += len(j.held) - len(j.releasing)
-                on: dict[NodeName, int] = {}
-                for s in j.held:
-                    on[s.node] = on.get(s.node, 0) + 1
+                where = {s.node for s in j.held}
+                if len(where) == 1:
+                    on = dict.fromkeys(where, len(j.held))
+                else:
+                    on = {}
+                    for s in j.held:
+                        on[s.node] = on.get(s.node, 0) + 1
                 self.nodes_of[j.consumer].update(on)
                 for node, count in on.items():
                     self.jobs_on[node].append(j)
                     self.count_on[node].append((j.consumer, j.id, count))
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
-        self.releasing = [j for j in self.running if j.incoming]  # read by _note
         self.virtual = defaultdict(int, self.adm.allocation)
-        for j in self.running:
-            self._add_virtual(j.consumer, -len(j.incoming))
+        gone: dict[ConsumerPath, int] = defaultdict(int)  # per consumer, up the tree once
+        for j in self.releasing:
+            gone[j.consumer] += len(j.incoming)
+        for consumer, n in gone.items():
+            self._add_virtual(consumer, -n)
 
     @property
     def free(self) -> dict[NodeName, list[GpuSlot]]:
