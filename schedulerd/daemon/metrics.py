@@ -99,7 +99,9 @@ class DaemonMetrics:
         # Waiting jobs by (consumer, kind of reason), counted after each scheduling
         # cycle (apply_plan, where the reasons are set) and read by the scrape; None
         # before the first count.
-        self.waiting_counts: dict[tuple[str, str], int] | None = None
+        self._waiting_counts: dict[tuple[str, str], int] | None = None
+        # The last plan's reasons, counted when a scrape first asks (waiting_counts).
+        self._waiting_plan: tuple[Mapping[core.JobId, str], Mapping[int, JobRecord]] | None = None
         self.submitted = Counter(
             "schedulerd_jobs_submitted_total", "Jobs queued", ["consumer"], registry=r
         )
@@ -282,6 +284,27 @@ class DaemonMetrics:
         counts = count_kinds(reasons, consumer_of, waiting_kind)
         self.waiting_counts = counts
         return counts
+
+    def waiting_plan(
+        self, reasons: Mapping[core.JobId, str], jobs: Mapping[int, JobRecord]
+    ) -> None:
+        """Keep the last plan's waiting reasons, to be counted by kind when a scrape
+        asks (count_waiting_plan): a cycle does not classify them, a scrape classifies
+        one reason per leaf and job size, once per plan."""
+        self._waiting_plan = (reasons, jobs)
+
+    @property
+    def waiting_counts(self) -> dict[tuple[str, str], int] | None:
+        """Waiting jobs by (consumer, kind of reason) as of the last cycle; None before."""
+        if self._waiting_plan is not None:
+            reasons, jobs = self._waiting_plan
+            self._waiting_plan = None
+            self.count_waiting_plan(reasons, jobs)
+        return self._waiting_counts
+
+    @waiting_counts.setter
+    def waiting_counts(self, counts: dict[tuple[str, str], int] | None) -> None:
+        self._waiting_counts = counts
 
     def plan_sizes(self, plan: core.Plan) -> None:
         sizes = {

@@ -139,9 +139,10 @@ def apply_plan(
     # Not stored, nor written on every waiting job: a waiting job's reason is the last
     # plan's, worded when someone asks (ClusterState.reason_of).
     state.waiting_reasons = plan.pending_reasons
-    # For /metrics: the waiting jobs by kind of reason, counted here once per cycle
-    # rather than at every scrape, a reason per leaf and size rather than per job.
-    state.metrics.count_waiting_plan(plan.pending_reasons, state.jobs)
+    # For /metrics: the waiting jobs by kind of reason, counted when a scrape first asks
+    # after this cycle (not at every scrape, nor every cycle), a reason per leaf and size
+    # rather than per job.
+    state.metrics.waiting_plan(plan.pending_reasons, state.jobs)
     state.consumer_states = dict(plan.consumers)
     state.metrics.consumers_decided(plan.consumers, now)
     state.pool_states = dict(plan.pools)
