@@ -19,7 +19,7 @@ daemon uses the job's id), so a queue's order does not depend on the snapshot's 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence, Set
 from itertools import compress, repeat
 from operator import attrgetter, is_, not_
@@ -38,7 +38,7 @@ class LeafQueue:
         self.index: dict[JobId, int] = {j.id: i for i, j in enumerate(jobs)}
         at: dict[int, list[int]] = defaultdict(list)
         for i, j in enumerate(jobs):
-            at[j.gpus].append(i)
+            at[j.gpus_min].append(i)  # j.gpus
         self.at: dict[int, list[int]] = dict(at)
         self.timed = [j for j in jobs if j.time_limit_s is not None]  # may backfill
         self.demand = sum(j.gpus_max for j in jobs)
@@ -132,7 +132,7 @@ class PoolQueues:
         self.queues: dict[ConsumerPath, LeafQueue] = {}
         # Waiting jobs of consumers that are not leaves of the policy: they only get a reason.
         self.others: dict[ConsumerPath, dict[JobId, Job]] = {}
-        self._users: dict[ConsumerPath, frozenset[str]] = {}  # a fairshare leaf's users
+        self._users: dict[ConsumerPath, tuple[str, ...]] = {}  # a fairshare leaf's users, sorted
 
     def update(
         self,
@@ -184,7 +184,7 @@ class PoolQueues:
             if order is Order.FAIRSHARE:
                 users = self._users.get(c)
                 if users is None:
-                    users = self._users[c] = frozenset(j.user for j in members.values())
+                    users = self._users[c] = tuple(sorted({j.user for j in members.values()}))
                 key = _fairshare_key(users, runs, used)
             if q is not None and q.key == key:
                 continue
@@ -193,20 +193,17 @@ class PoolQueues:
 
 
 def _fairshare_key(
-    users: frozenset[str], running: Iterable[Job], usage: Mapping[str, float]
+    users: tuple[str, ...], running: Iterable[Job], usage: Mapping[str, float]
 ) -> tuple[object, ...]:
-    """What a fairshare queue's order depends on besides its jobs: each user's running
-    GPUs, and the order (with ties) of the users' decayed usage, which decays for all
-    alike from cycle to cycle and so seldom reorders them."""
-    turns: Counter[str] = Counter()
+    """What a fairshare queue's order depends on besides its jobs (`users`: theirs,
+    sorted): each user's running GPUs, and the order (with ties) of the users' decayed
+    usage, which decays for all alike from cycle to cycle and so seldom reorders them."""
+    turns: dict[str, int] = {}
     for j in running:
-        turns[j.user] += len(j.held)
-    values = sorted({usage.get(u, 0.0) for u in users})
-    rank = {v: i for i, v in enumerate(values)}
-    return (
-        tuple(sorted((u, turns[u]) for u in users if turns[u])),
-        tuple(sorted((u, rank[usage.get(u, 0.0)]) for u in users)),
-    )
+        turns[j.user] = turns.get(j.user, 0) + len(j.held)
+    used = [usage.get(u, 0.0) for u in users]
+    rank = {v: i for i, v in enumerate(sorted(set(used)))}
+    return (tuple(turns.get(u, 0) for u in users), tuple(rank[v] for v in used))
 
 
 def split_phases(jobs: Sequence[Job]) -> tuple[list[Job], list[Job]]:
