@@ -220,12 +220,14 @@ class Planner:
         # leaf after one, not at every leaf.
         borrowers: list[ConsumerPath] = []
         borrowers_stale = True
+        ranked: list[tuple[float, ConsumerPath]] | None = None  # borrowers by ratio, read once
         for leaf in sorted(queues, key=self.adm.starvation_key):
             if self.tries >= _TRIES_PER_CYCLE:
                 return  # _serve would refuse every further try: nothing left to do
             if borrowers_stale:
                 borrowers = [c for c in self.by_leaf if take and self._borrower_above(c, 0.0)]
                 borrowers_stale = False
+                ranked = None
             if not borrowers and not incoming:
                 return  # nobody holds borrowed GPUs and nothing is on its way back
             # Sizes that found nothing: a job of the same size would find nothing
@@ -254,17 +256,41 @@ class Planner:
                     # for GPUs that free up, which reach it first (module docstring).
                     break
                 after = (self.virtual[leaf] + job.gpus) / ent
-                victims = _Victims(self, {c for c in borrowers if self._borrower_above(c, after)})
+                if ranked is None:
+                    ranked = self._ranked(borrowers)
+                # _borrower_above(c, after) for each borrower: those above `after`.
+                above = set()
+                for ratio, c in ranked:
+                    if not ratio > after + _EPS:
+                        break
+                    above.add(c)
+                victims = _Victims(self, above)
                 tries += 1
                 if self._serve(job, victims, "reclaim"):
                     failed.clear()
                     borrowers_stale = True
+                    ranked = None
                 else:
                     failed.add(job.gpus)
                 alive = self._alive(sizes, failed, take)
 
     def _alive(self, sizes: Iterable[int], failed: set[int], take: bool) -> set[int]:
         return {n for n in sizes if n not in failed and (take or self._incoming_may_serve(n))}
+
+    def _ranked(self, borrowers: list[ConsumerPath]) -> list[tuple[float, ConsumerPath]]:
+        """Borrowers by what they hold over their entitlement, highest first (infinite
+        for one entitled to nothing): those _borrower_above a receiver's `after` are a
+        prefix (admission.takes_back, for consumers that hold more than their
+        entitlement). Valid until a claim changes what they hold."""
+        out = []
+        for c in borrowers:
+            ent = self.adm.division.entitlement.get(c, 0.0)
+            held = self.virtual[c] - self.receiving[c]
+            if held <= ent + _EPS:
+                continue  # no longer above its entitlement: never a victim
+            out.append((float("inf") if ent <= _EPS else held / ent, c))
+        out.sort(key=lambda rc: rc[0], reverse=True)
+        return out
 
     def _patient(self, job: Job) -> bool:
         """Whether the job has waited less than its consumer's reclaim_patience: GPUs
@@ -377,11 +403,15 @@ class Planner:
         if len(out) == _NODES_PER_TRY:
             return out
         free = self.free
-        rest = sorted(
-            (node for node in victims.nodes() if node in free and ready[node] < n),
-            key=lambda node: (-min(ready[node], n), node),
+        near = [node for node in victims.nodes() if node in free and ready[node] < n]
+        # By (-min(ready, n), name): most nodes have nothing ready, and are by name.
+        zero = sorted(node for node in near if ready[node] == 0)
+        some = sorted(
+            (node for node in near if ready[node] != 0), key=lambda node: (-ready[node], node)
         )
-        for node in rest:
+        ahead = [node for node in some if ready[node] > 0]
+        behind = [node for node in some if ready[node] < 0]
+        for node in (*ahead, *zero, *behind):
             if ready[node] + victims.on(node) >= n:
                 out.append(node)
                 if len(out) == _NODES_PER_TRY:
