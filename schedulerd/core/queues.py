@@ -127,6 +127,7 @@ class PoolQueues:
     def __init__(self) -> None:
         self._policy: Policy | None = None
         self._pending: dict[int, Job] = {}  # id(job) -> job (the cache holds them: ids stay unique)
+        self._ids: set[int] = set()  # its keys
         self._members: dict[ConsumerPath, dict[JobId, Job]] = {}
         self._dirty: set[ConsumerPath] = set()
         self.queues: dict[ConsumerPath, LeafQueue] = {}
@@ -137,31 +138,36 @@ class PoolQueues:
     def update(
         self,
         policy: Policy,
-        pending: Iterable[Job],
+        pending: Sequence[Job],
         running_by_leaf: Mapping[ConsumerPath, list[Job]],
         usage_by_leaf: Mapping[ConsumerPath, Mapping[str, float]],
     ) -> None:
-        now_pending = dict(zip(map(id, pending), pending, strict=True))
         if policy is not self._policy:
             self._policy = policy
             self._pending = {}
+            self._ids = set()
             self._members = {}
             self.queues = {}
             self.others = {}
             self._dirty = set()
             self._users = {}
-        old = self._pending
-        if len(old) != len(now_pending) or old.keys() != now_pending.keys():
-            for k in old.keys() - now_pending.keys():
-                j = old[k]
-                members = self._members[j.consumer]
-                del members[j.id]
-                self._dirty.add(j.consumer)
-            for k in now_pending.keys() - old.keys():
-                j = now_pending[k]
+        # Which waiting jobs came and went, by identity: C-level passes over the ids,
+        # then work for the changed jobs only.
+        ids = list(map(id, pending))
+        now_ids = set(ids)
+        gone = self._ids - now_ids
+        came = now_ids - self._ids
+        self._ids = now_ids
+        kept = self._pending  # id -> job, for the jobs the cache holds
+        for k in gone:
+            j = kept.pop(k)
+            del self._members[j.consumer][j.id]
+            self._dirty.add(j.consumer)
+        if came:
+            for j in compress(pending, map(came.__contains__, ids)):
+                kept[id(j)] = j
                 self._members.setdefault(j.consumer, {})[j.id] = j
                 self._dirty.add(j.consumer)
-        self._pending = now_pending
         for c in self._dirty:
             members = self._members.get(c, {})
             if not members:
