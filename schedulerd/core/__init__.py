@@ -1,5 +1,6 @@
 """The pure decision core: snapshot and policy in, plan with reasons out."""
 
+from schedulerd.core.cache import DecideCache
 from schedulerd.core.decide import decide
 from schedulerd.core.entitlement import Division, divide
 from schedulerd.core.model import (
@@ -33,6 +34,7 @@ __all__ = [
     "ConsumerPath",
     "ConsumerPolicy",
     "ConsumerState",
+    "DecideCache",
     "Division",
     "GpuSlot",
     "Grow",

@@ -34,8 +34,12 @@ class Admission:
         self.fair_only = False
 
     def count_running(self, job: Job) -> None:
-        for p in self.chain(job.consumer):
-            self.allocation[p] += len(job.held)
+        self.add_running(job.consumer, len(job.held))
+
+    def add_running(self, consumer: ConsumerPath, held: int) -> None:
+        """Count GPUs held by running jobs of `consumer` (one consumer's summed)."""
+        for p in self.chain(consumer):
+            self.allocation[p] += held
 
     def ratio(self, path: ConsumerPath) -> float:
         ent = self.division.entitlement.get(path, 0.0)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 from schedulerd.core.admission import Admission
+from schedulerd.core.cache import DecideCache
 from schedulerd.core.entitlement import divide
 from schedulerd.core.model import (
     ROOT,
@@ -41,31 +42,64 @@ from schedulerd.core.model import (
     Snapshot,
     Start,
 )
-from schedulerd.core.ordering import queue_order
 from schedulerd.core.placement import FreeGpus
 from schedulerd.core.pools import decide_in_pools
-from schedulerd.core.reasons import grow_reason, queue_place, start_reason, why_waiting
+from schedulerd.core.queues import LeafQueue, PoolQueues, split_phases, waiting_views
+from schedulerd.core.reasons import WaitingReasons, grow_reason, start_reason
 from schedulerd.core.reclaim import Planner
-from schedulerd.core.reservation import Reservation, backfills, reserve
+from schedulerd.core.reservation import Holders, Reservation, backfills, reserve
 from schedulerd.core.windows import policy_at
 
 
-def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
+def decide(
+    snapshot: Snapshot, policy: Policy, now: float, cache: DecideCache | None = None
+) -> Plan:
     """The plan for the whole cluster: one cycle per pool (pools.py), with each
-    consumer's terms in force at `now` (its time windows: windows.py)."""
-    return decide_in_pools(snapshot, policy_at(policy, now), now, decide_pool)
+    consumer's terms in force at `now` (its time windows: windows.py). `cache`, kept by
+    the caller from one cycle to the next, makes a cycle cost what changed since the
+    last one rather than everything held (cache.py); the plan is the same without it."""
+    cache = cache if cache is not None else DecideCache()
+
+    def one(part: Snapshot, terms: Policy, at: float, guests: frozenset[JobId], pool: str) -> Plan:
+        return decide_pool(part, terms, at, guests, cache.pool(pool))
+
+    try:
+        plan = decide_in_pools(snapshot, policy_at(policy, now), now, one)
+    except BaseException:
+        cache.clear()  # a cycle cut short may have left it half updated
+        raise
+    cache.forget_others()
+    return plan
 
 
 def decide_pool(
-    snapshot: Snapshot, policy: Policy, now: float, guests: frozenset[JobId] = frozenset()
+    snapshot: Snapshot,
+    policy: Policy,
+    now: float,
+    guests: frozenset[JobId] = frozenset(),
+    kept: PoolQueues | None = None,
 ) -> Plan:
     """The cycle in one pool: `snapshot` holds its nodes and the jobs that may run
     there, `policy` its terms. `guests` are waiting jobs that may also run in a pool
     decided later: they start here if they can, but neither reclaim, reserve nor
-    preempt here (pools.py: only in the last pool they may run in)."""
-    running = [j for j in snapshot.jobs if j.phase is JobPhase.RUNNING]
-    pending = [j for j in snapshot.jobs if j.phase is JobPhase.PENDING]
-    known = [j for j in pending if policy.is_leaf(j.consumer)]
+    preempt here (pools.py: only in the last pool they may run in). `kept`: this
+    pool's waiting queues as the last cycle left them (queues.py)."""
+    running, pending = split_phases(snapshot.jobs)
+    # One pass over the running jobs for what is counted per consumer (up the tree
+    # once per consumer below, not once per job).
+    running_by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
+    held_by: dict[ConsumerPath, int] = defaultdict(int)
+    leaf_demand: dict[ConsumerPath, int] = defaultdict(int)
+    for j in running:
+        running_by_leaf[j.consumer].append(j)
+        held_by[j.consumer] += len(j.held)
+        leaf_demand[j.consumer] += j.gpus_max  # never a guest: guests wait
+    usage_by_leaf: dict[ConsumerPath, dict[str, float]] = defaultdict(dict)
+    for (leaf, user), used in snapshot.user_usage.items():
+        usage_by_leaf[leaf][user] = used
+    kept = kept if kept is not None else PoolQueues()
+    kept.update(policy, pending, running_by_leaf, usage_by_leaf)
+    queues: dict[ConsumerPath, LeafQueue] = dict(kept.queues)
 
     # Step 1. Capacity counts schedulable GPUs plus GPUs still held on nodes
     # that are drained or unreachable: their holders are still somebody's allocation.
@@ -73,10 +107,12 @@ def decide_pool(
     capacity = sum(len(n.gpus) for n in snapshot.nodes if n.schedulable) + sum(
         1 for j in running for s in j.held if s.node not in schedulable
     )
-    leaf_demand: dict[ConsumerPath, int] = defaultdict(int)
-    for j in (*running, *known):
-        if j.id not in guests:  # a guest counts in the pool where it may reclaim (pools.py)
-            leaf_demand[j.consumer] += j.gpus_max
+    for leaf, q in queues.items():
+        leaf_demand[leaf] += q.demand
+    if guests:  # a guest counts in the pool where it may reclaim (pools.py)
+        for j in pending:
+            if j.id in guests and j.consumer in queues:
+                leaf_demand[j.consumer] -= j.gpus_max
     leaf_usage: dict[ConsumerPath, float] = defaultdict(float)
     if policy.usage_weight > 0:
         for (leaf, _user), used in snapshot.user_usage.items():
@@ -85,42 +121,31 @@ def decide_pool(
 
     free = FreeGpus(snapshot.nodes, (s for j in running for s in j.held))
     adm = Admission(policy, division, free)
-    for j in running:
-        adm.count_running(j)
+    for consumer, held in held_by.items():
+        adm.add_running(consumer, held)
 
-    # Step 2-3. Per-leaf queues, then the most-starved-first admission loop.
-    running_by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
-    for j in running:
-        running_by_leaf[j.consumer].append(j)
-    pending_by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
-    for j in known:
-        pending_by_leaf[j.consumer].append(j)
-    usage_by_leaf: dict[ConsumerPath, dict[str, float]] = defaultdict(dict)
-    for (leaf, user), used in snapshot.user_usage.items():
-        usage_by_leaf[leaf][user] = used
-    queues = {
-        leaf: queue_order(
-            policy.consumers[leaf].order, jobs, running_by_leaf[leaf], usage_by_leaf[leaf]
-        )
-        for leaf, jobs in pending_by_leaf.items()
-    }
+    # Step 2-3. Per-leaf queues (kept sorted between cycles), then the most-starved-first
+    # admission loop.
+    nothing: dict[JobId, ConsumerPath] = {}
+    full = waiting_views(queues, nothing)
     # Step 4, its first part: GPUs on their way back, and free ones beside them,
     # stay held for the waiting job they will serve, so that admission does not
     # hand out the first ones back before the rest are free.
     planner = Planner(adm, running, now)
-    own = _without(queues, guests)
+    own = _without(full, guests)
     planner.hold_incoming(own)
     adm.free.hold(planner.result.held)
     # Reservations (reservation.py): a leaf's first job that cannot be placed gets a
     # node (or nodes) whose free GPUs are held for it, so small jobs cannot starve it.
     reserved_nodes: set[NodeName] = set()
-    reservations = reserve(adm, own, running, now, taken_nodes=reserved_nodes)
+    holders = Holders(running)
+    reservations = reserve(adm, own, holders, now, taken_nodes=reserved_nodes)
 
     # Step 2: the fair pass, consumers below their entitlement only.
     adm.fair_only = True
-    starts = _serve(policy, adm, queues, _admit_job(adm))
-    started = {s.job_id for s in starts}
-    waiting = {leaf: [j for j in q if j.id not in started] for leaf, q in queues.items()}
+    started: dict[JobId, ConsumerPath] = {}
+    starts = _serve_jobs(policy, adm, queues, started)
+    waiting = waiting_views(queues, started)
 
     # Step 4: reclaim for consumers still below their entitlement; the GPUs it
     # counts on are held, so the borrowing pass cannot take them back.
@@ -133,7 +158,7 @@ def decide_pool(
     reservations += reserve(
         adm,
         _without(waiting, guests),
-        running,
+        holders,
         now,
         after_reclaim=served,
         taken_nodes=reserved_nodes,
@@ -141,46 +166,39 @@ def decide_pool(
 
     # Step 3: work conservation: borrowing, then growing elastic jobs.
     adm.fair_only = False
-    starts += _serve(policy, adm, waiting, _admit_job(adm))
-    started = {s.job_id for s in starts}
+    starts += _serve_jobs(policy, adm, queues, started)
     # Backfill: jobs with a time limit that ends before a reservation's start use its
     # held GPUs meanwhile.
     backfilled = _backfill(adm, queues, started, reservations, now)
     starts += backfilled
-    started = {s.job_id for s in starts}
     backfilled_slots = {slot for st in backfilled for slot in st.slots}
     shrinking = {sh.job_id for sh in planner.result.shrinks}
     victims = shrinking | {p.job_id for p in planner.result.preemptions}
     grows = _grow(policy, adm, [j for j in running if j.id not in victims])
 
     # Step 5: priority preemption inside consumers that allow it, on what step 3
-    # left free.
+    # left free, leaf by leaf in the order their first waiting job comes in the snapshot.
+    # Its queues are those after the fair pass, as they always were.
     planner.refresh()
-    planner.by_priority(_without(waiting, guests), started)
+    planner.by_priority(_in_snapshot_order(policy, _without(waiting, guests), snapshot), started)
 
-    # Step 6. Reasons.
+    # Step 6. Reasons: worded when asked (reasons.WaitingReasons), from what this cycle
+    # decided; nothing below changes once the plan is out.
     reserved_notes = {r.job_id: r.describe(now) for r in reservations}
-    reasons = {}
-    why: dict[tuple[ConsumerPath, int], str] = {}  # shared by jobs of one leaf and size
-    for leaf, queue in queues.items():
-        still = [j for j in queue if j.id not in started]
-        for place, j in enumerate(still, start=1):
-            key = (leaf, j.gpus)
-            if key not in why:
-                why[key] = why_waiting(leaf, j.gpus, adm)
-            note = planner.result.notes.get(j.id) or reserved_notes.get(j.id)
-            text = why[key] + (f"; {note}" if note else "")
-            reasons[j.id] = text + queue_place(leaf, place, len(still))
-    for j in pending:
-        if not policy.is_leaf(j.consumer):  # the jobs left out of `known`
-            reasons[j.id] = (
-                f"consumer {j.consumer} is not a leaf of the policy in force; "
-                "apply a policy that has it, or cancel the job"
-            )
+    noted_in = dict(planner.result.noted_in)
+    noted_in.update((r.job_id, r.consumer) for r in reservations)
+    reasons = WaitingReasons(
+        adm,
+        waiting_views(queues, dict(started)),
+        dict(planner.result.notes),
+        reserved_notes,
+        dict(kept.others),
+        noted_in,
+    )
     return Plan(
         starts=tuple(starts),
         pending_reasons=reasons,
-        consumers=_consumer_states(policy, adm, running, known, started),
+        consumers=_consumer_states(policy, adm, running, queues, started),
         grows=grows,
         shrinks=tuple(planner.result.shrinks),
         preemptions=tuple(planner.result.preemptions),
@@ -191,13 +209,33 @@ def decide_pool(
     )
 
 
+def _in_snapshot_order(
+    policy: Policy, queues: Mapping[ConsumerPath, Sequence[Job]], snapshot: Snapshot
+) -> dict[ConsumerPath, Sequence[Job]]:
+    """The queues of leaves with priority preemption (the only ones step 5 serves), in
+    the order of their first waiting job in the snapshot: the order the cycle has always
+    served them in. The scan stops once every such leaf is found."""
+    wanted = {
+        leaf for leaf, q in queues.items() if q and policy.consumers[leaf].priority_preemption
+    }
+    if len(wanted) <= 1:
+        return {leaf: queues[leaf] for leaf in wanted}
+    order: dict[ConsumerPath, Sequence[Job]] = {}
+    for j in snapshot.jobs:
+        if j.consumer in wanted and j.consumer not in order and j.phase is JobPhase.PENDING:
+            order[j.consumer] = queues[j.consumer]
+            if len(order) == len(wanted):
+                break
+    return order
+
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def _without(
-    queues: dict[ConsumerPath, list[Job]], guests: frozenset[JobId]
-) -> dict[ConsumerPath, list[Job]]:
+    queues: Mapping[ConsumerPath, Sequence[Job]], guests: frozenset[JobId]
+) -> Mapping[ConsumerPath, Sequence[Job]]:
     if not guests:
         return queues
     return {leaf: [j for j in q if j.id not in guests] for leaf, q in queues.items()}
@@ -209,25 +247,9 @@ def _serve(
     queues: Mapping[ConsumerPath, list[T]],
     try_one: Callable[[ConsumerPath, T], R | None],
 ) -> list[R]:
-    """Hierarchical most-starved-first service.
-
-    From the root, descend into the child with the lowest allocation/entitlement
-    (ties by path) that may still be served, down to a leaf, and serve that
-    leaf's first item (a job to start, a GPU to grow) that passes every check. A
-    leaf whose remaining items all fail is exhausted for the rest of the pass:
-    free GPUs only shrink and allocations only grow within a pass, so an item
-    that failed cannot pass later. One heap per parent; only the chosen path's
-    keys change after a success.
-    """
+    """Serve each leaf's items (a GPU to grow) in order through `try_one`; see
+    `_serve_tree`. A leaf's cursor moves past every item tried."""
     cursor = dict.fromkeys(queues, 0)
-    live: set[ConsumerPath] = set()
-    for leaf in queues:
-        live.update(policy.ancestors(leaf))
-    heaps: dict[ConsumerPath, list[tuple[float, int, str]]] = {}
-    for parent in live:
-        children = [c for c in policy.children(parent) if c in live]
-        heaps[parent] = [adm.starvation_key(c) for c in children]
-        heapq.heapify(heaps[parent])
 
     def serve_leaf(leaf: ConsumerPath) -> R | None:
         queue = queues[leaf]
@@ -239,8 +261,36 @@ def _serve(
                 return result
         return None
 
+    return _serve_tree(policy, adm, queues, serve_leaf)
+
+
+def _serve_tree(
+    policy: Policy,
+    adm: Admission,
+    leaves: Collection[ConsumerPath],
+    serve_leaf: Callable[[ConsumerPath], R | None],
+) -> list[R]:
+    """Hierarchical most-starved-first service.
+
+    From the root, descend into the child with the lowest allocation/entitlement
+    (ties by path) that may still be served, down to a leaf, and serve that
+    leaf's first item (a job to start, a GPU to grow) that passes every check. A
+    leaf whose remaining items all fail is exhausted for the rest of the pass:
+    free GPUs only shrink and allocations only grow within a pass, so an item
+    that failed cannot pass later. One heap per parent; only the chosen path's
+    keys change after a success.
+    """
+    live: set[ConsumerPath] = set()
+    for leaf in leaves:
+        live.update(policy.ancestors(leaf))
+    heaps: dict[ConsumerPath, list[tuple[float, int, str]]] = {}
+    for parent in live:
+        children = [c for c in policy.children(parent) if c in live]
+        heaps[parent] = [adm.starvation_key(c) for c in children]
+        heapq.heapify(heaps[parent])
+
     def serve_one(node: ConsumerPath) -> R | None:
-        if node in queues:
+        if node in leaves:
             return serve_leaf(node)
         heap = heaps.get(node, [])  # no heap: nothing waits below (an idle queue)
         while heap:
@@ -258,30 +308,61 @@ def _serve(
     return served
 
 
-def _admit_job(adm: Admission) -> Callable[[ConsumerPath, Job], Start | None]:
-    # (leaf, size) pairs refused since the last start: admission's state changes
-    # only with a start, so until then the same check gives the same answer.
-    refused: set[tuple[ConsumerPath, int]] = set()
+# Blocker codes (admission.Admission.blocker) that a job of n GPUs fails only if every
+# larger job fails too: "allocation + n > bound" and "free < n". Not "fragmented": a job
+# larger than any node spans nodes and may fit where a smaller one does not.
+_MONOTONE = frozenset({"limit", "borrow", "reserved", "capacity"})
 
-    def admit(leaf: ConsumerPath, job: Job) -> Start | None:
-        key = (leaf, job.gpus)
-        if key in refused:
-            return None
-        if adm.blocker(leaf, job.gpus) is not None:
-            refused.add(key)
-            return None
-        refused.clear()
-        ratio_before = adm.ratio(leaf)
-        slots = adm.start(job)
-        return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))
 
-    return admit
+def _serve_jobs(
+    policy: Policy,
+    adm: Admission,
+    queues: Mapping[ConsumerPath, LeafQueue],
+    started: dict[JobId, ConsumerPath],
+) -> list[Start]:
+    """Admission over the leaves' queues (`_serve_tree`), skipping the jobs in
+    `started` (added to as jobs start). A size a leaf was refused since the last start
+    anywhere is refused again until then (admission's state changes only with a
+    start): the queue jumps over its jobs (LeafQueue.next_at) rather than trying each."""
+    cursor = dict.fromkeys(queues, 0)
+    refused: dict[ConsumerPath, set[int]] = {}
+    no_sizes: set[int] = set()
+
+    def serve_leaf(leaf: ConsumerPath) -> Start | None:
+        nonlocal refused
+        queue = queues[leaf]
+        while True:
+            at = queue.next_at(cursor[leaf], refused.get(leaf, no_sizes), started)
+            if at is None:
+                cursor[leaf] = len(queue)
+                return None
+            cursor[leaf] = at + 1
+            job = queue.jobs[at]
+            code = adm.blocker(leaf, job.gpus)
+            if code is not None:
+                kind = code.partition(":")[0]
+                if kind == "fair":  # whatever the size: nothing of this leaf passes
+                    cursor[leaf] = len(queue)
+                    return None
+                sizes = refused.setdefault(leaf, set())
+                if kind in _MONOTONE:  # every larger size fails the same check
+                    sizes.update(k for k in queue.at if k >= job.gpus)
+                else:
+                    sizes.add(job.gpus)
+                continue
+            refused = {}
+            ratio_before = adm.ratio(leaf)
+            slots = adm.start(job)
+            started[job.id] = leaf
+            return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))
+
+    return _serve_tree(policy, adm, queues, serve_leaf)
 
 
 def _backfill(
     adm: Admission,
-    queues: Mapping[ConsumerPath, list[Job]],
-    started: set[JobId],
+    queues: Mapping[ConsumerPath, LeafQueue],
+    started: dict[JobId, ConsumerPath],
     reservations: list[Reservation],
     now: float,
 ) -> list[Start]:
@@ -293,8 +374,8 @@ def _backfill(
     if not room:
         return out
     for leaf in sorted(queues, key=adm.starvation_key):
-        for job in queues[leaf]:
-            if job.id in started or job.time_limit_s is None or job.id in room:
+        for job in queues[leaf].timed:  # the others may not backfill
+            if job.id in started or job.id in room:
                 continue
             code = adm.blocker(leaf, job.gpus)
             if code is not None and code.partition(":")[0] not in ("fragmented", "capacity"):
@@ -316,6 +397,7 @@ def _backfill(
                 reason = start_reason(job, leaf, ratio_before, adm)
                 reason += f"; backfilled on GPUs held for job {r.job_id}, ending before it starts"
                 out.append(Start(job.id, taken, reason))
+                started[job.id] = leaf
                 break
     return out
 
@@ -325,10 +407,17 @@ def _grow(policy: Policy, adm: Admission, running: list[Job]) -> tuple[Grow, ...
     consumer first, round-robin over a consumer's jobs, oldest first; a new GPU
     lands next to the job's workers when it can (SEMANTICS: the cycle, steps 2-3)."""
     by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
-    for j in sorted(running, key=lambda j: (j.started_at or 0.0, j.id)):
-        growable = j.elastic and not j.stopping and not j.releasing and len(j.held) < j.gpus_max
-        if growable and policy.is_leaf(j.consumer):
-            by_leaf[j.consumer].append(j)
+    growable = [
+        j
+        for j in running
+        if j.gpus_max > j.gpus_min  # elastic
+        and not j.stopping
+        and not j.releasing
+        and len(j.held) < j.gpus_max
+        and policy.is_leaf(j.consumer)
+    ]
+    for j in sorted(growable, key=lambda j: (j.started_at or 0.0, j.id)):
+        by_leaf[j.consumer].append(j)
     if not by_leaf or adm.free.total == 0:
         return ()
     tokens: dict[ConsumerPath, list[Job]] = {}
@@ -360,12 +449,11 @@ def _consumer_states(
     policy: Policy,
     adm: Admission,
     running: list[Job],
-    pending: list[Job],
-    started: set[JobId],
+    queues: Mapping[ConsumerPath, LeafQueue],
+    started: Mapping[JobId, ConsumerPath],
 ) -> dict[ConsumerPath, ConsumerState]:
     # Counted per consumer first, then up the tree once per consumer.
     running_c: dict[ConsumerPath, int] = defaultdict(int)
-    pending_c: dict[ConsumerPath, int] = defaultdict(int)
     for j in running:
         running_c[j.consumer] += 1
     running_n: dict[ConsumerPath, int] = defaultdict(int)
@@ -373,9 +461,9 @@ def _consumer_states(
         for p in adm.chain(c):
             running_n[p] += n
     started_c: dict[ConsumerPath, int] = defaultdict(int)
-    for j in pending:
-        counts = started_c if j.id in started else pending_c
-        counts[j.consumer] += 1
+    for leaf in started.values():
+        started_c[leaf] += 1
+    pending_c = {leaf: len(q) - started_c.get(leaf, 0) for leaf, q in queues.items()}
     pending_n: dict[ConsumerPath, int] = defaultdict(int)
     for counts, into in ((started_c, running_n), (pending_c, pending_n)):
         for c, n in counts.items():

@@ -37,7 +37,8 @@ class FreeGpus:
             self._size[node.name] = len(node.gpus)
             self.capacity += len(node.gpus)
             busy = taken.get(node.name)
-            free = sorted(i for i in node.gpus if i not in busy) if busy else sorted(node.gpus)
+            free = [i for i in node.gpus if i not in busy] if busy else list(node.gpus)
+            free.sort()
             self._free[node.name] = free
             self.total += len(free)
             if free:
@@ -79,6 +80,10 @@ class FreeGpus:
                 slots.extend(self._take(node, remaining))
                 remaining = 0
         return tuple(slots)
+
+    def free_count(self, node: NodeName) -> int:
+        free = self._free.get(node)
+        return len(free) if free is not None else 0
 
     def free_on(self, node: NodeName) -> list[int]:
         return list(self._free.get(node, ()))

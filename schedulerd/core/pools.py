@@ -24,8 +24,9 @@ Pure, like the rest of the core.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from operator import attrgetter
 
 from schedulerd.core.model import (
     DEFAULT_POOL,
@@ -42,7 +43,8 @@ from schedulerd.core.model import (
     Snapshot,
 )
 
-DecidePool = Callable[[Snapshot, Policy, float, frozenset[JobId]], Plan]
+# (the pool's snapshot, its terms, now, its guests, its name) -> its plan
+DecidePool = Callable[[Snapshot, Policy, float, frozenset[JobId], str], Plan]
 
 
 def pool_names(snapshot: Snapshot) -> tuple[str, ...]:
@@ -73,10 +75,12 @@ def pools_for(asked: str, nodes: Sequence[tuple[str, str]]) -> tuple[str, ...]:
 
 def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecidePool) -> Plan:
     pools = pool_names(snapshot)
-    asked = {j.pool for j in snapshot.jobs if j.pool is not None}
+    asked = set(map(_asked, snapshot.jobs))  # one C-level pass
+    asked.discard(None)
     if len(pools) <= 1 and (not asked or asked <= _names(snapshot)):
         # One pool, and every job may run in it: the cycle as it always was.
-        return one(snapshot, policy.in_pool(pools[0] if pools else DEFAULT_POOL), now, frozenset())
+        name = pools[0] if pools else DEFAULT_POOL
+        return one(snapshot, policy.in_pool(name), now, frozenset(), name)
 
     node_pool = {n.name: n.pool for n in snapshot.nodes}
     by_pool: dict[str, list[Job]] = defaultdict(list)
@@ -114,10 +118,13 @@ def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecideP
             if n.pool == pool
         )
         part = Snapshot(nodes=nodes, jobs=jobs, user_usage=snapshot.user_usage)
-        plan = one(part, policy.in_pool(pool), now, guests)
+        plan = one(part, policy.in_pool(pool), now, guests, pool)
         started.update(s.job_id for s in plan.starts)
         plans[pool] = plan
     return _merge(policy, snapshot, plans, last_pool, started, nowhere, pools)
+
+
+_asked = attrgetter("pool")
 
 
 def _without_gpus(node: Node, taken: set[int]) -> Node:
@@ -154,21 +161,21 @@ def _merge(
     nowhere: Sequence[Job],
     pools: Sequence[str],
 ) -> Plan:
-    reasons: dict[JobId, str] = {}
+    homes: dict[JobId, str] = {}
     for j in snapshot.jobs:
         if j.phase is not JobPhase.PENDING or j.id in started:
             continue
         home = last_pool.get(j.id)
-        if home is None:
-            continue
-        why = plans[home].pending_reasons.get(j.id)
-        if why is not None:
-            reasons[j.id] = f"in pool {home}: {why}"
-    for j in nowhere:
-        reasons[j.id] = (
+        if home is not None:
+            homes[j.id] = home
+    lost = {
+        j.id: (
             f"waiting for pool {j.pool}: no node has that pool or GPU type "
             f"(pools now: {', '.join(pools) or 'none'})"
         )
+        for j in nowhere
+    }
+    reasons = PooledReasons(homes, {p: plan.pending_reasons for p, plan in plans.items()}, lost)
     per_pool = {pool: plan.consumers for pool, plan in plans.items()}
     return Plan(
         starts=tuple(s for p in plans.values() for s in p.starts),
@@ -213,3 +220,48 @@ def _summed(
             running_jobs=running[path],
         )
     return out
+
+
+class PooledReasons(Mapping[JobId, str]):
+    """The waiting jobs' reasons over all pools, each its last pool's, worded when asked
+    (as each pool's are: reasons.WaitingReasons)."""
+
+    def __init__(
+        self,
+        homes: Mapping[JobId, str],
+        per_pool: Mapping[str, Mapping[JobId, str]],
+        lost: Mapping[JobId, str],
+    ) -> None:
+        self._homes = homes
+        self._per_pool = per_pool
+        self._lost = lost
+
+    def of(self, job_id: JobId, consumer: ConsumerPath) -> str | None:
+        """A job's reason, found in its pool by its consumer (reasons.WaitingReasons.of)."""
+        home = self._homes.get(job_id)
+        if home is not None:
+            pool = self._per_pool[home]
+            of = getattr(pool, "of", None)
+            why = of(job_id, consumer) if of is not None else pool.get(job_id)
+            if why is not None:
+                return f"in pool {home}: {why}"
+        return self._lost.get(job_id)
+
+    def __getitem__(self, job_id: JobId) -> str:
+        home = self._homes.get(job_id)
+        if home is not None:
+            why = self._per_pool[home].get(job_id)
+            if why is not None:
+                return f"in pool {home}: {why}"
+        if job_id in self._lost:
+            return self._lost[job_id]
+        raise KeyError(job_id)
+
+    def __iter__(self) -> Iterator[JobId]:
+        for job_id in self._homes:
+            if job_id in self:
+                yield job_id
+        yield from (j for j in self._lost if j not in self._homes)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from schedulerd.core.admission import Admission
-from schedulerd.core.model import ConsumerPath, Job
+from schedulerd.core.model import ConsumerPath, Job, JobId
+from schedulerd.core.queues import Waiting
 
 
 def amount(x: float) -> str:
@@ -82,3 +85,172 @@ def why_waiting(leaf: ConsumerPath, n: int, adm: Admission) -> str:
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+class WaitingReasons(Mapping[JobId, str]):
+    """Every waiting job's reason, worded when asked (issue 15): a cycle no longer
+    words tens of thousands of reasons nobody reads. Built from what the cycle decided
+    and never changed after: asking later, from another thread, reads the same. A
+    reason is why its leaf's jobs of its size wait (shared by them, worded once), what
+    is under way for it (a reclaim, a reservation), and its place in its queue."""
+
+    def __init__(
+        self,
+        adm: Admission,
+        queues: Mapping[ConsumerPath, Waiting],
+        notes: Mapping[JobId, str],
+        reserved_notes: Mapping[JobId, str],
+        others: Mapping[ConsumerPath, Mapping[JobId, Job]],
+        noted_in: Mapping[JobId, ConsumerPath] | None = None,
+    ) -> None:
+        self._adm = adm
+        # The consumer of each job with a note: kinds() words those one by one.
+        self._noted_by: dict[ConsumerPath, list[JobId]] = {}
+        if noted_in is None:  # not given: found by looking in every queue
+            noted_in = {
+                i: leaf
+                for leaf, view in queues.items()
+                for i in (*notes, *reserved_notes)
+                if i in view.queue.index
+            }
+        for job_id, leaf in noted_in.items():
+            self._noted_by.setdefault(leaf, []).append(job_id)
+        self._queues = queues
+        self._notes = notes
+        self._reserved = reserved_notes
+        self._others = others  # waiting jobs of consumers that are not leaves
+        self._why: dict[tuple[ConsumerPath, int], str] = {}
+        self._where: dict[JobId, ConsumerPath] | None = None
+
+    def of(self, job_id: JobId, consumer: ConsumerPath) -> str | None:
+        """The reason of a job of `consumer`, without an index of every job."""
+        view = self._queues.get(consumer)
+        if view is not None:
+            at = view.queue.index.get(job_id)
+            if at is None or job_id in view.gone:
+                return None
+            return self._word(consumer, view, view.queue.jobs[at])
+        if job_id in self._others.get(consumer, {}):
+            return (
+                f"consumer {consumer} is not a leaf of the policy in force; "
+                "apply a policy that has it, or cancel the job"
+            )
+        return None
+
+    def _word(self, leaf: ConsumerPath, view: Waiting, job: Job) -> str:
+        key = (leaf, job.gpus)
+        why = self._why.get(key)
+        if why is None:
+            why = self._why[key] = why_waiting(leaf, job.gpus, self._adm)
+        note = self._notes.get(job.id) or self._reserved.get(job.id)
+        text = why + (f"; {note}" if note else "")
+        return text + queue_place(leaf, view.place(job.id), len(view))
+
+    def kinds(self, classify: Callable[[str], str]) -> dict[tuple[str, str], int]:
+        """The waiting jobs counted by (consumer, classify(reason)), classifying one
+        reason per leaf and size (and each job with a note of its own): the jobs of a
+        group differ only in their place in the queue."""
+        counts: dict[tuple[str, str], int] = {}
+
+        def count(consumer: str, text: str, n: int) -> None:
+            if n:
+                key = (consumer, classify(text))
+                counts[key] = counts.get(key, 0) + n
+
+        for leaf, view in self._queues.items():
+            if not len(view):
+                continue
+            queue = view.queue
+            special: dict[int, int] = {}  # per size, jobs classified one by one
+            for job_id in set(self._noted_by.get(leaf, ())):
+                at = queue.index.get(job_id)
+                if at is not None and job_id not in view.gone:
+                    job = queue.jobs[at]
+                    count(leaf, self._word(leaf, view, job), 1)
+                    special[job.gpus] = special.get(job.gpus, 0) + 1
+            gone: dict[int, int] = {}
+            for job_id in view.gone:
+                at = queue.index.get(job_id)
+                if at is not None:
+                    size = queue.jobs[at].gpus
+                    gone[size] = gone.get(size, 0) + 1
+            for size, places in queue.at.items():
+                n = len(places) - gone.get(size, 0) - special.get(size, 0)
+                if n:
+                    why = self._why.get((leaf, size))
+                    if why is None:
+                        why = self._why[(leaf, size)] = why_waiting(leaf, size, self._adm)
+                    count(leaf, why + queue_place(leaf, 1, len(view)), n)
+        for consumer, jobs in self._others.items():
+            for job_id in jobs:
+                text = self.of(job_id, consumer)
+                if text is not None:
+                    count(consumer, text, 1)
+        return counts
+
+    def __getitem__(self, job_id: JobId) -> str:
+        if self._where is None:
+            where = {j.id: leaf for leaf, view in self._queues.items() for j in view}
+            for consumer, jobs in self._others.items():
+                where.update(dict.fromkeys(jobs, consumer))
+            self._where = where
+        found = self._where.get(job_id)
+        text = None if found is None else self.of(job_id, found)
+        if text is None:
+            raise KeyError(job_id)
+        return text
+
+    def __iter__(self) -> Iterator[JobId]:
+        for view in self._queues.values():
+            for j in view:
+                yield j.id
+        for jobs in self._others.values():
+            yield from jobs
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._queues.values()) + sum(
+            len(o) for o in self._others.values()
+        )
+
+    def items(self) -> Iterator[tuple[JobId, str]]:  # type: ignore[override]
+        """Every (job, reason), without looking each job up again."""
+        for leaf, view in self._queues.items():
+            for j in view:
+                yield j.id, self._word(leaf, view, j)
+        for consumer, jobs in self._others.items():
+            for job_id in jobs:
+                text = self.of(job_id, consumer)
+                assert text is not None
+                yield job_id, text
+
+    def values(self) -> Iterator[str]:  # type: ignore[override]
+        return (text for _, text in self.items())
+
+
+def reason_for(reasons: Mapping[JobId, str], job_id: JobId, consumer: ConsumerPath) -> str | None:
+    """A waiting job's reason in a plan's `pending_reasons`, found without an index of
+    every job when the plan words them when asked (WaitingReasons, pools.PooledReasons)."""
+    of = getattr(reasons, "of", None)
+    if of is not None:
+        text: str | None = of(job_id, consumer)
+        return text
+    return reasons.get(job_id)
+
+
+def count_kinds(
+    reasons: Mapping[JobId, str],
+    consumer_of: Callable[[JobId], str | None],
+    classify: Callable[[str], str],
+) -> dict[tuple[str, str], int]:
+    """Waiting jobs by (consumer, classify(reason)) over a plan's reasons."""
+    kinds = getattr(reasons, "kinds", None)
+    if kinds is not None:
+        out: dict[tuple[str, str], int] = kinds(classify)
+        return out
+    counts: dict[tuple[str, str], int] = {}
+    for job_id, text in reasons.items():
+        consumer = consumer_of(job_id)
+        if consumer is not None:
+            key = (consumer, classify(text))
+            counts[key] = counts.get(key, 0) + 1
+    return counts

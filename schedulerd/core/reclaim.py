@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
+from schedulerd.core.queues import Waiting
 
 _EPS = 1e-9
 _TRIES_PER_LEAF = 2  # waiting jobs looked at per consumer and cycle (cost bound)
@@ -68,6 +69,7 @@ class Reclaim:
     preemptions: list[Preempt] = field(default_factory=list)
     held: list[GpuSlot] = field(default_factory=list)  # free GPUs kept for receivers
     notes: dict[JobId, str] = field(default_factory=dict)  # waiting job -> what is under way
+    noted_in: dict[JobId, ConsumerPath] = field(default_factory=dict)  # ... and its consumer
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Planner:
         self._free: dict[NodeName, list[GpuSlot]] | None = None
         self._ready_n: dict[NodeName, int] = {}
         self.claimed: set[GpuSlot] = set()
+        self._may: dict[int, bool] = {}  # _incoming_may_serve's answers, per size
         self.tries = 0
         self.taken: set[JobId] = set()  # victims already chosen this cycle
         self.result = Reclaim()
@@ -97,10 +100,17 @@ class Planner:
         # nothing waiting and nothing on its way back, and never need them.
         self._indexed = False
         self.by_id: dict[JobId, Job] = {}
+        self.releasing: list[Job] = []
         self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
         self._incoming_set: set[GpuSlot] = set()
         self.by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
         self.jobs_on: dict[NodeName, list[Job]] = defaultdict(list)
+        # Per node, each job there with its GPUs there; per consumer, the GPUs its jobs
+        # would give back (held, less those on their way back already): a try reads
+        # these for whole consumers of victims rather than walking their jobs.
+        self.count_on: dict[NodeName, list[tuple[ConsumerPath, JobId, int]]] = defaultdict(list)
+        self.gives: dict[ConsumerPath, int] = defaultdict(int)
+        self.nodes_of: dict[ConsumerPath, set[NodeName]] = defaultdict(set)
         # Allocations as they will be once the moves planned so far are done:
         # admission's, plus `moved`. GPUs already on their way back are gone from
         # their holder: counting them would take more from a consumer that the
@@ -117,7 +127,8 @@ class Planner:
             return
         self._indexed = True
         self.by_id = {j.id: j for j in self.running}
-        for j in self.running:
+        self.releasing = [j for j in self.running if j.incoming]  # also read by _note
+        for j in self.releasing:
             for s in j.incoming:
                 if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
                     self.incoming[s.node].append(s)
@@ -125,12 +136,25 @@ class Planner:
         for j in self.running:
             if not j.stopping:
                 self.by_leaf[j.consumer].append(j)
-                for node in {s.node for s in j.held}:
+                self.gives[j.consumer] += len(j.held) - len(j.releasing)
+                where = {s.node for s in j.held}
+                if len(where) == 1:
+                    on = dict.fromkeys(where, len(j.held))
+                else:
+                    on = {}
+                    for s in j.held:
+                        on[s.node] = on.get(s.node, 0) + 1
+                self.nodes_of[j.consumer].update(on)
+                for node, count in on.items():
                     self.jobs_on[node].append(j)
+                    self.count_on[node].append((j.consumer, j.id, count))
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
         self.virtual = defaultdict(int, self.adm.allocation)
-        for j in self.running:
-            self._add_virtual(j.consumer, -len(j.incoming))
+        gone: dict[ConsumerPath, int] = defaultdict(int)  # per consumer, up the tree once
+        for j in self.releasing:
+            gone[j.consumer] += len(j.incoming)
+        for consumer, n in gone.items():
+            self._add_virtual(consumer, -n)
 
     @property
     def free(self) -> dict[NodeName, list[GpuSlot]]:
@@ -162,7 +186,7 @@ class Planner:
 
     # -- step 4: reclaim for consumers below their entitlement ---------------
 
-    def hold_incoming(self, queues: Mapping[ConsumerPath, list[Job]]) -> None:
+    def hold_incoming(self, queues: Mapping[ConsumerPath, Sequence[Job]]) -> None:
         """Before admission: a waiting job that GPUs on their way back, with free
         ones beside them, will serve keeps those free ones. Else, as a victim's
         GPUs come back at different times (graces differ), admission would hand
@@ -180,13 +204,14 @@ class Planner:
     def refresh(self) -> None:
         """Read again what admission changed since: free GPUs, allocations."""
         self._free = None
+        self._may = {}
         if not self._indexed:
             return  # _index reads the allocations when it runs
         self.virtual = defaultdict(int, self.adm.allocation)
         for p, n in self.moved.items():
             self.virtual[p] += n
 
-    def reclaim(self, queues: Mapping[ConsumerPath, list[Job]], take: bool = True) -> None:
+    def reclaim(self, queues: Mapping[ConsumerPath, Sequence[Job]], take: bool = True) -> None:
         if not any(queues.values()):
             return
         self._index()
@@ -195,27 +220,33 @@ class Planner:
         # leaf after one, not at every leaf.
         borrowers: list[ConsumerPath] = []
         borrowers_stale = True
+        ranked: list[tuple[float, ConsumerPath]] | None = None  # borrowers by ratio, read once
         for leaf in sorted(queues, key=self.adm.starvation_key):
             if self.tries >= _TRIES_PER_CYCLE:
                 return  # _serve would refuse every further try: nothing left to do
             if borrowers_stale:
                 borrowers = [c for c in self.by_leaf if take and self._borrower_above(c, 0.0)]
                 borrowers_stale = False
+                ranked = None
             if not borrowers and not incoming:
                 return  # nobody holds borrowed GPUs and nothing is on its way back
             # Sizes that found nothing: a job of the same size would find nothing
             # either until something is claimed (what reclaim sees depends on the
             # leaf and the size only), so it costs no try, and a large head of the
             # queue that cannot be served does not hide a smaller job that can.
+            # Sizes still worth a look: not failed, and (holding incoming GPUs) ones they
+            # may serve. Once none is left, the rest of the queue would only be skipped.
+            queue = queues[leaf]
+            sizes = _sizes(queue)
             failed: set[int] = set()
+            alive = self._alive(sizes, failed, take)
             tries = 0
-            for job in queues[leaf]:
-                if tries >= _TRIES_PER_LEAF:
+            for job in queue:
+                if tries >= _TRIES_PER_LEAF or not alive:
                     break
-                if job.id in self.result.notes or job.gpus in failed:
-                    continue  # served already (hold_incoming), or known to fail
-                if not take and not self._incoming_may_serve(job.gpus):
-                    continue  # spend no try on it
+                if job.id in self.result.notes or job.gpus not in alive:
+                    continue  # served already (hold_incoming), known to fail, or (not
+                    # take) one that incoming GPUs cannot serve: spend no try on it
                 if take and self._patient(job):
                     continue  # not waited its consumer's reclaim_patience yet
                 ent = self.adm.division.entitlement.get(leaf, 0.0)
@@ -225,15 +256,41 @@ class Planner:
                     # for GPUs that free up, which reach it first (module docstring).
                     break
                 after = (self.virtual[leaf] + job.gpus) / ent
-                victims = [
-                    j for c in borrowers if self._borrower_above(c, after) for j in self.by_leaf[c]
-                ]
+                if ranked is None:
+                    ranked = self._ranked(borrowers)
+                # _borrower_above(c, after) for each borrower: those above `after`.
+                above = set()
+                for ratio, c in ranked:
+                    if not ratio > after + _EPS:
+                        break
+                    above.add(c)
+                victims = _Victims(self, above)
                 tries += 1
                 if self._serve(job, victims, "reclaim"):
                     failed.clear()
                     borrowers_stale = True
+                    ranked = None
                 else:
                     failed.add(job.gpus)
+                alive = self._alive(sizes, failed, take)
+
+    def _alive(self, sizes: Iterable[int], failed: set[int], take: bool) -> set[int]:
+        return {n for n in sizes if n not in failed and (take or self._incoming_may_serve(n))}
+
+    def _ranked(self, borrowers: list[ConsumerPath]) -> list[tuple[float, ConsumerPath]]:
+        """Borrowers by what they hold over their entitlement, highest first (infinite
+        for one entitled to nothing): those _borrower_above a receiver's `after` are a
+        prefix (admission.takes_back, for consumers that hold more than their
+        entitlement). Valid until a claim changes what they hold."""
+        out = []
+        for c in borrowers:
+            ent = self.adm.division.entitlement.get(c, 0.0)
+            held = self.virtual[c] - self.receiving[c]
+            if held <= ent + _EPS:
+                continue  # no longer above its entitlement: never a victim
+            out.append((float("inf") if ent <= _EPS else held / ent, c))
+        out.sort(key=lambda rc: rc[0], reverse=True)
+        return out
 
     def _patient(self, job: Job) -> bool:
         """Whether the job has waited less than its consumer's reclaim_patience: GPUs
@@ -245,11 +302,18 @@ class Planner:
 
     def _incoming_may_serve(self, n: int) -> bool:
         """Whether unclaimed GPUs on their way back, with the free ones beside
-        them, might make n GPUs where the job can be placed."""
+        them, might make n GPUs where the job can be placed. Kept per size until a
+        claim or a refresh changes what it reads."""
+        known = self._may.get(n)
+        if known is not None:
+            return known
         nodes = {s.node for s in self._incoming_set if s not in self.claimed}
         if self.adm.free.spans_nodes(n):
-            return bool(nodes) and sum(self.ready_n.values()) >= n
-        return any(self.ready_n[node] >= n for node in nodes)
+            may = bool(nodes) and sum(self.ready_n.values()) >= n
+        else:
+            may = any(self.ready_n[node] >= n for node in nodes)
+        self._may[n] = may
+        return may
 
     def _borrower_above(self, consumer: ConsumerPath, receiver_after: float) -> bool:
         ent = self.adm.division.entitlement.get(consumer, 0.0)
@@ -258,7 +322,9 @@ class Planner:
 
     # -- step 5: priority preemption inside a consumer -----------------------
 
-    def by_priority(self, queues: Mapping[ConsumerPath, list[Job]], started: set[JobId]) -> None:
+    def by_priority(
+        self, queues: Mapping[ConsumerPath, Sequence[Job]], started: Container[JobId]
+    ) -> None:
         policy = self.adm.policy
         for leaf, queue in queues.items():
             if not policy.consumers[leaf].priority_preemption or not queue:
@@ -274,22 +340,22 @@ class Planner:
 
     # -- one waiting job ----------------------------------------------------
 
-    def _serve(self, job: Job, victims: list[Job], why: str) -> bool:
+    def _serve(self, job: Job, victims: list[Job] | _Victims, why: str) -> bool:
         """Plan what serves `job`, if anything; whether something was claimed."""
         n = job.gpus
         if self.tries >= _TRIES_PER_CYCLE:
             return False
-        victims = [j for j in victims if j.id not in self.taken]
-        if not self._within_limits(job, victims):
+        if not isinstance(victims, _Victims):
+            victims = _Victims(self, None, [j for j in victims if j.id not in self.taken])
+        if not self._within_given(job, victims.give()):
             return False
         self.tries += 1
         spans = self.adm.free.spans_nodes(n)
         locations = [SPAN] if spans else self._candidate_nodes(n, victims)
-        allowed = {j.id for j in victims}
         options = [
             o
             for loc in locations
-            if (o := self._option(job, loc, victims, allowed, why != "priority")) is not None
+            if (o := self._option(job, loc, victims, why != "priority")) is not None
             and self._within_limits(job, o.preempt, o.shrink)
             and (why == "priority" or self._not_undone(job, o.preempt, o.shrink))
         ]
@@ -297,6 +363,7 @@ class Planner:
             return False  # none, or servable from free GPUs now: admission's job
         best = min(options, key=lambda o: o.cost)
         self.claimed.update(best.claims)
+        self._may = {}
         for slot in best.claims:
             if slot.node in self.ready_n and (self._is_free(slot) or slot in self._incoming_set):
                 self.ready_n[slot.node] -= 1
@@ -322,22 +389,37 @@ class Planner:
         for p in self.adm.chain(job.consumer):
             self.receiving[p] += n
         self.result.notes[job.id] = self._note(job, best, freed_from)
+        self.result.noted_in[job.id] = job.consumer
         return True
 
-    def _candidate_nodes(self, n: int, victims: list[Job]) -> list[NodeName]:
+    def _candidate_nodes(self, n: int, victims: _Victims) -> list[NodeName]:
         """Nodes where free, incoming and victims' GPUs could add up to n, those
-        needing the least taken from victims first."""
+        needing the least taken from victims first (by name among equals), at most
+        _NODES_PER_TRY. Those with n ready come first; after them only nodes where the
+        victims hold GPUs can qualify, so only those are counted (an upper bound:
+        claims are checked again in _option), in order, until enough are found."""
         ready = self.ready_n
-        takeable: dict[NodeName, int] = defaultdict(int)
-        for v in victims:  # an upper bound: claims are checked again in _option
-            for s in v.held:
-                takeable[s.node] += 1
-        nodes = [node for node in self.free if ready[node] + takeable.get(node, 0) >= n]
-        nodes.sort(key=lambda node: (-min(ready[node], n), node))
-        return nodes[:_NODES_PER_TRY]
+        out = sorted(node for node in self.free if ready[node] >= n)[:_NODES_PER_TRY]
+        if len(out) == _NODES_PER_TRY:
+            return out
+        free = self.free
+        near = [node for node in victims.nodes() if node in free and ready[node] < n]
+        # By (-min(ready, n), name): most nodes have nothing ready, and are by name.
+        zero = sorted(node for node in near if ready[node] == 0)
+        some = sorted(
+            (node for node in near if ready[node] != 0), key=lambda node: (-ready[node], node)
+        )
+        ahead = [node for node in some if ready[node] > 0]
+        behind = [node for node in some if ready[node] < 0]
+        for node in (*ahead, *zero, *behind):
+            if ready[node] + victims.on(node) >= n:
+                out.append(node)
+                if len(out) == _NODES_PER_TRY:
+                    break
+        return out
 
     def _option(
-        self, job: Job, loc: NodeName, victims: list[Job], allowed: set[JobId], borrowing: bool
+        self, job: Job, loc: NodeName, victims: _Victims, borrowing: bool
     ) -> _Option | None:
         n = job.gpus
         free = [s for s in self._at(self.free, loc) if s not in self.claimed]
@@ -355,7 +437,11 @@ class Planner:
         shrink: dict[JobId, list[GpuSlot]] = {}
         preempt: list[Job] = []
         taken: dict[JobId, list[GpuSlot]] = {}  # each preempted job's GPUs at loc
-        here = victims if loc == SPAN else [j for j in self.jobs_on.get(loc, ()) if j.id in allowed]
+        here = (
+            victims.jobs()
+            if loc == SPAN
+            else [j for j in self.jobs_on.get(loc, ()) if j in victims]
+        )
         # a. shrink elastic extras, newest-started first.
         for victim in sorted(
             (j for j in here if j.elastic),
@@ -447,6 +533,9 @@ class Planner:
             per_consumer[victim.consumer] += len(victim.held) - len(victim.releasing)
         for job_id, slots in (shrink or {}).items():
             per_consumer[self.by_id[job_id].consumer] += len(slots)
+        return self._up(per_consumer)
+
+    def _up(self, per_consumer: Mapping[ConsumerPath, int]) -> dict[ConsumerPath, int]:
         freed: dict[ConsumerPath, int] = defaultdict(int)
         for consumer, n in per_consumer.items():  # up the tree once per consumer, not per job
             for p in self.adm.chain(consumer):
@@ -462,7 +551,17 @@ class Planner:
         """Whether the receiver stays within every limit once these victims give
         their GPUs back: a victim under the same limited consumer (a sibling, or
         the consumer itself for priority preemption) makes room under it."""
-        freed = self._freed(preempt, shrink)
+        return self._within_given(job, None, preempt, shrink)
+
+    def _within_given(
+        self,
+        job: Job,
+        given: Mapping[ConsumerPath, int] | None,
+        preempt: list[Job] = (),  # type: ignore[assignment]
+        shrink: Mapping[JobId, list[GpuSlot]] | None = None,
+    ) -> bool:
+        """_within_limits, with what the victims give back per consumer (`given`)."""
+        freed = self._up(given) if given is not None else self._freed(preempt, shrink)
         for p in self.adm.chain(job.consumer):
             limit = self.adm.policy.consumers[p].limit
             if limit is not None and self.virtual[p] + job.gpus - freed[p] > limit:
@@ -558,7 +657,7 @@ class Planner:
     def _note(self, job: Job, option: _Option, freed_from: Mapping[ConsumerPath, int]) -> str:
         deadlines = [
             j.release_deadline
-            for j in self.running
+            for j in self.releasing
             if j.release_deadline is not None and any(s in option.claims for s in j.incoming)
         ]
         parts = []
@@ -572,6 +671,76 @@ class Planner:
 
     def _ent(self, path: ConsumerPath) -> float:
         return self.adm.division.entitlement.get(path, 0.0)
+
+
+class _Victims:
+    """The jobs a try may take from, less those taken already this cycle: for reclaim,
+    every job of some borrowing consumers (read through the planner's per-consumer and
+    per-node counts, not listed); for priority preemption, a list."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        consumers: set[ConsumerPath] | None,
+        listed: list[Job] = (),  # type: ignore[assignment]
+    ) -> None:
+        self._p = planner
+        self._consumers = consumers
+        self._listed = listed
+        self._ids = {j.id for j in listed} if consumers is None else set()
+
+    def __contains__(self, job: Job) -> bool:
+        if self._consumers is None:
+            return job.id in self._ids
+        return job.consumer in self._consumers and job.id not in self._p.taken
+
+    def jobs(self) -> list[Job]:
+        if self._consumers is None:
+            return self._listed
+        taken = self._p.taken
+        by_leaf = self._p.by_leaf
+        return [j for c in self._consumers for j in by_leaf[c] if j.id not in taken]
+
+    def give(self) -> dict[ConsumerPath, int]:
+        """GPUs they would give back, per consumer (Planner._freed, before the tree)."""
+        out: dict[ConsumerPath, int] = defaultdict(int)
+        if self._consumers is None:
+            for j in self._listed:
+                out[j.consumer] += len(j.held) - len(j.releasing)
+            return out
+        for c in self._consumers:
+            out[c] += self._p.gives[c]
+        for job_id in self._p.taken:
+            j = self._p.by_id[job_id]
+            if j.consumer in self._consumers:
+                out[j.consumer] -= len(j.held) - len(j.releasing)
+        return out
+
+    def nodes(self) -> set[NodeName]:
+        """The nodes where they hold GPUs (a superset: taken ones' too)."""
+        if self._consumers is None:
+            return {s.node for j in self._listed for s in j.held}
+        nodes_of = self._p.nodes_of
+        out: set[NodeName] = set()
+        for c in self._consumers:
+            out.update(nodes_of.get(c, ()))
+        return out
+
+    def on(self, node: NodeName) -> int:
+        """Their GPUs on `node`."""
+        here = self._p.count_on.get(node, ())
+        if self._consumers is None:
+            ids = self._ids
+            return sum(count for _, i, count in here if i in ids)
+        consumers, taken = self._consumers, self._p.taken
+        return sum(count for c, i, count in here if c in consumers and i not in taken)
+
+
+def _sizes(queue: Sequence[Job]) -> Iterable[int]:
+    """The sizes of a queue's jobs (a waiting view's from its queue: a superset)."""
+    if isinstance(queue, Waiting):
+        return queue.queue.at.keys()
+    return {j.gpus for j in queue}
 
 
 def whole_gpus(entitlement: float) -> int:

@@ -65,10 +65,23 @@ class Reservation:
         )
 
 
+class Holders:
+    """The running jobs on each node, and each node's GPUs held by jobs with a time
+    limit: read by both of a cycle's calls to `reserve`, built once."""
+
+    def __init__(self, running: Sequence[Job]) -> None:
+        self.running = running
+        self.on: dict[NodeName, list[Job]] = {}
+        for j in running:
+            for node in {s.node for s in j.held}:
+                self.on.setdefault(node, []).append(j)
+        self.timed = _timed_gpus(self.on)
+
+
 def reserve(
     adm: Admission,
     queues: Mapping[ConsumerPath, Sequence[Job]],
-    running: Sequence[Job],
+    running: Holders,
     now: float,
     after_reclaim: frozenset[JobId] | None = None,
     taken_nodes: set[NodeName] | None = None,
@@ -85,12 +98,12 @@ def reserve(
     nodes = free.nodes()
     most = max(1, len(nodes) // NODES_PER_RESERVATION)
     sizes = free.node_sizes()
-    holders: dict[NodeName, list[Job]] = {}
-    for j in running:
-        for node in {s.node for s in j.held}:
-            holders.setdefault(node, []).append(j)
+    holders = running.on
     taken_nodes = taken_nodes if taken_nodes is not None else set()
-    timed = _timed_gpus(holders)
+    timed = running.timed
+    # Nodes by the reservation's preference (_choose_nodes), sorted once: a reservation
+    # changes only the free GPUs of the nodes it takes, which no later one may take.
+    ranked = sorted(sizes, key=lambda node: (-(free.free_count(node) + timed.get(node, 0)), node))
     out: list[Reservation] = []
     for leaf in sorted(queues, key=adm.starvation_key):
         if len(taken_nodes) >= most or len(out) >= most:
@@ -101,11 +114,11 @@ def reserve(
             # any reservation of a less starved one (admission serves it next).
             break
         job = _first_blocked(adm, leaf, queue, check_reclaim=after_reclaim is None)
-        if job is None or _priority_may_serve(adm, job, running):
+        if job is None or _priority_may_serve(adm, job, running.running):
             continue
         if after_reclaim is not None and job.id in after_reclaim:
             continue
-        chosen = _choose_nodes(job.gpus, free, sizes, taken_nodes, timed)
+        chosen = _choose_nodes(job.gpus, free, sizes, taken_nodes, ranked)
         if not chosen:
             continue
         # Never the GPUs `lend: false` consumers keep (admission.usable_free).
@@ -189,22 +202,20 @@ def _choose_nodes(
     free: FreeGpus,
     sizes: Mapping[NodeName, int],
     taken: set[NodeName],
-    timed: Mapping[NodeName, int],
+    ranked: Sequence[NodeName],
 ) -> list[NodeName]:
     """The node (or nodes, for a job larger than any node) with the most GPUs free or
     held by jobs with a time limit (backfilled there, or bound to end), ties by name,
-    among those not reserved already. Counting the timed ones keeps a reservation where
-    it let jobs backfill: their GPUs are not free, but they come back when it counts."""
-    candidates = sorted(
-        (node for node in sizes if node not in taken),
-        key=lambda node: (-(len(free.free_on(node)) + timed.get(node, 0)), node),
-    )
+    among those not reserved already: `ranked` is every node in that order. Counting the
+    timed ones keeps a reservation where it let jobs backfill: their GPUs are not free,
+    but they come back when it counts."""
     if not free.spans_nodes(n):
-        fits = [node for node in candidates if sizes[node] >= n]
-        return fits[:1]
+        return next(([node] for node in ranked if node not in taken and sizes[node] >= n), [])
     chosen: list[NodeName] = []
     room = 0
-    for node in candidates:
+    for node in ranked:
+        if node in taken:
+            continue
         chosen.append(node)
         room += sizes[node]
         if room >= n:

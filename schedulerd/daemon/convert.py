@@ -46,11 +46,17 @@ def job_state_from_pb(value: int) -> JobState:
 
 
 def job_to_pb(
-    job: JobRecord, history: list[EventRecord] | None = None, redacted: bool = False
+    job: JobRecord,
+    history: list[EventRecord] | None = None,
+    redacted: bool = False,
+    reason: str | None = None,
 ) -> jobs_pb2.Job:
     """`redacted`: for a caller who may not see the job in full (another user's job):
-    its command, env, working dir and history are left out (docs/security.md)."""
-    name, reason = job.name, job.reason
+    its command, env, working dir and history are left out (docs/security.md).
+    `reason`: the job's reason when not its record's (a waiting job's, worded when
+    asked: ClusterState.reason_of)."""
+    name = job.name
+    reason = job.reason if reason is None else reason
     if redacted:
         history = None
         # An ended job's reason may quote its command or paths (an agent's words), and

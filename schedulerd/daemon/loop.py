@@ -67,6 +67,9 @@ class SchedulingLoop:
         self._in_force: core.Policy | None = None
         # The next window boundary, for the policy and from the time it was found.
         self._boundary: tuple[core.Policy, float, float | None] | None = None
+        # What one cycle's decide() keeps for the next (core/cache.py): waiting queues
+        # kept sorted, so that a cycle costs what changed. Used by one cycle at a time.
+        self._decided = core.DecideCache()
 
     def wake(self) -> None:
         """Something changed (a submission, a report, a node): decide soon."""
@@ -149,7 +152,7 @@ class SchedulingLoop:
         snapshot = self.state.snapshot()
         began = time.perf_counter()
         # decide() applies the policy's time windows at `now` (core/windows.py).
-        plan = await asyncio.to_thread(core.decide, snapshot, policy, now)
+        plan = await asyncio.to_thread(core.decide, snapshot, policy, now, self._decided)
         took = time.perf_counter() - began
         log.debug("decide() took %.1f ms", took * 1000)
         self.state.metrics.decide_time.observe(took)

@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 
 from schedulerd import core
+from schedulerd.core.reasons import count_kinds
 from schedulerd.store import EventRecord, JobRecord, JobState
 
 # No `_created` series: they double the counters and no panel or rule reads them.
@@ -98,7 +99,9 @@ class DaemonMetrics:
         # Waiting jobs by (consumer, kind of reason), counted after each scheduling
         # cycle (apply_plan, where the reasons are set) and read by the scrape; None
         # before the first count.
-        self.waiting_counts: dict[tuple[str, str], int] | None = None
+        self._waiting_counts: dict[tuple[str, str], int] | None = None
+        # The last plan's reasons, counted when a scrape first asks (waiting_counts).
+        self._waiting_plan: tuple[Mapping[core.JobId, str], Mapping[int, JobRecord]] | None = None
         self.submitted = Counter(
             "schedulerd_jobs_submitted_total", "Jobs queued", ["consumer"], registry=r
         )
@@ -266,6 +269,42 @@ class DaemonMetrics:
             counts[(consumer, kind)] = counts.get((consumer, kind), 0) + n
         self.waiting_counts = counts
         return counts
+
+    def count_waiting_plan(
+        self, reasons: Mapping[core.JobId, str], jobs: Mapping[int, JobRecord]
+    ) -> dict[tuple[str, str], int]:
+        """count_waiting over the jobs a plan left waiting, from the plan's reasons: a
+        reason classified per leaf and job size, not per job (core.reasons.count_kinds).
+        Jobs submitted while the cycle decided are counted by the next one."""
+
+        def consumer_of(job_id: core.JobId) -> str | None:
+            job = jobs.get(job_id)
+            return None if job is None else job.consumer
+
+        counts = count_kinds(reasons, consumer_of, waiting_kind)
+        self.waiting_counts = counts
+        return counts
+
+    def waiting_plan(
+        self, reasons: Mapping[core.JobId, str], jobs: Mapping[int, JobRecord]
+    ) -> None:
+        """Keep the last plan's waiting reasons, to be counted by kind when a scrape
+        asks (count_waiting_plan): a cycle does not classify them, a scrape classifies
+        one reason per leaf and job size, once per plan."""
+        self._waiting_plan = (reasons, jobs)
+
+    @property
+    def waiting_counts(self) -> dict[tuple[str, str], int] | None:
+        """Waiting jobs by (consumer, kind of reason) as of the last cycle; None before."""
+        if self._waiting_plan is not None:
+            reasons, jobs = self._waiting_plan
+            self._waiting_plan = None
+            self.count_waiting_plan(reasons, jobs)
+        return self._waiting_counts
+
+    @waiting_counts.setter
+    def waiting_counts(self, counts: dict[tuple[str, str], int] | None) -> None:
+        self._waiting_counts = counts
 
     def plan_sizes(self, plan: core.Plan) -> None:
         sizes = {

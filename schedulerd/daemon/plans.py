@@ -32,8 +32,11 @@ def apply_plan(
     Raises StoreUnavailable, with nothing changed, when the store cannot be written."""
     ch = Change(state)
     now = ch.now
-    held = state.held_slots()
-    taken_ports = {j.store_address for j in state.jobs.values() if j.store_address}
+    # Held GPUs of the nodes the plan gives GPUs on only, not of the whole cluster.
+    given = {s.node for st in plan.starts for s in st.slots}
+    given.update(s.node for g in plan.grows for s in g.slots)
+    held = state.held_slots(given)
+    taken_ports: set[str] | None = None  # read on the first start that needs a port
     started: list[JobRecord] = []
     # Sent, for the metrics once committed: (consumer, cause) of each preemption and
     # shrink, and the consumer of each grow.
@@ -53,6 +56,8 @@ def apply_plan(
         if job.elastic or len(job.parts) > 1:
             # Where its processes meet: the elastic store, or a rigid job's rendezvous
             # on node rank 0 (MASTER_ADDR/MASTER_PORT).
+            if taken_ports is None:
+                taken_ports = {j.store_address for j in state.jobs.values() if j.store_address}
             job.store_address = _store_address(state, job, ports, taken_ports)
             taken_ports.add(job.store_address)
         job.state = JobState.RUNNING
@@ -131,14 +136,13 @@ def apply_plan(
 
     out = ch.commit()
     state.metrics.plan_applied(preempted, shrunk, grown)
-    # Not stored: a waiting job's reason is recomputed every cycle.
-    for job_id, reason in plan.pending_reasons.items():
-        waiting = state.jobs.get(job_id)
-        if waiting is not None and waiting.state.waiting:
-            waiting.reason = reason
-    # For /metrics: the waiting jobs by kind of reason, counted here once per cycle
-    # rather than at every scrape.
-    state.metrics.count_waiting(state.jobs.values())
+    # Not stored, nor written on every waiting job: a waiting job's reason is the last
+    # plan's, worded when someone asks (ClusterState.reason_of).
+    state.waiting_reasons = plan.pending_reasons
+    # For /metrics: the waiting jobs by kind of reason, counted when a scrape first asks
+    # after this cycle (not at every scrape, nor every cycle), a reason per leaf and size
+    # rather than per job.
+    state.metrics.waiting_plan(plan.pending_reasons, state.jobs)
     state.consumer_states = dict(plan.consumers)
     state.metrics.consumers_decided(plan.consumers, now)
     state.pool_states = dict(plan.pools)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from schedulerd import core
 from schedulerd.core import ConsumerPath, ConsumerState, GpuSlot, JobId, NodeName
+from schedulerd.core.reasons import reason_for
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox, StartPart
 from schedulerd.daemon.endings import end_job
@@ -72,11 +73,16 @@ class ClusterState:
         self._usage_at = clock()
         self._usage_saved_at = self._usage_at
         self.listeners: list[Callable[[JobRecord], None]] = []
-        # The core's view of each waiting job, kept while the job's fields are the
-        # same: a backlog of thousands would otherwise be rebuilt every cycle (a
-        # third of the daemon's time under a burst of submissions).
-        self._waiting_views: dict[int, tuple[tuple[object, ...], core.Job]] = {}
+        # The core's view of each job, kept from cycle to cycle and built again only
+        # for the jobs changed since (notify: every committed change and submission
+        # passes there), so that a snapshot costs what changed, not every job held.
+        self._views: dict[int, core.Job] = {}
+        self._changed: set[int] = set()
+        self._running: dict[int, core.Job] = {}  # the views of running jobs
         self.metrics = DaemonMetrics()  # counters and histograms (docs/metrics.md)
+        # The last plan's reasons of the jobs it left waiting, worded when someone asks
+        # (reason_of): a cycle no longer writes tens of thousands of reasons.
+        self.waiting_reasons: Mapping[JobId, str] = {}
 
     # -- loading and policy -------------------------------------------------
 
@@ -132,44 +138,55 @@ class ClusterState:
         )
 
     def snapshot(self) -> core.Snapshot:
-        self._decay_usage()
+        jobs = self._job_views()
+        # GPUs held now, per (consumer, user), from the running jobs' views.
+        held: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
+        for view in self._running.values():
+            held[(view.consumer, view.user)] += len(view.held)
+        self._decay_usage(held)
         # Fenced GPUs are not offered: their last holder may still run (docs/fencing.md).
         nodes = tuple(
             core.Node(NodeName(n.name), _offered(n), self.schedulable(n), n.pool, n.gpu_type)
             for n in self.nodes.values()
         )
-        jobs = tuple(self._core_view(j) for j in self.jobs.values())
-        for gone in self._waiting_views.keys() - self.jobs.keys():
-            del self._waiting_views[gone]
         return core.Snapshot(nodes=nodes, jobs=jobs, user_usage=dict(self.usage))
 
-    def _core_view(self, job: JobRecord) -> core.Job:
-        if job.parts:  # running, or placed: built fresh (its parts change in place)
-            self._waiting_views.pop(job.id, None)
-            return _core_job(job)
-        key = (
-            job.state,
-            job.consumer,
-            job.user,
-            job.gpus_min,
-            job.gpus_max,
-            job.priority,
-            job.start_time,
-            job.release_deadline,
-            job.cancel_requested,
-            job.preempting,
-            job.ending,
-            job.preemptions,
-            job.time_limit_s,
-            job.pool,
-            job.queued_at,
-        )
-        cached = self._waiting_views.get(job.id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        view = _core_job(job)
-        self._waiting_views[job.id] = (key, view)
-        return view
+    def _job_views(self) -> tuple[core.Job, ...]:
+        """The core's view of every job, in the order of `jobs`."""
+        views, jobs = self._views, self.jobs
+        changed, self._changed = self._changed, set()
+        for job_id in changed:
+            job = jobs.get(job_id)
+            if job is None:
+                views.pop(job_id, None)
+                self._running.pop(job_id, None)
+            else:
+                self._keep(job_id, _core_job(job))
+        if len(views) != len(jobs):
+            self._resync_views()
+        try:
+            return tuple(map(views.__getitem__, jobs))
+        except KeyError:
+            self._resync_views()
+            return tuple(map(views.__getitem__, jobs))
+
+    def _resync_views(self) -> None:
+        """Views for jobs that came without a change (loaded at start); none for jobs
+        that left without one."""
+        views, jobs = self._views, self.jobs
+        for job_id, job in jobs.items():
+            if job_id not in views:
+                self._keep(job_id, _core_job(job))
+        for gone in views.keys() - jobs.keys():
+            del views[gone]
+            self._running.pop(gone, None)
+
+    def _keep(self, job_id: int, view: core.Job) -> None:
+        self._views[job_id] = view
+        if view.phase is core.JobPhase.RUNNING:
+            self._running[job_id] = view
+        else:
+            self._running.pop(job_id, None)
 
     def pool_gpus(self) -> dict[str, int]:
         """GPUs of schedulable nodes, per pool."""
@@ -185,11 +202,10 @@ class ClusterState:
             tuple(len(n.gpus) for n in nodes), tuple((n.pool, n.gpu_type) for n in nodes)
         )
 
-    def _decay_usage(self) -> None:
+    def _decay_usage(self, held: Mapping[tuple[ConsumerPath, str], float]) -> None:
         """Usage up to now (core/usage.py, the simulator's function too), and kept in
-        the store every USAGE_SAVE_S."""
+        the store every USAGE_SAVE_S; `held`: the GPUs held now."""
         now = self.clock()
-        held = self._held_now()
         half_life = self.policy.usage_half_life_s if self.policy else 3600.0
         self.usage = core.decay_usage(self.usage, held, now - self._usage_at, half_life)
         self._usage_at = now
@@ -198,8 +214,9 @@ class ClusterState:
 
     def _held_now(self) -> dict[tuple[ConsumerPath, str], float]:
         held: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
+        running = JobState.RUNNING
         for j in self.jobs.values():
-            if j.state is JobState.RUNNING:
+            if j.parts and j.state is running:  # waiting jobs have no parts: skipped first
                 held[(ConsumerPath(j.consumer), j.user)] += sum(len(p.gpu_indices) for p in j.parts)
         return held
 
@@ -214,10 +231,22 @@ class ClusterState:
             return
         self._usage_saved_at = self._usage_at
 
-    def held_slots(self) -> set[GpuSlot]:
-        """GPUs held by a job, or fenced: none of them may be given to a new part."""
-        held = {s for j in self.jobs.values() for s in _slots(j)}
-        for n in self.nodes.values():
+    def held_slots(self, on: Collection[str] | None = None) -> set[GpuSlot]:
+        """GPUs held by a job, or fenced: none of them may be given to a new part. `on`:
+        only those of these nodes (a plan's starts and grows need no others)."""
+        if on is None:
+            held = {s for j in self.jobs.values() for s in _slots(j)}
+            nodes = list(self.nodes.values())
+        else:
+            held = {
+                GpuSlot(NodeName(p.node), i)
+                for j in self.jobs.values()
+                for p in j.parts
+                if p.node in on
+                for i in p.gpu_indices
+            }
+            nodes = [self.nodes[n] for n in on if n in self.nodes]
+        for n in nodes:
             held.update(GpuSlot(NodeName(n.name), f.gpu_index) for f in n.fences)
         return held
 
@@ -343,6 +372,16 @@ class ClusterState:
         else:
             ch.out += owed_stops(self, copy, ch.now)  # asked again: repeat the stops
 
+    def reason_of(self, job: JobRecord) -> str:
+        """A job's reason as people see it: a waiting job's from the last cycle that
+        decided it (worded now, core/reasons.py), else the record's own (submitted since,
+        requeued since, or not waiting)."""
+        if job.state.waiting and self.jobs.get(job.id) is job:
+            text = reason_for(self.waiting_reasons, JobId(job.id), ConsumerPath(job.consumer))
+            if text is not None:
+                return text
+        return job.reason
+
     def grace_of(self, job: JobRecord) -> float:
         if self.policy is None or job.consumer not in self.policy.consumers:
             return 30.0
@@ -356,6 +395,8 @@ class ClusterState:
         return StartPart(job, part, root_ok and not job.vouched)
 
     def notify(self, job: JobRecord) -> None:
+        """`job` changed (committed) or came in: its core view is built again."""
+        self._changed.add(job.id)
         for listener in list(self.listeners):
             listener(job)
 

@@ -102,10 +102,13 @@ def me(viewer: Viewer) -> dict[str, Any]:
 
 
 def job_json(
-    viewer: Viewer, job: JobRecord, history: list[EventRecord] | None = None
+    viewer: Viewer,
+    job: JobRecord,
+    history: list[EventRecord] | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     full = viewer.in_full(job.consumer, job.user)
-    out = as_json(job_to_pb(job, history if full else None, redacted=not full))
+    out = as_json(job_to_pb(job, history if full else None, redacted=not full, reason=reason))
     out["state"] = job.state.value
     # Where it runs, by node: "n1: 0,1".
     out["where"] = [
@@ -141,9 +144,9 @@ def overview(viewer: Viewer, state: ClusterState) -> dict[str, Any]:
         "now": state.clock(),
         "total_gpus": sum(state.pool_gpus().values()),
         "consumers": consumers,
-        "waiting": [job_json(viewer, j) for j in waiting[:MAX_LISTED]],
+        "waiting": [job_json(viewer, j, reason=state.reason_of(j)) for j in waiting[:MAX_LISTED]],
         "waiting_count": len(waiting),
-        "running": [job_json(viewer, j) for j in running[:MAX_LISTED]],
+        "running": [job_json(viewer, j, reason=state.reason_of(j)) for j in running[:MAX_LISTED]],
         "running_count": len(running),
     }
 
@@ -192,7 +195,7 @@ def job_page(viewer: Viewer, state: ClusterState, job_id: int) -> dict[str, Any]
     if job is None or not viewer.sees(job.consumer, job.user):
         return None
     events = state.store.events(job.id)[-MAX_EVENTS:]
-    out = job_json(viewer, job, events)
+    out = job_json(viewer, job, events, reason=state.reason_of(job))
     out["may_read_logs"] = viewer.may(Action.READ_LOGS, job.consumer, job.user)
     return {"me": me(viewer), "job": out}
 

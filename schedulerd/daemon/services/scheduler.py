@@ -148,9 +148,10 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
             context, who, Action.GET_JOB, Target(job.consumer, owner=job.user)
         )
         if not decision.full:
-            return job_to_pb(job, redacted=True)
+            return job_to_pb(job, redacted=True, reason=self.state.reason_of(job))
         # The newest events only: a job requeued without end must not grow the answer.
-        return job_to_pb(job, self.state.store.events(job.id)[-MAX_HISTORY:])
+        events = self.state.store.events(job.id)[-MAX_HISTORY:]
+        return job_to_pb(job, events, reason=self.state.reason_of(job))
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
@@ -178,7 +179,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         for record in jobs:
             # Live records carry what the store does not keep: the current pending reason.
             j = self.state.jobs.get(record.id, record)
-            msg = job_to_pb(j, redacted=not self.gate.sees_in_full(caller.who, j.consumer, j.user))
+            full = self.gate.sees_in_full(caller.who, j.consumer, j.user)
+            msg = job_to_pb(j, redacted=not full, reason=self.state.reason_of(j))
             size += msg.ByteSize()
             if page and size > MAX_PAGE_BYTES:
                 more = True
@@ -271,7 +273,7 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
 
         def view(job: JobRecord) -> jobs_pb2.Job:
             full = self.gate.sees_in_full(viewer, job.consumer, job.user)
-            return job_to_pb(job, redacted=not full)
+            return job_to_pb(job, redacted=not full, reason=self.state.reason_of(job))
 
         backlog = _Backlog(WATCH_BACKLOG_BYTES)
 

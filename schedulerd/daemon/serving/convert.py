@@ -90,7 +90,11 @@ def replica_to_pb(ctl: ServiceController, svc: ServiceRecord, r: ReplicaRecord) 
         state=state,
         generation=r.generation,
         created=timestamp(r.created),
-        reason=r.reason if job is None or r.phase is not ReplicaPhase.ACTIVE else job.reason,
+        reason=(
+            r.reason
+            if job is None or r.phase is not ReplicaPhase.ACTIVE
+            else ctl.state.reason_of(job)  # a waiting job's: the last plan's
+        ),
     )
     if job is not None and job.parts:
         msg.node = job.parts[0].node

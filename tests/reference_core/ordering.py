@@ -1,0 +1,37 @@
+"""Each leaf consumer's own order of its waiting jobs (SEMANTICS: the cycle, step 2)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from schedulerd.core.model import Job, Order
+
+
+def queue_order(
+    order: Order,
+    pending: Iterable[Job],
+    running: Iterable[Job],
+    usage: Mapping[str, float],
+) -> list[Job]:
+    """The leaf's pending jobs, first to be served first.
+
+    - priority: higher priority first, then submit order;
+    - fifo: submit order;
+    - fairshare: the user with the least usage first, where usage is first the
+      GPUs the user runs now plus the jobs of theirs already ahead in this queue
+      (so users take turns within one cycle), then their decayed GPU-seconds.
+    """
+    jobs = list(pending)
+    if order is Order.PRIORITY:
+        return sorted(jobs, key=lambda j: (-j.priority, j.submit_seq))
+    if order is Order.FIFO:
+        return sorted(jobs, key=lambda j: j.submit_seq)
+    turns: Counter[str] = Counter()
+    for j in running:
+        turns[j.user] += len(j.held)
+    keyed = []
+    for j in sorted(jobs, key=lambda j: j.submit_seq):
+        keyed.append(((turns[j.user], usage.get(j.user, 0.0), j.submit_seq), j))
+        turns[j.user] += j.gpus
+    return [j for _, j in sorted(keyed, key=lambda kj: kj[0])]

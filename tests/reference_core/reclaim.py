@@ -1,0 +1,580 @@
+"""Reclaim and priority preemption (SEMANTICS: the cycle, steps 4 and 5;
+"Reclaim with grace").
+
+A consumer at least one whole GPU below its entitlement (allocation <
+floor(entitlement), SEMANTICS' guarantee) with a waiting job that free GPUs cannot
+serve takes GPUs back from borrowers, cheapest first:
+  a. GPUs already on their way back (a stop or shrink in progress) and free ones;
+  b. shrink elastic jobs above their `min`, newest-started first;
+  c. preempt jobs, lowest priority first, then newest-started, never one younger
+     than its consumer's `min_runtime`.
+Across nodes the same order holds (`Planner._cost`). It takes no more than the
+waiting job needs: a victim (or a shrink) that later victims make unnecessary is
+spared. It takes only from a victim consumer that holds more than its entitlement
+and whose allocation/entitlement before the move is above the receiver's after
+it: so every move strictly reduces unfairness.
+
+That alone does not rule out preemption loops: admission serves the most starved
+consumer first by allocation/entitlement *before* a start, so a victim left more
+starved than the receiver would take its freed GPUs back the moment they are free
+(and lose them again the next cycle). So a move is also made only when, after it,
+the victim stays less starved than the receiver is before it, both as leaves and
+where their paths in the tree part (the children of their lowest common ancestor):
+the freed GPUs then go to the receiver's side, and the victim does not turn into
+a reclaimer itself. For the same reason a job of a consumer with priority
+preemption is not taken while a lower-priority job of that consumer runs, unless
+the consumer stays above its entitlement (it would take that one's GPUs at once,
+and being then below its entitlement, be served before the receiver). GPUs
+already on their way back count as gone from their holder, and GPUs claimed for a
+consumer in this cycle never make it a victim.
+Limits count what the victims give back under the same limited consumer.
+
+Short of its entitlement by a fraction of a GPU (or not at all), a consumer
+reclaims nothing: reclaim gives back GPUs a consumer is owed, and any GPU it took
+then it would borrow (allocation + 1 > entitlement: entitlements are fractional,
+allocations whole), to be taken back by the next consumer owed one. The fraction
+is worth less than the preemption's restart and grace; GPUs that free up reach it
+first anyway (admission serves the most starved first).
+
+The GPUs a reclaim counts on are held for the waiting job: free ones are taken
+out of play for the rest of the cycle, so borrowers cannot take them back. Those
+that GPUs on their way back complete are held before admission (`hold_incoming`):
+victims' GPUs come back at different times (graces differ), and admission must not
+hand the first ones to someone else meanwhile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from reference_core.admission import Admission, takes_back
+from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
+
+_EPS = 1e-9
+_TRIES_PER_LEAF = 2  # waiting jobs looked at per consumer and cycle (cost bound)
+_TRIES_PER_CYCLE = 16  # waiting jobs reclaimed for per cycle; the rest wait for the next one
+_NODES_PER_TRY = 16  # candidate nodes fully evaluated for one waiting job
+SPAN = NodeName("*")  # the location of a job that spans nodes: the whole cluster
+# How much a way to serve a waiting job disrupts (Planner._cost): lower is cheaper.
+_Cost = tuple[bool, int, int, int, float, int, int, float, str]
+
+
+@dataclass
+class Reclaim:
+    shrinks: list[Shrink] = field(default_factory=list)
+    preemptions: list[Preempt] = field(default_factory=list)
+    held: list[GpuSlot] = field(default_factory=list)  # free GPUs kept for receivers
+    notes: dict[JobId, str] = field(default_factory=dict)  # waiting job -> what is under way
+
+
+@dataclass
+class _Option:
+    """One way to serve a waiting job at one location."""
+
+    cost: _Cost
+    claims: list[GpuSlot]
+    shrink: dict[JobId, list[GpuSlot]]
+    preempt: list[Job]
+
+
+class Planner:
+    def __init__(self, adm: Admission, running: list[Job], now: float) -> None:
+        self.adm = adm
+        self.now = now
+        self.running = [j for j in running if j.held]
+        # Read from admission on first use after a refresh: a cycle with nothing
+        # to reclaim never needs them, and reading costs a slot per free GPU.
+        self._free: dict[NodeName, list[GpuSlot]] | None = None
+        self._ready_n: dict[NodeName, int] = {}
+        self.claimed: set[GpuSlot] = set()
+        self.tries = 0
+        self.taken: set[JobId] = set()  # victims already chosen this cycle
+        self.result = Reclaim()
+        # The indexes below are built on first need (_index): most cycles have
+        # nothing waiting and nothing on its way back, and never need them.
+        self._indexed = False
+        self.by_id: dict[JobId, Job] = {}
+        self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
+        self._incoming_set: set[GpuSlot] = set()
+        self.by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
+        self.jobs_on: dict[NodeName, list[Job]] = defaultdict(list)
+        # Allocations as they will be once the moves planned so far are done:
+        # admission's, plus `moved`. GPUs already on their way back are gone from
+        # their holder: counting them would take more from a consumer that the
+        # stops under way bring down anyway.
+        self.moved: dict[ConsumerPath, int] = defaultdict(int)
+        self.virtual: dict[ConsumerPath, int] = defaultdict(int)
+        # GPUs claimed for a consumer's waiting jobs this cycle: it does not hold
+        # them yet, so they never make it a borrower to take from (that would stop
+        # one of its jobs to start another).
+        self.receiving: dict[ConsumerPath, int] = defaultdict(int)
+
+    def _index(self) -> None:
+        if self._indexed:
+            return
+        self._indexed = True
+        self.by_id = {j.id: j for j in self.running}
+        for j in self.running:
+            for s in j.incoming:
+                if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
+                    self.incoming[s.node].append(s)
+                    self.ready_n[s.node] += 1
+        for j in self.running:
+            if not j.stopping:
+                self.by_leaf[j.consumer].append(j)
+                for node in {s.node for s in j.held}:
+                    self.jobs_on[node].append(j)
+        self._incoming_set = {s for slots in self.incoming.values() for s in slots}
+        self.virtual = defaultdict(int, self.adm.allocation)
+        for j in self.running:
+            self._add_virtual(j.consumer, -len(j.incoming))
+
+    @property
+    def free(self) -> dict[NodeName, list[GpuSlot]]:
+        """Free GPUs as admission sees them now (claimed ones were taken out of
+        play), per schedulable node."""
+        if self._free is None:
+            self._read_free()
+            assert self._free is not None
+        return self._free
+
+    @property
+    def ready_n(self) -> dict[NodeName, int]:
+        """Per node, the unclaimed free plus incoming GPUs, kept up to date as
+        claims go."""
+        if self._free is None:
+            self._read_free()
+        return self._ready_n
+
+    def _read_free(self) -> None:
+        self._free = {
+            node: [GpuSlot(node, i) for i in self.adm.free.free_on(node)]
+            for node in self.adm.free.nodes()
+        }
+        self._ready_n = {node: len(slots) for node, slots in self._free.items()}
+        for slots in self.incoming.values():
+            for s in slots:
+                if s not in self.claimed:
+                    self._ready_n[s.node] += 1
+
+    # -- step 4: reclaim for consumers below their entitlement ---------------
+
+    def hold_incoming(self, queues: Mapping[ConsumerPath, list[Job]]) -> None:
+        """Before admission: a waiting job that GPUs on their way back, with free
+        ones beside them, will serve keeps those free ones. Else, as a victim's
+        GPUs come back at different times (graces differ), admission would hand
+        the first ones to someone else (the victim itself, often) and the reclaim
+        would start over: a preemption loop. No victims here; the tries it takes
+        are its own."""
+        if not any(j.incoming for j in self.running):
+            return
+        self._index()
+        if not self._incoming_set:
+            return
+        self.reclaim(queues, take=False)
+        self.tries = 0
+
+    def refresh(self) -> None:
+        """Read again what admission changed since: free GPUs, allocations."""
+        self._free = None
+        if not self._indexed:
+            return  # _index reads the allocations when it runs
+        self.virtual = defaultdict(int, self.adm.allocation)
+        for p, n in self.moved.items():
+            self.virtual[p] += n
+
+    def reclaim(self, queues: Mapping[ConsumerPath, list[Job]], take: bool = True) -> None:
+        if not any(queues.values()):
+            return
+        self._index()
+        incoming = any(self.incoming.values())
+        # Who borrows changes only when a claim is made: read again at the next
+        # leaf after one, not at every leaf.
+        borrowers: list[ConsumerPath] = []
+        borrowers_stale = True
+        for leaf in sorted(queues, key=self.adm.starvation_key):
+            if self.tries >= _TRIES_PER_CYCLE:
+                return  # _serve would refuse every further try: nothing left to do
+            if borrowers_stale:
+                borrowers = [c for c in self.by_leaf if take and self._borrower_above(c, 0.0)]
+                borrowers_stale = False
+            if not borrowers and not incoming:
+                return  # nobody holds borrowed GPUs and nothing is on its way back
+            # Sizes that found nothing: a job of the same size would find nothing
+            # either until something is claimed (what reclaim sees depends on the
+            # leaf and the size only), so it costs no try, and a large head of the
+            # queue that cannot be served does not hide a smaller job that can.
+            failed: set[int] = set()
+            tries = 0
+            for job in queues[leaf]:
+                if tries >= _TRIES_PER_LEAF:
+                    break
+                if job.id in self.result.notes or job.gpus in failed:
+                    continue  # served already (hold_incoming), or known to fail
+                if not take and not self._incoming_may_serve(job.gpus):
+                    continue  # spend no try on it
+                if take and self._patient(job):
+                    continue  # not waited its consumer's reclaim_patience yet
+                ent = self.adm.division.entitlement.get(leaf, 0.0)
+                if self.virtual[leaf] >= whole_gpus(ent):
+                    # Not owed a whole GPU (SEMANTICS guarantees GPUs below
+                    # floor(entitlement)): any GPU it took it would borrow. It waits
+                    # for GPUs that free up, which reach it first (module docstring).
+                    break
+                after = (self.virtual[leaf] + job.gpus) / ent
+                victims = [
+                    j for c in borrowers if self._borrower_above(c, after) for j in self.by_leaf[c]
+                ]
+                tries += 1
+                if self._serve(job, victims, "reclaim"):
+                    failed.clear()
+                    borrowers_stale = True
+                else:
+                    failed.add(job.gpus)
+
+    def _patient(self, job: Job) -> bool:
+        """Whether the job has waited less than its consumer's reclaim_patience: GPUs
+        that free up by themselves may serve it meanwhile (docs/scheduling.md)."""
+        spec = self.adm.policy.consumers.get(job.consumer)
+        if spec is None or spec.reclaim_patience_s <= 0 or job.waiting_since is None:
+            return False
+        return self.now - job.waiting_since < spec.reclaim_patience_s
+
+    def _incoming_may_serve(self, n: int) -> bool:
+        """Whether unclaimed GPUs on their way back, with the free ones beside
+        them, might make n GPUs where the job can be placed."""
+        nodes = {s.node for s in self._incoming_set if s not in self.claimed}
+        if self.adm.free.spans_nodes(n):
+            return bool(nodes) and sum(self.ready_n.values()) >= n
+        return any(self.ready_n[node] >= n for node in nodes)
+
+    def _borrower_above(self, consumer: ConsumerPath, receiver_after: float) -> bool:
+        ent = self.adm.division.entitlement.get(consumer, 0.0)
+        held = self.virtual[consumer] - self.receiving[consumer]
+        return takes_back(held, ent, receiver_after)
+
+    # -- step 5: priority preemption inside a consumer -----------------------
+
+    def by_priority(self, queues: Mapping[ConsumerPath, list[Job]], started: set[JobId]) -> None:
+        policy = self.adm.policy
+        for leaf, queue in queues.items():
+            if not policy.consumers[leaf].priority_preemption or not queue:
+                continue
+            self._index()
+            for job in queue[:_TRIES_PER_LEAF]:
+                if job.id in started or job.id in self.result.notes:
+                    continue
+
+                lower = [j for j in self.by_leaf[leaf] if j.priority < job.priority]
+                if lower:
+                    self._serve(job, lower, "priority")
+
+    # -- one waiting job ----------------------------------------------------
+
+    def _serve(self, job: Job, victims: list[Job], why: str) -> bool:
+        """Plan what serves `job`, if anything; whether something was claimed."""
+        n = job.gpus
+        if self.tries >= _TRIES_PER_CYCLE:
+            return False
+        victims = [j for j in victims if j.id not in self.taken]
+        if not self._within_limits(job, victims):
+            return False
+        self.tries += 1
+        spans = self.adm.free.spans_nodes(n)
+        locations = [SPAN] if spans else self._candidate_nodes(n, victims)
+        allowed = {j.id for j in victims}
+        options = [
+            o
+            for loc in locations
+            if (o := self._option(job, loc, victims, allowed, why != "priority")) is not None
+            and self._within_limits(job, o.preempt, o.shrink)
+            and (why == "priority" or self._not_undone(job, o.preempt, o.shrink))
+        ]
+        if not options or any(not o.claims for o in options):
+            return False  # none, or servable from free GPUs now: admission's job
+        best = min(options, key=lambda o: o.cost)
+        self.claimed.update(best.claims)
+        for slot in best.claims:
+            if slot.node in self.ready_n and (self._is_free(slot) or slot in self._incoming_set):
+                self.ready_n[slot.node] -= 1
+        self.result.held.extend(s for s in best.claims if self._is_free(s))
+        freed_from: dict[ConsumerPath, int] = defaultdict(int)
+        for job_id, slots in best.shrink.items():
+            victim = self.by_id[job_id]
+            self.taken.add(job_id)
+            freed_from[victim.consumer] += len(slots)
+            self.result.shrinks.append(
+                Shrink(job_id, tuple(slots), self._victim_reason("shrunk", victim, job, why))
+            )
+        for victim in best.preempt:
+            self.taken.add(victim.id)
+            # Its GPUs already being released were counted gone at the start.
+            freed_from[victim.consumer] += len(victim.held) - len(victim.releasing)
+            self.result.preemptions.append(
+                Preempt(victim.id, self._victim_reason("preempted", victim, job, why), why)
+            )
+        for consumer, count in freed_from.items():
+            self._add_virtual(consumer, -count)
+        self._add_virtual(job.consumer, n)
+        for p in self.adm.chain(job.consumer):
+            self.receiving[p] += n
+        self.result.notes[job.id] = self._note(job, best, freed_from)
+        return True
+
+    def _candidate_nodes(self, n: int, victims: list[Job]) -> list[NodeName]:
+        """Nodes where free, incoming and victims' GPUs could add up to n, those
+        needing the least taken from victims first."""
+        ready = self.ready_n
+        takeable: dict[NodeName, int] = defaultdict(int)
+        for v in victims:  # an upper bound: claims are checked again in _option
+            for s in v.held:
+                takeable[s.node] += 1
+        nodes = [node for node in self.free if ready[node] + takeable.get(node, 0) >= n]
+        nodes.sort(key=lambda node: (-min(ready[node], n), node))
+        return nodes[:_NODES_PER_TRY]
+
+    def _option(
+        self, job: Job, loc: NodeName, victims: list[Job], allowed: set[JobId], borrowing: bool
+    ) -> _Option | None:
+        n = job.gpus
+        free = [s for s in self._at(self.free, loc) if s not in self.claimed]
+        # Free GPUs reserved for `lend: false` consumers are not the receiver's.
+        free = free[: max(0, int(self.adm.usable_free(job.consumer) + _EPS))]
+        if len(free) >= n:
+            # Free GPUs are enough: nothing to reclaim, and nothing to hold: the
+            # borrowing pass serves the most starved consumer first anyway.
+            return _Option(self._cost(loc, 0, {}, []), [], {}, [])
+        ready = free + [s for s in self._at(self.incoming, loc) if s not in self.claimed]
+        if len(ready) >= n:
+            return _Option(self._cost(loc, 0, {}, []), ready[:n], {}, [])
+        need = n - len(ready)
+        claims = list(ready)
+        shrink: dict[JobId, list[GpuSlot]] = {}
+        preempt: list[Job] = []
+        taken: dict[JobId, list[GpuSlot]] = {}  # each preempted job's GPUs at loc
+        here = victims if loc == SPAN else [j for j in self.jobs_on.get(loc, ()) if j.id in allowed]
+        # a. shrink elastic extras, newest-started first.
+        for victim in sorted(
+            (j for j in here if j.elastic),
+            key=lambda j: (-(j.started_at or 0.0), j.id),
+        ):
+            spare = len(victim.held) - len(victim.releasing) - victim.gpus_min
+            slots = [
+                s
+                for s in victim.held
+                if s not in victim.releasing
+                and s != victim.anchor
+                and s not in self.claimed
+                and (loc == SPAN or s.node == loc)
+            ][: min(spare, need)]
+            if slots:
+                shrink[victim.id] = slots
+                claims += slots
+                need -= len(slots)
+            if need <= 0:
+                return _Option(self._cost(loc, n - len(ready), shrink, []), claims, shrink, [])
+        # b. preempt, lowest priority first, then the least preempted before (a restarted
+        # job is the newest-started again: without this it would be the next victim,
+        # over and over), then newest-started; for borrowing, never one at its
+        # consumer's max_preemptions.
+        for victim in sorted(
+            (j for j in here if self._old_enough(j) and not (borrowing and self._capped(j))),
+            key=lambda j: (j.priority, j.preemptions, -(j.started_at or 0.0), j.id),
+        ):
+            slots = [
+                s for s in victim.held if s not in self.claimed and (loc == SPAN or s.node == loc)
+            ]
+            if not slots or victim.id in shrink or self._cascades(job, victim, preempt):
+                continue
+            preempt.append(victim)
+            taken[victim.id] = slots
+            need -= len(slots)
+            if need <= 0:
+                # Take no more than needed: the last victim is needed, but it may
+                # make earlier ones (latest chosen first) or some shrinks redundant.
+                excess = -need
+                for v in reversed(preempt[:-1]):
+                    if len(taken[v.id]) <= excess:
+                        excess -= len(taken.pop(v.id))
+                        preempt.remove(v)
+                for job_id in reversed(list(shrink)):
+                    drop = min(excess, len(shrink[job_id]))
+                    excess -= drop
+                    shrink[job_id] = shrink[job_id][: len(shrink[job_id]) - drop]
+                    if not shrink[job_id]:
+                        del shrink[job_id]
+                claims = ready + [s for v in shrink.values() for s in v]
+                claims += [s for v in preempt for s in taken[v.id]]
+                # GPUs the last preemption frees beyond the job's need stay
+                # unclaimed for the next waiting job.
+                cost = self._cost(loc, n - len(ready), shrink, preempt)
+                return _Option(cost, claims[:n], shrink, preempt)
+        return None
+
+    def _cost(
+        self, loc: NodeName, need: int, shrink: Mapping[JobId, list[GpuSlot]], preempt: list[Job]
+    ) -> _Cost:
+        """Cheapest first, across locations as within one: no preemption at all, then
+        the lowest priority preempted, the victims preempted least before, the fewest
+        preemptions, the newest-started
+        preempted (their oldest as recent as can be), the fewest GPUs freed beyond
+        the need (the disruption budget), the fewest shrunk, the newest-started
+        shrunk, then the location's name."""
+        shrunk = sum(len(slots) for slots in shrink.values())
+        freed = shrunk + sum(len(v.held) for v in preempt)
+        return (
+            bool(preempt),
+            max((v.priority for v in preempt), default=0),
+            max((v.preemptions for v in preempt), default=0),
+            len(preempt),
+            -min((v.started_at or 0.0 for v in preempt), default=0.0),
+            freed - need,
+            shrunk,
+            -min((self.by_id[i].started_at or 0.0 for i in shrink), default=0.0),
+            loc,
+        )
+
+    def _freed(
+        self, preempt: list[Job], shrink: Mapping[JobId, list[GpuSlot]] | None
+    ) -> dict[ConsumerPath, int]:
+        """GPUs these victims give back, per consumer up the tree (those already on
+        their way back were counted gone at the start)."""
+        per_consumer: dict[ConsumerPath, int] = defaultdict(int)
+        for victim in preempt:
+            per_consumer[victim.consumer] += len(victim.held) - len(victim.releasing)
+        for job_id, slots in (shrink or {}).items():
+            per_consumer[self.by_id[job_id].consumer] += len(slots)
+        freed: dict[ConsumerPath, int] = defaultdict(int)
+        for consumer, n in per_consumer.items():  # up the tree once per consumer, not per job
+            for p in self.adm.chain(consumer):
+                freed[p] += n
+        return freed
+
+    def _within_limits(
+        self,
+        job: Job,
+        preempt: list[Job],
+        shrink: Mapping[JobId, list[GpuSlot]] | None = None,
+    ) -> bool:
+        """Whether the receiver stays within every limit once these victims give
+        their GPUs back: a victim under the same limited consumer (a sibling, or
+        the consumer itself for priority preemption) makes room under it."""
+        freed = self._freed(preempt, shrink)
+        for p in self.adm.chain(job.consumer):
+            limit = self.adm.policy.consumers[p].limit
+            if limit is not None and self.virtual[p] + job.gpus - freed[p] > limit:
+                return False
+        return True
+
+    def _not_undone(
+        self, job: Job, preempt: list[Job], shrink: Mapping[JobId, list[GpuSlot]]
+    ) -> bool:
+        """Whether, after the move, the victim's side is still less starved than the
+        receiver's side before it (module docstring), compared where their paths
+        part and between the two leaves: else admission would hand the freed GPUs
+        back to the victim (a preemption loop), or the victim, left below its
+        entitlement, would reclaim in turn and leave its side starved for a while."""
+        freed = self._freed(preempt, shrink)
+        mine = self.adm.chain(job.consumer)
+        for victim in {v.consumer for v in preempt} | {self.by_id[i].consumer for i in shrink}:
+            theirs = self.adm.chain(victim)
+            if victim == job.consumer or victim not in theirs:
+                continue  # itself, or a consumer the policy dropped (it only borrows)
+            common = next(p for p in mine if p in theirs)
+            pairs = {(mine[mine.index(common) - 1], theirs[theirs.index(common) - 1])}
+            pairs.add((job.consumer, victim))
+            for side_r, side_v in pairs:
+                ent_r, ent_v = self._ent(side_r), self._ent(side_v)
+                if ent_v <= _EPS:
+                    continue  # entitled to nothing: admission serves it last anyway
+                before = self.virtual[side_r] / ent_r if ent_r > _EPS else float("inf")
+                held = self.virtual[side_v] - self.receiving[side_v] - freed[side_v]
+                if held / ent_v <= before + _EPS:
+                    return False
+        return True
+
+    def _cascades(self, job: Job, victim: Job, preempt: list[Job]) -> bool:
+        """Whether preempting `victim` for another consumer's job could turn, back
+        in its own consumer's queue, into a preemption of a lower-priority job of
+        that consumer (priority preemption) while the consumer, left at or below
+        its entitlement, is served first by admission: it would take GPUs back
+        from the receiver. That lower-priority job goes first, or none."""
+        c = victim.consumer
+        spec = self.adm.policy.consumers.get(c)
+        if c == job.consumer or spec is None or not spec.priority_preemption:
+            return False
+        gone = sum(len(v.held) - len(v.releasing) for v in (*preempt, victim) if v.consumer == c)
+        left = self.virtual[c] - self.receiving[c] - gone
+        if left > self._ent(c) + _EPS:
+            return False  # still a borrower after it: admission does not favor it
+        return any(
+            j.priority < victim.priority
+            and j.id not in self.taken
+            and j not in preempt
+            and self._old_enough(j)
+            for j in self.by_leaf[c]
+        )
+
+    def _capped(self, job: Job) -> bool:
+        """Preempted as often as its consumer allows for borrowing (max_preemptions)."""
+        return job.preemptions >= self.adm.policy.consumers[job.consumer].max_preemptions
+
+    def _old_enough(self, job: Job) -> bool:
+        spec = self.adm.policy.consumers.get(job.consumer)
+        min_runtime = spec.min_runtime_s if spec is not None else 0.0
+        return job.started_at is None or self.now - job.started_at >= min_runtime
+
+    def _add_virtual(self, leaf: ConsumerPath, n: int) -> None:
+        for p in self.adm.chain(leaf):
+            self.virtual[p] += n
+            self.moved[p] += n
+
+    def _at(self, by_node: Mapping[NodeName, list[GpuSlot]], loc: NodeName) -> list[GpuSlot]:
+        if loc == SPAN:
+            return [s for slots in by_node.values() for s in slots]
+        return list(by_node.get(loc, ()))
+
+    def _is_free(self, slot: GpuSlot) -> bool:
+        return slot in self.free.get(slot.node, ())
+
+    # -- words ----------------------------------------------------------------
+
+    def _victim_reason(self, what: str, victim: Job, receiver: Job, why: str) -> str:
+        v, r = victim.consumer, receiver.consumer
+        if why == "priority":
+            return (
+                f"{what} for job {receiver.id} of {r}, priority {receiver.priority} above "
+                f"its {victim.priority} (priority preemption)"
+            )
+        return (
+            f"{what} to give {receiver.gpus} GPU(s) to job {receiver.id} of {r}: "
+            f"{r} holds {self.adm.allocation[r]} of its entitlement {self._ent(r):.1f}, "
+            f"{v} holds {self.adm.allocation[v]} of its entitlement {self._ent(v):.1f}"
+        )
+
+    def _note(self, job: Job, option: _Option, freed_from: Mapping[ConsumerPath, int]) -> str:
+        deadlines = [
+            j.release_deadline
+            for j in self.running
+            if j.release_deadline is not None and any(s in option.claims for s in j.incoming)
+        ]
+        parts = []
+        if freed_from:
+            names = ", ".join(sorted(freed_from))
+            parts.append(f"reclaim from {names} started")
+        if deadlines:
+            left = max(0.0, max(deadlines) - self.now)
+            parts.append(f"GPUs on their way back, grace ends in {left:.0f} s")
+        return "; ".join(parts) or "its GPUs are free and held for it"
+
+    def _ent(self, path: ConsumerPath) -> float:
+        return self.adm.division.entitlement.get(path, 0.0)
+
+
+def whole_gpus(entitlement: float) -> int:
+    """floor(entitlement), the GPUs SEMANTICS guarantees, tolerant of rounding in
+    the water-filling (2.9999999999 is 3)."""
+    return math.floor(entitlement + _EPS)

@@ -1,0 +1,129 @@
+"""The daemon's snapshot is kept from cycle to cycle (ClusterState._job_views: a job's
+view is built again only when the job changed, as every committed change and submission
+says through `notify`). Driven on a real SQLite store through the daemon's own paths
+(submissions, plans from the real core, agents' reports, preemptions, shrinks, cancels,
+a restart's load), the kept snapshot must equal one built from scratch at every step,
+and the cycle's plan must equal the one decided without any cache."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from schedulerd import core
+from schedulerd.daemon.nodes import PartReport, register, report
+from schedulerd.daemon.plans import apply_plan
+from schedulerd.daemon.state import ClusterState, _core_job
+from schedulerd.policy import load_policy
+from schedulerd.store import GpuRecord, JobRecord, JobState, NodeRecord, PartPhase, Store
+
+POLICY = """version: 1
+consumers:
+  a: {owned: 4, grace: 10s}
+  b: {owned: 4, grace: 10s, priority_preemption: true}
+  c: {share: 2}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _state(path: Path, clock: Clock) -> ClusterState:
+    store = Store(path)
+    state = ClusterState(store, clock)
+    policy = load_policy(POLICY, "p.yaml")
+    state.set_policy(policy, store.save_policy(POLICY, "p.yaml", 0.0))
+    return state
+
+
+def _node(name: str) -> NodeRecord:
+    return NodeRecord(name, "default", [GpuRecord(i, f"{name}-{i}", "fake", 0) for i in range(4)])
+
+
+def _fresh(state: ClusterState) -> tuple[core.Job, ...]:
+    return tuple(_core_job(j) for j in state.jobs.values())
+
+
+def _held(views: Iterable[core.Job]) -> dict[tuple[str, str], float]:
+    held: dict[tuple[str, str], float] = defaultdict(float)
+    for v in views:
+        held[(v.consumer, v.user)] += len(v.held)
+    return held
+
+
+def _cycle(state: ClusterState, cache: core.DecideCache) -> None:
+    snapshot = state.snapshot()
+    assert snapshot.jobs == _fresh(state)
+    # Usage accrues from the running jobs' kept views: the GPUs the records hold.
+    running = {v.id: v for v in _fresh(state) if v.phase is core.JobPhase.RUNNING}
+    assert state._running == running
+    assert {k: v for k, v in state._held_now().items() if v} == {
+        k: v for k, v in _held(running.values()).items() if v
+    }
+    assert state.policy is not None
+    plan = core.decide(snapshot, state.policy, state.clock(), cache)
+    assert plan.starts == core.decide(snapshot, state.policy, state.clock()).starts
+    apply_plan(state, plan)
+
+
+def test_the_kept_snapshot_is_the_snapshot_built_from_scratch(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    clock = Clock()
+    state = _state(tmp_path / "s.db", clock)
+    cache = core.DecideCache()
+    for name in ("n1", "n2", "n3"):
+        register(state, _node(name), [])
+    for step in range(40):
+        clock.now += 5
+        for node in state.nodes.values():
+            node.last_seen = clock.now
+        # Submissions, elastic ones among them.
+        for _ in range(rng.randint(0, 3)):
+            gpus = rng.choice([1, 1, 2, 4])
+            state.submit(
+                JobRecord(
+                    0,
+                    rng.choice(["/a", "/b", "/c"]),
+                    "u",
+                    f"j{step}",
+                    ["x"],
+                    {},
+                    "",
+                    gpus,
+                    gpus + rng.choice([0, 0, 2]),
+                    rng.choice([0, 5]),
+                    JobState.PENDING,
+                    0.0,
+                )
+            )
+        _cycle(state, cache)
+        # Agents say what runs, what exited, what released.
+        for job in list(state.jobs.values()):
+            if job.state is not JobState.RUNNING:
+                continue
+            for part in list(job.parts):
+                live = state.jobs.get(job.id)
+                if live is None or part.phase is PartPhase.EXITED:
+                    continue
+                kept = tuple(i for i in part.gpu_indices if i not in part.releasing)
+                if job.preempting or job.cancel_requested or rng.random() < 0.1:
+                    r = PartReport(job.id, job.attempt, "exited", exit_code=0)
+                else:
+                    r = PartReport(job.id, job.attempt, "running", pid=1, gpu_indices=kept)
+                report(state, part.node, r)
+        # Cancels of waiting and running jobs.
+        for job in list(state.jobs.values()):
+            if rng.random() < 0.05:
+                state.cancel(job.id, "u")
+        assert state.snapshot().jobs == _fresh(state)
+    # A restart: jobs loaded without a change; the snapshot has them all.
+    again = _state(tmp_path / "s.db", clock)
+    again.load()
+    assert again.snapshot().jobs == _fresh(again)
