@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/submit_bench.py                 # 2,000 jobs per case
     .venv/bin/python bench/submit_bench.py --jobs 500      # quicker
+    .venv/bin/python bench/submit_bench.py --auth tls-token --clients 1,4,8 --batches ""
 
 The daemon runs as `python -m schedulerd.daemon` (its store in WAL mode with
 synchronous=FULL: a submission is acknowledged only once its row is committed and
@@ -10,8 +11,13 @@ starts: only submissions and the scheduling cycles they wake (each submission wa
 the loop, which decides over every waiting job, as in production). Every case gets
 a fresh daemon and database in a temporary folder on the same disk as the repository.
 
+With `--auth tls-token` (issue 15's measure) the daemon instead serves TLS on
+127.0.0.1 (`--tls-loopback`, a server certificate of a fresh cluster CA) and every
+client calls with a bearer token (root's, made by CreateToken), as bench/auth_bench.py's
+configuration c; there is no agent then (the jobs stay pending all the same).
+
 Cases:
-- SubmitJob (unary), 1 client: one call at a time from this process;
+- SubmitJob (unary), 1 client: one call at a time from one client process;
 - SubmitJob (unary), K clients: K processes (own channel each), started together;
 - SubmitJobs (batch RPC, one SQLite transaction per call), batches of B jobs.
 Per-call latency is measured around each call in the client; throughput is jobs
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import tempfile
@@ -31,6 +38,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from _cluster import BenchCluster, percentile
+from auth_bench import Daemon as AuthDaemon
+from auth_bench import os_user
 
 from schedulerd.client import Client, job_spec
 
@@ -57,8 +66,25 @@ class Result:
     last_ms: list[float]  # the last tenth (the queue holds nearly every job)
 
 
-def _unary_worker(address: str, n: int, go: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    with Client(address, timeout_s=60) as c:
+@dataclass(frozen=True)
+class Target:
+    """Where and how the clients call: address, bearer token ("" : none), CA file."""
+
+    address: str
+    token: str = ""
+    ca: str = ""
+
+    def client(self) -> Client:
+        return Client(
+            self.address,
+            timeout_s=60,
+            token=self.token or None,
+            ca=Path(self.ca) if self.ca else None,
+        )
+
+
+def _unary_worker(target: Target, n: int, go: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    with target.client() as c:
         for _ in range(WARMUP // 4):
             c.submit(CONSUMER, COMMAND, 1, name="warmup")
         ready_at = time.monotonic()
@@ -72,24 +98,14 @@ def _unary_worker(address: str, n: int, go: Event, out: mp.Queue) -> None:  # ty
         out.put((ready_at, first, time.monotonic(), lat))
 
 
-def run_unary(cluster: BenchCluster, jobs: int, clients: int) -> Result:
-    if clients == 1:
-        c = cluster.client
-        for _ in range(WARMUP):
-            c.submit(CONSUMER, COMMAND, 1, name="warmup")
-        lat = []
-        t_start = time.perf_counter()
-        for i in range(jobs):
-            t0 = time.perf_counter()
-            c.submit(CONSUMER, COMMAND, 1, name=f"u{i}")
-            lat.append((time.perf_counter() - t0) * 1000)
-        wall = time.perf_counter() - t_start
-        return Result("SubmitJob (unary)", 1, 1, jobs, wall, lat, *_ends([lat]))
+def run_unary(target: Target, jobs: int, clients: int) -> Result:
+    # Every client in a process of its own (also the one sequential client): none shares
+    # a GIL with another or with this process, which only starts and collects them.
     ctx = mp.get_context("spawn")  # no gRPC state inherited through fork
     go = ctx.Event()
     out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     share = [jobs // clients + (1 if i < jobs % clients else 0) for i in range(clients)]
-    procs = [ctx.Process(target=_unary_worker, args=(cluster.address, n, go, out)) for n in share]
+    procs = [ctx.Process(target=_unary_worker, args=(target, n, go, out)) for n in share]
     for p in procs:
         p.start()
     time.sleep(0.5)
@@ -104,8 +120,12 @@ def run_unary(cluster: BenchCluster, jobs: int, clients: int) -> Result:
     return Result("SubmitJob (unary)", clients, 1, jobs, last - first, lat, first_ms, last_ms)
 
 
-def run_batch(cluster: BenchCluster, jobs: int, batch: int) -> Result:
-    c = cluster.client
+def run_batch(target: Target, jobs: int, batch: int) -> Result:
+    with target.client() as c:
+        return _run_batch(c, jobs, batch)
+
+
+def _run_batch(c: Client, jobs: int, batch: int) -> Result:
     for _ in range(WARMUP):
         c.submit(CONSUMER, COMMAND, 1, name="warmup")
     specs = [job_spec(CONSUMER, COMMAND, 1, name=f"b{i}") for i in range(jobs)]
@@ -130,23 +150,44 @@ def _ends(per_client: list[list[float]]) -> tuple[list[float], list[float]]:
     return first, last
 
 
-def with_cluster(tick_s: float | None, case: str, fn):  # type: ignore[no-untyped-def]
+def with_cluster(tick_s: float | None, auth: str, case: str, fn):  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory(prefix="submit-bench-", dir=_tmp_root()) as tmp:
+        if auth == "tls-token":
+            return _with_tls(Path(tmp), tick_s, case, fn)
         cluster = BenchCluster(Path(tmp), POLICY, tick_s)
         try:
             cluster.start_daemon()
             cluster.start_agent("n1", 8)
             cluster.wait_nodes_up(1)
             cluster.client.drain("n1", "submit benchmark: nothing starts")
-            result = fn(cluster)
-            # Every acknowledged job is there, waiting; none started.
-            listed = cluster.client.list_jobs()
-            waiting = sum(1 for j in listed if j.state == 1)
-            if waiting != len(listed) or len(listed) < result.jobs:
-                raise SystemExit(f"{case}: {len(listed)} jobs listed, {waiting} waiting")
+            result = fn(Target(cluster.address))
+            _check(cluster.client, case, result)
             return result
         finally:
             cluster.stop()
+
+
+def _with_tls(root: Path, tick_s: float | None, case: str, fn):  # type: ignore[no-untyped-def]
+    daemon = AuthDaemon(root, tls=True, unix=False, tick_s=tick_s)
+    try:
+        daemon.start()
+        with daemon.client("", daemon.address) as boot:  # root, by its local uid
+            token = boot.create_token(os_user(), 3600.0).secret
+        target = Target(daemon.address, token, str(daemon.ca))
+        result = fn(target)
+        with target.client() as c:
+            _check(c, case, result)
+        return result
+    finally:
+        daemon.stop()
+
+
+def _check(c: Client, case: str, result: Result) -> None:
+    """Every acknowledged job is there, waiting; none started."""
+    listed = c.list_jobs()  # every page
+    waiting = sum(1 for j in listed if j.state == 1)
+    if waiting != len(listed) or len(listed) < result.jobs:
+        raise SystemExit(f"{case}: {len(listed)} jobs listed, {waiting} waiting")
 
 
 def _tmp_root() -> str:
@@ -159,22 +200,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="1,4", help="unary client counts (default 1,4)")
     ap.add_argument("--batches", default="100,1000", help="SubmitJobs batch sizes")
     ap.add_argument("--tick", type=float, default=None, help="daemon --tick (default: its own)")
+    ap.add_argument(
+        "--auth",
+        choices=("local", "tls-token"),
+        default="local",
+        help="local: plaintext loopback, the caller known by its uid, one drained agent "
+        "(the default); tls-token: TLS on 127.0.0.1 and a bearer token, no agent",
+    )
     args = ap.parse_args(argv)
     print(
-        f"Python {platform.python_version()} on {platform.machine()}; {args.jobs:,} jobs per case; "
-        f"daemon tick {'default' if args.tick is None else args.tick}; store in {_tmp_root()}\n"
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
+        f"{args.jobs:,} jobs per case; auth {args.auth}; daemon tick "
+        f"{'default' if args.tick is None else args.tick}; store in {_tmp_root()}; "
+        f"load average before {os.getloadavg()[0]:.2f}\n"
     )
     results: list[Result] = []
     for k in (int(x) for x in args.clients.split(",") if x):
         results.append(
-            with_cluster(args.tick, f"unary x{k}", lambda c, k=k: run_unary(c, args.jobs, k))
+            with_cluster(
+                args.tick, args.auth, f"unary x{k}", lambda t, k=k: run_unary(t, args.jobs, k)
+            )
         )
         _row(results[-1])
     for b in (int(x) for x in args.batches.split(",") if x):
         results.append(
-            with_cluster(args.tick, f"batch {b}", lambda c, b=b: run_batch(c, args.jobs, b))
+            with_cluster(
+                args.tick, args.auth, f"batch {b}", lambda t, b=b: run_batch(t, args.jobs, b)
+            )
         )
         _row(results[-1])
+    print(f"\nload average after {os.getloadavg()[0]:.2f}")
     return 0
 
 

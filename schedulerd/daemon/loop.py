@@ -18,7 +18,7 @@ from schedulerd.core.windows import next_boundary, policy_at, switches
 from schedulerd.daemon import timelimits
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.daemon.nodes import expire_nodes
-from schedulerd.daemon.plans import DEFAULT_STORE_PORTS, apply_plan
+from schedulerd.daemon.plans import DEFAULT_STORE_PORTS, apply_plan_async
 from schedulerd.daemon.state import ClusterState
 from schedulerd.daemon.wake import woken
 from schedulerd.store import JobRecord, StoreUnavailable
@@ -158,7 +158,7 @@ class SchedulingLoop:
             self.wake()  # a new policy came in meanwhile: this plan is stale
             return
         try:
-            started, commands = apply_plan(self.state, plan, self.store_ports)
+            started, commands = await apply_plan_async(self.state, plan, self.store_ports)
         except StoreUnavailable as e:
             # Nothing of the plan changed memory or reached an agent; retried next cycle.
             log.error("plan not committed, nothing applied: %s", e)

@@ -93,6 +93,14 @@ def report(state: ClusterState, node: str, r: PartReport) -> Outbox:
     return ch.commit()
 
 
+async def report_async(state: ClusterState, node: str, r: PartReport) -> Outbox:
+    """`report`, its commit shared with concurrent writes (store/group.py)."""
+    await state.writer.changes_idle()
+    ch = Change(state)
+    _report(ch, node, r)
+    return await ch.commit_async()
+
+
 def _report(ch: Change, node: str, r: PartReport) -> None:
     state = ch.state
     live = state.jobs.get(r.job_id)
@@ -251,4 +259,4 @@ def _default_message(phase: str, code: int | None) -> str:
     return "could not start"
 
 
-__all__ = ["disconnect", "expire_nodes", "forget", "register", "report"]
+__all__ = ["disconnect", "expire_nodes", "forget", "register", "report", "report_async"]

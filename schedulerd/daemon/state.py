@@ -27,6 +27,7 @@ from schedulerd.store import (
     Store,
     StoreUnavailable,
 )
+from schedulerd.store.group import GroupWriter
 
 # Decayed usage is written to the store at most this often (and at shutdown): a SIGKILL
 # loses at most this much of it; a write per cycle would cost the loop.
@@ -54,6 +55,8 @@ class SubmitError(ValueError):
 class ClusterState:
     def __init__(self, store: Store, clock: Callable[[], float], heartbeat_s: float = 2.0) -> None:
         self.store = store
+        # Concurrent submissions, reports and plans share its transactions (store/group.py).
+        self.writer = GroupWriter(store)
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         self.jobs: dict[int, JobRecord] = {}  # pending and running only
@@ -225,6 +228,25 @@ class ClusterState:
     def submit(self, job: JobRecord, also: Callable[[JobRecord], None] | None = None) -> JobRecord:
         """Queue a job. `also` writes more records in the job's own transaction once
         the job has its id (an experiment's trial row: both or neither)."""
+        self._check_submission(job)
+        self._queue(job, self.clock())
+        with self.store.transaction():
+            self.store.insert_job(job)
+            if also is not None:
+                also(job)
+        self._submitted(job)
+        return job
+
+    async def submit_async(self, job: JobRecord) -> JobRecord:
+        """`submit`, its commit shared with whatever else is queued for the disk (a unary
+        SubmitJob among many: store/group.py). A new job is a pure insert: no pending
+        change can touch it, and it reads no live record but the policy's shape."""
+        self._check_submission(job)
+        self._queue(job, self.clock())
+        await self.writer.submit(lambda store: store.insert_job(job), lambda: self._submitted(job))
+        return job
+
+    def _check_submission(self, job: JobRecord) -> None:
         assert self.policy is not None
         error = core.check_submission(
             self.policy,
@@ -237,15 +259,12 @@ class ClusterState:
         )
         if error:
             raise SubmitError(error)
-        self._queue(job, self.clock())
-        with self.store.transaction():
-            self.store.insert_job(job)
-            if also is not None:
-                also(job)
+
+    def _submitted(self, job: JobRecord) -> None:
+        """Committed: the job is visible, counted and watched."""
         self.jobs[job.id] = job
         self.metrics.submitted_jobs([job])
         self.notify(job)
-        return job
 
     def submission_problem(
         self, consumer: str, user: str, gpus_min: int, gpus_max: int

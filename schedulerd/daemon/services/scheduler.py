@@ -67,7 +67,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         spec = request.spec
         user = await self._submitter(who, spec, context)
         try:
-            job = self.state.submit(job_from_spec(spec, user, _vouched(who)))
+            # Acknowledged once committed, its commit shared with concurrent calls.
+            job = await self.state.submit_async(job_from_spec(spec, user, _vouched(who)))
         except SubmitError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {e}")
         except StoreUnavailable as e:
