@@ -319,6 +319,7 @@ class ClusterState:
         CANCELLED, or TIMEOUT when `timed_out` (its time limit ran out: `user` then
         says so). Raises StoreUnavailable, changing nothing, when the store cannot be
         written."""
+        self.writer.settle()  # a pending change applied first: it may end this very job
         job = self.jobs.get(job_id)
         if job is None:
             ended = self.store.load_job(job_id)
