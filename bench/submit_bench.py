@@ -21,7 +21,10 @@ Cases:
 - SubmitJob (unary), K clients: K processes (own channel each), started together;
 - SubmitJobs (batch RPC, one SQLite transaction per call), batches of B jobs.
 Per-call latency is measured around each call in the client; throughput is jobs
-over the wall time from the first call to the last answer. Prints a Markdown table.
+over the wall time from the first call to the last answer. The CPU columns say where
+two cores go, whatever else runs on the machine: the daemon's CPU time (user + system,
+all its threads, from /proc) over the timed calls per job, and the clients' own
+(process_time) per call. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Result:
     latencies_ms: list[float]  # per call
     first_ms: list[float]  # the first tenth of each client's calls (short queue)
     last_ms: list[float]  # the last tenth (the queue holds nearly every job)
+    daemon_cpu_s: float = 0.0  # the daemon's CPU time (user + system) over the timed calls
+    client_cpu_s: float = 0.0  # the clients' own, over their timed calls
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Target:
     address: str
     token: str = ""
     ca: str = ""
+    daemon_pid: int = 0  # for the daemon's CPU time (/proc/PID/stat)
 
     def client(self) -> Client:
         return Client(
@@ -91,11 +97,12 @@ def _unary_worker(target: Target, n: int, go: Event, out: mp.Queue) -> None:  # 
         go.wait()
         lat = []
         first = time.monotonic()
+        cpu = time.process_time()
         for i in range(n):
             t0 = time.perf_counter()
             c.submit(CONSUMER, COMMAND, 1, name=f"u{i}")
             lat.append((time.perf_counter() - t0) * 1000)
-        out.put((ready_at, first, time.monotonic(), lat))
+        out.put((ready_at, first, time.monotonic(), lat, time.process_time() - cpu))
 
 
 def run_unary(target: Target, jobs: int, clients: int) -> Result:
@@ -109,20 +116,44 @@ def run_unary(target: Target, jobs: int, clients: int) -> Result:
     for p in procs:
         p.start()
     time.sleep(0.5)
+    cpu = _cpu_s(target.daemon_pid)
     go.set()
     got = [out.get(timeout=600) for _ in procs]
+    daemon_cpu = _cpu_s(target.daemon_pid) - cpu
     for p in procs:
         p.join(30)
     first = min(g[1] for g in got)
     last = max(g[2] for g in got)
     lat = [x for g in got for x in g[3]]
     first_ms, last_ms = _ends([g[3] for g in got])
-    return Result("SubmitJob (unary)", clients, 1, jobs, last - first, lat, first_ms, last_ms)
+    return Result(
+        "SubmitJob (unary)",
+        clients,
+        1,
+        jobs,
+        last - first,
+        lat,
+        first_ms,
+        last_ms,
+        daemon_cpu,
+        sum(g[4] for g in got),
+    )
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc; 0 without a pid."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_batch(target: Target, jobs: int, batch: int) -> Result:
     with target.client() as c:
-        return _run_batch(c, jobs, batch)
+        cpu = _cpu_s(target.daemon_pid)
+        result = _run_batch(c, jobs, batch)
+        result.daemon_cpu_s = _cpu_s(target.daemon_pid) - cpu
+        return result
 
 
 def _run_batch(c: Client, jobs: int, batch: int) -> Result:
@@ -160,7 +191,8 @@ def with_cluster(tick_s: float | None, auth: str, case: str, fn):  # type: ignor
             cluster.start_agent("n1", 8)
             cluster.wait_nodes_up(1)
             cluster.client.drain("n1", "submit benchmark: nothing starts")
-            result = fn(Target(cluster.address))
+            assert cluster.daemon is not None
+            result = fn(Target(cluster.address, daemon_pid=cluster.daemon.pid))
             _check(cluster.client, case, result)
             return result
         finally:
@@ -173,7 +205,8 @@ def _with_tls(root: Path, tick_s: float | None, case: str, fn):  # type: ignore[
         daemon.start()
         with daemon.client("", daemon.address) as boot:  # root, by its local uid
             token = boot.create_token(os_user(), 3600.0).secret
-        target = Target(daemon.address, token, str(daemon.ca))
+        assert daemon.proc is not None
+        target = Target(daemon.address, token, str(daemon.ca), daemon.proc.pid)
         result = fn(target)
         with target.client() as c:
             _check(c, case, result)
@@ -241,9 +274,10 @@ def _row(r: Result) -> None:
     if not _header_printed:
         print(
             "| RPC | clients | jobs per call | jobs | calls | wall s | jobs/s | calls/s "
-            "| ms per call, p50 | p99 | max | p50, first tenth | p50, last tenth |"
+            "| ms per call, p50 | p99 | max | p50, first tenth | p50, last tenth "
+            "| daemon CPU ms per job | clients' CPU ms per call |"
         )
-        print("| --- |" + " ---: |" * 12)
+        print("| --- |" + " ---: |" * 14)
         _header_printed = True
     calls = len(r.latencies_ms)
     print(
@@ -251,7 +285,8 @@ def _row(r: Result) -> None:
         f"| {r.jobs / r.wall_s:,.0f} | {calls / r.wall_s:,.0f} "
         f"| {statistics.median(r.latencies_ms):.2f} | {percentile(r.latencies_ms, 99):.2f} "
         f"| {max(r.latencies_ms):.2f} | {statistics.median(r.first_ms):.2f} "
-        f"| {statistics.median(r.last_ms):.2f} |",
+        f"| {statistics.median(r.last_ms):.2f} | {1000 * r.daemon_cpu_s / r.jobs:.2f} "
+        f"| {1000 * r.client_cpu_s / calls if r.client_cpu_s else 0:.2f} |",
         flush=True,
     )
 
