@@ -193,6 +193,30 @@ def test_a_synchronous_change_applies_a_pending_one_first(tmp_path: Path) -> Non
     assert state.store.load_job(running.id).state is JobState.SUCCEEDED  # type: ignore[union-attr]
 
 
+def test_a_change_whose_caller_went_away_is_applied_and_holds_no_one_back(
+    tmp_path: Path,
+) -> None:
+    """The report's caller is cancelled while its write waits (an agent's stream that
+    closed): the write still commits and is applied, and the plan queued after it
+    (which waits for no change to be pending) is not held back for good."""
+    state, running, waiting = _setup(tmp_path)
+    start = core.Start(JobId(waiting.id), (GpuSlot(NodeName("n1"), 0),), "t")
+
+    async def go() -> tuple[list[JobRecord], object]:
+        with state.writer._cond:
+            report = asyncio.ensure_future(_exit(state, running)())
+            await asyncio.sleep(0)  # queued
+            report.cancel()
+            await asyncio.sleep(0)  # the caller is gone; its write is not
+        plan = apply_plan_async(state, core.Plan((start,), {}, {}))
+        # A guard against a hang, not a timing: the plan needs the report delivered.
+        return await asyncio.wait_for(plan, 60)
+
+    started, _ = asyncio.run(go())
+    assert running.id not in state.jobs  # the exit was applied all the same
+    assert [j.id for j in started] == [waiting.id]  # and the plan was built on it
+
+
 def test_a_closed_writer_refuses_new_writes(tmp_path: Path) -> None:
     state, _, _ = _setup(tmp_path)
 

@@ -63,7 +63,7 @@ class GroupWriter:
         self._done: collections.deque[_Write] = collections.deque()  # to deliver, in order
         self._busy = False  # a batch is being written
         self._changes = 0  # changes queued, being written or not yet delivered
-        self._last_change: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[None] | None = None  # resolved when _changes drops to 0
         self._thread: threading.Thread | None = None
         self._wstore: Store | None = None
         self._closed = False
@@ -92,17 +92,19 @@ class GroupWriter:
             self._queue.append(item)
             if change:
                 self._changes += 1
-                self._last_change = future
             self._cond.notify()
         return future
 
     async def changes_idle(self) -> None:
         """Wait until no state change is pending: the next one may read live records."""
         while self._changes:
-            last = self._last_change
-            if last is None:
-                return
-            await asyncio.wait([last])
+            loop = asyncio.get_running_loop()
+            if self._idle is None or self._idle.done() or self._idle.get_loop() is not loop:
+                self._idle = loop.create_future()
+            # Shielded: a waiter cancelled must not cancel the others' wait. (Not the
+            # changes' own futures: a caller cancelled cancels its future, long before
+            # its write is delivered.)
+            await asyncio.shield(self._idle)
 
     def settle(self) -> None:
         """Before a synchronous state change: wait (blocking) for the pending changes to
@@ -130,6 +132,9 @@ class GroupWriter:
             finally:
                 if item.change:
                     self._changes -= 1
+                    idle = self._idle
+                    if not self._changes and idle is not None and not idle.done():
+                        idle.set_result(None)
             future = item.future
             if future is not None and not future.done():
                 if item.error is None:
