@@ -328,9 +328,10 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # The event loop shares the GIL with decide() (a worker thread) and the group
-    # writer: by default a thread that wants the GIL waits up to 5 ms for the holder to
-    # yield it, and each call that arrives during a cycle waited that long. 1 ms keeps a
-    # SubmitJob's p99 within its budget (issue 15, docs/group-commit.md).
+    # writer: by default a thread that wants the GIL may wait up to 5 ms for the holder
+    # to yield it, so a call arriving during a cycle could wait that long; 1 ms bounds
+    # that wait against a SubmitJob's budget of ~1.25 ms (issue 15; its effect alone was
+    # not measured apart from the other changes: docs/group-commit.md).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     sys.exit(asyncio.run(run(args, held)))
 
