@@ -19,7 +19,9 @@ configuration c; there is no agent then (the jobs stay pending all the same).
 Cases:
 - SubmitJob (unary), 1 client: one call at a time from one client process;
 - SubmitJob (unary), K clients: K processes (own channel each), started together;
-- SubmitJobs (batch RPC, one SQLite transaction per call), batches of B jobs.
+- SubmitJobs (batch RPC, one SQLite transaction per call), batches of B jobs;
+- with --floor, Health/Check and WhoAmI from the same K processes first (each on a fresh
+  daemon too): the floor of a unary call on that transport, and with the credential.
 Per-call latency is measured around each call in the client; throughput is jobs
 over the wall time from the first call to the last answer. The CPU columns say where
 two cores go, whatever else runs on the machine: the daemon's CPU time (user + system,
@@ -36,6 +38,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -43,6 +46,7 @@ from pathlib import Path
 from _cluster import BenchCluster, percentile
 from auth_bench import Daemon as AuthDaemon
 from auth_bench import os_user
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from schedulerd.client import Client, job_spec
 
@@ -89,10 +93,20 @@ class Target:
         )
 
 
-def _unary_worker(target: Target, n: int, go: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _call(c: Client, rpc: str) -> Callable[[int], object]:
+    if rpc == "Health/Check":
+        stub, req = health_pb2_grpc.HealthStub(c.channel), health_pb2.HealthCheckRequest()
+        return lambda i: stub.Check(req, timeout=60)
+    if rpc == "WhoAmI":
+        return lambda i: c.whoami()
+    return lambda i: c.submit(CONSUMER, COMMAND, 1, name=f"u{i}")
+
+
+def _unary_worker(target: Target, n: int, rpc: str, go: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
     with target.client() as c:
-        for _ in range(WARMUP // 4):
-            c.submit(CONSUMER, COMMAND, 1, name="warmup")
+        call = _call(c, rpc)
+        for i in range(WARMUP // 4):
+            call(i)
         ready_at = time.monotonic()
         go.wait()
         lat = []
@@ -100,19 +114,19 @@ def _unary_worker(target: Target, n: int, go: Event, out: mp.Queue) -> None:  # 
         cpu = time.process_time()
         for i in range(n):
             t0 = time.perf_counter()
-            c.submit(CONSUMER, COMMAND, 1, name=f"u{i}")
+            call(i)
             lat.append((time.perf_counter() - t0) * 1000)
         out.put((ready_at, first, time.monotonic(), lat, time.process_time() - cpu))
 
 
-def run_unary(target: Target, jobs: int, clients: int) -> Result:
+def run_unary(target: Target, jobs: int, clients: int, rpc: str = "SubmitJob") -> Result:
     # Every client in a process of its own (also the one sequential client): none shares
     # a GIL with another or with this process, which only starts and collects them.
     ctx = mp.get_context("spawn")  # no gRPC state inherited through fork
     go = ctx.Event()
     out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     share = [jobs // clients + (1 if i < jobs % clients else 0) for i in range(clients)]
-    procs = [ctx.Process(target=_unary_worker, args=(target, n, go, out)) for n in share]
+    procs = [ctx.Process(target=_unary_worker, args=(target, n, rpc, go, out)) for n in share]
     for p in procs:
         p.start()
     time.sleep(0.5)
@@ -127,7 +141,7 @@ def run_unary(target: Target, jobs: int, clients: int) -> Result:
     lat = [x for g in got for x in g[3]]
     first_ms, last_ms = _ends([g[3] for g in got])
     return Result(
-        "SubmitJob (unary)",
+        f"{rpc} (unary)",
         clients,
         1,
         jobs,
@@ -217,6 +231,8 @@ def _with_tls(root: Path, tick_s: float | None, case: str, fn):  # type: ignore[
 
 def _check(c: Client, case: str, result: Result) -> None:
     """Every acknowledged job is there, waiting; none started."""
+    if not result.case.startswith("Submit"):
+        return  # a floor: no job
     listed = c.list_jobs()  # every page
     waiting = sum(1 for j in listed if j.state == 1)
     if waiting != len(listed) or len(listed) < result.jobs:
@@ -240,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         help="local: plaintext loopback, the caller known by its uid, one drained agent "
         "(the default); tls-token: TLS on 127.0.0.1 and a bearer token, no agent",
     )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time Health/Check (no credential looked at) and WhoAmI (the credential "
+        "only) from the same client processes: what any unary call costs here",
+    )
     args = ap.parse_args(argv)
     print(
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
@@ -248,13 +270,18 @@ def main(argv: list[str] | None = None) -> int:
         f"load average before {os.getloadavg()[0]:.2f}\n"
     )
     results: list[Result] = []
+    rpcs = ["Health/Check", "WhoAmI", "SubmitJob"] if args.floor else ["SubmitJob"]
     for k in (int(x) for x in args.clients.split(",") if x):
-        results.append(
-            with_cluster(
-                args.tick, args.auth, f"unary x{k}", lambda t, k=k: run_unary(t, args.jobs, k)
+        for rpc in rpcs:
+            results.append(
+                with_cluster(
+                    args.tick,
+                    args.auth,
+                    f"{rpc} x{k}",
+                    lambda t, k=k, rpc=rpc: run_unary(t, args.jobs, k, rpc),
+                )
             )
-        )
-        _row(results[-1])
+            _row(results[-1])
     for b in (int(x) for x in args.batches.split(",") if x):
         results.append(
             with_cluster(
