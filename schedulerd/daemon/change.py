@@ -7,6 +7,14 @@ transaction and only then copies them onto the live records, drops ended jobs fr
 memory and tells the listeners; the commands for agents are returned to be sent
 after that. A failed write (disk full) raises `StoreUnavailable` from `commit()` and
 leaves memory exactly as it was: the copies are dropped, no command is sent.
+
+`await commit_async()` does the same through the group writer (store/group.py): the
+write shares one transaction with whatever else is queued (submissions, mostly), off
+the event loop, and memory follows in commit order once it is durable. One change
+that reads live records is pending at a time (docs/group-commit.md): an async caller
+first awaits `state.writer.changes_idle()`, and building a `Change` settles (blocking)
+any change still pending, so that no change is built on a record another is about
+to replace.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ def clone_node(n: NodeRecord) -> NodeRecord:
 
 class Change:
     def __init__(self, state: ClusterState) -> None:
+        state.writer.settle()  # a change pending in the group writer is applied first
         self.state = state
         self.now = state.clock()
         self._jobs: dict[int, tuple[JobRecord | None, JobRecord]] = {}
@@ -110,19 +119,49 @@ class Change:
     # -- commit, then apply ---------------------------------------------------
 
     def commit(self) -> Outbox:
-        state = self.state
-        if self._jobs or self._nodes or self._forget or self._events:
-            state.store.save_change(
-                [copy for _, copy in self._jobs.values()],
-                self._events,
-                [copy for _, copy in self._nodes.values()],
-                self._forget,
+        """Write on the event loop's connection, now; then apply."""
+        if self._writes():
+            self.state.store.save_change(*self._rows())
+        self._apply()
+        out, self.out = self.out, []
+        return out
+
+    async def commit_async(self) -> Outbox:
+        """Write through the group writer, then apply (in commit order, on the event
+        loop, even if this caller is cancelled meanwhile). The write is queued before
+        this coroutine first yields: await it right after building the change."""
+        if self._writes():
+            jobs, events, nodes, forget = self._rows()
+            await self.state.writer.submit(
+                lambda store: store.save_change(jobs, events, nodes, forget),
+                self._apply,
+                change=True,
             )
-        # Committed: now, and only now, memory follows.
+        else:
+            self._apply()
+        out, self.out = self.out, []
+        return out
+
+    def _writes(self) -> bool:
+        return bool(self._jobs or self._nodes or self._forget or self._events)
+
+    def _rows(self) -> tuple[list[JobRecord], list[EventRecord], list[NodeRecord], list[str]]:
+        return (
+            [copy for _, copy in self._jobs.values()],
+            self._events,
+            [copy for _, copy in self._nodes.values()],
+            self._forget,
+        )
+
+    def _apply(self) -> None:
+        """Committed: now, and only now, memory follows."""
+        state = self.state
         for live_node, copy_node in self._nodes.values():
             if live_node is None:
                 state.nodes[copy_node.name] = copy_node
             else:
+                # Heartbeats that came while the change was being written count.
+                copy_node.last_seen = max(copy_node.last_seen, live_node.last_seen)
                 live_node.__dict__.update(copy_node.__dict__)
                 state.nodes[copy_node.name] = live_node
         for name in self._forget:
@@ -140,5 +179,3 @@ class Change:
         state.metrics.committed(self._events, {job.id: job for job in changed})
         for job in changed:
             state.notify(job)
-        out, self.out = self.out, []
-        return out

@@ -317,6 +317,9 @@ def _start_local_router(args: argparse.Namespace, port: int) -> subprocess.Popen
     return subprocess.Popen(cmd, start_new_session=True)
 
 
+SWITCH_INTERVAL_S = 0.001
+
+
 def main(argv: list[str] | None = None) -> None:
     held = HeldHangup().hold()  # first: a reload queued behind the start must not kill it
     args = parse_args(argv)
@@ -324,6 +327,12 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The event loop shares the GIL with decide() (a worker thread) and the group
+    # writer: by default a thread that wants the GIL may wait up to 5 ms for the holder
+    # to yield it, so a call arriving during a cycle could wait that long; 1 ms bounds
+    # that wait against a SubmitJob's budget of ~1.25 ms (issue 15; its effect alone was
+    # not measured apart from the other changes: docs/group-commit.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     sys.exit(asyncio.run(run(args, held)))
 
 

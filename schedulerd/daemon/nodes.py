@@ -47,7 +47,7 @@ class PartReport:
 def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -> Outbox:
     """An agent (re)connects with its GPUs and every job part it has. Commits the
     node's new session epoch (`node.epoch`) with what the reports say."""
-    ch = Change(state)
+    ch = Change(state)  # (first: it applies a change still pending in the group writer)
     known = state.nodes.get(node.name)
     if known is not None:
         node.drained, node.drain_reason = known.drained, known.drain_reason
@@ -91,6 +91,14 @@ def report(state: ClusterState, node: str, r: PartReport) -> Outbox:
     ch = Change(state)
     _report(ch, node, r)
     return ch.commit()
+
+
+async def report_async(state: ClusterState, node: str, r: PartReport) -> Outbox:
+    """`report`, its commit shared with concurrent writes (store/group.py)."""
+    await state.writer.changes_idle()
+    ch = Change(state)
+    _report(ch, node, r)
+    return await ch.commit_async()
 
 
 def _report(ch: Change, node: str, r: PartReport) -> None:
@@ -200,6 +208,7 @@ def disconnect(state: ClusterState, node: str) -> None:
 def expire_nodes(state: ClusterState, node_timeout_s: float) -> tuple[list[str], Outbox]:
     """Nodes silent past the timeout (connected or not) go DOWN: their parts are lost
     and requeued, their GPUs fenced. Returns the names that went down."""
+    state.writer.settle()  # a change pending in the group writer is applied first
     now = state.clock()
     down = [
         n.name for n in state.nodes.values() if not n.down and now - n.last_seen >= node_timeout_s
@@ -224,8 +233,8 @@ def expire_nodes(state: ClusterState, node_timeout_s: float) -> tuple[list[str],
 def forget(state: ClusterState, name: str) -> tuple[list[int], int, Outbox]:
     """An admin says the node is powered off: its processes are gone. Requeue its
     jobs, lift its fences, drop its record. (requeued job ids, GPUs released, commands)"""
+    ch = Change(state)  # (first: it applies a change still pending in the group writer)
     node = state.nodes[name]
-    ch = Change(state)
     requeued = []
     held = 0
     for live in list(state.jobs.values()):
@@ -262,4 +271,4 @@ def _default_message(phase: str, code: int | None) -> str:
     return "could not start"
 
 
-__all__ = ["disconnect", "expire_nodes", "forget", "register", "report"]
+__all__ = ["disconnect", "expire_nodes", "forget", "register", "report", "report_async"]

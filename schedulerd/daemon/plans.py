@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 
 from schedulerd import core
 from schedulerd.core import GpuSlot, NodeName
@@ -30,6 +31,33 @@ def apply_plan(
 ) -> tuple[list[JobRecord], Outbox]:
     """Commit what is still valid of `plan`; (jobs started, commands to send).
     Raises StoreUnavailable, with nothing changed, when the store cannot be written."""
+    built = _plan_change(state, plan, ports)
+    out = built.ch.commit()
+    return _applied(state, plan, built), out
+
+
+async def apply_plan_async(
+    state: ClusterState, plan: core.Plan, ports: range = DEFAULT_STORE_PORTS
+) -> tuple[list[JobRecord], Outbox]:
+    """`apply_plan`, its commit shared with concurrent writes (store/group.py)."""
+    await state.writer.changes_idle()
+    built = _plan_change(state, plan, ports)
+    out = await built.ch.commit_async()
+    return _applied(state, plan, built), out
+
+
+@dataclass
+class _Built:
+    """A plan's change, built and not yet committed, with what the metrics want after."""
+
+    ch: Change
+    started: list[JobRecord]
+    preempted: list[tuple[str, str]]
+    shrunk: list[tuple[str, str]]
+    grown: list[str]
+
+
+def _plan_change(state: ClusterState, plan: core.Plan, ports: range) -> _Built:
     ch = Change(state)
     now = ch.now
     # Held GPUs of the nodes the plan gives GPUs on only, not of the whole cluster.
@@ -134,8 +162,13 @@ def apply_plan(
         ch.event(job.id, "grown", f"growing {size} -> {size + len(grow.slots)} GPUs: {grow.reason}")
         grown.append(job.consumer)
 
-    out = ch.commit()
-    state.metrics.plan_applied(preempted, shrunk, grown)
+    return _Built(ch, started, preempted, shrunk, grown)
+
+
+def _applied(state: ClusterState, plan: core.Plan, built: _Built) -> list[JobRecord]:
+    """After the commit: the metrics, and what memory keeps but the store does not."""
+    now = built.ch.now
+    state.metrics.plan_applied(built.preempted, built.shrunk, built.grown)
     # Not stored, nor written on every waiting job: a waiting job's reason is the last
     # plan's, worded when someone asks (ClusterState.reason_of).
     state.waiting_reasons = plan.pending_reasons
@@ -146,7 +179,7 @@ def apply_plan(
     state.consumer_states = dict(plan.consumers)
     state.metrics.consumers_decided(plan.consumers, now)
     state.pool_states = dict(plan.pools)
-    return started, out
+    return built.started
 
 
 def _usable(state: ClusterState, slots: tuple[GpuSlot, ...], held: set[GpuSlot]) -> bool:

@@ -120,7 +120,10 @@ class Daemon:
         self.store = Store(config.db_path)
         self.state = ClusterState(self.store, clock, config.heartbeat_s)
         self.links = AgentLinks()
-        hang = failpoints.parse().get("loop-hang")
+        points = failpoints.parse()
+        fail = points.get("store-commit-fail")
+        self.state.writer.fail_when = Path(fail) if fail else None
+        hang = points.get("loop-hang")
         self.loop = SchedulingLoop(
             self.state,
             self.links,
@@ -352,6 +355,7 @@ class Daemon:
         if self._audit_task is not None:
             self._audit_task.cancel()
         self.audit.flush()
+        self.state.writer.close()  # what is queued is written (no caller waits for it now)
         self.state.snapshot()  # usage up to now ...
         self.state.save_usage()  # ... kept for the next start
         self.store.close()

@@ -28,6 +28,7 @@ from schedulerd.store import (
     Store,
     StoreUnavailable,
 )
+from schedulerd.store.group import GroupWriter
 from schedulerd.store.records import ARRAY_FIRST
 
 # Decayed usage is written to the store at most this often (and at shutdown): a SIGKILL
@@ -56,6 +57,8 @@ class SubmitError(ValueError):
 class ClusterState:
     def __init__(self, store: Store, clock: Callable[[], float], heartbeat_s: float = 2.0) -> None:
         self.store = store
+        # Concurrent submissions, reports and plans share its transactions (store/group.py).
+        self.writer = GroupWriter(store)
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         self.jobs: dict[int, JobRecord] = {}  # pending and running only
@@ -255,6 +258,25 @@ class ClusterState:
     def submit(self, job: JobRecord, also: Callable[[JobRecord], None] | None = None) -> JobRecord:
         """Queue a job. `also` writes more records in the job's own transaction once
         the job has its id (an experiment's trial row: both or neither)."""
+        self._check_submission(job)
+        self._queue(job, self.clock())
+        with self.store.transaction():
+            self.store.insert_job(job)
+            if also is not None:
+                also(job)
+        self._submitted(job)
+        return job
+
+    async def submit_async(self, job: JobRecord) -> JobRecord:
+        """`submit`, its commit shared with whatever else is queued for the disk (a unary
+        SubmitJob among many: store/group.py). A new job is a pure insert: no pending
+        change can touch it, and it reads no live record but the policy's shape."""
+        self._check_submission(job)
+        self._queue(job, self.clock())
+        await self.writer.submit(lambda store: store.insert_job(job), lambda: self._submitted(job))
+        return job
+
+    def _check_submission(self, job: JobRecord) -> None:
         assert self.policy is not None
         error = core.check_submission(
             self.policy,
@@ -267,15 +289,12 @@ class ClusterState:
         )
         if error:
             raise SubmitError(error)
-        self._queue(job, self.clock())
-        with self.store.transaction():
-            self.store.insert_job(job)
-            if also is not None:
-                also(job)
+
+    def _submitted(self, job: JobRecord) -> None:
+        """Committed: the job is visible, counted and watched."""
         self.jobs[job.id] = job
         self.metrics.submitted_jobs([job])
         self.notify(job)
-        return job
 
     def submission_problem(
         self, consumer: str, user: str, gpus_min: int, gpus_max: int
@@ -332,6 +351,7 @@ class ClusterState:
         CANCELLED, or TIMEOUT when `timed_out` (its time limit ran out: `user` then
         says so). Raises StoreUnavailable, changing nothing, when the store cannot be
         written."""
+        self.writer.settle()  # a pending change applied first: it may end this very job
         job = self.jobs.get(job_id)
         if job is None:
             ended = self.store.load_job(job_id)

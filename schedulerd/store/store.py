@@ -4,12 +4,19 @@ Every method that changes something is one transaction, committed before it
 returns: when the daemon acknowledges a submission, the row is on disk, and a
 SIGKILL at any moment leaves the last committed state (FIELD-NOTES: WAL + FULL
 is ~4k single-row commits/s here; grouped writes go through `transaction()`).
+
+Two connections may write: this one (the event loop's: reads, and the synchronous
+writes), and the group writer's (`open_writer`, schedulerd/store/group.py: concurrent
+submissions, reports and plans in one transaction, on its own thread). They share
+one lock, taken for each transaction, so neither waits on SQLite's busy handler,
+which sleeps in steps of milliseconds.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -43,9 +50,17 @@ class StoreUnavailable(RuntimeError):
     Servicers answer UNAVAILABLE; memory is left as it was (check, commit, apply)."""
 
 
+# How long a write waits for SQLite's lock held by another connection: normally none
+# waits (the shared lock orders this process's writers), but a reader of another
+# process (schedctl, a backup) may hold it briefly for a checkpoint.
+BUSY_TIMEOUT_MS = 5000
+
+
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, write_lock: threading.Lock | None = None) -> None:
         self.path = Path(path)
+        # Held for each outermost transaction; shared with the group writer's connection.
+        self.write_lock = write_lock if write_lock is not None else threading.Lock()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The store holds every job's command and env: its owner's only (SQLite gives
         # the -wal and -shm files the database's mode).
@@ -56,14 +71,23 @@ class Store:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: each COMMIT fsyncs the WAL, so an acknowledged write survives a crash of
+        # the machine too, not only of the process. Per connection: the writer's too.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self.db = sqlite_utils.Database(conn)
         self._depth = 0
         self._migrate()
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def open_writer(self) -> Store:
+        """A second connection to the same file, for the group writer's thread: its
+        transactions are its own (this connection's readers never see them before they
+        commit), and the lock orders them with this connection's."""
+        return Store(self.path, self.write_lock)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -75,23 +99,24 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        try:
-            self.db.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"cannot begin a write to {self.path}: {e}") from e
-        self._depth = 1
-        try:
-            yield
-            self.db.conn.execute("COMMIT")
-        except BaseException as e:
-            # A failed COMMIT (disk full) may leave the transaction open or not.
-            if self.db.conn.in_transaction:
-                self.db.conn.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise StoreUnavailable(f"cannot write to {self.path}: {e}") from e
-            raise
-        finally:
-            self._depth = 0
+        with self.write_lock:
+            try:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"cannot begin a write to {self.path}: {e}") from e
+            self._depth = 1
+            try:
+                yield
+                self.db.conn.execute("COMMIT")
+            except BaseException as e:
+                # A failed COMMIT (disk full) may leave the transaction open or not.
+                if self.db.conn.in_transaction:
+                    self.db.conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StoreUnavailable(f"cannot write to {self.path}: {e}") from e
+                raise
+            finally:
+                self._depth = 0
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

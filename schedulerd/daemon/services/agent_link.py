@@ -176,7 +176,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                     queue.put_nowait(HEARTBEAT)
                 elif which == "report":
                     try:
-                        out = nodes.report(self.state, name, report_from_pb(msg.report))
+                        out = await nodes.report_async(self.state, name, report_from_pb(msg.report))
                     except StoreUnavailable as e:
                         # Nothing changed and no ack goes out: the agent keeps the report
                         # and sends it again in its next Register.

@@ -71,7 +71,8 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
         if request.array:
             return await self._submit_array(request, who, user, context)
         try:
-            job = self.state.submit(job_from_spec(spec, user, _vouched(who)))
+            # Acknowledged once committed, its commit shared with concurrent calls.
+            job = await self.state.submit_async(job_from_spec(spec, user, _vouched(who)))
         except SubmitError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {e}")
         except StoreUnavailable as e:

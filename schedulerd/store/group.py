@@ -1,0 +1,207 @@
+"""Group commit: concurrent writes share one SQLite transaction, on a thread of their own.
+
+A unary SubmitJob that committed alone, on the event loop, paid one fsync (WAL,
+synchronous=FULL) and held the loop meanwhile: about 250 submissions/s from one
+client. Here each write is queued with what to do once it is durable (`apply`); one
+thread takes every write queued, runs them in order in one transaction on its own
+connection (`Store.open_writer`), commits (one fsync for all of them), and hands the
+batch back to the event loop, which applies each in commit order and only then
+resolves its future: a caller is acknowledged after its commit, never before.
+
+A batch that fails to commit (disk full, I/O error, the `store-commit-fail` failpoint)
+is rolled back whole: none of its writes is applied or acknowledged, every one of its
+futures raises StoreUnavailable, and memory stays as it was. Writes queued after it
+are independent of it (see docs/group-commit.md: only one state change that reads live
+records is pending at a time) and go on in the next batch.
+
+Delivery (apply, then resolve) happens only on the thread that owns the state, the
+event loop: from a callback the writer schedules there, or from `settle()`, which a
+synchronous state change calls first so that it never reads a record a pending change
+is about to replace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from schedulerd.store.store import Store, StoreUnavailable
+
+log = logging.getLogger("schedulerd.store")
+
+# The most writes in one transaction: a plan of thousands of starts is one write, a
+# submission another; past this the rest wait for the next batch (a few ms).
+MAX_BATCH = 1024
+# The most writes queued: past it a caller is answered UNAVAILABLE at once rather than
+# the daemon's memory growing behind a disk that has stalled.
+MAX_QUEUED = 50_000
+
+
+@dataclass(eq=False)
+class _Write:
+    write: Callable[[Store], object]  # on the writer's thread, inside its transaction
+    apply: Callable[[], None] | None  # on the event loop, once committed
+    future: asyncio.Future[None] | None
+    change: bool  # reads live records (daemon/change.py), as opposed to a pure insert
+    error: StoreUnavailable | None = None
+
+
+class GroupWriter:
+    def __init__(self, store: Store, fail_when: Path | None = None) -> None:
+        self.store = store
+        # The failpoint store-commit-fail (schedulerd/failpoints.py): while this file
+        # exists, every batch is written and then rolled back as a failed COMMIT would be.
+        self.fail_when = fail_when
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Write] = collections.deque()
+        self._done: collections.deque[_Write] = collections.deque()  # to deliver, in order
+        self._busy = False  # a batch is being written
+        self._changes = 0  # changes queued, being written or not yet delivered
+        self._idle: asyncio.Future[None] | None = None  # resolved when _changes drops to 0
+        self._thread: threading.Thread | None = None
+        self._wstore: Store | None = None
+        self._closed = False
+        self.batches = 0  # committed or failed, for the tests and the metrics
+        self.largest_batch = 0
+
+    # -- the event loop's side --------------------------------------------------
+
+    def submit(
+        self,
+        write: Callable[[Store], object],
+        apply: Callable[[], None] | None = None,
+        change: bool = False,
+    ) -> asyncio.Future[None]:
+        """Queue `write`; the future resolves once it is committed and `apply` has run
+        (on this event loop), or raises StoreUnavailable with nothing applied."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        item = _Write(write, apply, future, change)
+        with self._cond:
+            if self._closed:
+                raise StoreUnavailable("the store is closing")
+            if len(self._queue) >= MAX_QUEUED:
+                raise StoreUnavailable(f"{MAX_QUEUED} writes already wait for the disk")
+            self._start()
+            self._queue.append(item)
+            if change:
+                self._changes += 1
+            self._cond.notify()
+        return future
+
+    async def changes_idle(self) -> None:
+        """Wait until no state change is pending: the next one may read live records."""
+        while self._changes:
+            loop = asyncio.get_running_loop()
+            if self._idle is None or self._idle.done() or self._idle.get_loop() is not loop:
+                self._idle = loop.create_future()
+            # Shielded: a waiter cancelled must not cancel the others' wait. (Not the
+            # changes' own futures: a caller cancelled cancels its future, long before
+            # its write is delivered.)
+            await asyncio.shield(self._idle)
+
+    def settle(self) -> None:
+        """Before a synchronous state change: wait (blocking) for the pending changes to
+        be committed, and apply them. Returns at once when none is pending, as always
+        outside the daemon (nothing queued) and nearly always inside it."""
+        if not self._changes:
+            return
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait()
+        self.deliver()
+
+    def deliver(self) -> None:
+        """Apply every committed write, and resolve every finished one, in commit order."""
+        while True:
+            with self._cond:
+                if not self._done:
+                    return
+                item = self._done.popleft()
+            try:
+                if item.error is None and item.apply is not None:
+                    item.apply()
+            except Exception:  # a bug: the write is committed; the next load reads it
+                log.exception("applying a committed write failed")
+            finally:
+                if item.change:
+                    self._changes -= 1
+                    idle = self._idle
+                    if not self._changes and idle is not None and not idle.done():
+                        idle.set_result(None)
+            future = item.future
+            if future is not None and not future.done():
+                if item.error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(item.error)
+                    future.exception()  # a caller gone (cancelled) must not log it unread
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, deliver what is left (at shutdown)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self.deliver()
+        if self._wstore is not None:
+            self._wstore.close()
+
+    # -- the writer's thread ---------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._wstore = self.store.open_writer()
+            self._thread = threading.Thread(
+                target=self._run, name="schedulerd-group-commit", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                self._busy = True
+            error = self._commit(batch)
+            loops = set()
+            with self._cond:
+                for item in batch:
+                    item.error = error
+                    self._done.append(item)
+                    if item.future is not None:
+                        loops.add(item.future.get_loop())
+                self._busy = False
+                self.batches += 1
+                self.largest_batch = max(self.largest_batch, len(batch))
+                self._cond.notify_all()
+            for loop in loops:
+                with contextlib.suppress(RuntimeError):  # a closed loop: close() delivers
+                    loop.call_soon_threadsafe(self.deliver)
+
+    def _commit(self, batch: list[_Write]) -> StoreUnavailable | None:
+        store = self._wstore
+        assert store is not None
+        try:
+            with store.transaction():
+                for item in batch:
+                    item.write(store)
+                if self.fail_when is not None and self.fail_when.exists():
+                    raise StoreUnavailable(f"failpoint store-commit-fail ({self.fail_when})")
+        except StoreUnavailable as e:
+            return e
+        except Exception as e:  # a write that raised: the whole batch is rolled back
+            log.exception("a group commit failed")
+            return StoreUnavailable(f"cannot write to {store.path}: {e}")
+        return None
