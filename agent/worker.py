@@ -50,6 +50,11 @@ class ShimProcess(Protocol):
         """Signal the shim if it still lives (never a process that reused its pid)."""
         ...
 
+    def fileno(self) -> int:
+        """A pidfd of the shim, readable once it has exited (agent/wakeups); -1 when it
+        has been seen to exit, or when this kernel has no pidfds."""
+        ...
+
 
 class ChildShim:
     def __init__(self, proc: subprocess.Popen[bytes], child_pid: int) -> None:
@@ -57,9 +62,27 @@ class ChildShim:
         self.pid = proc.pid
         self.child_pid = child_pid  # the job's command
         self.start_time = start_time(proc.pid) or 0
+        self._fd = -1  # its pidfd, opened when first asked for
 
     def exited(self) -> bool:
-        return self.proc.poll() is not None
+        if self.proc.poll() is None:
+            return False
+        self._close()
+        return True
+
+    def fileno(self) -> int:
+        # Opened only while it is unreaped: until then its pid cannot be another's.
+        if self._fd < 0 and self.proc.returncode is None:
+            try:
+                self._fd = os.pidfd_open(self.pid)
+            except OSError:
+                return -1  # no pidfd (Linux < 5.3): the runner looks at it on a clock
+        return self._fd
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def returncode(self) -> int | None:
         return self.proc.returncode
@@ -100,6 +123,9 @@ class AdoptedShim:
 
     def returncode(self) -> int | None:
         return None  # its parent is someone else now
+
+    def fileno(self) -> int:
+        return self._fd
 
     def send(self, sig: int) -> None:
         if not self.exited():

@@ -1,0 +1,219 @@
+"""What an agent costs the node it runs on: CPU seconds per minute, idle and with jobs, next to
+slurmd's in the same run (issue 15, "lighter agents").
+
+    .venv/bin/python bench/agent_idle_bench.py [--minutes 1] [--jobs 4]
+        [--before /tmp/agent-before] [--slurm-peer shared/peers/slurm]
+
+Each agent is a real `python -m agent --fake-gpus 8`, registered to a real daemon (this
+checkout's) on 127.0.0.1, measured from /proc/<pid>/stat (utime + stime: every thread of
+the process) over the window: first idle, then with --jobs one-GPU `sleep` jobs running
+(their shims measured apart: one per job, as slurmstepd is for Slurm). --before runs the same
+for the agent code of another checkout (e.g. `git worktree add /tmp/agent-before main`):
+only the agent's PYTHONPATH changes, the daemon stays this checkout's.
+
+--slurm-peer starts the Slurm peer (`NNODES=16 ./setup_and_bench.sh configure start
+accounts`), measures every slurmd over the same window, and stops it (`./setup_and_bench.sh
+stop`) whatever happens. Without it, slurmds already running (pid files under
+/tmp/slurm_peer_run/pids) are measured if there are any.
+
+Prints a table. Timings on a shared machine are noisy: say so next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from _cluster import REPO, BenchCluster, wait_for
+
+from schedulerd.api.v1 import jobs_pb2
+
+HZ = os.sysconf("SC_CLK_TCK")
+POLICY = "version: 1\nrun_as_root: true\nconsumers:\n  a: {}\n"
+SLURM_PIDS = Path("/tmp/slurm_peer_run/pids")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (all its threads), in clock ticks; 0 if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 overall
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def per_minute(pids: Callable[[], list[int]], seconds: float) -> list[float]:
+    """CPU seconds per minute of each pid over `seconds` (pids listed at the start)."""
+    chosen = pids()
+    before = [cpu_ticks(p) for p in chosen]
+    time.sleep(seconds)
+    after = [cpu_ticks(p) for p in chosen]
+    return [(a - b) / HZ * 60.0 / seconds for a, b in zip(after, before, strict=True)]
+
+
+class AgentRun:
+    """A daemon of this checkout and one agent whose code comes from `agent_repo`."""
+
+    def __init__(self, root: Path, agent_repo: Path, gpus: int) -> None:
+        self.cluster = BenchCluster(root, POLICY)
+        self.root = root
+        self.agent_repo = agent_repo
+        self.gpus = gpus
+        self.agent: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.cluster.start_daemon()
+        env = dict(os.environ, PYTHONPATH=str(self.agent_repo))
+        log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - lives with the process
+        self.agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                *("--daemon", self.cluster.address, "--node", "bench-idle"),
+                *("--fake-gpus", str(self.gpus), "--state-dir", str(self.root / "agents")),
+                *("--auth-socket", str(self.root / "auth.sock")),
+                *("--lock-dir", str(self.root / "locks")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            env=env,
+        )
+        self.cluster.wait_nodes_up(1)
+
+    def run_jobs(self, count: int) -> None:
+        for _ in range(count):
+            self.cluster.client.submit("/a", ["sleep", "3600"], 1)
+
+        def running() -> bool:
+            jobs = self.cluster.client.list_jobs()
+            return sum(1 for j in jobs if j.state == jobs_pb2.RUNNING) >= count
+
+        wait_for(f"{count} jobs running", running)
+
+    def stop(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+            try:
+                self.agent.wait(30)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait(5)
+        self.cluster.stop()
+
+
+def measure_agent(label: str, repo: Path, args: argparse.Namespace) -> list[tuple[str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="agent-idle-") as tmp:
+        run = AgentRun(Path(tmp), repo, args.gpus)
+        try:
+            run.start()
+            assert run.agent is not None
+            pid = run.agent.pid
+            time.sleep(args.settle)
+            idle = per_minute(lambda: [pid], args.minutes * 60)[0]
+            rows.append((f"agent {label}, idle", f"{idle:.3f}"))
+            if args.jobs:
+                run.run_jobs(args.jobs)
+                time.sleep(args.settle)
+                shims = children(pid)
+                got = per_minute(lambda: [pid, *shims], args.minutes * 60)
+                rows.append((f"agent {label}, {args.jobs} jobs running", f"{got[0]:.3f}"))
+                rows.append(
+                    (
+                        f"  its {len(shims)} shims, each (mean)",
+                        f"{sum(got[1:]) / max(1, len(shims)):.3f}",
+                    )
+                )
+        finally:
+            run.stop()
+    return rows
+
+
+def slurmd_pids() -> list[int]:
+    pids = []
+    for f in sorted(SLURM_PIDS.glob("slurmd.*.pid")):
+        try:
+            pid = int(f.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if Path(f"/proc/{pid}/comm").exists() and Path(f"/proc/{pid}/comm").read_text().strip() == (
+            "slurmd"
+        ):
+            pids.append(pid)
+    return pids
+
+
+def measure_slurmd(args: argparse.Namespace) -> list[tuple[str, str]]:
+    peer = Path(args.slurm_peer) if args.slurm_peer else None
+    env = dict(os.environ, NNODES="16")
+    if peer is not None:
+        subprocess.run(
+            ["./setup_and_bench.sh", "configure", "start", "accounts"],
+            cwd=peer,
+            env=env,
+            check=True,
+        )
+    try:
+        pids = slurmd_pids()
+        if not pids:
+            return [("slurmd", "not running (pass --slurm-peer)")]
+        time.sleep(args.settle)
+        got = per_minute(slurmd_pids, args.minutes * 60)
+        return [
+            (f"slurmd, idle (mean of {len(got)})", f"{sum(got) / len(got):.3f}"),
+            ("slurmd, idle (the busiest)", f"{max(got):.3f}"),
+        ]
+    finally:
+        if peer is not None:
+            subprocess.run(["./setup_and_bench.sh", "stop"], cwd=peer, env=env, check=False)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=1.0, help="each window (default 1)")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds before each window")
+    p.add_argument("--jobs", type=int, default=4, help="jobs running in the second window")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--before", type=Path, help="a checkout whose agent is measured first")
+    p.add_argument("--no-after", action="store_true", help="skip this checkout's agent")
+    p.add_argument("--slurm-peer", help="shared/peers/slurm: start, measure and stop slurmd")
+    args = p.parse_args()
+    rows: list[tuple[str, str]] = []
+    if args.before is not None:
+        rows += measure_agent("before", args.before.resolve(), args)
+    if not args.no_after:
+        rows += measure_agent("after" if args.before else "", REPO, args)
+    rows += measure_slurmd(args)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'process':<{width}}  CPU s per minute")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
