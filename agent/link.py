@@ -49,11 +49,13 @@ from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 # The job processes are looked at when the kernel says one ended (agent/wakeups), when a
-# deadline is due (a kill after its grace, the lease), after each daemon command, and at
-# least this often: a backstop for an event that never came, and the systemd watchdog's feed
-# (WatchdogSec=60 in deploy/systemd wants one at least every 30 s).
-BACKSTOP_S = 5.0
+# deadline is due (a kill after its grace, the lease), after each daemon command and session
+# change, and at least this often: a backstop for an event that never came, and the systemd
+# watchdog's feed (WatchdogSec=60 in deploy/systemd wants one at least every 30 s; main.py
+# shortens it for a shorter one).
+BACKSTOP_S = 30.0
 MIN_GAP_S = 0.01  # never more looks than this allows, whatever fires
+FAILED_LOOK_RETRY_S = 1.0  # after a look that raised: an event still pending must not spin
 DEFAULT_HEARTBEAT = 5.0  # used when the daemon's Registered says 0
 MIN_HEARTBEAT = 0.05
 LEASE_FILE = "daemon-lease"  # in the state dir: the last lease the daemon gave, in seconds
@@ -119,6 +121,9 @@ class Link:
         # are fed from here (agent/main.py), so a wedged agent stops feeding them.
         self.on_poll: Callable[[], None] | None = None
         self._look = asyncio.Event()  # look at the jobs now (a command, an event, a session)
+        # At most this long between looks; main.py shortens it for a systemd watchdog that
+        # wants to be fed more often.
+        self.backstop_s = BACKSTOP_S
         self.looks = 0  # how many times the jobs were looked at (tests, benchmarks)
         # Called with the kind of each message as it goes on the stream (register,
         # heartbeat, report, log_data): the agent's metrics count them.
@@ -357,18 +362,18 @@ class Link:
             while True:
                 self._look.clear()
                 wakeups.drain()
-                delay = BACKSTOP_S
                 try:
                     self.check_lease()
                     self.poll_once()
                     self.looks += 1
                     wakeups.watch(self.runner.sources())
-                    delay = self._next_look()
+                    delay, gap = self._next_look(), MIN_GAP_S
                 except Exception:
                     log.exception("polling the job processes failed")
+                    delay = gap = FAILED_LOOK_RETRY_S
                 if self.on_poll is not None:
                     self.on_poll()
-                await asyncio.sleep(MIN_GAP_S)
+                await asyncio.sleep(gap)
                 if wakeups.pending or self._look.is_set():
                     continue
                 with contextlib.suppress(TimeoutError):
@@ -379,7 +384,7 @@ class Link:
 
     def _next_look(self) -> float:
         """Seconds until the jobs must be looked at if no event comes first."""
-        due = [BACKSTOP_S]
+        due = [self.backstop_s]
         if (runner := self.runner.due_in()) is not None:
             due.append(runner)
         if self.lease_s > 0 and not self.lease_expired and self.runner.any_running():
@@ -398,12 +403,14 @@ class Link:
 
     def _heard(self) -> None:
         """The daemon said something: the lease runs from now. The shims learn it through
-        the deadline file, written when it has moved on by a second or more."""
+        the deadline file, written when it has moved on by a twentieth of the lease (at
+        least a second): not at every heartbeat's answer, and a shim whose agent is gone
+        then stops its job at most that much before the lease is over, never after."""
         self._last_heard = self._mono()
         if self._deadline_file is None or self.lease_s <= 0:
             return
         deadline = time.time() + self.lease_s
-        if deadline - self._deadline_written < 1.0:
+        if deadline - self._deadline_written < max(1.0, self.lease_s / 20):
             return
         try:
             tmp = self._deadline_file.with_suffix(".tmp")

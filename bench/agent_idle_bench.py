@@ -34,20 +34,26 @@ from pathlib import Path
 from _cluster import REPO, BenchCluster, wait_for
 
 from schedulerd.api.v1 import jobs_pb2
+from schedulerd.client import ClientError
 
-HZ = os.sysconf("SC_CLK_TCK")
 POLICY = "version: 1\nrun_as_root: true\nconsumers:\n  a: {}\n"
 SLURM_PIDS = Path("/tmp/slurm_peer_run/pids")
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of the whole process (all its threads), in clock ticks; 0 if gone."""
+def cpu_ns(pid: int) -> int:
+    """CPU time of the whole process so far, every thread of it, in ns (schedstat: exact,
+    where utime and stime count 10 ms ticks); 0 if it is gone."""
+    total = 0
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 overall
+    for task in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
 
 
 def children(pid: int) -> list[int]:
@@ -67,24 +73,48 @@ def children(pid: int) -> list[int]:
 def per_minute(pids: Callable[[], list[int]], seconds: float) -> list[float]:
     """CPU seconds per minute of each pid over `seconds` (pids listed at the start)."""
     chosen = pids()
-    before = [cpu_ticks(p) for p in chosen]
+    before = [cpu_ns(p) for p in chosen]
     time.sleep(seconds)
-    after = [cpu_ticks(p) for p in chosen]
-    return [(a - b) / HZ * 60.0 / seconds for a, b in zip(after, before, strict=True)]
+    after = [cpu_ns(p) for p in chosen]
+    return [(a - b) / 1e9 * 60.0 / seconds for a, b in zip(after, before, strict=True)]
 
 
 class AgentRun:
     """A daemon of this checkout and one agent whose code comes from `agent_repo`."""
 
-    def __init__(self, root: Path, agent_repo: Path, gpus: int) -> None:
+    def __init__(self, root: Path, agent_repo: Path, gpus: int, heartbeat: float | None) -> None:
         self.cluster = BenchCluster(root, POLICY)
+        self.heartbeat = heartbeat  # the daemon's --heartbeat; None: its default
         self.root = root
         self.agent_repo = agent_repo
         self.gpus = gpus
         self.agent: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.cluster.start_daemon()
+        flags = () if self.heartbeat is None else ("--heartbeat", str(self.heartbeat))
+        log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - lives with the process
+        self.cluster.daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "schedulerd.daemon",
+                *("--listen", self.cluster.address, "--db", str(self.root / "s.db")),
+                *("--policy", str(self.cluster.policy), *flags),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+
+        def serving() -> bool:
+            try:
+                self.cluster.client.nodes()
+            except ClientError:
+                return False
+            return True
+
+        wait_for("the daemon to serve", serving)
         env = dict(os.environ, PYTHONPATH=str(self.agent_repo))
         log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - lives with the process
         self.agent = subprocess.Popen(
@@ -102,7 +132,7 @@ class AgentRun:
             cwd=self.root,
             env=env,
         )
-        self.cluster.wait_nodes_up(1)
+        self.cluster.wait_nodes_up(1)  # the daemon serves, and the agent is registered
 
     def run_jobs(self, count: int) -> None:
         for _ in range(count):
@@ -125,10 +155,14 @@ class AgentRun:
         self.cluster.stop()
 
 
-def measure_agent(label: str, repo: Path, args: argparse.Namespace) -> list[tuple[str, str]]:
+def measure_agent(
+    label: str, repo: Path, args: argparse.Namespace, heartbeat: float | None = None
+) -> list[tuple[str, str]]:
     rows = []
+    if heartbeat is not None:
+        label += f" (daemon --heartbeat {heartbeat:g})"
     with tempfile.TemporaryDirectory(prefix="agent-idle-") as tmp:
-        run = AgentRun(Path(tmp), repo, args.gpus)
+        run = AgentRun(Path(tmp), repo, args.gpus, heartbeat)
         try:
             run.start()
             assert run.agent is not None
@@ -201,12 +235,22 @@ def main() -> int:
     p.add_argument("--before", type=Path, help="a checkout whose agent is measured first")
     p.add_argument("--no-after", action="store_true", help="skip this checkout's agent")
     p.add_argument("--slurm-peer", help="shared/peers/slurm: start, measure and stop slurmd")
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        action="append",
+        default=[],
+        help="also measure this checkout's agent with the daemon's --heartbeat this (repeatable)",
+    )
     args = p.parse_args()
     rows: list[tuple[str, str]] = []
     if args.before is not None:
         rows += measure_agent("before", args.before.resolve(), args)
     if not args.no_after:
-        rows += measure_agent("after" if args.before else "", REPO, args)
+        label = "after" if args.before else "of this checkout"
+        rows += measure_agent(label, REPO, args)
+        for heartbeat in args.heartbeat:
+            rows += measure_agent(label, REPO, args, heartbeat)
     rows += measure_slurmd(args)
     width = max(len(r[0]) for r in rows)
     print(f"{'process':<{width}}  CPU s per minute")
