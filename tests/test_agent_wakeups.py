@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import job_spec, make_runner, pid_alive, read_pid, sh, unique_node, wait_for
+from test_agent_adopt import FirstAgent
 from test_agent_link import AS_ME, free_port, start_daemon
 
 import agent.link
@@ -28,7 +29,7 @@ from agent.link import Identity, Link
 from agent.model import PartReport, Phase, StopRequest
 from agent.runner import Runner
 from agent.wakeups import Emptied, Exit, Wakeups
-from agent.worker import ChildShim
+from agent.worker import AdoptedShim, ChildShim
 from schedulerd.api.v1 import agent_pb2
 from schedulerd.api.v1.agent_pb2 import PHASE_EXITED, PHASE_RUNNING
 
@@ -278,3 +279,31 @@ def _write_line(fifo: Path) -> None:
     fd = os.open(fifo, os.O_WRONLY)
     os.write(fd, b"go\n")
     os.close(fd)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("cgroup2", marks=needs_cgroup2), "pgroup"])
+def test_an_adopted_parts_end_is_seen_through_its_events(
+    tmp_path: Path, kind: str, wakeups: Wakeups
+) -> None:
+    # The agent that started it was SIGKILLed: the shim is no child of this runner, which
+    # holds it by the pidfd adoption opened (agent/worker.AdoptedShim).
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    node = unique_node()
+    first = FirstAgent(tmp_path / "state", node, kind)
+    try:
+        first.ask(op="start", job=1, command=sh(f"read x < {fifo}; exit 6"), wd=str(wd))
+    finally:
+        first.sigkill()
+    with make_runner(tmp_path / "state", kind, node=node) as second:
+        (report,) = second.adopt()
+        assert report.phase is Phase.RUNNING
+        shim = second._parts[(1, 0)].workers[0].shim
+        assert isinstance(shim, AdoptedShim)
+        assert Exit(shim.pid, shim.start_time, shim) in second.sources()
+        wakeups.watch(second.sources())
+        assert not fired(wakeups, 0) and not wakeups.pending
+        _write_line(fifo)
+        assert _ended_through_events(second, wakeups, 1).exit_code == 6
