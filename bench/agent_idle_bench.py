@@ -1,20 +1,24 @@
 """What an agent costs the node it runs on: CPU seconds per minute, idle and with jobs, next to
 slurmd's in the same run (issue 15, "lighter agents").
 
-    .venv/bin/python bench/agent_idle_bench.py [--minutes 1] [--jobs 4]
-        [--before /tmp/agent-before] [--slurm-peer shared/peers/slurm]
+    .venv/bin/python bench/agent_idle_bench.py [--minutes 1] [--jobs 4] [--heartbeat 30]
+        [--before /tmp/agent-before] [--slurm-peer shared/peers/slurm [--slurm-jobs 4]]
 
 Each agent is a real `python -m agent --fake-gpus 8`, registered to a real daemon (this
-checkout's) on 127.0.0.1, measured from /proc/<pid>/stat (utime + stime: every thread of
-the process) over the window: first idle, then with --jobs one-GPU `sleep` jobs running
-(their shims measured apart: one per job, as slurmstepd is for Slurm). --before runs the same
-for the agent code of another checkout (e.g. `git worktree add /tmp/agent-before main`):
-only the agent's PYTHONPATH changes, the daemon stays this checkout's.
+checkout's) on 127.0.0.1, measured over the window from /proc/<pid>/task/*/schedstat (the
+CPU time of every thread, in ns: utime and stime only count 10 ms ticks, too coarse for an
+idle process): first idle, then with --jobs one-GPU `sleep` jobs running (their shims
+measured apart: one per job, as slurmstepd is for Slurm). --heartbeat N measures this
+checkout's agent again under a daemon started with `--heartbeat N` (its default is 2 s).
+--before runs the same for the agent code of another checkout (e.g. `git worktree add
+--detach /tmp/agent-before main`): only the agent's PYTHONPATH changes, the daemon stays
+this checkout's.
 
 --slurm-peer starts the Slurm peer (`NNODES=16 ./setup_and_bench.sh configure start
-accounts`), measures every slurmd over the same window, and stops it (`./setup_and_bench.sh
-stop`) whatever happens. Without it, slurmds already running (pid files under
-/tmp/slurm_peer_run/pids) are measured if there are any.
+accounts`), measures every slurmd over the same window, with --slurm-jobs N then N one-GPU
+`sleep` jobs of its user alice on gpu01 (that slurmd and the jobs' slurmstepds), and stops
+it (`./setup_and_bench.sh stop`) whatever happens. Without it, slurmds already running (pid
+files under /tmp/slurm_peer_run/pids) are measured if there are any.
 
 Prints a table. Timings on a shared machine are noisy: say so next to the numbers.
 """
@@ -22,6 +26,7 @@ Prints a table. Timings on a shared machine are noisy: say so next to the number
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -201,26 +206,74 @@ def slurmd_pids() -> list[int]:
     return pids
 
 
+def slurmstepds() -> list[int]:
+    """The slurmstepd processes of the peer's jobs (their command lines name the step)."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(entry.path, "comm").read_text().strip() == "slurmstepd":
+                    out.append(int(entry.name))
+    return out
+
+
+def slurm_env() -> dict[str, str]:
+    return dict(os.environ, SLURM_CONF=str(SLURM_PIDS.parent / "etc" / "slurm.conf"))
+
+
+def run_slurm_jobs(count: int) -> None:
+    """`count` one-GPU sleep jobs of alice (the peer's user) on node gpu01, running."""
+    for _ in range(count):
+        subprocess.run(
+            ["runuser", "-u", "alice", "--", "env", f"SLURM_CONF={slurm_env()['SLURM_CONF']}",
+             "sbatch", "-Q", "-A", "acct_a", "--gres=gpu:1", "-w", "gpu01", "-o", "/dev/null",
+             "--chdir", "/tmp", "--wrap", "sleep 3600"],
+            check=True,
+        )  # fmt: skip
+
+    def running() -> bool:
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "R", "-o", "%i"],
+            capture_output=True,
+            text=True,
+            env=slurm_env(),
+            check=False,
+        ).stdout
+        return len(out.split()) >= count and len(slurmstepds()) >= count
+
+    wait_for(f"{count} Slurm jobs running", running)
+
+
 def measure_slurmd(args: argparse.Namespace) -> list[tuple[str, str]]:
     peer = Path(args.slurm_peer) if args.slurm_peer else None
     env = dict(os.environ, NNODES="16")
     if peer is not None:
-        subprocess.run(
-            ["./setup_and_bench.sh", "configure", "start", "accounts"],
-            cwd=peer,
-            env=env,
-            check=True,
-        )
+        start = ["./setup_and_bench.sh", "configure", "start", "accounts"]
+        subprocess.run(start, cwd=peer, env=env, check=True)
     try:
         pids = slurmd_pids()
         if not pids:
             return [("slurmd", "not running (pass --slurm-peer)")]
         time.sleep(args.settle)
         got = per_minute(slurmd_pids, args.minutes * 60)
-        return [
+        rows = [
             (f"slurmd, idle (mean of {len(got)})", f"{sum(got) / len(got):.3f}"),
             ("slurmd, idle (the busiest)", f"{max(got):.3f}"),
         ]
+        if args.slurm_jobs:
+            run_slurm_jobs(args.slurm_jobs)
+            time.sleep(args.settle)
+            first = slurmd_pids()[0]  # gpu01's, where the jobs run
+            steps = slurmstepds()
+            got = per_minute(lambda: [first, *steps], args.minutes * 60)
+            rows.append((f"slurmd gpu01, {args.slurm_jobs} jobs running", f"{got[0]:.3f}"))
+            rows.append(
+                (
+                    f"  its {len(steps)} slurmstepds, each (mean)",
+                    f"{sum(got[1:]) / max(1, len(steps)):.3f}",
+                )
+            )
+        return rows
     finally:
         if peer is not None:
             subprocess.run(["./setup_and_bench.sh", "stop"], cwd=peer, env=env, check=False)
@@ -235,6 +288,9 @@ def main() -> int:
     p.add_argument("--before", type=Path, help="a checkout whose agent is measured first")
     p.add_argument("--no-after", action="store_true", help="skip this checkout's agent")
     p.add_argument("--slurm-peer", help="shared/peers/slurm: start, measure and stop slurmd")
+    p.add_argument(
+        "--slurm-jobs", type=int, default=0, help="then this many sleep jobs on slurmd gpu01"
+    )
     p.add_argument(
         "--heartbeat",
         type=float,
