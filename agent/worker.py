@@ -25,7 +25,8 @@ from agent.users import JobUser
 
 SHIM = Path(__file__).resolve().with_name("shim.py")
 # In the state dir: the wall-clock time past which the daemon may have requeued this node's
-# jobs (the link writes it; every shim reads it once a second: docs/fencing.md, leases).
+# jobs (the link writes it; every shim reads it when it comes, and at least every 5 s:
+# docs/fencing.md, leases).
 LEASE_DEADLINE_FILE = "lease-deadline"
 READY_TIMEOUT_S = 10.0  # a shim starts in ~10 ms; this is for a machine on its knees
 
