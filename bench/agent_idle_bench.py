@@ -174,17 +174,17 @@ def measure_agent(
             pid = run.agent.pid
             time.sleep(args.settle)
             idle = per_minute(lambda: [pid], args.minutes * 60)[0]
-            rows.append((f"agent {label}, idle", f"{idle:.3f}"))
+            rows.append((f"agent {label}, idle", f"{idle:.4f}"))
             if args.jobs:
                 run.run_jobs(args.jobs)
                 time.sleep(args.settle)
                 shims = children(pid)
                 got = per_minute(lambda: [pid, *shims], args.minutes * 60)
-                rows.append((f"agent {label}, {args.jobs} jobs running", f"{got[0]:.3f}"))
+                rows.append((f"agent {label}, {args.jobs} jobs running", f"{got[0]:.4f}"))
                 rows.append(
                     (
                         f"  its {len(shims)} shims, each (mean)",
-                        f"{sum(got[1:]) / max(1, len(shims)):.3f}",
+                        f"{sum(got[1:]) / max(1, len(shims)):.4f}",
                     )
                 )
         finally:
@@ -257,8 +257,8 @@ def measure_slurmd(args: argparse.Namespace) -> list[tuple[str, str]]:
         time.sleep(args.settle)
         got = per_minute(slurmd_pids, args.minutes * 60)
         rows = [
-            (f"slurmd, idle (mean of {len(got)})", f"{sum(got) / len(got):.3f}"),
-            ("slurmd, idle (the busiest)", f"{max(got):.3f}"),
+            (f"slurmd, idle (mean of {len(got)})", f"{sum(got) / len(got):.4f}"),
+            ("slurmd, idle (the busiest)", f"{max(got):.4f}"),
         ]
         if args.slurm_jobs:
             run_slurm_jobs(args.slurm_jobs)
@@ -266,11 +266,11 @@ def measure_slurmd(args: argparse.Namespace) -> list[tuple[str, str]]:
             first = slurmd_pids()[0]  # gpu01's, where the jobs run
             steps = slurmstepds()
             got = per_minute(lambda: [first, *steps], args.minutes * 60)
-            rows.append((f"slurmd gpu01, {args.slurm_jobs} jobs running", f"{got[0]:.3f}"))
+            rows.append((f"slurmd gpu01, {args.slurm_jobs} jobs running", f"{got[0]:.4f}"))
             rows.append(
                 (
                     f"  its {len(steps)} slurmstepds, each (mean)",
-                    f"{sum(got[1:]) / max(1, len(steps)):.3f}",
+                    f"{sum(got[1:]) / max(1, len(steps)):.4f}",
                 )
             )
         return rows
