@@ -61,6 +61,11 @@ class Containment(Protocol):
         """SIGKILL every process in `cgroup` (returns before they are all gone)."""
         ...
 
+    def events_file(self, cgroup: str) -> str:
+        """A file whose POLLPRI says `populated` changed (agent/wakeups); "" when this
+        containment has none, and whoever waits for the cgroup to empty must look again."""
+        ...
+
     def remove(self, cgroups: list[str]) -> None:
         """rmdir these worker cgroups, their part cgroups and the base, where empty."""
         ...
@@ -87,6 +92,9 @@ class ProcessGroups:
 
     def kill(self, cgroup: str) -> None:
         return None
+
+    def events_file(self, cgroup: str) -> str:
+        return ""
 
     def remove(self, cgroups: list[str]) -> None:
         return None
@@ -153,9 +161,15 @@ class Cgroup2(_Cgroups):
             with contextlib.suppress(FileNotFoundError):
                 Path(cgroup, "cgroup.kill").write_text("1")
 
+    def events_file(self, cgroup: str) -> str:
+        return f"{cgroup}/cgroup.events" if cgroup else ""
+
 
 class Cgroup1Freezer(_Cgroups):
     kind = "cgroup1"
+
+    def events_file(self, cgroup: str) -> str:
+        return ""  # v1 has release agents, not events: an emptying cgroup is looked at
 
     def populated(self, cgroup: str) -> bool:
         return bool(_pids(cgroup))

@@ -42,12 +42,20 @@ from agent.gpus import GpuDevice
 from agent.model import JobSpec, StopRequest
 from agent.reconcile import Ignore, Report, StartPart, StopPart, reconcile
 from agent.runner import Runner
+from agent.wakeups import Wakeups
 from agent.worker import LEASE_DEADLINE_FILE
 from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.1  # seconds between looks at the job processes
+# The job processes are looked at when the kernel says one ended (agent/wakeups), when a
+# deadline is due (a kill after its grace, the lease), after each daemon command and session
+# change, and at least this often: a backstop for an event that never came, and the systemd
+# watchdog's feed (WatchdogSec=60 in deploy/systemd wants one at least every 30 s; main.py
+# shortens it for a shorter one).
+BACKSTOP_S = 30.0
+MIN_GAP_S = 0.01  # never more looks than this allows, whatever fires
+FAILED_LOOK_RETRY_S = 1.0  # after a look that raised: an event still pending must not spin
 DEFAULT_HEARTBEAT = 5.0  # used when the daemon's Registered says 0
 MIN_HEARTBEAT = 0.05
 LEASE_FILE = "daemon-lease"  # in the state dir: the last lease the daemon gave, in seconds
@@ -112,6 +120,11 @@ class Link:
         # Called after every look at the job processes: the systemd watchdog and STATUS
         # are fed from here (agent/main.py), so a wedged agent stops feeding them.
         self.on_poll: Callable[[], None] | None = None
+        self._look = asyncio.Event()  # look at the jobs now (a command, an event, a session)
+        # At most this long between looks; main.py shortens it for a systemd watchdog that
+        # wants to be fed more often.
+        self.backstop_s = BACKSTOP_S
+        self.looks = 0  # how many times the jobs were looked at (tests, benchmarks)
         # Called with the kind of each message as it goes on the stream (register,
         # heartbeat, report, log_data): the agent's metrics count them.
         self.on_send: Callable[[str], None] | None = None
@@ -164,6 +177,10 @@ class Link:
         """Look at the job processes and report what changed (if a daemon is connected)."""
         for report in self.runner.poll():
             self._send(wire.report_message(report))
+
+    def look_soon(self) -> None:
+        """Have the poller look at the jobs at once (the runner's state was changed)."""
+        self._look.set()
 
     # --- connection -----------------------------------------------------------------------
 
@@ -245,6 +262,7 @@ class Link:
                             interval,
                         )
                         self._registered = True
+                        self.look_soon()  # the STATUS line and metrics say connected
                         if heartbeats is not None:
                             heartbeats.cancel()
                         heartbeats = asyncio.create_task(self._heartbeats(out, interval))
@@ -252,6 +270,7 @@ class Link:
                         await self._handle(msg)
             finally:
                 self._out = None
+                self.look_soon()
                 self.vouch_key = None  # the daemon takes it back with the session
                 if heartbeats is not None:
                     heartbeats.cancel()
@@ -297,6 +316,8 @@ class Link:
         except Exception:
             # One bad command must not take the link (and the node) down.
             log.exception("failed to handle a %r message from the daemon", kind)
+        if kind in ("start", "stop", "resize"):
+            self.look_soon()  # new processes to watch, new deadlines
 
     def _apply(self, command: JobSpec | StopRequest) -> None:
         for action in reconcile(command, self.runner.reports()):
@@ -334,15 +355,41 @@ class Link:
             self._out.put_nowait(msg)
 
     async def _poll_forever(self) -> None:
-        while True:
-            try:
-                self.check_lease()
-                self.poll_once()
-            except Exception:
-                log.exception("polling the job processes failed")
-            if self.on_poll is not None:
-                self.on_poll()
-            await asyncio.sleep(POLL_INTERVAL)
+        loop = asyncio.get_running_loop()
+        wakeups = Wakeups()
+        loop.add_reader(wakeups.fileno(), self._look.set)
+        try:
+            while True:
+                self._look.clear()
+                wakeups.drain()
+                try:
+                    self.check_lease()
+                    self.poll_once()
+                    self.looks += 1
+                    wakeups.watch(self.runner.sources())
+                    delay, gap = self._next_look(), MIN_GAP_S
+                except Exception:
+                    log.exception("polling the job processes failed")
+                    delay = gap = FAILED_LOOK_RETRY_S
+                if self.on_poll is not None:
+                    self.on_poll()
+                await asyncio.sleep(gap)
+                if wakeups.pending or self._look.is_set():
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._look.wait(), delay)
+        finally:
+            loop.remove_reader(wakeups.fileno())
+            wakeups.close()
+
+    def _next_look(self) -> float:
+        """Seconds until the jobs must be looked at if no event comes first."""
+        due = [self.backstop_s]
+        if (runner := self.runner.due_in()) is not None:
+            due.append(runner)
+        if self.lease_s > 0 and not self.lease_expired and self.runner.any_running():
+            due.append(self._last_heard + self.lease_s - self._mono())
+        return max(0.0, min(due))
 
     async def _heartbeats(self, out: Outbox, interval: float) -> None:
         while True:
@@ -356,12 +403,14 @@ class Link:
 
     def _heard(self) -> None:
         """The daemon said something: the lease runs from now. The shims learn it through
-        the deadline file, written when it has moved on by a second or more."""
+        the deadline file, written when it has moved on by a twentieth of the lease (at
+        least a second): not at every heartbeat's answer, and a shim whose agent is gone
+        then stops its job at most that much before the lease is over, never after."""
         self._last_heard = self._mono()
         if self._deadline_file is None or self.lease_s <= 0:
             return
         deadline = time.time() + self.lease_s
-        if deadline - self._deadline_written < 1.0:
+        if deadline - self._deadline_written < max(1.0, self.lease_s / 20):
             return
         try:
             tmp = self._deadline_file.with_suffix(".tmp")

@@ -47,7 +47,7 @@ from schedulerd.gputype import node_gpu_type
 from schedulerd.hangup import HeldHangup
 from schedulerd.hostport import listen_address, split_host_port
 from schedulerd.lockfile import AlreadyLocked, hold
-from schedulerd.sdnotify import Notifier
+from schedulerd.sdnotify import Notifier, loop_wait_s
 
 log = logging.getLogger("agent")
 
@@ -318,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("cannot serve metrics on %s: %s", args.metrics_listen, e)
             return 2
     link.on_poll = _fed(notifier, link, runner, len(gpus), metrics)
+    link.backstop_s = loop_wait_s(link.backstop_s, notifier)  # each look feeds the watchdog
     return asyncio.run(
         _serve(
             link,

@@ -1,10 +1,11 @@
 """Runs job parts: a shim and a cgroup per worker, output to a log file, SIGTERM → grace →
 SIGKILL, and a record of every part on disk so that a restarted agent takes them back.
 
-Single-threaded on purpose: the owner (the link's event loop, or a test) calls `poll()` every
-~100 ms, and everything that changes a part happens inside `start`, `stop`, `resize`, `poll`
-and `adopt`. No waiter threads, no locks. Only `read_log` may run on another thread: it
-touches nothing but the log file.
+Single-threaded on purpose: the owner (the link's event loop, or a test) calls `poll()` when
+one of `sources()` fires (a shim's exit, a cgroup emptying: agent/wakeups), when `due_in()`
+says, and after each command; everything that changes a part happens inside `start`, `stop`,
+`resize`, `poll` and `adopt`. No waiter threads, no locks. Only `read_log` may run on another
+thread: it touches nothing but the log file.
 
 Each worker is a shim (agent/shim.py) in the worker's cgroup (agent/cgroups.py) with the
 job's command as its child. Signals go to the shim, which passes them on (to the command's
@@ -48,6 +49,7 @@ from agent.part import (
 )
 from agent.spawn import spawn_workers
 from agent.users import JobUser, UserRefused, job_user
+from agent.wakeups import Source
 from agent.worker import LEASE_DEADLINE_FILE, StartFailed, boot_id
 
 log = logging.getLogger(__name__)
@@ -281,6 +283,25 @@ class Runner:
                 part.changed = False
                 changed.append(part.report)
         return changed
+
+    def sources(self) -> list[Source]:
+        """What announces the next change of the running parts (agent/wakeups): after a
+        `poll`, nothing changes until one of these fires or `due_in` is over."""
+        return [
+            s for p in self._parts.values() if not p.report.phase.ended for s in watch.sources(p)
+        ]
+
+    def due_in(self) -> float | None:
+        """Seconds until `poll` must run whatever the events say (a SIGKILL after its grace,
+        a kill to repeat, what no event announces); None: only an event can change a part."""
+        now = self._mono()
+        due = [
+            d
+            for p in self._parts.values()
+            if p.workers and not p.report.phase.ended
+            if (d := watch.due_in(p, now)) is not None
+        ]
+        return min(due) if due else None
 
     def reports(self) -> list[PartReport]:
         """Running parts and ended parts not yet acked, in (job, attempt) order."""

@@ -28,8 +28,11 @@ environment comes on --env-fd (a memfd of NAME=VALUE entries, each ending in NUL
 5. When the child exits, SIGKILLs what is left of its group, writes {"exit_code": N, "time": T}
    (N < 0: killed by signal -N) to the status file atomically, and exits. So a part whose
    processes end while the agent is away still has its real exit code.
-6. With `--lease FILE`: once a second, reads "DEADLINE GRACE" that the agent keeps there
-   (the wall-clock time of the daemon's last word plus the daemon's lease, docs/fencing.md).
+6. With `--lease FILE`: reads "DEADLINE GRACE" that the agent keeps there (the wall-clock
+   time of the daemon's last word plus the daemon's lease, docs/fencing.md) when that
+   deadline comes, and at least every LEASE_LOOK_MAX_S meanwhile (a lease the daemon
+   shortened, a file that appeared): not once a second, which cost every job's shim 60
+   wakeups a minute while its deadline, a minute away, kept moving on.
    Past it, the daemon is about to requeue the job elsewhere, so the shim stops it itself:
    SIGTERM as a stop would send it, SIGKILL GRACE seconds later, `"lease": true` in the status.
    This holds when the agent cannot: killed, or frozen. No file, or no number in it: no
@@ -62,6 +65,12 @@ DEFAULTED = (*HELD, signal.SIGPIPE, signal.SIGXFSZ)
 # working. What must stay private is in its 0700 folders (its log's and its default working
 # dir), whatever the umask; a job that wants more sets its own.
 JOB_UMASK = 0o022
+# The lease file is read when its deadline comes, and at least this often: a lease the daemon
+# shortened (a new node timeout) or a deadline file that appeared is seen within it. A shim
+# then still stops its job before the daemon requeues it (at twice the lease) for any lease
+# longer than this plus its grace (a quarter of it): over 7 s (the default is 60 s).
+LEASE_LOOK_MAX_S = 5.0
+LEASE_KILL_AGAIN_S = 1.0  # past the grace: SIGKILL the group again until the child exits
 
 
 class StartError(Exception):
@@ -96,19 +105,24 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 def _check_lease(_signum: int, _frame: object) -> None:
-    """SIGALRM, once a second: stop the job if the agent's lease with the daemon ran out."""
+    """SIGALRM: stop the job if the agent's lease with the daemon ran out; else sleep until
+    its deadline (LEASE_LOOK_MAX_S at most)."""
     if _State.reaped or not _State.child:
         return
     now = time.time()
     if _State.lease_out:
         if now >= _State.kill_at:
             _on_signal(signal.SIGHUP, None)  # SIGKILL to the child's group
+            _look_in(LEASE_KILL_AGAIN_S)  # until it has exited
+        else:
+            _look_in(_State.kill_at - now)
         return
     try:
         with open(_State.lease_file, "rb") as f:
             fields = f.read(64).split()
         deadline, grace = float(fields[0]), float(fields[1])
     except (OSError, ValueError, IndexError):
+        _look_in(LEASE_LOOK_MAX_S)  # no lease known (yet)
         return
     if now > deadline:  # NaN compares false: no lease known
         _State.lease_out = True
@@ -119,6 +133,15 @@ def _check_lease(_signum: int, _frame: object) -> None:
             flush=True,
         )
         _on_signal(signal.SIGTERM, None)  # as a stop would: the group, or an elastic worker
+        _look_in(grace)
+        return
+    left = deadline - now
+    _look_in(left if left < LEASE_LOOK_MAX_S else LEASE_LOOK_MAX_S)  # NaN: the maximum
+
+
+def _look_in(seconds: float) -> None:
+    """SIGALRM once, this many seconds from now (a tenth of a second at least)."""
+    signal.setitimer(signal.ITIMER_REAL, seconds if seconds > 0.1 else 0.1)
 
 
 def _json_str(text: str) -> str:
@@ -295,7 +318,7 @@ def main(argv: list[str]) -> int:
     if opts.get("lease"):
         _State.lease_file = opts["lease"]
         signal.signal(signal.SIGALRM, _check_lease)
-        signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)  # waitid is resumed (PEP 475)
+        _look_in(1.0)  # then as _check_lease says; waitid is resumed (PEP 475)
 
     # Wait without reaping, kill the stragglers while the pgid is still the child's, then reap.
     info = None

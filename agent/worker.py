@@ -25,7 +25,8 @@ from agent.users import JobUser
 
 SHIM = Path(__file__).resolve().with_name("shim.py")
 # In the state dir: the wall-clock time past which the daemon may have requeued this node's
-# jobs (the link writes it; every shim reads it once a second: docs/fencing.md, leases).
+# jobs (the link writes it; every shim reads it when it comes, and at least every 5 s:
+# docs/fencing.md, leases).
 LEASE_DEADLINE_FILE = "lease-deadline"
 READY_TIMEOUT_S = 10.0  # a shim starts in ~10 ms; this is for a machine on its knees
 
@@ -50,6 +51,11 @@ class ShimProcess(Protocol):
         """Signal the shim if it still lives (never a process that reused its pid)."""
         ...
 
+    def fileno(self) -> int:
+        """A pidfd of the shim, readable once it has exited (agent/wakeups); -1 when it
+        has been seen to exit, or when this kernel has no pidfds."""
+        ...
+
 
 class ChildShim:
     def __init__(self, proc: subprocess.Popen[bytes], child_pid: int) -> None:
@@ -57,9 +63,27 @@ class ChildShim:
         self.pid = proc.pid
         self.child_pid = child_pid  # the job's command
         self.start_time = start_time(proc.pid) or 0
+        self._fd = -1  # its pidfd, opened when first asked for
 
     def exited(self) -> bool:
-        return self.proc.poll() is not None
+        if self.proc.poll() is None:
+            return False
+        self._close()
+        return True
+
+    def fileno(self) -> int:
+        # Opened only while it is unreaped: until then its pid cannot be another's.
+        if self._fd < 0 and self.proc.returncode is None:
+            try:
+                self._fd = os.pidfd_open(self.pid)
+            except OSError:
+                return -1  # no pidfd (Linux < 5.3): the runner looks at it on a clock
+        return self._fd
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def returncode(self) -> int | None:
         return self.proc.returncode
@@ -100,6 +124,9 @@ class AdoptedShim:
 
     def returncode(self) -> int | None:
         return None  # its parent is someone else now
+
+    def fileno(self) -> int:
+        return self._fd
 
     def send(self, sig: int) -> None:
         if not self.exited():
