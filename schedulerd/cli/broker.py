@@ -78,6 +78,11 @@ class Broker:
         self._parser = build_parser()
         self._parse_lock = threading.Lock()
         self._clients: OrderedDict[tuple[object, ...], Client] = OrderedDict()
+        # Commands using each open client: one is closed only once none uses it (an
+        # evicted client closed under a submission would cancel the call, and the
+        # caller, told it failed, would submit again what the daemon may have queued).
+        self._users: dict[int, int] = {}
+        self._retired: dict[int, Client] = {}
         self._clients_lock = threading.Lock()
         self._active = 0
         self._active_lock = threading.Lock()
@@ -173,6 +178,7 @@ class Broker:
             code = self._run(argv, inv)
         finally:
             self._local.out = self._local.err = None
+            self.release()
         return None if code is None else (code, "".join(out), "".join(err))
 
     def _run(self, argv: list[str], inv: Invocation) -> int | None:
@@ -194,18 +200,42 @@ class Broker:
             return 1
 
     def _client(self, connection: Connection) -> Client:
+        """The open client for `connection`, held by this thread's command until
+        `release` (the command's end)."""
         key = connection.key
         with self._clients_lock:
             client = self._clients.get(key)
             if client is not None:
                 self._clients.move_to_end(key)
-                return client
-            client = connection.client()
-            self._clients[key] = client
-            while len(self._clients) > MAX_CHANNELS:
-                # (a call under way on it fails and says so; the next makes a new one)
-                self._clients.popitem(last=False)[1].close()
+            else:
+                client = connection.client()
+                self._clients[key] = client
+                while len(self._clients) > MAX_CHANNELS:
+                    old = self._clients.popitem(last=False)[1]
+                    if self._users.get(id(old)):
+                        self._retired[id(old)] = old  # closed by its last user
+                    else:
+                        old.close()
+            self._users[id(client)] = self._users.get(id(client), 0) + 1
+            held: list[Client] = getattr(self._local, "held", None) or []
+            held.append(client)
+            self._local.held = held
             return client
+
+    def release(self) -> None:
+        """This thread's command is done with its clients: close those evicted since."""
+        held: list[Client] = getattr(self._local, "held", None) or []
+        self._local.held = []
+        with self._clients_lock:
+            for client in held:
+                left = self._users[id(client)] - 1
+                if left:
+                    self._users[id(client)] = left
+                    continue
+                del self._users[id(client)]
+                retired = self._retired.pop(id(client), None)
+                if retired is not None:
+                    retired.close()
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -230,9 +260,16 @@ def _reply(conn: socket.socket, frames: list[tuple[bytes, bytes]]) -> None:
         return
 
 
-def _read_exactly(conn: socket.socket, n: int) -> bytes | None:
+def _read_exactly(conn: socket.socket, n: int, deadline: float) -> bytes | None:
+    """`n` bytes, all of them before `deadline` (time.monotonic): a peer that sends
+    a byte now and then holds no thread past it (a timeout per recv would wait anew
+    for each byte)."""
     chunks: list[bytes] = []
     while n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not sent in time")
+        conn.settimeout(left)
         chunk = conn.recv(min(n, 1 << 16))
         if not chunk:
             return None
@@ -243,13 +280,14 @@ def _read_exactly(conn: socket.socket, n: int) -> bytes | None:
 
 def _read_request(conn: socket.socket) -> tuple[list[str], Invocation] | None:
     """argv and where it was given (fast.request's format); None: not a request."""
-    head = _read_exactly(conn, len(fast.PROTOCOL) + 4)
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    head = _read_exactly(conn, len(fast.PROTOCOL) + 4, deadline)
     if head is None or not head.startswith(fast.PROTOCOL):
         return None
     size = int.from_bytes(head[len(fast.PROTOCOL) :], "big")
     if size > fast.MAX_REQUEST:
         return None
-    body = _read_exactly(conn, size)
+    body = _read_exactly(conn, size, deadline)
     if body is None or not body.endswith(b"\0"):
         return None
     fields = [os.fsdecode(f) for f in body[:-1].split(b"\0")]
@@ -312,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m schedulerd.cli.broker")
     p.add_argument("path", help="the socket to listen on (schedulerd/cli/fast.py names it)")
     args = p.parse_args(argv)
+    if args.path != fast.broker_path():
+        # Started for other code than this (a relative PYTHONPATH taken from another
+        # directory, say): it would answer in that code's stead. None, then.
+        return
     idle_s = float(os.environ.get("SCHEDULERD_BROKER_IDLE_S", "60") or 60)
     bound = listen(args.path)
     if bound is None:

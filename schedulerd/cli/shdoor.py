@@ -26,6 +26,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 
 from schedulerd.auth.peer import loopback_peer_uid
@@ -107,16 +108,23 @@ def read_request(conn: socket.socket) -> tuple[list[str], Invocation] | None:
     """The script's fields (see the module's doc); None: not a whole request."""
     buf = b""
     fields: list[bytes] = []
+    size = 0  # bytes of `fields`
     want: int | None = None  # fields in all, once argc and envc are known
+    deadline = time.monotonic() + READ_TIMEOUT_S  # all of it: not READ_TIMEOUT_S a byte
     while want is None or len(fields) < want:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        conn.settimeout(left)
         chunk = conn.recv(1 << 16)
         if not chunk:
             return None
         buf += chunk
-        if len(buf) + sum(len(f) for f in fields) > fast.MAX_REQUEST:
+        if len(buf) + size > fast.MAX_REQUEST:
             return None
         *whole, buf = buf.split(b"\0")
         fields += whole
+        size += sum(len(f) + 1 for f in whole)
         want = _count(fields)
         if want == -1:
             return None
