@@ -380,3 +380,28 @@ def _door_name(installed: Path) -> str:
         (installed / "schedctl-py").unlink()
         saved.rename(installed / "schedctl-py")
     return out.strip()
+
+
+def test_a_submission_too_large_for_the_door_is_run_as_without_it(
+    cluster: Cluster, broker_dir: Path, installed: Path
+) -> None:
+    # Over the broker's 1 MiB: as with schedctl-py, run in process (where the daemon
+    # refuses the argv in its words), not "the broker ended before answering (the
+    # command may or may not have been done)" for a command that was never run.
+    _sh(cluster, broker_dir, installed, "whoami")
+    _door(broker_dir)
+    big = ["x" * 120_000] * 9  # (each below the kernel's 128 KiB for one argument)
+    served = _sh(cluster, broker_dir, installed, "submit", "--", "true", *big)
+    alone = _sh(
+        cluster, broker_dir, installed, "submit", "--", "true", *big, SCHEDULERD_BROKER="off"
+    )
+    assert "bytes of argv" in alone.stderr
+    assert (served.returncode, served.stdout, served.stderr) == (
+        alone.returncode,
+        alone.stdout,
+        alone.stderr,
+    )
+    # And the door still serves the next one.
+    ran = _ran(broker_dir)
+    done = _sh(cluster, broker_dir, installed, "submit", "--", "true")
+    assert done.returncode == 0 and _ran(broker_dir) == ran, done.stderr
