@@ -405,3 +405,24 @@ def test_a_submission_too_large_for_the_door_is_run_as_without_it(
     ran = _ran(broker_dir)
     done = _sh(cluster, broker_dir, installed, "submit", "--", "true")
     assert done.returncode == 0 and _ran(broker_dir) == ran, done.stderr
+
+
+def test_a_broker_whose_code_changed_anywhere_answers_no_more(
+    cluster: Cluster, broker_dir: Path, other_checkout: Path
+) -> None:
+    # An upgrade that changes a module of the package other than the CLI's own files
+    # (here schedulerd/arrays.py, whose words `submit --array` prints): the broker
+    # must not answer with the code it imported before.
+    env = {"PYTHONPATH": str(other_checkout)}
+    args = ["submit", "--array", "5-1", "--", "true"]
+    first = schedctl(cluster, broker_dir, *args, env=env, cwd=other_checkout)
+    assert "the range ends before it starts" in first.stderr, first.stderr
+    _started(broker_dir)
+    served = schedctl(cluster, broker_dir, *args, env=env, cwd=other_checkout, importtime=True)
+    assert _via_broker(served) and served.stderr.count("the range ends") == 1
+    arrays = other_checkout / "schedulerd" / "arrays.py"
+    new = arrays.with_suffix(".new")
+    new.write_text(arrays.read_text().replace("the range ends before it starts", MARKER))
+    new.replace(arrays)  # as an installer replaces a file
+    after = schedctl(cluster, broker_dir, *args, env=env, cwd=other_checkout)
+    assert after.returncode == first.returncode and MARKER in after.stderr, after.stderr

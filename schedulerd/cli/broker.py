@@ -29,7 +29,6 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from pathlib import Path
 from typing import TextIO
 
 from schedulerd.cli import fast
@@ -87,7 +86,7 @@ class Broker:
         self._active = 0
         self._active_lock = threading.Lock()
         self._last = time.monotonic()
-        self._code = _code_stamp()
+        self._code = _CodeStamp()
         self._stale = False
 
     # -- serving --------------------------------------------------------------
@@ -167,7 +166,7 @@ class Broker:
     def run_captured(self, argv: list[str], inv: Invocation) -> tuple[int, str, str] | None:
         """Run a command as the CLI would: (its exit code, what it printed on stdout,
         on stderr); None: not served here (the caller runs it itself)."""
-        if _code_stamp() != self._code:  # upgraded under us: old code answers nothing
+        if self._code.changed():  # upgraded under us: old code answers nothing
             self._stale = True
             return None
         out: list[str] = []
@@ -303,18 +302,32 @@ def _read_request(conn: socket.socket) -> tuple[list[str], Invocation] | None:
     return argv, Invocation(env, cwd, cols)
 
 
-def _code_stamp() -> tuple[int, ...]:
-    """When the CLI's code last changed on disk (an upgrade, a checkout)."""
-    here = Path(__file__).resolve().parent
-    files = [here / n for n in ("main.py", "broker.py", "fast.py", "shdoor.py")]
-    files.append(here.parent / "client.py")
-    stamp = []
-    for f in files:
-        try:
-            stamp.append(f.stat().st_mtime_ns)
-        except OSError:
-            stamp.append(0)
-    return tuple(stamp)
+class _CodeStamp:
+    """When the code this broker runs changed on disk (an upgrade, a checkout): every
+    schedulerd module it has imported (format, arrays, the API's messages: not only the
+    CLI's own files), each as it was first seen (one imported later, on first use, from
+    then on). Its file's ctime: a file replaced or rewritten gets a new one, whatever
+    mtime an installer gives it."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int]] = {}
+        self.changed()
+
+    def changed(self) -> bool:
+        for name, module in list(sys.modules.items()):
+            if name != "schedulerd" and not name.startswith("schedulerd."):
+                continue
+            path = getattr(module, "__file__", None)
+            if not path:
+                continue
+            try:
+                st = os.stat(path)
+                stamp = (st.st_ino, st.st_ctime_ns)
+            except OSError:
+                stamp = (0, 0)
+            if self._seen.setdefault(path, stamp) != stamp:
+                return True
+        return False
 
 
 def listen(path: str) -> tuple[socket.socket, int] | None:
