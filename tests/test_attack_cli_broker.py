@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -426,3 +427,39 @@ def test_a_broker_whose_code_changed_anywhere_answers_no_more(
     new.replace(arrays)  # as an installer replaces a file
     after = schedctl(cluster, broker_dir, *args, env=env, cwd=other_checkout)
     assert after.returncode == first.returncode and MARKER in after.stderr, after.stderr
+
+
+def test_ctrl_c_while_the_broker_works_ends_as_in_process(
+    cluster: Cluster, broker_dir: Path
+) -> None:
+    # A daemon address that accepts and never answers: the broker's call waits.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        schedctl(cluster, broker_dir, "whoami")
+        _started(broker_dir)
+        results = []
+        held: list[socket.socket] = []
+        for broker in ("on", "off"):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULERD_")}
+            env.update(
+                SCHEDULERD_ADDRESS=address,
+                SCHEDULERD_BROKER_DIR=str(broker_dir),
+                SCHEDULERD_BROKER=broker,
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "schedulerd.cli.fast", "jobs"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            silent.settimeout(60)
+            held.append(silent.accept()[0])  # its call reached the "daemon": it waits
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            results.append((proc.returncode, "Traceback" in err))
+        for conn in held:
+            conn.close()
+        assert results[0] == results[1] == (130, False), results

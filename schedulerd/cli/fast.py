@@ -47,6 +47,8 @@ def main() -> None:
         code = _relay(sock)
     except OSError:
         code = None
+    except KeyboardInterrupt:  # Ctrl-C: as the CLI in process ends (a begun command
+        os._exit(130)  # is the broker's to finish: docs/cli-broker.md), no traceback
     if code is None:  # sent, and no answer: it may have been done; never do it twice
         os.write(
             2,
