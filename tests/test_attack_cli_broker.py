@@ -463,3 +463,39 @@ def test_ctrl_c_while_the_broker_works_ends_as_in_process(
         for conn in held:
             conn.close()
         assert results[0] == results[1] == (130, False), results
+
+
+def test_many_submissions_at_once_are_each_done_once(
+    cluster: Cluster, broker_dir: Path, installed: Path
+) -> None:
+    # More at once than the broker serves (MAX_ACTIVE): the rest go through schedctl-py,
+    # or in process; none is lost, none is done twice.
+    _sh(cluster, broker_dir, installed, "whoami")
+    _door(broker_dir)
+    before = {j.id for j in cluster.client.list_jobs(states=())}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULERD_")}
+    env.update(
+        SCHEDULERD_ADDRESS=cluster.address,
+        SCHEDULERD_CONSUMER="/lab",
+        SCHEDULERD_BROKER_DIR=str(broker_dir),
+        SCHEDULERD_BROKER_IDLE_S="60",
+    )
+    n = 48
+    procs = [
+        subprocess.Popen(
+            [str(installed / "schedctl"), "submit", "--name", f"many-{i}", "--", "true"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(n)
+    ]
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        ids.append(_job_id(out))
+    assert len(set(ids)) == n
+    new = [j for j in cluster.client.list_jobs(states=()) if j.id not in before]
+    assert sorted(j.spec.name for j in new) == sorted(f"many-{i}" for i in range(n))
