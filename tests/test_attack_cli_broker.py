@@ -499,3 +499,62 @@ def test_many_submissions_at_once_are_each_done_once(
     assert len(set(ids)) == n
     new = [j for j in cluster.client.list_jobs(states=()) if j.id not in before]
     assert sorted(j.spec.name for j in new) == sorted(f"many-{i}" for i in range(n))
+
+
+KNOCKER = """
+import encodings.idna, os, socket, sys, time  # (all before the uid drops: /root is 0700)
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()
+    except OSError:
+        pass
+    time.sleep(0.3)
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_another_users_knocking_does_not_keep_a_broker_up(
+    cluster: Cluster, broker_dir: Path
+) -> None:
+    env = {"SCHEDULERD_BROKER_IDLE_S": "3", "SCHEDULERD_SH_NAME": "knock.tcp"}
+    schedctl(cluster, broker_dir, "whoami", env=env)
+    port = _door(broker_dir).read_text().split()[0]
+    pid = _started(broker_dir)
+    knocker = subprocess.Popen([sys.executable, "-c", KNOCKER, port, "60"])
+    try:
+        wait_for("the idle broker to end", lambda: not base._alive(pid), timeout_s=40)
+        assert knocker.poll() is None  # it knocked all along
+    finally:
+        knocker.kill()
+        knocker.wait()
+
+
+def _busy_broker(listener: socket.socket) -> None:
+    """As the broker answers when it runs MAX_ACTIVE commands already: "f" (run it
+    yourself), and the connection closed without reading the request."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.sendall(b"f" + (0).to_bytes(4, "big"))
+
+
+def test_a_busy_broker_that_closes_unread_has_the_command_run_in_process(
+    cluster: Cluster, broker_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen with 48 submissions at once: the broker, full, said "f" and closed before
+    # schedctl-py had sent its request; the send failed, and schedctl-py said "may or
+    # may not have been done" of a command no broker had (it never got all of it).
+    monkeypatch.setenv("SCHEDULERD_BROKER_DIR", str(broker_dir))
+    path = fast.broker_path()
+    assert path is not None
+    padding = {f"SCHEDULERD_PAD{i}": "x" * 100_000 for i in range(4)}  # more than a
+    with socket.socket(socket.AF_UNIX) as listener:  # socket buffer: the send blocks
+        listener.bind(path)
+        listener.listen(1)
+        t = threading.Thread(target=_busy_broker, args=(listener,))
+        t.start()
+        done = schedctl(cluster, broker_dir, "submit", "--name", "busy", "--", "true", env=padding)
+        t.join(10)
+    assert done.returncode == 0 and "may or may not" not in done.stderr, done.stderr
+    assert [j.spec.name for j in cluster.client.list_jobs()].count("busy") == 1

@@ -97,19 +97,15 @@ class Broker:
         listeners = [listener] if self.door is None else [listener, self.door.listener]
         while not self._stale:
             ready, _, _ = select.select(listeners, [], [], 1.0)
-            if not ready:
-                with self._active_lock:
-                    idle = not self._active and time.monotonic() - self._last > self.idle_s
-                if idle:
-                    return
-                continue
             for sock in ready:
                 try:
                     conn, peer = sock.accept()
                 except OSError:
                     continue
-                with self._active_lock:
-                    self._last = time.monotonic()
+                if self.door is not None and sock is not listener and not self.door.ours(peer):
+                    conn.close()  # another user's: no thread, and no work that keeps us up
+                    continue
+                with self._active_lock:  # (a connection is no work: see run_captured)
                     full = self._active >= MAX_ACTIVE
                     if not full:
                         self._active += 1
@@ -120,6 +116,13 @@ class Broker:
                     continue
                 target = self._serve_one if sock is listener else self._serve_door
                 threading.Thread(target=target, args=(conn, peer), daemon=True).start()
+            # Checked whatever knocked, not only after a second of quiet: another user
+            # knocking at the door must not keep the broker up. (This user's accepted
+            # connections are active by now: none is left unanswered.)
+            with self._active_lock:
+                idle = not self._active and time.monotonic() - self._last > self.idle_s
+            if idle:
+                return
 
     def _serve_door(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         assert self.door is not None
@@ -133,7 +136,6 @@ class Broker:
     def _done(self) -> None:
         with self._active_lock:
             self._active -= 1
-            self._last = time.monotonic()
 
     def _serve_one(self, conn: socket.socket, _peer: object = None) -> None:
         try:
@@ -166,6 +168,10 @@ class Broker:
     def run_captured(self, argv: list[str], inv: Invocation) -> tuple[int, str, str] | None:
         """Run a command as the CLI would: (its exit code, what it printed on stdout,
         on stderr); None: not served here (the caller runs it itself)."""
+        # Only a command of this user keeps the broker from its idle end: another
+        # user's connections to the door (closed unanswered) must not keep it up.
+        with self._active_lock:
+            self._last = time.monotonic()
         if self._code.changed():  # upgraded under us: old code answers nothing
             self._stale = True
             return None
@@ -178,6 +184,8 @@ class Broker:
         finally:
             self._local.out = self._local.err = None
             self.release()
+            with self._active_lock:
+                self._last = time.monotonic()
         return None if code is None else (code, "".join(out), "".join(err))
 
     def _run(self, argv: list[str], inv: Invocation) -> int | None:

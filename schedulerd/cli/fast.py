@@ -44,6 +44,10 @@ def main() -> None:
         _in_process(argv)
     try:
         sock.sendall(message)
+    except OSError:  # not all of it sent: no broker runs a part of a request
+        sock.close()  # (a full one answers "f" and closes unread: here, then)
+        _in_process(argv)
+    try:
         code = _relay(sock)
     except OSError:
         code = None

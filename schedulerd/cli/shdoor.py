@@ -78,10 +78,13 @@ class ShellDoor:
                     os.unlink(path)
         self.listener.close()
 
+    def ours(self, peer: tuple[str, int]) -> bool:
+        """Whether this user holds the other end (the kernel says: sock_diag, ~20 µs)."""
+        return loopback_peer_uid(f"ipv4:{peer[0]}:{peer[1]}", [self.port]) == os.getuid()
+
     def serve(self, conn: socket.socket, peer: tuple[str, int], run: Run) -> None:
         with conn:
-            uid = loopback_peer_uid(f"ipv4:{peer[0]}:{peer[1]}", [self.port])
-            if uid != os.getuid():  # never another user's command
+            if not self.ours(peer):  # never another user's command
                 return
             conn.settimeout(READ_TIMEOUT_S)
             conn.sendall(self.secret.encode() + b"\0")
