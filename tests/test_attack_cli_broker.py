@@ -558,3 +558,35 @@ def test_a_busy_broker_that_closes_unread_has_the_command_run_in_process(
         t.join(10)
     assert done.returncode == 0 and "may or may not" not in done.stderr, done.stderr
     assert [j.spec.name for j in cluster.client.list_jobs()].count("busy") == 1
+
+
+def test_bytes_that_are_not_text_are_refused_in_words(
+    cluster: Cluster, broker_dir: Path, installed: Path
+) -> None:
+    # A shell passes any bytes; the API's strings are UTF-8. Said, as without the broker,
+    # rather than a traceback from protobuf.
+    _sh(cluster, broker_dir, installed, "whoami")
+    _door(broker_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULERD_")}
+    env.update(
+        SCHEDULERD_ADDRESS=cluster.address,
+        SCHEDULERD_CONSUMER="/lab",
+        SCHEDULERD_BROKER_DIR=str(broker_dir),
+    )
+    for args in (
+        [b"submit", b"--", b"echo", b"\xff\xfe"],
+        [b"submit", b"--name", b"\xff", b"--", b"true"],
+        [b"submit", b"--env", b"A=\xff", b"--", b"true"],
+    ):
+        results = []
+        for broker in (b"on", b"off"):
+            done = subprocess.run(
+                [bytes(installed / "schedctl"), *args],
+                capture_output=True,
+                env={**env, "SCHEDULERD_BROKER": broker.decode()},
+                timeout=60,
+            )
+            results.append((done.returncode, done.stdout, done.stderr))
+        assert results[0] == results[1], args
+        code, _, err = results[0]
+        assert code == 1 and b"is not UTF-8 text" in err and b"Traceback" not in err, err

@@ -442,6 +442,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("schedctl submit: give the command after --, e.g. -- python train.py")
+    _all_text(args)
     gmin, gmax = _gpus(args.gpus)
     count = 0
     if args.array:
@@ -485,6 +486,24 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
             code: int = update.exit_code
             return 128 - code if code < 0 else code  # killed by a signal: as a shell says
     return 1
+
+
+def _all_text(args: argparse.Namespace) -> None:
+    """Every word of a submission is UTF-8 text: the API's strings can hold nothing
+    else (an argument of other bytes, which a shell passes, would fail in protobuf)."""
+    for name, value in sorted(vars(args).items()):
+        for word in value if isinstance(value, list) else [value]:
+            if not isinstance(word, str):
+                continue
+            try:
+                word.encode("utf-8")
+            except UnicodeEncodeError:
+                what = "the command" if name == "command" else f"--{name.replace('_', '-')}"
+                shown = repr(os.fsencode(word))[:80]
+                raise SystemExit(
+                    f"schedctl submit: {what}: {shown} is not UTF-8 text (a job's command, "
+                    "environment, name and directory are text)"
+                ) from None
 
 
 def _only_leaf(client: Client) -> str:
