@@ -29,7 +29,6 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from pathlib import Path
 from typing import TextIO
 
 from schedulerd.cli import fast
@@ -78,11 +77,16 @@ class Broker:
         self._parser = build_parser()
         self._parse_lock = threading.Lock()
         self._clients: OrderedDict[tuple[object, ...], Client] = OrderedDict()
+        # Commands using each open client: one is closed only once none uses it (an
+        # evicted client closed under a submission would cancel the call, and the
+        # caller, told it failed, would submit again what the daemon may have queued).
+        self._users: dict[int, int] = {}
+        self._retired: dict[int, Client] = {}
         self._clients_lock = threading.Lock()
         self._active = 0
         self._active_lock = threading.Lock()
         self._last = time.monotonic()
-        self._code = _code_stamp()
+        self._code = _CodeStamp()
         self._stale = False
 
     # -- serving --------------------------------------------------------------
@@ -93,19 +97,15 @@ class Broker:
         listeners = [listener] if self.door is None else [listener, self.door.listener]
         while not self._stale:
             ready, _, _ = select.select(listeners, [], [], 1.0)
-            if not ready:
-                with self._active_lock:
-                    idle = not self._active and time.monotonic() - self._last > self.idle_s
-                if idle:
-                    return
-                continue
             for sock in ready:
                 try:
                     conn, peer = sock.accept()
                 except OSError:
                     continue
-                with self._active_lock:
-                    self._last = time.monotonic()
+                if self.door is not None and sock is not listener and not self.door.ours(peer):
+                    conn.close()  # another user's: no thread, and no work that keeps us up
+                    continue
+                with self._active_lock:  # (a connection is no work: see run_captured)
                     full = self._active >= MAX_ACTIVE
                     if not full:
                         self._active += 1
@@ -116,6 +116,13 @@ class Broker:
                     continue
                 target = self._serve_one if sock is listener else self._serve_door
                 threading.Thread(target=target, args=(conn, peer), daemon=True).start()
+            # Checked whatever knocked, not only after a second of quiet: another user
+            # knocking at the door must not keep the broker up. (This user's accepted
+            # connections are active by now: none is left unanswered.)
+            with self._active_lock:
+                idle = not self._active and time.monotonic() - self._last > self.idle_s
+            if idle:
+                return
 
     def _serve_door(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         assert self.door is not None
@@ -129,7 +136,6 @@ class Broker:
     def _done(self) -> None:
         with self._active_lock:
             self._active -= 1
-            self._last = time.monotonic()
 
     def _serve_one(self, conn: socket.socket, _peer: object = None) -> None:
         try:
@@ -162,7 +168,11 @@ class Broker:
     def run_captured(self, argv: list[str], inv: Invocation) -> tuple[int, str, str] | None:
         """Run a command as the CLI would: (its exit code, what it printed on stdout,
         on stderr); None: not served here (the caller runs it itself)."""
-        if _code_stamp() != self._code:  # upgraded under us: old code answers nothing
+        # Only a command of this user keeps the broker from its idle end: another
+        # user's connections to the door (closed unanswered) must not keep it up.
+        with self._active_lock:
+            self._last = time.monotonic()
+        if self._code.changed():  # upgraded under us: old code answers nothing
             self._stale = True
             return None
         out: list[str] = []
@@ -173,6 +183,9 @@ class Broker:
             code = self._run(argv, inv)
         finally:
             self._local.out = self._local.err = None
+            self.release()
+            with self._active_lock:
+                self._last = time.monotonic()
         return None if code is None else (code, "".join(out), "".join(err))
 
     def _run(self, argv: list[str], inv: Invocation) -> int | None:
@@ -194,18 +207,42 @@ class Broker:
             return 1
 
     def _client(self, connection: Connection) -> Client:
+        """The open client for `connection`, held by this thread's command until
+        `release` (the command's end)."""
         key = connection.key
         with self._clients_lock:
             client = self._clients.get(key)
             if client is not None:
                 self._clients.move_to_end(key)
-                return client
-            client = connection.client()
-            self._clients[key] = client
-            while len(self._clients) > MAX_CHANNELS:
-                # (a call under way on it fails and says so; the next makes a new one)
-                self._clients.popitem(last=False)[1].close()
+            else:
+                client = connection.client()
+                self._clients[key] = client
+                while len(self._clients) > MAX_CHANNELS:
+                    old = self._clients.popitem(last=False)[1]
+                    if self._users.get(id(old)):
+                        self._retired[id(old)] = old  # closed by its last user
+                    else:
+                        old.close()
+            self._users[id(client)] = self._users.get(id(client), 0) + 1
+            held: list[Client] = getattr(self._local, "held", None) or []
+            held.append(client)
+            self._local.held = held
             return client
+
+    def release(self) -> None:
+        """This thread's command is done with its clients: close those evicted since."""
+        held: list[Client] = getattr(self._local, "held", None) or []
+        self._local.held = []
+        with self._clients_lock:
+            for client in held:
+                left = self._users[id(client)] - 1
+                if left:
+                    self._users[id(client)] = left
+                    continue
+                del self._users[id(client)]
+                retired = self._retired.pop(id(client), None)
+                if retired is not None:
+                    retired.close()
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -230,9 +267,16 @@ def _reply(conn: socket.socket, frames: list[tuple[bytes, bytes]]) -> None:
         return
 
 
-def _read_exactly(conn: socket.socket, n: int) -> bytes | None:
+def _read_exactly(conn: socket.socket, n: int, deadline: float) -> bytes | None:
+    """`n` bytes, all of them before `deadline` (time.monotonic): a peer that sends
+    a byte now and then holds no thread past it (a timeout per recv would wait anew
+    for each byte)."""
     chunks: list[bytes] = []
     while n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not sent in time")
+        conn.settimeout(left)
         chunk = conn.recv(min(n, 1 << 16))
         if not chunk:
             return None
@@ -243,13 +287,14 @@ def _read_exactly(conn: socket.socket, n: int) -> bytes | None:
 
 def _read_request(conn: socket.socket) -> tuple[list[str], Invocation] | None:
     """argv and where it was given (fast.request's format); None: not a request."""
-    head = _read_exactly(conn, len(fast.PROTOCOL) + 4)
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    head = _read_exactly(conn, len(fast.PROTOCOL) + 4, deadline)
     if head is None or not head.startswith(fast.PROTOCOL):
         return None
     size = int.from_bytes(head[len(fast.PROTOCOL) :], "big")
     if size > fast.MAX_REQUEST:
         return None
-    body = _read_exactly(conn, size)
+    body = _read_exactly(conn, size, deadline)
     if body is None or not body.endswith(b"\0"):
         return None
     fields = [os.fsdecode(f) for f in body[:-1].split(b"\0")]
@@ -265,18 +310,32 @@ def _read_request(conn: socket.socket) -> tuple[list[str], Invocation] | None:
     return argv, Invocation(env, cwd, cols)
 
 
-def _code_stamp() -> tuple[int, ...]:
-    """When the CLI's code last changed on disk (an upgrade, a checkout)."""
-    here = Path(__file__).resolve().parent
-    files = [here / n for n in ("main.py", "broker.py", "fast.py", "shdoor.py")]
-    files.append(here.parent / "client.py")
-    stamp = []
-    for f in files:
-        try:
-            stamp.append(f.stat().st_mtime_ns)
-        except OSError:
-            stamp.append(0)
-    return tuple(stamp)
+class _CodeStamp:
+    """When the code this broker runs changed on disk (an upgrade, a checkout): every
+    schedulerd module it has imported (format, arrays, the API's messages: not only the
+    CLI's own files), each as it was first seen (one imported later, on first use, from
+    then on). Its file's ctime: a file replaced or rewritten gets a new one, whatever
+    mtime an installer gives it."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int]] = {}
+        self.changed()
+
+    def changed(self) -> bool:
+        for name, module in list(sys.modules.items()):
+            if name != "schedulerd" and not name.startswith("schedulerd."):
+                continue
+            path = getattr(module, "__file__", None)
+            if not path:
+                continue
+            try:
+                st = os.stat(path)
+                stamp = (st.st_ino, st.st_ctime_ns)
+            except OSError:
+                stamp = (0, 0)
+            if self._seen.setdefault(path, stamp) != stamp:
+                return True
+        return False
 
 
 def listen(path: str) -> tuple[socket.socket, int] | None:
@@ -312,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m schedulerd.cli.broker")
     p.add_argument("path", help="the socket to listen on (schedulerd/cli/fast.py names it)")
     args = p.parse_args(argv)
+    if args.path != fast.broker_path():
+        # Started for other code than this (a relative PYTHONPATH taken from another
+        # directory, say): it would answer in that code's stead. None, then.
+        return
     idle_s = float(os.environ.get("SCHEDULERD_BROKER_IDLE_S", "60") or 60)
     bound = listen(args.path)
     if bound is None:

@@ -44,9 +44,15 @@ def main() -> None:
         _in_process(argv)
     try:
         sock.sendall(message)
+    except OSError:  # not all of it sent: no broker runs a part of a request
+        sock.close()  # (a full one answers "f" and closes unread: here, then)
+        _in_process(argv)
+    try:
         code = _relay(sock)
     except OSError:
         code = None
+    except KeyboardInterrupt:  # Ctrl-C: as the CLI in process ends (a begun command
+        os._exit(130)  # is the broker's to finish: docs/cli-broker.md), no traceback
     if code is None:  # sent, and no answer: it may have been done; never do it twice
         os.write(
             2,
@@ -69,15 +75,18 @@ def wanted(argv: list[str]) -> bool:
 
 
 PROXIES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+# Read by the process, not per command: `show` prints times in the local zone (TZ).
+PROCESS_WIDE = (*PROXIES, "TZ")
 
 
 def _process_settings() -> str:
     """What gRPC reads from the process environment rather than from a channel's
     options (GRPC_*, proxies): a broker serves only callers whose settings are its own
-    (they are part of its socket's name; scripts/schedctl names the same)."""
+    (they are part of its socket's name; scripts/schedctl names the same, but for TZ:
+    the bash door serves `submit` only, which prints no time)."""
     found = []
     for name, value in os.environ.items():
-        if name.startswith(("GRPC_", "grpc_")) or name in PROXIES:
+        if name.startswith(("GRPC_", "grpc_")) or name in PROCESS_WIDE:
             found.append(f"{name}={value}")
     return "\0".join(sorted(found))
 
@@ -151,11 +160,20 @@ def request(argv: list[str]) -> bytes | None:
     env = [
         f"{k}={v}" for k, v in os.environ.items() if k.startswith("SCHEDULERD_") or k == "COLUMNS"
     ]
-    fields = [os.getcwd(), columns, str(len(argv)), *argv, *env]
+    fields = [here(), columns, str(len(argv)), *argv, *env]
     body = b"".join(os.fsencode(f) + b"\0" for f in fields)
     if len(body) > MAX_REQUEST:
         return None
     return PROTOCOL + len(body).to_bytes(4, "big") + body
+
+
+def here() -> str:
+    """The working directory; "" when it is gone (removed under the shell): the CLI
+    then says so for a submission, and the rest needs none."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
 
 
 def _relay(sock: _socket.socket) -> int | None:
@@ -201,6 +219,8 @@ def start_broker(path: str | None) -> None:
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULERD_")}
+    if env.get("PYTHONPATH"):  # the broker runs in /: it must import the code we run
+        env["PYTHONPATH"] = absolute_path_list(env["PYTHONPATH"])
     for keep in ("SCHEDULERD_BROKER_IDLE_S", "SCHEDULERD_BROKER_DIR", "SCHEDULERD_SH_NAME"):
         if keep in os.environ:
             env[keep] = os.environ[keep]
@@ -217,6 +237,13 @@ def start_broker(path: str | None) -> None:
         )
     except OSError:
         return
+
+
+def absolute_path_list(value: str) -> str:
+    """PYTHONPATH with its relative entries (an empty one is the working directory)
+    made absolute from here."""
+    cwd = here() or "/"
+    return os.pathsep.join(os.path.join(cwd, p) for p in value.split(os.pathsep))
 
 
 def _in_process(argv: list[str]) -> NoReturn:

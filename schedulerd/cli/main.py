@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from schedulerd import __version__
 from schedulerd.arrays import ArrayError, compact, parse_indices, parse_job_ref
 from schedulerd.auth.certerror import CertError
-from schedulerd.cli import audit, ca, hpo, serve, tokens
+from schedulerd.cli import audit, ca, fast, hpo, serve, tokens
 from schedulerd.cli import format as fmt
 from schedulerd.client import (
     DEFAULT_ADDRESS,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from schedulerd.api.v1 import admin_pb2
 
 ACTIVE = ["PENDING", "PREEMPTED", "RUNNING"]
+MAX_JOB_ID = 2**63 - 1  # job ids are SQLite integers (schedulerd/bounds.py MAX_ID)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Invocation:
             import shutil
 
             columns = shutil.get_terminal_size().columns
-        return cls(os.environ, os.getcwd(), columns)
+        return cls(os.environ, fast.here(), columns)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,7 +329,7 @@ def resolve(args: argparse.Namespace, inv: Invocation) -> argparse.Namespace:
     if getattr(args, "consumer", "") is None:
         args.consumer = inv.env.get("SCHEDULERD_CONSUMER", "")
     if args.cmd == "submit" and args.workdir is None:
-        args.workdir = inv.cwd
+        args.workdir = _cwd(inv)
     args.width = inv.columns if inv.columns is not None else _columns(inv.env)
     return args
 
@@ -405,7 +406,20 @@ def connect(args: argparse.Namespace, inv: Invocation) -> Connection:
 
 
 def _here(inv: Invocation, path: Path) -> Path:
-    return path if path.is_absolute() else Path(inv.cwd) / path
+    return path if path.is_absolute() else Path(_cwd(inv)) / path
+
+
+def _cwd(inv: Invocation) -> str:
+    """The caller's working directory, which a submission or a relative path needs;
+    "" (or not a path) when it was removed under the caller's shell: that is said,
+    rather than a job sent to run in a directory that is not there, or a path taken
+    from the broker's own directory."""
+    if not os.path.isabs(inv.cwd):
+        raise SystemExit(
+            "schedctl: the working directory is gone (removed?): cd to one, or give "
+            "--workdir and absolute paths"
+        )
+    return inv.cwd
 
 
 def _validate(path: Path) -> int:
@@ -428,6 +442,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("schedctl submit: give the command after --, e.g. -- python train.py")
+    _all_text(args)
     gmin, gmax = _gpus(args.gpus)
     count = 0
     if args.array:
@@ -473,6 +488,24 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     return 1
 
 
+def _all_text(args: argparse.Namespace) -> None:
+    """Every word of a submission is UTF-8 text: the API's strings can hold nothing
+    else (an argument of other bytes, which a shell passes, would fail in protobuf)."""
+    for name, value in sorted(vars(args).items()):
+        for word in value if isinstance(value, list) else [value]:
+            if not isinstance(word, str):
+                continue
+            try:
+                word.encode("utf-8")
+            except UnicodeEncodeError:
+                what = "the command" if name == "command" else f"--{name.replace('_', '-')}"
+                shown = repr(os.fsencode(word))[:80]
+                raise SystemExit(
+                    f"schedctl submit: {what}: {shown} is not UTF-8 text (a job's command, "
+                    "environment, name and directory are text)"
+                ) from None
+
+
 def _only_leaf(client: Client) -> str:
     """The consumer of a submission without --consumer: the one leaf the caller may
     submit to (WhoAmI says which), else a word on how to choose."""
@@ -513,9 +546,12 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
 
 def _ref(text: str, command: str) -> tuple[int, int | None]:
     try:
-        return parse_job_ref(text)
+        job_id, index = parse_job_ref(text)
     except ArrayError as e:
         raise SystemExit(f"schedctl {command}: {e}") from None
+    if not 1 <= job_id <= MAX_JOB_ID:  # (protobuf would raise ValueError: a traceback)
+        raise SystemExit(f"schedctl {command}: {text!r}: no job has that id")
+    return job_id, index
 
 
 def _show(client: Client, args: argparse.Namespace) -> int:
