@@ -21,7 +21,8 @@ class ArrayError(ValueError):
 def parse_indices(text: str) -> list[int]:
     """The indices of "0-999", "0-999:10", "1,3,5-7" (any mix, comma-separated), in
     ascending order without repeats. Raises ArrayError on anything else, on an index
-    of MAX_INDEX or more, and past MAX_ELEMENTS elements (checked before expanding)."""
+    of MAX_INDEX or more, and past MAX_ELEMENTS distinct elements (an item is checked
+    before it is expanded)."""
     if len(text) > MAX_TEXT:
         raise ArrayError(f"longer than {MAX_TEXT} characters")
     if "%" in text:
@@ -52,9 +53,13 @@ def parse_indices(text: str) -> list[int]:
             raise ArrayError(f"{item!r}: the step must be at least 1")
         if high >= MAX_INDEX:
             raise ArrayError(f"{item!r}: an index must be below {MAX_INDEX:,}")
-        if len(found) + (high - low) // step + 1 > MAX_ELEMENTS:
+        # One item is bounded before it is expanded (at most MAX_ELEMENTS set inserts
+        # per item, MAX_TEXT characters of items); the array by its distinct indices.
+        if (high - low) // step + 1 > MAX_ELEMENTS:
             raise ArrayError(f"more than {MAX_ELEMENTS:,} elements in one array")
         found.update(range(low, high + 1, step))
+        if len(found) > MAX_ELEMENTS:
+            raise ArrayError(f"more than {MAX_ELEMENTS:,} elements in one array")
     return sorted(found)
 
 

@@ -188,12 +188,6 @@ def test_duplicate_indices_are_counted_once() -> None:
     assert len(parse_indices("999990-999999")) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the array's size is checked before duplicates are removed: 0-9999 twice "
-    "(10,000 distinct indices) is refused as more than 10,000 elements "
-    "(schedulerd/arrays.py: count new indices only)",
-)
 def test_an_array_written_twice_is_its_indices_once() -> None:
     assert len(parse_indices("0-9999,0-9999")) == 10_000
 
@@ -217,14 +211,6 @@ def test_ten_thousand_elements_are_listed_in_a_few_lines_and_cancelled_in_one_ca
     assert _states(cluster, array) == Counter({"CANCELLED": 10_000})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server side (schedulerd/daemon/services/scheduler.py _submit_array): an array "
-    "multiplies its spec by up to 10,000 with no bound on the bytes that makes (argv "
-    "64 KiB + env 64 KiB + workdir: ~1.3 GB stored and held from one ~130 KiB request, "
-    "where a SubmitJobs batch is bounded by its 16 MiB message); fix: refuse "
-    "elements x spec bytes over MAX_MESSAGE_BYTES, INVALID_ARGUMENT, before any insert",
-)
 def test_an_array_cannot_multiply_a_large_spec_past_what_a_batch_may_carry(
     cluster: Cluster,
 ) -> None:

@@ -13,7 +13,7 @@ from schedulerd.api.v1 import jobs_pb2, jobs_pb2_grpc
 from schedulerd.arrays import ArrayError, parse_indices
 from schedulerd.auth.authorize import NOTHING, Action, Target
 from schedulerd.auth.identity import Credential, Identity
-from schedulerd.bounds import MAX_PAGE_BYTES, USER_NAME, USER_NAME_RULE
+from schedulerd.bounds import MAX_MESSAGE_BYTES, MAX_PAGE_BYTES, USER_NAME, USER_NAME_RULE
 from schedulerd.core import is_within
 from schedulerd.daemon.convert import job_from_spec, job_state_from_pb, job_to_pb
 from schedulerd.daemon.gate import Gate
@@ -94,6 +94,18 @@ class SchedulerService(jobs_pb2_grpc.SchedulerServicer):
             indices = parse_indices(request.array)
         except ArrayError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"array {request.array!r}: {e}")
+        # The array multiplies its spec: what it makes is bounded as a SubmitJobs batch
+        # is, by the largest message (a 130 KiB spec times 10,000 would be 1.3 GB).
+        spec_bytes = request.spec.ByteSize()
+        made = len(indices) * spec_bytes
+        if made > MAX_MESSAGE_BYTES:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"array {request.array!r}: {len(indices):,} elements of a {spec_bytes:,}-byte "
+                f"spec make {made:,} bytes, more than a batch may carry "
+                f"({MAX_MESSAGE_BYTES:,}); submit fewer elements or a smaller spec",
+            )
         jobs = []
         for index in indices:
             job = job_from_spec(request.spec, user, _vouched(who))
