@@ -103,15 +103,26 @@ def broker_dir() -> str:
 def broker_path() -> str | None:
     """This user's broker socket for this installation of schedulerd (its package
     directory and interpreter: two checkouts never share a broker), on this host (a
-    home directory may be shared by several). None: the name would be too long."""
+    home directory may be shared by several) and in this network namespace. None: the
+    name would be too long."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    key = f"{PROTOCOL!r}\0{sys.executable}\0{here}\0{_process_settings()}".encode()
+    key = f"{PROTOCOL!r}\0{sys.executable}\0{here}\0{_process_settings()}\0{_net()}".encode()
     digest = 0xCBF29CE484222325  # FNV-1a, 64 bits: a name, not a secret
     for byte in key:
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     host = os.uname().nodename[:32].replace("/", "_")
     path = os.path.join(broker_dir(), f"{host}-{digest:016x}.sock")
     return path if len(path.encode()) < 100 else None  # sun_path holds 108 bytes
+
+
+def _net() -> int:
+    """This process's network namespace: a broker in another one (`ip netns exec`, a
+    container sharing /tmp) reaches other addresses under the same names, so it is
+    another broker. 0 where /proc does not say."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
 
 
 def private_dir(path: str) -> bool:
