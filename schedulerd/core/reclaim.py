@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
 from schedulerd.core.queues import Waiting
+from schedulerd.core.running import RunningIndex
 
 _EPS = 1e-9
 _TRIES_PER_LEAF = 2  # waiting jobs looked at per consumer and cycle (cost bound)
@@ -83,10 +84,13 @@ class _Option:
 
 
 class Planner:
-    def __init__(self, adm: Admission, running: list[Job], now: float) -> None:
+    def __init__(
+        self, adm: Admission, running: RunningIndex, rank: Mapping[JobId, int], now: float
+    ) -> None:
         self.adm = adm
         self.now = now
-        self.running = [j for j in running if j.held]
+        self.index = running  # kept between cycles (running.py): read, never changed here
+        self.index_rank = rank  # the snapshot's order of its jobs
         # Read from admission on first use after a refresh: a cycle with nothing
         # to reclaim never needs them, and reading costs a slot per free GPU.
         self._free: dict[NodeName, list[GpuSlot]] | None = None
@@ -96,21 +100,21 @@ class Planner:
         self.tries = 0
         self.taken: set[JobId] = set()  # victims already chosen this cycle
         self.result = Reclaim()
-        # The indexes below are built on first need (_index): most cycles have
-        # nothing waiting and nothing on its way back, and never need them.
+        self.by_id: Mapping[JobId, Job] = running.jobs
+        # Per consumer, its running jobs that hold GPUs and are not stopping (victims
+        # to be); per node, each such job there with its GPUs there; per consumer, the
+        # GPUs its jobs would give back (held, less those on their way back already):
+        # a try reads these for whole consumers of victims rather than walking their jobs.
+        self.by_leaf: Mapping[ConsumerPath, Mapping[JobId, Job]] = running.movable
+        self.count_on = running.count_on
+        self.gives = running.gives
+        self.nodes_of = running.nodes_of
+        # Built on first need (_index): most cycles have nothing waiting and nothing on
+        # its way back, and never need them.
         self._indexed = False
-        self.by_id: dict[JobId, Job] = {}
         self.releasing: list[Job] = []
         self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
         self._incoming_set: set[GpuSlot] = set()
-        self.by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
-        self.jobs_on: dict[NodeName, list[Job]] = defaultdict(list)
-        # Per node, each job there with its GPUs there; per consumer, the GPUs its jobs
-        # would give back (held, less those on their way back already): a try reads
-        # these for whole consumers of victims rather than walking their jobs.
-        self.count_on: dict[NodeName, list[tuple[ConsumerPath, JobId, int]]] = defaultdict(list)
-        self.gives: dict[ConsumerPath, int] = defaultdict(int)
-        self.nodes_of: dict[ConsumerPath, set[NodeName]] = defaultdict(set)
         # Allocations as they will be once the moves planned so far are done:
         # admission's, plus `moved`. GPUs already on their way back are gone from
         # their holder: counting them would take more from a consumer that the
@@ -126,28 +130,14 @@ class Planner:
         if self._indexed:
             return
         self._indexed = True
-        self.by_id = {j.id: j for j in self.running}
-        self.releasing = [j for j in self.running if j.incoming]  # also read by _note
+        # In the snapshot's order: the GPUs on their way back are claimed in that order.
+        rank = self.index_rank
+        self.releasing = sorted(self.index.releasing.values(), key=lambda j: rank[j.id])
         for j in self.releasing:
             for s in j.incoming:
                 if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
                     self.incoming[s.node].append(s)
                     self.ready_n[s.node] += 1
-        for j in self.running:
-            if not j.stopping:
-                self.by_leaf[j.consumer].append(j)
-                self.gives[j.consumer] += len(j.held) - len(j.releasing)
-                where = {s.node for s in j.held}
-                if len(where) == 1:
-                    on = dict.fromkeys(where, len(j.held))
-                else:
-                    on = {}
-                    for s in j.held:
-                        on[s.node] = on.get(s.node, 0) + 1
-                self.nodes_of[j.consumer].update(on)
-                for node, count in on.items():
-                    self.jobs_on[node].append(j)
-                    self.count_on[node].append((j.consumer, j.id, count))
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
         self.virtual = defaultdict(int, self.adm.allocation)
         gone: dict[ConsumerPath, int] = defaultdict(int)  # per consumer, up the tree once
@@ -193,7 +183,7 @@ class Planner:
         the first ones to someone else (the victim itself, often) and the reclaim
         would start over: a preemption loop. No victims here; the tries it takes
         are its own."""
-        if not any(j.incoming for j in self.running):
+        if not self.index.releasing:
             return
         self._index()
         if not self._incoming_set:
@@ -334,7 +324,8 @@ class Planner:
                 if job.id in started or job.id in self.result.notes:
                     continue
 
-                lower = [j for j in self.by_leaf[leaf] if j.priority < job.priority]
+                mine = self.by_leaf.get(leaf, {}).values()
+                lower = [j for j in mine if j.priority < job.priority]
                 if lower:
                     self._serve(job, lower, "priority")
 
@@ -437,10 +428,11 @@ class Planner:
         shrink: dict[JobId, list[GpuSlot]] = {}
         preempt: list[Job] = []
         taken: dict[JobId, list[GpuSlot]] = {}  # each preempted job's GPUs at loc
+        on_loc = self.count_on.get(loc, {})
         here = (
             victims.jobs()
             if loc == SPAN
-            else [j for j in self.jobs_on.get(loc, ()) if j in victims]
+            else [j for j in map(self.by_id.__getitem__, on_loc) if j in victims]
         )
         # a. shrink elastic extras, newest-started first.
         for victim in sorted(
@@ -614,7 +606,7 @@ class Planner:
             and j.id not in self.taken
             and j not in preempt
             and self._old_enough(j)
-            for j in self.by_leaf[c]
+            for j in self.by_leaf.get(c, {}).values()
         )
 
     def _capped(self, job: Job) -> bool:
@@ -699,7 +691,9 @@ class _Victims:
             return self._listed
         taken = self._p.taken
         by_leaf = self._p.by_leaf
-        return [j for c in self._consumers for j in by_leaf[c] if j.id not in taken]
+        return [
+            j for c in self._consumers for j in by_leaf.get(c, {}).values() if j.id not in taken
+        ]
 
     def give(self) -> dict[ConsumerPath, int]:
         """GPUs they would give back, per consumer (Planner._freed, before the tree)."""
@@ -709,7 +703,7 @@ class _Victims:
                 out[j.consumer] += len(j.held) - len(j.releasing)
             return out
         for c in self._consumers:
-            out[c] += self._p.gives[c]
+            out[c] += self._p.gives.get(c, 0)
         for job_id in self._p.taken:
             j = self._p.by_id[job_id]
             if j.consumer in self._consumers:
@@ -728,7 +722,7 @@ class _Victims:
 
     def on(self, node: NodeName) -> int:
         """Their GPUs on `node`."""
-        here = self._p.count_on.get(node, ())
+        here = self._p.count_on.get(node, {}).values()
         if self._consumers is None:
             ids = self._ids
             return sum(count for _, i, count in here if i in ids)
