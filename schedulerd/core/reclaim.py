@@ -97,6 +97,12 @@ class Planner:
         self._ready_n: dict[NodeName, int] = {}
         self.claimed: set[GpuSlot] = set()
         self._may: dict[int, bool] = {}  # _incoming_may_serve's answers, per size
+        # _candidate_nodes' nodes with n ready, per n: valid, as _may, until a claim or
+        # a refresh changes what is ready.
+        self._ready_at: dict[int, list[NodeName]] = {}
+        # The nodes where some consumers' jobs hold GPUs (_Victims.nodes): the index
+        # does not change during a cycle.
+        self.nodes_of_many: dict[frozenset[ConsumerPath], set[NodeName]] = {}
         self.tries = 0
         self.taken: set[JobId] = set()  # victims already chosen this cycle
         self.result = Reclaim()
@@ -138,6 +144,8 @@ class Planner:
                 if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
                     self.incoming[s.node].append(s)
                     self.ready_n[s.node] += 1
+        self._ready_at = {}
+        self._may = {}
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
         self.virtual = defaultdict(int, self.adm.allocation)
         gone: dict[ConsumerPath, int] = defaultdict(int)  # per consumer, up the tree once
@@ -195,6 +203,7 @@ class Planner:
         """Read again what admission changed since: free GPUs, allocations."""
         self._free = None
         self._may = {}
+        self._ready_at = {}
         if not self._indexed:
             return  # _index reads the allocations when it runs
         self.virtual = defaultdict(int, self.adm.allocation)
@@ -355,6 +364,7 @@ class Planner:
         best = min(options, key=lambda o: o.cost)
         self.claimed.update(best.claims)
         self._may = {}
+        self._ready_at = {}
         for slot in best.claims:
             if slot.node in self.ready_n and (self._is_free(slot) or slot in self._incoming_set):
                 self.ready_n[slot.node] -= 1
@@ -390,7 +400,11 @@ class Planner:
         victims hold GPUs can qualify, so only those are counted (an upper bound:
         claims are checked again in _option), in order, until enough are found."""
         ready = self.ready_n
-        out = sorted(node for node in self.free if ready[node] >= n)[:_NODES_PER_TRY]
+        first = self._ready_at.get(n)
+        if first is None:
+            first = sorted(node for node in self.free if ready[node] >= n)[:_NODES_PER_TRY]
+            self._ready_at[n] = first
+        out = list(first)
         if len(out) == _NODES_PER_TRY:
             return out
         free = self.free
@@ -714,10 +728,14 @@ class _Victims:
         """The nodes where they hold GPUs (a superset: taken ones' too)."""
         if self._consumers is None:
             return {s.node for j in self._listed for s in j.held}
-        nodes_of = self._p.nodes_of
-        out: set[NodeName] = set()
-        for c in self._consumers:
-            out.update(nodes_of.get(c, ()))
+        key = frozenset(self._consumers)
+        out = self._p.nodes_of_many.get(key)
+        if out is None:
+            nodes_of = self._p.nodes_of
+            out = set()
+            for c in self._consumers:
+                out.update(nodes_of.get(c, ()))
+            self._p.nodes_of_many[key] = out
         return out
 
     def on(self, node: NodeName) -> int:
