@@ -131,6 +131,10 @@ class Planner:
         # them yet, so they never make it a borrower to take from (that would stop
         # one of its jobs to start another).
         self.receiving: dict[ConsumerPath, int] = defaultdict(int)
+        # The consumers of running jobs that hold borrowed GPUs (_borrowers), None when
+        # to be read again; those whose allocation moved since it was last read.
+        self._borrowing: set[ConsumerPath] | None = None
+        self._touched: set[ConsumerPath] = set()
 
     def _index(self) -> None:
         if self._indexed:
@@ -148,6 +152,7 @@ class Planner:
         self._may = {}
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
         self.virtual = defaultdict(int, self.adm.allocation)
+        self._borrowing = None
         gone: dict[ConsumerPath, int] = defaultdict(int)  # per consumer, up the tree once
         for j in self.releasing:
             gone[j.consumer] += len(j.incoming)
@@ -207,6 +212,7 @@ class Planner:
         if not self._indexed:
             return  # _index reads the allocations when it runs
         self.virtual = defaultdict(int, self.adm.allocation)
+        self._borrowing = None
         for p, n in self.moved.items():
             self.virtual[p] += n
 
@@ -224,7 +230,7 @@ class Planner:
             if self.tries >= _TRIES_PER_CYCLE:
                 return  # _serve would refuse every further try: nothing left to do
             if borrowers_stale:
-                borrowers = [c for c in self.by_leaf if take and self._borrower_above(c, 0.0)]
+                borrowers = self._borrowers() if take else []
                 borrowers_stale = False
                 ranked = None
             if not borrowers and not incoming:
@@ -275,6 +281,20 @@ class Planner:
 
     def _alive(self, sizes: Iterable[int], failed: set[int], take: bool) -> set[int]:
         return {n for n in sizes if n not in failed and (take or self._incoming_may_serve(n))}
+
+    def _borrowers(self) -> list[ConsumerPath]:
+        """The consumers with running jobs that hold borrowed GPUs (in any order: only
+        who they are matters). Read again only for consumers whose allocation moved."""
+        if self._borrowing is None:
+            self._borrowing = {c for c in self.by_leaf if self._borrower_above(c, 0.0)}
+        else:
+            for c in self._touched:
+                if c in self.by_leaf and self._borrower_above(c, 0.0):
+                    self._borrowing.add(c)
+                else:
+                    self._borrowing.discard(c)
+        self._touched = set()
+        return list(self._borrowing)
 
     def _ranked(self, borrowers: list[ConsumerPath]) -> list[tuple[float, ConsumerPath]]:
         """Borrowers by what they hold over their entitlement, highest first (infinite
@@ -352,6 +372,8 @@ class Planner:
         self.tries += 1
         spans = self.adm.free.spans_nodes(n)
         locations = [SPAN] if spans else self._candidate_nodes(n, victims)
+        if self._free_serves(job, locations):
+            return False  # servable from free GPUs now: admission's job (below, sooner)
         options = [
             o
             for loc in locations
@@ -389,9 +411,25 @@ class Planner:
         self._add_virtual(job.consumer, n)
         for p in self.adm.chain(job.consumer):
             self.receiving[p] += n
+            self._touched.add(p)
         self.result.notes[job.id] = self._note(job, best, freed_from)
         self.result.noted_in[job.id] = job.consumer
         return True
+
+    def _free_serves(self, job: Job, locations: list[NodeName]) -> bool:
+        """Whether one of `locations` has enough free GPUs for `job` (within every
+        limit): then _option finds a way that claims nothing there, and the try ends
+        without claiming anything, whatever the other locations offer; found here
+        without weighing victims."""
+        n = job.gpus
+        if int(self.adm.usable_free(job.consumer) + _EPS) < n:
+            return False
+        claimed = self.claimed
+        if not any(
+            sum(1 for s in self._at(self.free, loc) if s not in claimed) >= n for loc in locations
+        ):
+            return False
+        return self._within_limits(job, [], {})
 
     def _candidate_nodes(self, n: int, victims: _Victims) -> list[NodeName]:
         """Nodes where free, incoming and victims' GPUs could add up to n, those
@@ -634,6 +672,7 @@ class Planner:
 
     def _add_virtual(self, leaf: ConsumerPath, n: int) -> None:
         for p in self.adm.chain(leaf):
+            self._touched.add(p)
             self.virtual[p] += n
             self.moved[p] += n
 
