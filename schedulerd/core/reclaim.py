@@ -49,6 +49,7 @@ import math
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
@@ -100,6 +101,7 @@ class Planner:
         # _candidate_nodes' nodes with n ready, per n: valid, as _may, until a claim or
         # a refresh changes what is ready.
         self._ready_at: dict[int, list[NodeName]] = {}
+        self._nonzero: list[NodeName] | None = None  # nodes with something ready
         # The nodes where some consumers' jobs hold GPUs (_Victims.nodes): the index
         # does not change during a cycle.
         self.nodes_of_many: dict[frozenset[ConsumerPath], set[NodeName]] = {}
@@ -149,6 +151,7 @@ class Planner:
                     self.incoming[s.node].append(s)
                     self.ready_n[s.node] += 1
         self._ready_at = {}
+        self._nonzero = None
         self._may = {}
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
         self.virtual = defaultdict(int, self.adm.allocation)
@@ -209,6 +212,7 @@ class Planner:
         self._free = None
         self._may = {}
         self._ready_at = {}
+        self._nonzero = None
         if not self._indexed:
             return  # _index reads the allocations when it runs
         self.virtual = defaultdict(int, self.adm.allocation)
@@ -387,6 +391,7 @@ class Planner:
         self.claimed.update(best.claims)
         self._may = {}
         self._ready_at = {}
+        self._nonzero = None
         for slot in best.claims:
             if slot.node in self.ready_n and (self._is_free(slot) or slot in self._incoming_set):
                 self.ready_n[slot.node] -= 1
@@ -446,15 +451,20 @@ class Planner:
         if len(out) == _NODES_PER_TRY:
             return out
         free = self.free
-        near = [node for node in victims.nodes() if node in free and ready[node] < n]
-        # By (-min(ready, n), name): most nodes have nothing ready, and are by name.
-        zero = sorted(node for node in near if ready[node] == 0)
+        victims_on = victims.nodes()
+        if self._nonzero is None:
+            self._nonzero = [node for node, k in ready.items() if k != 0]
+        # By (-min(ready, n), name): most nodes have nothing ready; those are read by
+        # name (self.free is: FreeGpus.nodes) only as far as needed.
         some = sorted(
-            (node for node in near if ready[node] != 0), key=lambda node: (-ready[node], node)
+            (node for node in self._nonzero if ready[node] < n and node in victims_on),
+            key=lambda node: (-ready[node], node),
         )
+        some = [node for node in some if node in free]
         ahead = [node for node in some if ready[node] > 0]
         behind = [node for node in some if ready[node] < 0]
-        for node in (*ahead, *zero, *behind):
+        zero = (node for node in free if ready[node] == 0 and node in victims_on)
+        for node in chain(ahead, zero, behind):
             if ready[node] + victims.on(node) >= n:
                 out.append(node)
                 if len(out) == _NODES_PER_TRY:
