@@ -144,7 +144,7 @@ def decide_pool(
     # Step 2: the fair pass, consumers below their entitlement only.
     adm.fair_only = True
     started: dict[JobId, ConsumerPath] = {}
-    starts = _serve_jobs(policy, adm, queues, started)
+    starts = _serve_jobs(policy, adm, _below_entitlement(adm, queues), started)
     waiting = waiting_views(queues, started)
 
     # Step 4: reclaim for consumers still below their entitlement; the GPUs it
@@ -357,6 +357,29 @@ def _serve_jobs(
             return Start(job.id, slots, start_reason(job, leaf, ratio_before, adm))
 
     return _serve_tree(policy, adm, queues, serve_leaf)
+
+
+def _below_entitlement(
+    adm: Admission, queues: Mapping[ConsumerPath, LeafQueue]
+) -> dict[ConsumerPath, LeafQueue]:
+    """The queues of leaves that the fair pass may serve: every consumer on the way
+    up below its entitlement. The others it would refuse at their first job, whatever
+    its size ("fair": allocations only grow within a pass), and serve nothing from;
+    left out, they cost nothing."""
+    below: dict[ConsumerPath, bool] = {}  # per consumer
+
+    def ok(leaf: ConsumerPath) -> bool:
+        for p in adm.policy.ancestors(leaf):
+            if p == ROOT:
+                continue
+            known = below.get(p)
+            if known is None:
+                known = below[p] = adm.below_entitlement(p)
+            if not known:
+                return False
+        return True
+
+    return {leaf: q for leaf, q in queues.items() if ok(leaf)}
 
 
 def _backfill(
