@@ -64,8 +64,15 @@ def decide(
     def one(part: Snapshot, terms: Policy, at: float, guests: frozenset[JobId], pool: str) -> Plan:
         return decide_pool(part, terms, at, guests, cache.pool(pool))
 
+    def asked(pool: str) -> Collection[str]:
+        # What the snapshot's jobs ask for, from the pool's kept jobs (brought to the
+        # snapshot here, once) rather than from a pass over every job.
+        jobs = cache.pool(pool).jobs
+        jobs.update(snapshot)
+        return jobs.asked.keys()
+
     try:
-        plan = decide_in_pools(snapshot, policy_at(policy, now), now, one)
+        plan = decide_in_pools(snapshot, policy_at(policy, now), now, one, asked)
     except BaseException:
         cache.clear()  # a cycle cut short may have left it half updated
         raise
@@ -87,10 +94,11 @@ def decide_pool(
     pool's jobs and waiting queues as the last cycle left them (cache.py)."""
     cache = kept if kept is not None else PoolCache()
     try:
-        changes = cache.jobs.update(snapshot)
+        cache.jobs.update(snapshot)
     except BaseException:
         cache.jobs.clear()
         raise
+    changes = cache.jobs.take_waiting()
     index = cache.jobs.running
     leaf_demand: dict[ConsumerPath, int] = defaultdict(int, index.demand)  # guests wait
     usage_by_leaf: dict[ConsumerPath, dict[str, float]] = defaultdict(dict)

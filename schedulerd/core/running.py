@@ -138,18 +138,33 @@ class JobsIndex:
         self.running = RunningIndex()
         self.generation: int | None = None
         self._next = count()
+        self.asked: dict[str, int] = {}  # jobs per pool or GPU type asked for (Job.pool)
+        self._seen: Snapshot | None = None  # the snapshot it was brought to last
+        self._waiting: list[tuple[Job, bool]] = []  # for take_waiting
 
-    def update(self, snapshot: Snapshot) -> list[tuple[Job, bool]]:
-        """Bring the index to `snapshot`; the waiting jobs' changes, in order: (a job that
-        came, True) or (one that went, as it was, False); a changed one went and came."""
+    def take_waiting(self) -> list[tuple[Job, bool]]:
+        """The waiting jobs' changes since the last call, in order: (a job that came,
+        True) or (one that went, as it was, False); a changed one went and came."""
+        out, self._waiting = self._waiting, []
+        return out
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Bring the index to `snapshot` (nothing to do if it was brought to it last)."""
+        if snapshot is self._seen:
+            return
+        self._seen = None  # until done: a cycle cut short leaves it unknown
+        self._update(snapshot)
+        self._seen = snapshot
+
+    def _update(self, snapshot: Snapshot) -> None:
         jobs = snapshot.jobs
         ch = snapshot.changes
-        waiting: list[tuple[Job, bool]] = []
+        waiting = self._waiting
         if ch is not None and self.generation is not None and ch.since == self.generation:
             self._apply(ch.jobs.items(), waiting)
             if len(self.jobs) == len(jobs):
                 self.generation = ch.generation
-                return waiting
+                return
         # No changes, or ones that do not apply here: compare every job.
         self.generation = ch.generation if ch is not None else None
         self._next = count()
@@ -161,7 +176,6 @@ class JobsIndex:
             now = {j.id for j in jobs}
             self._apply([(i, None) for i in kept if i not in now], waiting)
         self._apply([(j.id, j) for j in changed], waiting)
-        return waiting
 
     def _apply(
         self,
@@ -174,6 +188,8 @@ class JobsIndex:
             if old is new:
                 continue
             if old is not None:
+                if old.pool is not None:
+                    self._ask(old.pool, -1)
                 if old.phase is JobPhase.RUNNING:
                     running.remove(old)
                 else:
@@ -183,12 +199,21 @@ class JobsIndex:
                 rank.pop(jid, None)
                 continue
             kept[jid] = new
+            if new.pool is not None:
+                self._ask(new.pool, 1)
             if jid not in rank:
                 rank[jid] = next(self._next)
             if new.phase is JobPhase.RUNNING:
                 running.add(new)
             else:
                 waiting.append((new, True))
+
+    def _ask(self, pool: str, n: int) -> None:
+        left = self.asked.get(pool, 0) + n
+        if left:
+            self.asked[pool] = left
+        else:
+            del self.asked[pool]
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
