@@ -5,8 +5,8 @@ consumer and by node, updated from those changes rather than built again.
 `JobsIndex.update` finds what changed: from the snapshot's `Changes` when the caller
 sent them and they apply to the snapshot this index saw last (checked by generation
 and by count), else by comparing every job with the one kept (by identity: the
-snapshot's jobs are frozen values). It returns the waiting jobs that came and went
-(for queues.PoolQueues) and keeps `RunningIndex` up to date. Everything here is
+snapshot's jobs are frozen values). It keeps `RunningIndex` up to date, and the waiting
+jobs that came and went for queues.PoolQueues (`take_waiting`). Everything here is
 derived from the cycles' inputs: a cache, never a second source of truth.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import count
+from typing import TypeVar
 
 from schedulerd.core.model import ConsumerPath, Job, JobId, JobPhase, NodeName, Snapshot
 
@@ -26,7 +27,13 @@ def _on_nodes(j: Job) -> dict[NodeName, int]:
     return on
 
 
-def _bump(d: dict[NodeName, int], k: NodeName, n: int) -> None:
+K = TypeVar("K")
+
+
+def _bump(d: dict[K, int], k: K, n: int) -> None:
+    """Add n to d[k]; a count back at 0 is dropped (as a pass would not find it)."""
+    if not n:
+        return
     v = d.get(k, 0) + n
     if v:
         d[k] = v
@@ -74,8 +81,8 @@ class RunningIndex:
             del mine[jid]
             if not mine:
                 del self.by_consumer[c]
-        _bump(self.held_by, c, sign * len(j.held))  # type: ignore[arg-type]
-        _bump(self.demand, c, sign * j.gpus_max)  # type: ignore[arg-type]
+        _bump(self.held_by, c, sign * len(j.held))
+        _bump(self.demand, c, sign * j.gpus_max)
         on = _on_nodes(j)
         for node, n in on.items():
             _bump(self.held_on, node, sign * n)
@@ -90,7 +97,7 @@ class RunningIndex:
                     del self.on[node]
         for s in j.held:
             taken = self.taken.setdefault(s.node, {})
-            _bump(taken, s.index, sign)  # type: ignore[arg-type]
+            _bump(taken, s.index, sign)
             if not taken:
                 del self.taken[s.node]
         if j.gpus_max > j.gpus_min:
@@ -114,7 +121,7 @@ class RunningIndex:
             del mine[jid]
             if not mine:
                 del self.movable[c]
-        _bump(self.gives, c, sign * (len(j.held) - len(j.releasing)))  # type: ignore[arg-type]
+        _bump(self.gives, c, sign * (len(j.held) - len(j.releasing)))
         where = self.nodes_of.setdefault(c, {})
         for node, n in on.items():
             _bump(where, node, sign)
@@ -161,10 +168,17 @@ class JobsIndex:
         ch = snapshot.changes
         waiting = self._waiting
         if ch is not None and self.generation is not None and ch.since == self.generation:
-            self._apply(ch.jobs.items(), waiting)
-            if len(self.jobs) == len(jobs):
-                self.generation = ch.generation
-                return
+            # New jobs come after the others (Changes), so they are the snapshot's last:
+            # ranked in its order, not in the order the changes list them.
+            new = {i for i, j in ch.jobs.items() if j is not None and i not in self.jobs}
+            last = jobs[len(jobs) - len(new) :] if new else ()
+            if len(last) == len(new) and all(j.id in new for j in last):
+                for j in last:
+                    self.rank[j.id] = next(self._next)
+                self._apply(ch.jobs.items(), waiting)
+                if len(self.jobs) == len(jobs):
+                    self.generation = ch.generation
+                    return
         # No changes, or ones that do not apply here: compare every job.
         self.generation = ch.generation if ch is not None else None
         self._next = count()
