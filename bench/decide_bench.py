@@ -40,6 +40,7 @@ from pathlib import Path
 
 from schedulerd.core import (
     ROOT,
+    Changes,
     ConsumerPath,
     ConsumerPolicy,
     DecideCache,
@@ -284,7 +285,13 @@ def advance(
     for _ in range(SUBMITS_PER_CYCLE):
         seq += 1
         jobs.append(_job(rng, seq, rng.choice(leaves), rng.choice(SIZES), JobPhase.PENDING, ()))
-    return replace(snapshot, jobs=tuple(jobs)), seq
+    # What changed, as the daemon says it (core.Changes): jobs changed, came or went.
+    kept = {j.id: j for j in snapshot.jobs}
+    delta: dict[JobId, Job | None] = {j.id: j for j in jobs if kept.get(j.id) is not j}
+    delta.update((i, None) for i in kept.keys() - {j.id for j in jobs})
+    gen = snapshot.changes.generation if snapshot.changes is not None else 0
+    changes = Changes(since=gen, generation=gen + 1, jobs=delta)
+    return replace(snapshot, jobs=tuple(jobs), changes=changes), seq
 
 
 def _check(got: Plan, want: Plan) -> None:

@@ -250,8 +250,9 @@ def step(rng: random.Random, world: World, plan: Plan, churn: float = 1.0) -> No
                 del jobs[j.id]  # cancelled while waiting
             continue
         if j.stopping and rng.random() < 0.6:
-            del jobs[j.id]
-            if rng.random() < 0.7:  # a preemption: back in the queue
+            if rng.random() >= 0.7:
+                del jobs[j.id]
+            else:  # a preemption: back in the queue, in its place (as the daemon keeps it)
                 jobs[j.id] = replace(
                     j,
                     phase=JobPhase.PENDING,

@@ -13,7 +13,7 @@ import pytest
 import reference_core
 from incremental_world import World, random_world, step
 
-from schedulerd.core import DecideCache, JobId, Plan, Snapshot, decide
+from schedulerd.core import Changes, DecideCache, Job, JobId, Plan, Snapshot, decide
 from schedulerd.core.reasons import count_kinds, reason_for
 from schedulerd.daemon.metrics import waiting_kind
 
@@ -49,28 +49,59 @@ def assert_same_lookups(got: Plan, want: Plan, snapshot: Snapshot, where: str) -
     assert count_kinds(got.pending_reasons, consumer.get, waiting_kind) == counts, where
 
 
-def run_sequence(seed: int, cycles: int, churn: float = 1.0) -> int:
+def with_changes(before: Snapshot | None, now: Snapshot, since: int, lose_gone: bool) -> Snapshot:
+    """`now` carrying what changed since `before` (core.Changes), as the daemon sends it;
+    `lose_gone`: leave out the jobs that went (a caller that lost track: the core must
+    notice by the count and compare every job itself)."""
+    if before is None:
+        return now
+    old = {j.id: j for j in before.jobs}
+    jobs: dict[JobId, Job | None] = {j.id: j for j in now.jobs if old.get(j.id) is not j}
+    if not lose_gone:
+        jobs.update((i, None) for i in old.keys() - {j.id for j in now.jobs})
+    return replace(now, changes=Changes(since=since, generation=since + 1, jobs=jobs))
+
+
+def run_sequence(seed: int, cycles: int, churn: float = 1.0, changes: str = "given") -> int:
+    """`changes`: "given" (each snapshot says what changed since the last: the daemon's),
+    "none" (the cache compares every job: the simulator's), "stale" (every other
+    cycle's changes are from an older snapshot), "lossy" (jobs that went are left out)."""
     rng = random.Random(seed)
     world: World = random_world(rng)
     cache = DecideCache()
     compared = 0
+    before: Snapshot | None = None
     for cycle in range(cycles):
         want = reference_core.decide(world.snapshot, world.policy, world.now)
-        got = decide(world.snapshot, world.policy, world.now, cache)
+        given = world.snapshot
+        if changes != "none":
+            since = cycle - 1 if changes != "stale" or cycle % 2 else cycle - 2
+            given = with_changes(before, world.snapshot, since, changes == "lossy")
+        got = decide(given, world.policy, world.now, cache)
         assert_same(got, want, f"seed {seed}, cycle {cycle}")
         assert_same_lookups(got, want, world.snapshot, f"seed {seed}, cycle {cycle}")
         # Without a cache: the same plan as well.
-        assert_same(decide(world.snapshot, world.policy, world.now), want, f"seed {seed} bare")
+        assert_same(decide(given, world.policy, world.now), want, f"seed {seed} bare")
         compared += 1
+        before = world.snapshot
         step(rng, world, want, churn)
     return compared
 
 
 @pytest.mark.parametrize("block", range(8))
 def test_sequences_of_cycles_decide_as_the_reference(block: int) -> None:
-    """Forty seeds per block, twelve cycles each, the cache carried through."""
+    """Forty seeds per block, twelve cycles each, the cache carried through; half the
+    seeds with each snapshot's changes given, half without."""
     for seed in range(block * 40, block * 40 + 40):
-        run_sequence(seed, cycles=12)
+        run_sequence(seed, cycles=12, changes="given" if seed % 2 else "none")
+
+
+@pytest.mark.parametrize("changes", ["stale", "lossy"])
+def test_changes_that_do_not_apply_are_not_used(changes: str) -> None:
+    """Changes from another snapshot than the one the cache saw last, or that miss jobs
+    that went (the counts disagree): the cache compares every job instead."""
+    for seed in range(3000, 3030):
+        run_sequence(seed, cycles=12, changes=changes)
 
 
 @pytest.mark.parametrize("seed", range(1000, 1010))

@@ -58,8 +58,42 @@ def _held(views: Iterable[core.Job]) -> dict[tuple[str, str], float]:
     return held
 
 
-def _cycle(state: ClusterState, cache: core.DecideCache) -> None:
-    snapshot = state.snapshot()
+def _check_changes(before: core.Snapshot | None, after: core.Snapshot) -> bool:
+    """`after.changes`, if any, say what changed since `before` (core.Changes): each job
+    said is the job now (None: gone), every other job is the same value, in the same
+    relative order, with new jobs after them. Whether there were changes."""
+    ch = after.changes
+    if before is None or ch is None:
+        return False
+    if before.changes is not None:
+        assert ch.since == before.changes.generation
+    assert ch.generation == ch.since + 1
+    then = {j.id: j for j in before.jobs}
+    now = {j.id: j for j in after.jobs}
+    for job_id, job in ch.jobs.items():
+        assert now.get(job_id) is job
+    assert all(then[j.id] is j for j in after.jobs if j.id not in ch.jobs)
+    kept = [j.id for j in before.jobs if j.id in now]
+    assert [j.id for j in after.jobs][: len(kept)] == kept
+    return True
+
+
+class Seen:
+    """The snapshots taken one after the other, each checked against the one before."""
+
+    def __init__(self) -> None:
+        self.last: core.Snapshot | None = None
+        self.with_changes = 0
+
+    def snapshot(self, state: ClusterState) -> core.Snapshot:
+        snapshot = state.snapshot()
+        self.with_changes += _check_changes(self.last, snapshot)
+        self.last = snapshot
+        return snapshot
+
+
+def _cycle(state: ClusterState, cache: core.DecideCache, seen: Seen) -> None:
+    snapshot = seen.snapshot(state)
     assert snapshot.jobs == _fresh(state)
     # Usage accrues from the running jobs' kept views: the GPUs the records hold.
     running = {v.id: v for v in _fresh(state) if v.phase is core.JobPhase.RUNNING}
@@ -69,7 +103,14 @@ def _cycle(state: ClusterState, cache: core.DecideCache) -> None:
     }
     assert state.policy is not None
     plan = core.decide(snapshot, state.policy, state.clock(), cache)
-    assert plan.starts == core.decide(snapshot, state.policy, state.clock()).starts
+    bare = core.decide(snapshot, state.policy, state.clock())
+    assert (plan.starts, plan.preemptions, plan.shrinks, plan.grows, plan.held) == (
+        bare.starts,
+        bare.preemptions,
+        bare.shrinks,
+        bare.grows,
+        bare.held,
+    )
     apply_plan(state, plan)
 
 
@@ -78,6 +119,7 @@ def test_the_kept_snapshot_is_the_snapshot_built_from_scratch(tmp_path: Path) ->
     clock = Clock()
     state = _state(tmp_path / "s.db", clock)
     cache = core.DecideCache()
+    seen = Seen()
     for name in ("n1", "n2", "n3"):
         register(state, _node(name), [])
     for step in range(40):
@@ -103,7 +145,7 @@ def test_the_kept_snapshot_is_the_snapshot_built_from_scratch(tmp_path: Path) ->
                     0.0,
                 )
             )
-        _cycle(state, cache)
+        _cycle(state, cache, seen)
         # Agents say what runs, what exited, what released.
         for job in list(state.jobs.values()):
             if job.state is not JobState.RUNNING:
@@ -122,8 +164,13 @@ def test_the_kept_snapshot_is_the_snapshot_built_from_scratch(tmp_path: Path) ->
         for job in list(state.jobs.values()):
             if rng.random() < 0.05:
                 state.cancel(job.id, "u")
-        assert state.snapshot().jobs == _fresh(state)
-    # A restart: jobs loaded without a change; the snapshot has them all.
+        if step % 2:  # a snapshot between cycles (an admin's): the next cycle's
+            # changes are then not from the snapshot its cache saw last
+            assert seen.snapshot(state).jobs == _fresh(state)
+    assert seen.with_changes > 40
+    # A restart: jobs loaded without a change; the snapshot has them all, and no changes.
     again = _state(tmp_path / "s.db", clock)
     again.load()
-    assert again.snapshot().jobs == _fresh(again)
+    snapshot = again.snapshot()
+    assert snapshot.jobs == _fresh(again)
+    assert snapshot.changes is None

@@ -5,6 +5,7 @@ from schedulerd.core.decide import decide
 from schedulerd.core.entitlement import Division, divide
 from schedulerd.core.model import (
     ROOT,
+    Changes,
     ConsumerPath,
     ConsumerPolicy,
     ConsumerState,
@@ -30,6 +31,7 @@ from schedulerd.core.usage import decay_usage
 
 __all__ = [
     "ROOT",
+    "Changes",
     "ClusterShape",
     "ConsumerPath",
     "ConsumerPolicy",

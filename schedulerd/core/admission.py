@@ -62,6 +62,11 @@ class Admission:
             self._reserved_outside[leaf] = others
         return self.free.total - others
 
+    def below_entitlement(self, path: ConsumerPath) -> bool:
+        """What the fair pass asks of every consumer but the root on a leaf's way up
+        (blocker's "fair" check)."""
+        return self.allocation[path] < self.division.entitlement.get(path, 0.0) - _EPS
+
     def blocker(self, leaf: ConsumerPath, n: int) -> str | None:
         """Why a job of n GPUs in `leaf` cannot start now, as a short code, or None."""
         for p in self.policy.ancestors(leaf):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 from schedulerd.core.admission import Admission
-from schedulerd.core.cache import DecideCache
+from schedulerd.core.cache import DecideCache, PoolCache
 from schedulerd.core.entitlement import divide
 from schedulerd.core.model import (
     ROOT,
@@ -44,10 +44,11 @@ from schedulerd.core.model import (
 )
 from schedulerd.core.placement import FreeGpus
 from schedulerd.core.pools import decide_in_pools
-from schedulerd.core.queues import LeafQueue, PoolQueues, split_phases, waiting_views
+from schedulerd.core.queues import LeafQueue, waiting_views
 from schedulerd.core.reasons import WaitingReasons, grow_reason, start_reason
 from schedulerd.core.reclaim import Planner
 from schedulerd.core.reservation import Holders, Reservation, backfills, reserve
+from schedulerd.core.running import RunningIndex
 from schedulerd.core.windows import policy_at
 
 
@@ -63,8 +64,15 @@ def decide(
     def one(part: Snapshot, terms: Policy, at: float, guests: frozenset[JobId], pool: str) -> Plan:
         return decide_pool(part, terms, at, guests, cache.pool(pool))
 
+    def asked(pool: str) -> Collection[str]:
+        # What the snapshot's jobs ask for, from the pool's kept jobs (brought to the
+        # snapshot here, once) rather than from a pass over every job.
+        jobs = cache.pool(pool).jobs
+        jobs.update(snapshot)
+        return jobs.asked.keys()
+
     try:
-        plan = decide_in_pools(snapshot, policy_at(policy, now), now, one)
+        plan = decide_in_pools(snapshot, policy_at(policy, now), now, one, asked)
     except BaseException:
         cache.clear()  # a cycle cut short may have left it half updated
         raise
@@ -77,51 +85,51 @@ def decide_pool(
     policy: Policy,
     now: float,
     guests: frozenset[JobId] = frozenset(),
-    kept: PoolQueues | None = None,
+    kept: PoolCache | None = None,
 ) -> Plan:
     """The cycle in one pool: `snapshot` holds its nodes and the jobs that may run
     there, `policy` its terms. `guests` are waiting jobs that may also run in a pool
     decided later: they start here if they can, but neither reclaim, reserve nor
     preempt here (pools.py: only in the last pool they may run in). `kept`: this
-    pool's waiting queues as the last cycle left them (queues.py)."""
-    running, pending = split_phases(snapshot.jobs)
-    # One pass over the running jobs for what is counted per consumer (up the tree
-    # once per consumer below, not once per job).
-    running_by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
-    held_by: dict[ConsumerPath, int] = defaultdict(int)
-    leaf_demand: dict[ConsumerPath, int] = defaultdict(int)
-    for j in running:
-        running_by_leaf[j.consumer].append(j)
-        held_by[j.consumer] += len(j.held)
-        leaf_demand[j.consumer] += j.gpus_max  # never a guest: guests wait
+    pool's jobs and waiting queues as the last cycle left them (cache.py)."""
+    cache = kept if kept is not None else PoolCache()
+    try:
+        cache.jobs.update(snapshot)
+    except BaseException:
+        cache.jobs.clear()
+        raise
+    changes = cache.jobs.take_waiting()
+    index = cache.jobs.running
+    leaf_demand: dict[ConsumerPath, int] = defaultdict(int, index.demand)  # guests wait
     usage_by_leaf: dict[ConsumerPath, dict[str, float]] = defaultdict(dict)
     for (leaf, user), used in snapshot.user_usage.items():
         usage_by_leaf[leaf][user] = used
-    kept = kept if kept is not None else PoolQueues()
-    kept.update(policy, pending, running_by_leaf, usage_by_leaf)
-    queues: dict[ConsumerPath, LeafQueue] = dict(kept.queues)
+    kept_queues = cache.queues
+    kept_queues.update(policy, changes, index.by_consumer, usage_by_leaf)
+    queues: dict[ConsumerPath, LeafQueue] = dict(kept_queues.queues)
 
     # Step 1. Capacity counts schedulable GPUs plus GPUs still held on nodes
     # that are drained or unreachable: their holders are still somebody's allocation.
     schedulable = {n.name for n in snapshot.nodes if n.schedulable}
     capacity = sum(len(n.gpus) for n in snapshot.nodes if n.schedulable) + sum(
-        1 for j in running for s in j.held if s.node not in schedulable
+        n for node, n in index.held_on.items() if node not in schedulable
     )
     for leaf, q in queues.items():
         leaf_demand[leaf] += q.demand
     if guests:  # a guest counts in the pool where it may reclaim (pools.py)
-        for j in pending:
-            if j.id in guests and j.consumer in queues:
-                leaf_demand[j.consumer] -= j.gpus_max
+        for leaf, q in queues.items():
+            for j in q.jobs:
+                if j.id in guests:
+                    leaf_demand[leaf] -= j.gpus_max
     leaf_usage: dict[ConsumerPath, float] = defaultdict(float)
     if policy.usage_weight > 0:
         for (leaf, _user), used in snapshot.user_usage.items():
             leaf_usage[leaf] += used
     division = divide(policy, capacity, leaf_demand, leaf_usage)
 
-    free = FreeGpus(snapshot.nodes, (s for j in running for s in j.held))
+    free = FreeGpus(snapshot.nodes, taken=index.taken)
     adm = Admission(policy, division, free)
-    for consumer, held in held_by.items():
+    for consumer, held in index.held_by.items():
         adm.add_running(consumer, held)
 
     # Step 2-3. Per-leaf queues (kept sorted between cycles), then the most-starved-first
@@ -131,20 +139,20 @@ def decide_pool(
     # Step 4, its first part: GPUs on their way back, and free ones beside them,
     # stay held for the waiting job they will serve, so that admission does not
     # hand out the first ones back before the rest are free.
-    planner = Planner(adm, running, now)
+    planner = Planner(adm, index, cache.jobs.rank, now)
     own = _without(full, guests)
     planner.hold_incoming(own)
     adm.free.hold(planner.result.held)
     # Reservations (reservation.py): a leaf's first job that cannot be placed gets a
     # node (or nodes) whose free GPUs are held for it, so small jobs cannot starve it.
     reserved_nodes: set[NodeName] = set()
-    holders = Holders(running)
+    holders = Holders(index)
     reservations = reserve(adm, own, holders, now, taken_nodes=reserved_nodes)
 
     # Step 2: the fair pass, consumers below their entitlement only.
     adm.fair_only = True
     started: dict[JobId, ConsumerPath] = {}
-    starts = _serve_jobs(policy, adm, queues, started)
+    starts = _serve_jobs(policy, adm, _below_entitlement(adm, queues), started)
     waiting = waiting_views(queues, started)
 
     # Step 4: reclaim for consumers still below their entitlement; the GPUs it
@@ -174,7 +182,7 @@ def decide_pool(
     backfilled_slots = {slot for st in backfilled for slot in st.slots}
     shrinking = {sh.job_id for sh in planner.result.shrinks}
     victims = shrinking | {p.job_id for p in planner.result.preemptions}
-    grows = _grow(policy, adm, [j for j in running if j.id not in victims])
+    grows = _grow(policy, adm, [j for j in index.elastic.values() if j.id not in victims])
 
     # Step 5: priority preemption inside consumers that allow it, on what step 3
     # left free, leaf by leaf in the order their first waiting job comes in the snapshot.
@@ -192,13 +200,13 @@ def decide_pool(
         waiting_views(queues, dict(started)),
         dict(planner.result.notes),
         reserved_notes,
-        dict(kept.others),
+        dict(kept_queues.others),
         noted_in,
     )
     return Plan(
         starts=tuple(starts),
         pending_reasons=reasons,
-        consumers=_consumer_states(policy, adm, running, queues, started),
+        consumers=_consumer_states(policy, adm, index, queues, started),
         grows=grows,
         shrinks=tuple(planner.result.shrinks),
         preemptions=tuple(planner.result.preemptions),
@@ -359,6 +367,29 @@ def _serve_jobs(
     return _serve_tree(policy, adm, queues, serve_leaf)
 
 
+def _below_entitlement(
+    adm: Admission, queues: Mapping[ConsumerPath, LeafQueue]
+) -> dict[ConsumerPath, LeafQueue]:
+    """The queues of leaves that the fair pass may serve: every consumer on the way
+    up below its entitlement. The others it would refuse at their first job, whatever
+    its size ("fair": allocations only grow within a pass), and serve nothing from;
+    left out, they cost nothing."""
+    below: dict[ConsumerPath, bool] = {}  # per consumer
+
+    def ok(leaf: ConsumerPath) -> bool:
+        for p in adm.policy.ancestors(leaf):
+            if p == ROOT:
+                continue
+            known = below.get(p)
+            if known is None:
+                known = below[p] = adm.below_entitlement(p)
+            if not known:
+                return False
+        return True
+
+    return {leaf: q for leaf, q in queues.items() if ok(leaf)}
+
+
 def _backfill(
     adm: Admission,
     queues: Mapping[ConsumerPath, LeafQueue],
@@ -405,7 +436,8 @@ def _backfill(
 def _grow(policy: Policy, adm: Admission, running: list[Job]) -> tuple[Grow, ...]:
     """Idle GPUs go to running elastic jobs, one GPU at a time, most-starved
     consumer first, round-robin over a consumer's jobs, oldest first; a new GPU
-    lands next to the job's workers when it can (SEMANTICS: the cycle, steps 2-3)."""
+    lands next to the job's workers when it can (SEMANTICS: the cycle, steps 2-3).
+    `running`: the running jobs that may grow (elastic ones, at least), in any order."""
     by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
     growable = [
         j
@@ -448,14 +480,12 @@ def _grow(policy: Policy, adm: Admission, running: list[Job]) -> tuple[Grow, ...
 def _consumer_states(
     policy: Policy,
     adm: Admission,
-    running: list[Job],
+    running: RunningIndex,
     queues: Mapping[ConsumerPath, LeafQueue],
     started: Mapping[JobId, ConsumerPath],
 ) -> dict[ConsumerPath, ConsumerState]:
     # Counted per consumer first, then up the tree once per consumer.
-    running_c: dict[ConsumerPath, int] = defaultdict(int)
-    for j in running:
-        running_c[j.consumer] += 1
+    running_c = {c: len(jobs) for c, jobs in running.by_consumer.items()}
     running_n: dict[ConsumerPath, int] = defaultdict(int)
     for c, n in running_c.items():
         for p in adm.chain(c):

@@ -324,11 +324,31 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """What changed in a snapshot's jobs since an earlier snapshot of the same caller, so
+    that a cycle with a cache (core.DecideCache) need not compare every job to find out.
+
+    `since` is the earlier snapshot's `generation`; `jobs` holds each job added, changed
+    or gone since then: its value now, or None when it is gone. The caller promises that
+    every other job is the same value as in the earlier snapshot, and that jobs kept
+    their relative order there, with new ones after them (the daemon's and the
+    simulators' snapshots do: jobs in the order they came). A cache uses the changes
+    only if it decided the earlier snapshot last and the counts agree; else it compares
+    the jobs itself. Decisions never depend on them: only the time they take."""
+
+    since: int
+    generation: int
+    jobs: Mapping[JobId, Job | None]
+
+
+@dataclass(frozen=True)
 class Snapshot:
     nodes: tuple[Node, ...]
     jobs: tuple[Job, ...]
     # Decayed GPU-seconds per (consumer, user), for the fairshare order.
     user_usage: Mapping[tuple[ConsumerPath, str], float] = field(default_factory=dict)
+    # Optional: what changed since the caller's last snapshot (see Changes).
+    changes: Changes | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ Pure, like the rest of the core.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from operator import attrgetter
 
@@ -73,13 +73,25 @@ def pools_for(asked: str, nodes: Sequence[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(sorted(p for p, t in types.items() if t == {asked}))
 
 
-def decide_in_pools(snapshot: Snapshot, policy: Policy, now: float, one: DecidePool) -> Plan:
+def decide_in_pools(
+    snapshot: Snapshot,
+    policy: Policy,
+    now: float,
+    one: DecidePool,
+    asked_in: Callable[[str], Collection[str]] | None = None,
+) -> Plan:
+    """`asked_in(pool)`: what the snapshot's jobs ask for (their `pool`s), when the
+    caller keeps it (the cycle's cache for that pool), asked only of a one-pool cluster;
+    else read from the jobs."""
     pools = pool_names(snapshot)
-    asked = set(map(_asked, snapshot.jobs))  # one C-level pass
-    asked.discard(None)
+    name = pools[0] if pools else DEFAULT_POOL
+    if len(pools) <= 1 and asked_in is not None:
+        asked = set(asked_in(name))
+    else:
+        asked = set(map(_asked, snapshot.jobs))  # one C-level pass
+        asked.discard(None)
     if len(pools) <= 1 and (not asked or asked <= _names(snapshot)):
         # One pool, and every job may run in it: the cycle as it always was.
-        name = pools[0] if pools else DEFAULT_POOL
         return one(snapshot, policy.in_pool(name), now, frozenset(), name)
 
     node_pool = {n.name: n.pool for n in snapshot.nodes}

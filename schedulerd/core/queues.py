@@ -121,77 +121,79 @@ def waiting_views(
 
 class PoolQueues:
     """The waiting jobs of one pool's snapshot, by consumer, kept from cycle to cycle.
-    `update` brings it to a new snapshot in time proportional to what changed (plus a
-    pass over the snapshot's jobs by identity)."""
+    `update` brings it to a new snapshot in time proportional to what changed (the
+    waiting jobs that came and went: running.JobsIndex finds them)."""
 
     def __init__(self) -> None:
         self._policy: Policy | None = None
-        self._pending: dict[int, Job] = {}  # id(job) -> job (the cache holds them: ids stay unique)
-        self._ids: set[int] = set()  # its keys
         self._members: dict[ConsumerPath, dict[JobId, Job]] = {}
         self._dirty: set[ConsumerPath] = set()
         self.queues: dict[ConsumerPath, LeafQueue] = {}
         # Waiting jobs of consumers that are not leaves of the policy: they only get a reason.
         self.others: dict[ConsumerPath, dict[JobId, Job]] = {}
         self._users: dict[ConsumerPath, tuple[str, ...]] = {}  # a fairshare leaf's users, sorted
+        # Fairshare leaves with waiting jobs, and what their order was built from.
+        self._fair: dict[ConsumerPath, Order] = {}
 
     def update(
         self,
         policy: Policy,
-        pending: Sequence[Job],
-        running_by_leaf: Mapping[ConsumerPath, list[Job]],
+        changes: Iterable[tuple[Job, bool]],
+        running_by_leaf: Mapping[ConsumerPath, Mapping[JobId, Job]],
         usage_by_leaf: Mapping[ConsumerPath, Mapping[str, float]],
     ) -> None:
+        """`changes`: (waiting job that came, True) or (one that went, False), in order."""
+        dirty = self._dirty
         if policy is not self._policy:
             self._policy = policy
-            self._pending = {}
-            self._ids = set()
-            self._members = {}
             self.queues = {}
             self.others = {}
-            self._dirty = set()
             self._users = {}
-        # Which waiting jobs came and went, by identity: C-level passes over the ids,
-        # then work for the changed jobs only.
-        ids = list(map(id, pending))
-        now_ids = set(ids)
-        gone = self._ids - now_ids
-        came = now_ids - self._ids
-        self._ids = now_ids
-        kept = self._pending  # id -> job, for the jobs the cache holds
-        for k in gone:
-            j = kept.pop(k)
-            del self._members[j.consumer][j.id]
-            self._dirty.add(j.consumer)
-        if came:
-            for j in compress(pending, map(came.__contains__, ids)):
-                kept[id(j)] = j
-                self._members.setdefault(j.consumer, {})[j.id] = j
-                self._dirty.add(j.consumer)
-        for c in self._dirty:
-            members = self._members.get(c, {})
+            self._fair = {}
+            dirty.update(self._members)
+        members_of = self._members
+        for j, came in changes:
+            c = j.consumer
+            dirty.add(c)
+            if came:
+                members_of.setdefault(c, {})[j.id] = j
+            else:
+                del members_of[c][j.id]
+        for c in dirty:
+            members = members_of.get(c)
             if not members:
-                self._members.pop(c, None)
+                members_of.pop(c, None)
                 self.queues.pop(c, None)
                 self.others.pop(c, None)
+                self._fair.pop(c, None)
             elif policy.is_leaf(c):
                 self.queues.pop(c, None)  # built below
                 self._users.pop(c, None)
+                self.others.pop(c, None)
             else:
                 self.others[c] = dict(members)
+                self.queues.pop(c, None)
+                self._fair.pop(c, None)
+        # Leaves to look at: those whose jobs changed, and fairshare ones (their order
+        # depends on their users' running GPUs and usage).
+        look = {c for c in dirty if c in members_of and policy.is_leaf(c)}
+        look.update(self._fair)
         self._dirty = set()
-        for c, members in self._members.items():
-            if not policy.is_leaf(c):
-                continue
+        for c in look:
+            members = members_of[c]
             order = policy.consumers[c].order
             q = self.queues.get(c)
             key = None
-            runs, used = running_by_leaf.get(c, ()), usage_by_leaf.get(c, {})
+            runs = running_by_leaf.get(c, {}).values()
+            used = usage_by_leaf.get(c, {})
             if order is Order.FAIRSHARE:
+                self._fair[c] = order
                 users = self._users.get(c)
                 if users is None:
                     users = self._users[c] = tuple(sorted({j.user for j in members.values()}))
                 key = _fairshare_key(users, runs, used)
+            else:
+                self._fair.pop(c, None)
             if q is not None and q.key == key:
                 continue
             jobs = queue_order(order, members.values(), runs, used)

@@ -49,10 +49,12 @@ import math
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName, Preempt, Shrink
 from schedulerd.core.queues import Waiting
+from schedulerd.core.running import RunningIndex
 
 _EPS = 1e-9
 _TRIES_PER_LEAF = 2  # waiting jobs looked at per consumer and cycle (cost bound)
@@ -83,34 +85,44 @@ class _Option:
 
 
 class Planner:
-    def __init__(self, adm: Admission, running: list[Job], now: float) -> None:
+    def __init__(
+        self, adm: Admission, running: RunningIndex, rank: Mapping[JobId, int], now: float
+    ) -> None:
         self.adm = adm
         self.now = now
-        self.running = [j for j in running if j.held]
+        self.index = running  # kept between cycles (running.py): read, never changed here
+        self.index_rank = rank  # the snapshot's order of its jobs
         # Read from admission on first use after a refresh: a cycle with nothing
         # to reclaim never needs them, and reading costs a slot per free GPU.
         self._free: dict[NodeName, list[GpuSlot]] | None = None
         self._ready_n: dict[NodeName, int] = {}
         self.claimed: set[GpuSlot] = set()
         self._may: dict[int, bool] = {}  # _incoming_may_serve's answers, per size
+        # _candidate_nodes' nodes with n ready, per n: valid, as _may, until a claim or
+        # a refresh changes what is ready.
+        self._ready_at: dict[int, list[NodeName]] = {}
+        self._nonzero: list[NodeName] | None = None  # nodes with something ready
+        # The nodes where some consumers' jobs hold GPUs (_Victims.nodes): the index
+        # does not change during a cycle.
+        self.nodes_of_many: dict[frozenset[ConsumerPath], set[NodeName]] = {}
         self.tries = 0
         self.taken: set[JobId] = set()  # victims already chosen this cycle
         self.result = Reclaim()
-        # The indexes below are built on first need (_index): most cycles have
-        # nothing waiting and nothing on its way back, and never need them.
+        self.by_id: Mapping[JobId, Job] = running.jobs
+        # Per consumer, its running jobs that hold GPUs and are not stopping (victims
+        # to be); per node, each such job there with its GPUs there; per consumer, the
+        # GPUs its jobs would give back (held, less those on their way back already):
+        # a try reads these for whole consumers of victims rather than walking their jobs.
+        self.by_leaf: Mapping[ConsumerPath, Mapping[JobId, Job]] = running.movable
+        self.count_on = running.count_on
+        self.gives = running.gives
+        self.nodes_of = running.nodes_of
+        # Built on first need (_index): most cycles have nothing waiting and nothing on
+        # its way back, and never need them.
         self._indexed = False
-        self.by_id: dict[JobId, Job] = {}
         self.releasing: list[Job] = []
         self.incoming: dict[NodeName, list[GpuSlot]] = defaultdict(list)
         self._incoming_set: set[GpuSlot] = set()
-        self.by_leaf: dict[ConsumerPath, list[Job]] = defaultdict(list)
-        self.jobs_on: dict[NodeName, list[Job]] = defaultdict(list)
-        # Per node, each job there with its GPUs there; per consumer, the GPUs its jobs
-        # would give back (held, less those on their way back already): a try reads
-        # these for whole consumers of victims rather than walking their jobs.
-        self.count_on: dict[NodeName, list[tuple[ConsumerPath, JobId, int]]] = defaultdict(list)
-        self.gives: dict[ConsumerPath, int] = defaultdict(int)
-        self.nodes_of: dict[ConsumerPath, set[NodeName]] = defaultdict(set)
         # Allocations as they will be once the moves planned so far are done:
         # admission's, plus `moved`. GPUs already on their way back are gone from
         # their holder: counting them would take more from a consumer that the
@@ -121,35 +133,29 @@ class Planner:
         # them yet, so they never make it a borrower to take from (that would stop
         # one of its jobs to start another).
         self.receiving: dict[ConsumerPath, int] = defaultdict(int)
+        # The consumers of running jobs that hold borrowed GPUs (_borrowers), None when
+        # to be read again; those whose allocation moved since it was last read.
+        self._borrowing: set[ConsumerPath] | None = None
+        self._touched: set[ConsumerPath] = set()
 
     def _index(self) -> None:
         if self._indexed:
             return
         self._indexed = True
-        self.by_id = {j.id: j for j in self.running}
-        self.releasing = [j for j in self.running if j.incoming]  # also read by _note
+        # In the snapshot's order: the GPUs on their way back are claimed in that order.
+        rank = self.index_rank
+        self.releasing = sorted(self.index.releasing.values(), key=lambda j: rank[j.id])
         for j in self.releasing:
             for s in j.incoming:
                 if s.node in self.free:  # GPUs on unschedulable nodes serve nobody
                     self.incoming[s.node].append(s)
                     self.ready_n[s.node] += 1
-        for j in self.running:
-            if not j.stopping:
-                self.by_leaf[j.consumer].append(j)
-                self.gives[j.consumer] += len(j.held) - len(j.releasing)
-                where = {s.node for s in j.held}
-                if len(where) == 1:
-                    on = dict.fromkeys(where, len(j.held))
-                else:
-                    on = {}
-                    for s in j.held:
-                        on[s.node] = on.get(s.node, 0) + 1
-                self.nodes_of[j.consumer].update(on)
-                for node, count in on.items():
-                    self.jobs_on[node].append(j)
-                    self.count_on[node].append((j.consumer, j.id, count))
+        self._ready_at = {}
+        self._nonzero = None
+        self._may = {}
         self._incoming_set = {s for slots in self.incoming.values() for s in slots}
         self.virtual = defaultdict(int, self.adm.allocation)
+        self._borrowing = None
         gone: dict[ConsumerPath, int] = defaultdict(int)  # per consumer, up the tree once
         for j in self.releasing:
             gone[j.consumer] += len(j.incoming)
@@ -193,7 +199,7 @@ class Planner:
         the first ones to someone else (the victim itself, often) and the reclaim
         would start over: a preemption loop. No victims here; the tries it takes
         are its own."""
-        if not any(j.incoming for j in self.running):
+        if not self.index.releasing:
             return
         self._index()
         if not self._incoming_set:
@@ -205,9 +211,12 @@ class Planner:
         """Read again what admission changed since: free GPUs, allocations."""
         self._free = None
         self._may = {}
+        self._ready_at = {}
+        self._nonzero = None
         if not self._indexed:
             return  # _index reads the allocations when it runs
         self.virtual = defaultdict(int, self.adm.allocation)
+        self._borrowing = None
         for p, n in self.moved.items():
             self.virtual[p] += n
 
@@ -225,7 +234,7 @@ class Planner:
             if self.tries >= _TRIES_PER_CYCLE:
                 return  # _serve would refuse every further try: nothing left to do
             if borrowers_stale:
-                borrowers = [c for c in self.by_leaf if take and self._borrower_above(c, 0.0)]
+                borrowers = self._borrowers() if take else []
                 borrowers_stale = False
                 ranked = None
             if not borrowers and not incoming:
@@ -276,6 +285,20 @@ class Planner:
 
     def _alive(self, sizes: Iterable[int], failed: set[int], take: bool) -> set[int]:
         return {n for n in sizes if n not in failed and (take or self._incoming_may_serve(n))}
+
+    def _borrowers(self) -> list[ConsumerPath]:
+        """The consumers with running jobs that hold borrowed GPUs (in any order: only
+        who they are matters). Read again only for consumers whose allocation moved."""
+        if self._borrowing is None:
+            self._borrowing = {c for c in self.by_leaf if self._borrower_above(c, 0.0)}
+        else:
+            for c in self._touched:
+                if c in self.by_leaf and self._borrower_above(c, 0.0):
+                    self._borrowing.add(c)
+                else:
+                    self._borrowing.discard(c)
+        self._touched = set()
+        return list(self._borrowing)
 
     def _ranked(self, borrowers: list[ConsumerPath]) -> list[tuple[float, ConsumerPath]]:
         """Borrowers by what they hold over their entitlement, highest first (infinite
@@ -334,7 +357,8 @@ class Planner:
                 if job.id in started or job.id in self.result.notes:
                     continue
 
-                lower = [j for j in self.by_leaf[leaf] if j.priority < job.priority]
+                mine = self.by_leaf.get(leaf, {}).values()
+                lower = [j for j in mine if j.priority < job.priority]
                 if lower:
                     self._serve(job, lower, "priority")
 
@@ -352,6 +376,8 @@ class Planner:
         self.tries += 1
         spans = self.adm.free.spans_nodes(n)
         locations = [SPAN] if spans else self._candidate_nodes(n, victims)
+        if self._free_serves(job, locations):
+            return False  # servable from free GPUs now: admission's job (below, sooner)
         options = [
             o
             for loc in locations
@@ -364,6 +390,8 @@ class Planner:
         best = min(options, key=lambda o: o.cost)
         self.claimed.update(best.claims)
         self._may = {}
+        self._ready_at = {}
+        self._nonzero = None
         for slot in best.claims:
             if slot.node in self.ready_n and (self._is_free(slot) or slot in self._incoming_set):
                 self.ready_n[slot.node] -= 1
@@ -388,9 +416,25 @@ class Planner:
         self._add_virtual(job.consumer, n)
         for p in self.adm.chain(job.consumer):
             self.receiving[p] += n
+            self._touched.add(p)
         self.result.notes[job.id] = self._note(job, best, freed_from)
         self.result.noted_in[job.id] = job.consumer
         return True
+
+    def _free_serves(self, job: Job, locations: list[NodeName]) -> bool:
+        """Whether one of `locations` has enough free GPUs for `job` (within every
+        limit): then _option finds a way that claims nothing there, and the try ends
+        without claiming anything, whatever the other locations offer; found here
+        without weighing victims."""
+        n = job.gpus
+        if int(self.adm.usable_free(job.consumer) + _EPS) < n:
+            return False
+        claimed = self.claimed
+        if not any(
+            sum(1 for s in self._at(self.free, loc) if s not in claimed) >= n for loc in locations
+        ):
+            return False
+        return self._within_limits(job, [], {})
 
     def _candidate_nodes(self, n: int, victims: _Victims) -> list[NodeName]:
         """Nodes where free, incoming and victims' GPUs could add up to n, those
@@ -399,19 +443,28 @@ class Planner:
         victims hold GPUs can qualify, so only those are counted (an upper bound:
         claims are checked again in _option), in order, until enough are found."""
         ready = self.ready_n
-        out = sorted(node for node in self.free if ready[node] >= n)[:_NODES_PER_TRY]
+        first = self._ready_at.get(n)
+        if first is None:
+            first = sorted(node for node in self.free if ready[node] >= n)[:_NODES_PER_TRY]
+            self._ready_at[n] = first
+        out = list(first)
         if len(out) == _NODES_PER_TRY:
             return out
         free = self.free
-        near = [node for node in victims.nodes() if node in free and ready[node] < n]
-        # By (-min(ready, n), name): most nodes have nothing ready, and are by name.
-        zero = sorted(node for node in near if ready[node] == 0)
+        victims_on = victims.nodes()
+        if self._nonzero is None:
+            self._nonzero = [node for node, k in ready.items() if k != 0]
+        # By (-min(ready, n), name): most nodes have nothing ready; those are read by
+        # name (self.free is: FreeGpus.nodes) only as far as needed.
         some = sorted(
-            (node for node in near if ready[node] != 0), key=lambda node: (-ready[node], node)
+            (node for node in self._nonzero if ready[node] < n and node in victims_on),
+            key=lambda node: (-ready[node], node),
         )
+        some = [node for node in some if node in free]
         ahead = [node for node in some if ready[node] > 0]
         behind = [node for node in some if ready[node] < 0]
-        for node in (*ahead, *zero, *behind):
+        zero = (node for node in free if ready[node] == 0 and node in victims_on)
+        for node in chain(ahead, zero, behind):
             if ready[node] + victims.on(node) >= n:
                 out.append(node)
                 if len(out) == _NODES_PER_TRY:
@@ -437,10 +490,11 @@ class Planner:
         shrink: dict[JobId, list[GpuSlot]] = {}
         preempt: list[Job] = []
         taken: dict[JobId, list[GpuSlot]] = {}  # each preempted job's GPUs at loc
+        on_loc = self.count_on.get(loc, {})
         here = (
             victims.jobs()
             if loc == SPAN
-            else [j for j in self.jobs_on.get(loc, ()) if j in victims]
+            else [j for j in map(self.by_id.__getitem__, on_loc) if j in victims]
         )
         # a. shrink elastic extras, newest-started first.
         for victim in sorted(
@@ -614,7 +668,7 @@ class Planner:
             and j.id not in self.taken
             and j not in preempt
             and self._old_enough(j)
-            for j in self.by_leaf[c]
+            for j in self.by_leaf.get(c, {}).values()
         )
 
     def _capped(self, job: Job) -> bool:
@@ -628,6 +682,7 @@ class Planner:
 
     def _add_virtual(self, leaf: ConsumerPath, n: int) -> None:
         for p in self.adm.chain(leaf):
+            self._touched.add(p)
             self.virtual[p] += n
             self.moved[p] += n
 
@@ -699,7 +754,9 @@ class _Victims:
             return self._listed
         taken = self._p.taken
         by_leaf = self._p.by_leaf
-        return [j for c in self._consumers for j in by_leaf[c] if j.id not in taken]
+        return [
+            j for c in self._consumers for j in by_leaf.get(c, {}).values() if j.id not in taken
+        ]
 
     def give(self) -> dict[ConsumerPath, int]:
         """GPUs they would give back, per consumer (Planner._freed, before the tree)."""
@@ -709,7 +766,7 @@ class _Victims:
                 out[j.consumer] += len(j.held) - len(j.releasing)
             return out
         for c in self._consumers:
-            out[c] += self._p.gives[c]
+            out[c] += self._p.gives.get(c, 0)
         for job_id in self._p.taken:
             j = self._p.by_id[job_id]
             if j.consumer in self._consumers:
@@ -720,15 +777,19 @@ class _Victims:
         """The nodes where they hold GPUs (a superset: taken ones' too)."""
         if self._consumers is None:
             return {s.node for j in self._listed for s in j.held}
-        nodes_of = self._p.nodes_of
-        out: set[NodeName] = set()
-        for c in self._consumers:
-            out.update(nodes_of.get(c, ()))
+        key = frozenset(self._consumers)
+        out = self._p.nodes_of_many.get(key)
+        if out is None:
+            nodes_of = self._p.nodes_of
+            out = set()
+            for c in self._consumers:
+                out.update(nodes_of.get(c, ()))
+            self._p.nodes_of_many[key] = out
         return out
 
     def on(self, node: NodeName) -> int:
         """Their GPUs on `node`."""
-        here = self._p.count_on.get(node, ())
+        here = self._p.count_on.get(node, {}).values()
         if self._consumers is None:
             ids = self._ids
             return sum(count for _, i, count in here if i in ids)

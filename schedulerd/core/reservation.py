@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from schedulerd.core.admission import Admission, takes_back
 from schedulerd.core.model import ConsumerPath, GpuSlot, Job, JobId, NodeName
 from schedulerd.core.placement import FreeGpus
+from schedulerd.core.running import RunningIndex
 
 _EPS = 1e-9
 NODES_PER_RESERVATION = 4  # at most one reservation per this many nodes
@@ -69,13 +70,10 @@ class Holders:
     """The running jobs on each node, and each node's GPUs held by jobs with a time
     limit: read by both of a cycle's calls to `reserve`, built once."""
 
-    def __init__(self, running: Sequence[Job]) -> None:
-        self.running = running
-        self.on: dict[NodeName, list[Job]] = {}
-        for j in running:
-            for node in {s.node for s in j.held}:
-                self.on.setdefault(node, []).append(j)
-        self.timed = _timed_gpus(self.on)
+    def __init__(self, running: RunningIndex) -> None:
+        self.running = running.by_consumer  # per consumer
+        self.on: Mapping[NodeName, Mapping[JobId, Job]] = running.on
+        self.timed: Mapping[NodeName, int] = running.timed_on
 
 
 def reserve(
@@ -139,15 +137,6 @@ def _serves_now(adm: Admission, leaf: ConsumerPath, queue: Sequence[Job]) -> boo
     return bool(queue) and adm.blocker(leaf, queue[0].gpus) is None
 
 
-def _timed_gpus(holders: Mapping[NodeName, list[Job]]) -> dict[NodeName, int]:
-    """GPUs of each node whose holders have a time limit: they free up by a known time
-    (a node a reservation let jobs backfill into stays the reservation's choice)."""
-    return {
-        node: sum(1 for j in jobs if j.time_limit_s is not None for s in j.held if s.node == node)
-        for node, jobs in holders.items()
-    }
-
-
 def _first_blocked(
     adm: Admission, leaf: ConsumerPath, queue: Sequence[Job], check_reclaim: bool = True
 ) -> Job | None:
@@ -177,12 +166,15 @@ def _first_blocked(
     return job
 
 
-def _priority_may_serve(adm: Admission, job: Job, running: Sequence[Job]) -> bool:
+def _priority_may_serve(
+    adm: Admission, job: Job, running: Mapping[ConsumerPath, Mapping[JobId, Job]]
+) -> bool:
     """Priority preemption inside its consumer (SEMANTICS: the cycle, step 5) may make
-    room for it: that, not a drained node, serves it."""
+    room for it: that, not a drained node, serves it. `running`: per consumer."""
     if not adm.policy.consumers[job.consumer].priority_preemption:
         return False
-    return any(j.consumer == job.consumer and j.priority < job.priority for j in running)
+    mine = running.get(job.consumer, {}).values()
+    return any(j.priority < job.priority for j in mine)
 
 
 def _reclaim_may_serve(adm: Admission, leaf: ConsumerPath, after: float) -> bool:
@@ -224,7 +216,7 @@ def _choose_nodes(
 
 
 def _starts_by(
-    still: int, nodes: Sequence[NodeName], holders: Mapping[NodeName, list[Job]]
+    still: int, nodes: Sequence[NodeName], holders: Mapping[NodeName, Mapping[JobId, Job]]
 ) -> float | None:
     """When `still` more GPUs of `nodes` are free: the ends of their holders, earliest
     first, until enough are counted; None when one needed has no time limit."""
@@ -232,7 +224,7 @@ def _starts_by(
         return None
     ends: list[tuple[float, int]] = []
     for node in nodes:
-        for j in holders.get(node, ()):
+        for j in holders.get(node, {}).values():
             count = sum(1 for s in j.held if s.node == node)
             if j.time_limit_s is None or j.started_at is None:
                 ends.append((float("inf"), count))

@@ -81,6 +81,7 @@ class ClusterState:
         # passes there), so that a snapshot costs what changed, not every job held.
         self._views: dict[int, core.Job] = {}
         self._changed: set[int] = set()
+        self._generation = 0  # of the last snapshot, for its core.Changes
         self._running: dict[int, core.Job] = {}  # the views of running jobs
         self.metrics = DaemonMetrics()  # counters and histograms (docs/metrics.md)
         # The last plan's reasons of the jobs it left waiting, worded when someone asks
@@ -141,7 +142,15 @@ class ClusterState:
         )
 
     def snapshot(self) -> core.Snapshot:
-        jobs = self._job_views()
+        jobs, changed = self._job_views()
+        # What changed since the last snapshot (core.Changes), so that the cycle's cache
+        # need not compare every job; none after a resync (jobs came without a change).
+        self._generation += 1
+        changes = (
+            None
+            if changed is None
+            else core.Changes(self._generation - 1, self._generation, changed)
+        )
         # GPUs held now, per (consumer, user), from the running jobs' views.
         held: dict[tuple[ConsumerPath, str], float] = defaultdict(float)
         for view in self._running.values():
@@ -152,26 +161,32 @@ class ClusterState:
             core.Node(NodeName(n.name), _offered(n), self.schedulable(n), n.pool, n.gpu_type)
             for n in self.nodes.values()
         )
-        return core.Snapshot(nodes=nodes, jobs=jobs, user_usage=dict(self.usage))
+        return core.Snapshot(nodes=nodes, jobs=jobs, user_usage=dict(self.usage), changes=changes)
 
-    def _job_views(self) -> tuple[core.Job, ...]:
-        """The core's view of every job, in the order of `jobs`."""
+    def _job_views(self) -> tuple[tuple[core.Job, ...], dict[JobId, core.Job | None] | None]:
+        """The core's view of every job, in the order of `jobs`, and the views changed
+        since the last call (None for one gone), or None when views were resynced."""
         views, jobs = self._views, self.jobs
         changed, self._changed = self._changed, set()
+        delta: dict[JobId, core.Job | None] = {}
         for job_id in changed:
             job = jobs.get(job_id)
             if job is None:
                 views.pop(job_id, None)
                 self._running.pop(job_id, None)
+                delta[JobId(job_id)] = None
             else:
-                self._keep(job_id, _core_job(job))
+                view = _core_job(job)
+                self._keep(job_id, view)
+                delta[JobId(job_id)] = view
         if len(views) != len(jobs):
             self._resync_views()
+            return tuple(map(views.__getitem__, jobs)), None
         try:
-            return tuple(map(views.__getitem__, jobs))
+            return tuple(map(views.__getitem__, jobs)), delta
         except KeyError:
             self._resync_views()
-            return tuple(map(views.__getitem__, jobs))
+            return tuple(map(views.__getitem__, jobs)), None
 
     def _resync_views(self) -> None:
         """Views for jobs that came without a change (loaded at start); none for jobs
