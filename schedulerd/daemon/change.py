@@ -198,6 +198,7 @@ class Change:
                 state.jobs.pop(target.id, None)
             else:
                 state.jobs[target.id] = target
+            state.parts_by_node.put(target, held=not target.state.ended)
             changed.append(target)
         state.metrics.committed(self._events, {job.id: job for job in changed})
         for job in changed:

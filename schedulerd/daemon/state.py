@@ -18,6 +18,7 @@ from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox, StartPart
 from schedulerd.daemon.endings import end_job
 from schedulerd.daemon.metrics import DaemonMetrics
+from schedulerd.daemon.partindex import PartsByNode
 from schedulerd.daemon.stops import begin_stop, must_stop, owed_stops
 from schedulerd.store import (
     JobRecord,
@@ -62,6 +63,7 @@ class ClusterState:
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         self.jobs: dict[int, JobRecord] = {}  # pending and running only
+        self.parts_by_node = PartsByNode()  # kept with `jobs` (Change._apply, load)
         self.nodes: dict[str, NodeRecord] = {}
         self.connected: set[str] = set()
         # Agents that said they are shutting down: nothing new lands there until they
@@ -93,6 +95,7 @@ class ClusterState:
         now = self.clock()
         for job in self.store.load_jobs(active_only=True):
             self.jobs[job.id] = job
+        self.parts_by_node.rebuild(self.jobs.values())
         for node in self.store.load_nodes():
             # Nobody is connected yet: the node timeout counts from now.
             node.last_seen = now
