@@ -71,6 +71,14 @@ def test_the_index_follows_every_change_and_is_rebuilt_at_load(tmp_path: Path) -
     assert state.parts_by_node.as_dict() == _walked(state)
     assert state.parts_by_node.jobs_on("n1") == [wide.id, lone.id]
     assert waiting.id not in {i for ids in _walked(state).values() for i in ids}
+    # What the plan and the time limits read through it: the GPUs held on the nodes
+    # a plan gives GPUs on, and the jobs that may be running (not the queue).
+    assert state.held_slots({"n1", "n9"}) == {
+        GpuSlot(NodeName("n1"), 0),
+        GpuSlot(NodeName("n1"), 1),
+    }
+    assert state.held_slots({"n2"}) == {s for s in state.held_slots() if s.node == "n2"}
+    assert [j.id for j in state.holding_jobs()] == [wide.id, lone.id, other.id]
 
     nodes.report(state, "n1", PartReport(lone.id, 0, "exited", 0))  # ends: dropped
     assert lone.id not in state.jobs

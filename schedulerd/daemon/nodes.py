@@ -68,7 +68,7 @@ def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -
             ch.unfence(node.name, f.job_id, f.attempt)
     listed = {r.key for r in reports}
     # The jobs with a part here only (reports move no part to another node).
-    for live in _jobs_on(state, node.name):
+    for live in state.jobs_on(node.name):
         job = ch.touched_job(live.id) or live
         for part in job.parts:
             if part.node != node.name or (job.id, job.attempt) in listed:
@@ -219,7 +219,7 @@ def expire_nodes(state: ClusterState, node_timeout_s: float) -> tuple[list[str],
     ch = Change(state)
     for name in down:
         ch.node(name).down = True
-        for live in _jobs_on(state, name):
+        for live in state.jobs_on(name):
             job = ch.touched_job(live.id) or live
             for part in job.parts:
                 if part.node == name and part.phase is not PartPhase.EXITED:
@@ -238,7 +238,7 @@ def forget(state: ClusterState, name: str) -> tuple[list[int], int, Outbox]:
     node = state.nodes[name]
     requeued = []
     held = 0
-    for live in _jobs_on(state, name):
+    for live in state.jobs_on(name):
         for part in live.parts:
             if part.node == name and part.phase is not PartPhase.EXITED:
                 copy = ch.job(live)
@@ -249,12 +249,6 @@ def forget(state: ClusterState, name: str) -> tuple[list[int], int, Outbox]:
     released_gpus = held + len(node.fences)
     ch.forget_node(name)
     return sorted(set(requeued)), released_gpus, ch.commit()
-
-
-def _jobs_on(state: ClusterState, node: str) -> list[JobRecord]:
-    """The live jobs with a part on `node`, in id order: what that node holds, not
-    every job (state.parts_by_node)."""
-    return [state.jobs[i] for i in state.parts_by_node.jobs_on(node) if i in state.jobs]
 
 
 def _part(job: JobRecord | None, node: str, attempt: int) -> PartRecord | None:

@@ -46,6 +46,10 @@ class PartsByNode:
         """The ids of the jobs with a part on `node`, in id (queue) order."""
         return sorted(self._jobs.get(node, ()))
 
+    def job_ids(self) -> list[int]:
+        """The ids of the jobs with parts (every running job has some), in id order."""
+        return sorted(self._nodes)
+
     def as_dict(self) -> dict[str, set[int]]:
         """A copy, for the tests that check it against a rebuild."""
         return {node: set(ids) for node, ids in self._jobs.items()}

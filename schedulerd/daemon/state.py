@@ -244,17 +244,28 @@ class ClusterState:
             held = {s for j in self.jobs.values() for s in _slots(j)}
             nodes = list(self.nodes.values())
         else:
+            # The jobs with a part on these nodes only (parts_by_node), not every job:
+            # a cycle that starts nothing, behind a long queue, reads none.
             held = {
                 GpuSlot(NodeName(p.node), i)
-                for j in self.jobs.values()
+                for n in on
+                for j in self.jobs_on(n)
                 for p in j.parts
-                if p.node in on
+                if p.node == n
                 for i in p.gpu_indices
             }
             nodes = [self.nodes[n] for n in on if n in self.nodes]
         for n in nodes:
             held.update(GpuSlot(NodeName(n.name), f.gpu_index) for f in n.fences)
         return held
+
+    def jobs_on(self, node: str) -> list[JobRecord]:
+        """The live jobs with a part on `node`, in id order (parts_by_node)."""
+        return [self.jobs[i] for i in self.parts_by_node.jobs_on(node) if i in self.jobs]
+
+    def holding_jobs(self) -> list[JobRecord]:
+        """The live jobs with parts (every running one), in id order; not the queue."""
+        return [self.jobs[i] for i in self.parts_by_node.job_ids() if i in self.jobs]
 
     # -- facts from users ---------------------------------------------------
 
