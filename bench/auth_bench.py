@@ -128,8 +128,12 @@ class Daemon:
     def start(self) -> None:
         policy = self.root / "policy.yaml"
         policy.write_text(POLICY)
+        # SCHEDULERD_PROFILE=FILE: the daemon under cProfile (its event loop's thread),
+        # its stats in FILE once it stops (as bench/_nodesim_world.py).
+        profile = os.environ.get("SCHEDULERD_PROFILE", "")
         cmd = [
             sys.executable,
+            *(("-m", "cProfile", "-o", profile) if profile else ()),
             "-m",
             "schedulerd.daemon",
             "--listen",

@@ -19,11 +19,18 @@ to replace.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 from schedulerd.daemon.commands import Outbox
-from schedulerd.store import EventRecord, FenceRecord, JobRecord, NodeRecord, PartRecord
+from schedulerd.store import (
+    EventRecord,
+    FenceRecord,
+    JobRecord,
+    JobWrite,
+    NodeRecord,
+    PartRecord,
+)
 
 if TYPE_CHECKING:
     from schedulerd.daemon.state import ClusterState
@@ -44,6 +51,22 @@ def clone_job(j: JobRecord) -> JobRecord:
     return replace(
         j, command=list(j.command), env=dict(j.env), parts=[clone_part(p) for p in j.parts]
     )
+
+
+# A job's stored fields: its row. Its parts are rows of their own, compared one by one.
+_JOB_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "parts")
+
+
+def job_write(live: JobRecord | None, copy: JobRecord) -> JobWrite:
+    """What of `copy` differs from `live` (what is stored): its row if any field
+    changed, and its new or changed parts. A report on one part of a 250-part job
+    writes that part, not 250 (issue 15)."""
+    if live is None:
+        return JobWrite(copy, True, copy.parts)
+    row = any(getattr(copy, f) != getattr(live, f) for f in _JOB_FIELDS)
+    stored = {(p.attempt, p.node): p for p in live.parts}
+    parts = [p for p in copy.parts if stored.get((p.attempt, p.node)) != p]
+    return JobWrite(copy, row, parts)
 
 
 def clone_node(n: NodeRecord) -> NodeRecord:
@@ -145,9 +168,9 @@ class Change:
     def _writes(self) -> bool:
         return bool(self._jobs or self._nodes or self._forget or self._events)
 
-    def _rows(self) -> tuple[list[JobRecord], list[EventRecord], list[NodeRecord], list[str]]:
+    def _rows(self) -> tuple[list[JobWrite], list[EventRecord], list[NodeRecord], list[str]]:
         return (
-            [copy for _, copy in self._jobs.values()],
+            [job_write(live, copy) for live, copy in self._jobs.values()],
             self._events,
             [copy for _, copy in self._nodes.values()],
             self._forget,
@@ -175,6 +198,7 @@ class Change:
                 state.jobs.pop(target.id, None)
             else:
                 state.jobs[target.id] = target
+            state.parts_by_node.put(target, held=not target.state.ended)
             changed.append(target)
         state.metrics.committed(self._events, {job.id: job for job in changed})
         for job in changed:

@@ -186,7 +186,8 @@ class SchedulingLoop:
             self.wake()  # some starts went stale: decide again with the new facts
 
     def _stop_overdue(self) -> None:
-        for job in timelimits.overdue(list(self.state.jobs.values()), self.state.clock()):
+        # Only jobs holding parts can be running: not the whole queue, every cycle.
+        for job in timelimits.overdue(self.state.holding_jobs(), self.state.clock()):
             try:
                 _, stops = self.state.cancel(job.id, timelimits.reason(job), timed_out=True)
             except StoreUnavailable as e:

@@ -67,7 +67,8 @@ def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -
         if (f.job_id, f.attempt) not in running:
             ch.unfence(node.name, f.job_id, f.attempt)
     listed = {r.key for r in reports}
-    for live in list(state.jobs.values()):
+    # The jobs with a part here only (reports move no part to another node).
+    for live in state.jobs_on(node.name):
         job = ch.touched_job(live.id) or live
         for part in job.parts:
             if part.node != node.name or (job.id, job.attempt) in listed:
@@ -218,7 +219,7 @@ def expire_nodes(state: ClusterState, node_timeout_s: float) -> tuple[list[str],
     ch = Change(state)
     for name in down:
         ch.node(name).down = True
-        for live in list(state.jobs.values()):
+        for live in state.jobs_on(name):
             job = ch.touched_job(live.id) or live
             for part in job.parts:
                 if part.node == name and part.phase is not PartPhase.EXITED:
@@ -237,7 +238,7 @@ def forget(state: ClusterState, name: str) -> tuple[list[int], int, Outbox]:
     node = state.nodes[name]
     requeued = []
     held = 0
-    for live in list(state.jobs.values()):
+    for live in state.jobs_on(name):
         for part in live.parts:
             if part.node == name and part.phase is not PartPhase.EXITED:
                 copy = ch.job(live)

@@ -18,6 +18,7 @@ from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox, StartPart
 from schedulerd.daemon.endings import end_job
 from schedulerd.daemon.metrics import DaemonMetrics
+from schedulerd.daemon.partindex import PartsByNode
 from schedulerd.daemon.stops import begin_stop, must_stop, owed_stops
 from schedulerd.store import (
     JobRecord,
@@ -62,6 +63,7 @@ class ClusterState:
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         self.jobs: dict[int, JobRecord] = {}  # pending and running only
+        self.parts_by_node = PartsByNode()  # kept with `jobs` (Change._apply, load)
         self.nodes: dict[str, NodeRecord] = {}
         self.connected: set[str] = set()
         # Agents that said they are shutting down: nothing new lands there until they
@@ -94,6 +96,7 @@ class ClusterState:
         now = self.clock()
         for job in self.store.load_jobs(active_only=True):
             self.jobs[job.id] = job
+        self.parts_by_node.rebuild(self.jobs.values())
         for node in self.store.load_nodes():
             # Nobody is connected yet: the node timeout counts from now.
             node.last_seen = now
@@ -256,17 +259,28 @@ class ClusterState:
             held = {s for j in self.jobs.values() for s in _slots(j)}
             nodes = list(self.nodes.values())
         else:
+            # The jobs with a part on these nodes only (parts_by_node), not every job:
+            # a cycle that starts nothing, behind a long queue, reads none.
             held = {
                 GpuSlot(NodeName(p.node), i)
-                for j in self.jobs.values()
+                for n in on
+                for j in self.jobs_on(n)
                 for p in j.parts
-                if p.node in on
+                if p.node == n
                 for i in p.gpu_indices
             }
             nodes = [self.nodes[n] for n in on if n in self.nodes]
         for n in nodes:
             held.update(GpuSlot(NodeName(n.name), f.gpu_index) for f in n.fences)
         return held
+
+    def jobs_on(self, node: str) -> list[JobRecord]:
+        """The live jobs with a part on `node`, in id order (parts_by_node)."""
+        return [self.jobs[i] for i in self.parts_by_node.jobs_on(node) if i in self.jobs]
+
+    def holding_jobs(self) -> list[JobRecord]:
+        """The live jobs with parts (every running one), in id order; not the queue."""
+        return [self.jobs[i] for i in self.parts_by_node.job_ids() if i in self.jobs]
 
     # -- facts from users ---------------------------------------------------
 

@@ -11,7 +11,7 @@ from schedulerd.store.records import (
     PartRecord,
     PolicyRecord,
 )
-from schedulerd.store.store import Store, StoreUnavailable
+from schedulerd.store.store import JobWrite, Store, StoreUnavailable
 
 __all__ = [
     "EventRecord",
@@ -19,6 +19,7 @@ __all__ = [
     "GpuRecord",
     "JobRecord",
     "JobState",
+    "JobWrite",
     "NodeRecord",
     "PartPhase",
     "PartRecord",

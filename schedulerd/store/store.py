@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import sqlite_utils
@@ -131,10 +131,9 @@ class Store:
 
     def insert_job(self, job: JobRecord) -> JobRecord:
         """Store a new job; its id (and queue place) comes from SQLite."""
-        row = _job_row(job)
-        del row["id"]
+        values = _job_values(job)
         with self.transaction():
-            job.id = self._insert("jobs", row)
+            job.id = _pk(self.db.conn.execute(_INSERT_JOB, values).lastrowid)
             if job.array_id == ARRAY_FIRST:  # an array's first element names it
                 job.array_id = job.id
                 self.db.execute("UPDATE jobs SET array_id = ? WHERE id = ?", [job.id, job.id])
@@ -143,26 +142,31 @@ class Store:
 
     def save_job(self, job: JobRecord, event: EventRecord | None = None) -> None:
         """Write a job and its current parts; with an event, in the same transaction."""
-        with self.transaction():
-            self.db.table("jobs").update(job.id, _job_row(job))
-            for part in job.parts:
-                self.db.table("job_parts").upsert(_part_row(part), pk=("job_id", "attempt", "node"))
-            if event is not None:
-                self._event(event.time, event.job_id, event.kind, event.message)
+        self.save_change([JobWrite(job, True, job.parts)], [] if event is None else [event])
 
     def save_change(
         self,
-        jobs: Iterable[JobRecord],
+        jobs: Iterable[JobWrite],
         events: Iterable[EventRecord],
         nodes: Iterable[NodeRecord] = (),
         forget_nodes: Iterable[str] = (),
     ) -> None:
-        """One state change (daemon/change.py): all of it, or none of it."""
+        """One state change (daemon/change.py): all of it, or none of it. Each job
+        writes its row if `row`, and only the parts given (the change knows which of
+        them differ from what is stored)."""
+        jobs = list(jobs)
         with self.transaction():
-            for job in jobs:
-                self.save_job(job)
-            for e in events:
-                self._event(e.time, e.job_id, e.kind, e.message)
+            rows = [(*_job_values(w.job), w.job.id) for w in jobs if w.row]
+            if rows:
+                cursor = self.db.conn.executemany(_UPDATE_JOB, rows)
+                if cursor.rowcount != len(rows):  # as sqlite-utils' update() refused
+                    raise ValueError(f"a job to update is not stored ({len(rows)} rows)")
+            parts = [_part_values(p) for w in jobs for p in w.parts]
+            if parts:
+                self.db.conn.executemany(_UPSERT_PART, parts)
+            self.db.conn.executemany(
+                _INSERT_EVENT, [(e.time, e.job_id, e.kind, e.message) for e in events]
+            )
             for node in nodes:
                 self.save_node(node)
             for name in forget_nodes:
@@ -269,27 +273,13 @@ class Store:
         ]
 
     def _event(self, time: float, job_id: int, kind: str, message: str) -> None:
-        self._insert("events", {"time": time, "job_id": job_id, "kind": kind, "message": message})
-
-    def _insert(self, table: str, row: Mapping[str, object]) -> int:
-        """One plain INSERT; the new row's id. sqlite-utils' `table.insert()` reads
-        the table's schema on every call (about 0.3 ms a row: most of a 1,000-job
-        SubmitJobs), and these rows need none of its conversions."""
-        columns = ", ".join(f'"{c}"' for c in row)
-        marks = ", ".join("?" for _ in row)
-        cursor = self.db.execute(
-            f'INSERT INTO "{table}" ({columns}) VALUES ({marks})', list(row.values())
-        )
-        return _pk(cursor.lastrowid)
+        self.db.conn.execute(_INSERT_EVENT, (time, job_id, kind, message))
 
     # -- nodes --------------------------------------------------------------
 
     def save_node(self, node: NodeRecord) -> None:
-        row = asdict(node)
-        row["gpus"] = json.dumps([asdict(g) for g in node.gpus])
-        row["fences"] = json.dumps([asdict(f) for f in node.fences])
         with self.transaction():
-            self.db.table("nodes").upsert(row, pk="name")
+            self.db.conn.execute(_UPSERT_NODE, _node_values(node))
 
     def load_nodes(self) -> list[NodeRecord]:
         nodes = []
@@ -358,6 +348,70 @@ def _pk(value: object) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class JobWrite:
+    """One job of a state change to write: its row (when `row`: a field changed) and
+    these of its parts (new, or changed): the rest are already stored as they are. A
+    250-part job that rewrote every part on each report wrote ~125,000 part rows to
+    start and stop (issue 15)."""
+
+    job: JobRecord
+    row: bool
+    parts: Sequence[PartRecord]
+
+
+# Plain prepared statements, built once from the records' fields (which are the
+# tables' columns): sqlite-utils' update() and upsert() read the schema on every row
+# (609,866 `table_names` calls, 77 of 204 s of a profiled simulation; issue 15).
+_JOB_COLUMNS = tuple(f.name for f in fields(JobRecord) if f.name not in ("id", "parts"))
+_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{c}" = ?' for c in _JOB_COLUMNS) + " WHERE id = ?"
+_INSERT_JOB = (
+    "INSERT INTO jobs ("
+    + ", ".join(f'"{c}"' for c in _JOB_COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" for _ in _JOB_COLUMNS)
+    + ")"
+)
+
+
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    return (
+        f'INSERT INTO "{table}" ('
+        + ", ".join(f'"{c}"' for c in columns)
+        + ") VALUES ("
+        + ", ".join("?" for _ in columns)
+        + ") ON CONFLICT ("
+        + ", ".join(f'"{c}"' for c in key)
+        + ") DO UPDATE SET "
+        + ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in key)
+    )
+
+
+_PART_COLUMNS = tuple(f.name for f in fields(PartRecord))
+_UPSERT_PART = _upsert("job_parts", _PART_COLUMNS, ("job_id", "attempt", "node"))
+_NODE_COLUMNS = tuple(f.name for f in fields(NodeRecord))
+_UPSERT_NODE = _upsert("nodes", _NODE_COLUMNS, ("name",))
+_INSERT_EVENT = "INSERT INTO events (time, job_id, kind, message) VALUES (?, ?, ?, ?)"
+
+
+def _job_values(job: JobRecord) -> tuple[object, ...]:
+    """The job's columns, in _JOB_COLUMNS' order."""
+    row = _job_row(job)
+    return tuple(row[c] for c in _JOB_COLUMNS)
+
+
+def _part_values(part: PartRecord) -> tuple[object, ...]:
+    row = _part_row(part)
+    return tuple(row[c] for c in _PART_COLUMNS)
+
+
+def _node_values(node: NodeRecord) -> tuple[object, ...]:
+    row: dict[str, object] = {c: getattr(node, c) for c in _NODE_COLUMNS}
+    row["gpus"] = json.dumps([asdict(g) for g in node.gpus])
+    row["fences"] = json.dumps([asdict(f) for f in node.fences])
+    return tuple(row[c] for c in _NODE_COLUMNS)
+
+
 def _job_row(job: JobRecord) -> dict[str, object]:
     # Not asdict(): it deep-copies every field, parts included, only to drop them.
     row = {f.name: getattr(job, f.name) for f in fields(job) if f.name != "parts"}
@@ -384,7 +438,7 @@ def _job_from_row(r: dict[str, object]) -> JobRecord:
 
 
 def _part_row(part: PartRecord) -> dict[str, object]:
-    row = asdict(part)
+    row: dict[str, object] = {c: getattr(part, c) for c in _PART_COLUMNS}
     row["gpu_indices"] = json.dumps(part.gpu_indices)
     row["gpu_uuids"] = json.dumps(part.gpu_uuids)
     row["phase"] = part.phase.value
