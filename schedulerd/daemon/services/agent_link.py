@@ -148,6 +148,19 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         context.set_trailing_metadata(((DAEMON_ANSWERED, "1"),))
         await abort(context, code, message)
 
+    async def _report(self, name: str, report: nodes.PartReport) -> bool:
+        """Record an agent's report and send the commands it owes; False: not recorded."""
+        try:
+            out = await nodes.report_async(self.state, name, report)
+        except StoreUnavailable as e:
+            # Nothing changed and no ack goes out: the agent keeps the report and sends
+            # it again in its next Register.
+            log.error("agent %s: report not recorded: %s; reconnecting", name, e)
+            return False
+        self.links.send_all(out)
+        self.loop.wake()
+        return True
+
     async def _read(
         self,
         name: str,
@@ -175,15 +188,13 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                         self.loop.wake()
                     queue.put_nowait(HEARTBEAT)
                 elif which == "report":
-                    try:
-                        out = await nodes.report_async(self.state, name, report_from_pb(msg.report))
-                    except StoreUnavailable as e:
-                        # Nothing changed and no ack goes out: the agent keeps the report
-                        # and sends it again in its next Register.
-                        log.error("agent %s: report not recorded: %s; reconnecting", name, e)
+                    # Shielded: a report queued for the disk commits and is applied even
+                    # if this stream is cancelled meanwhile (its agent hung up), so its
+                    # commands (the stops owed to the job's parts on other nodes) must go
+                    # out all the same: nothing else sends them while those stay connected.
+                    report = report_from_pb(msg.report)
+                    if not await asyncio.shield(self._report(name, report)):
                         break
-                    self.links.send_all(out)
-                    self.loop.wake()
                 elif which == "log_data":
                     d = msg.log_data
                     self.links.log_answer(name, d.request_id, d.data, d.found, d.next_offset)
