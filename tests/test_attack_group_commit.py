@@ -188,3 +188,29 @@ def test_a_report_whose_stream_is_cancelled_still_sends_its_commands(tmp_path: P
     assert live.release_deadline is not None or live.state.ended  # the stop began
     assert any(isinstance(c, StopPart) and c.job_id == job.id for c in sent), sent
     state.writer.close()
+
+
+def test_a_part_dropped_after_a_shrink_is_dropped_from_the_store_too(tmp_path: Path) -> None:
+    """An elastic job on n1 and n2 shrinks off n2; n2's part exits with no GPU left and
+    leaves the job's parts (endings.released). Memory then has one part; the store kept
+    n2's row as it was (RUNNING, holding GPU 0, releasing it), so a daemon restart
+    brought back a part that no longer exists, and the jobs-by-node index with it."""
+    from schedulerd.core import Shrink
+    from schedulerd.daemon.nodes import report
+
+    state = _state(tmp_path, ("n1", "n2"))
+    job = state.submit(JobRecord(0, "/a", "u", "e", ["t"], {}, "", 1, 2, 0, JobState.PENDING, 0.0))
+    slots = (GpuSlot(NodeName("n1"), 0), GpuSlot(NodeName("n2"), 0))
+    apply_plan(state, core.Plan((core.Start(JobId(job.id), slots, "t"),), {}, {}))
+    for n in ("n1", "n2"):
+        report(state, n, PartReport(job.id, 0, "running", 1, gpu_indices=(0,)))
+    shrink = Shrink(JobId(job.id), (GpuSlot(NodeName("n2"), 0),), "reclaim")
+    apply_plan(state, core.Plan((), {}, {}, shrinks=(shrink,)))
+    report(state, "n2", PartReport(job.id, 0, "exited", 0, gpu_indices=()))
+    assert [p.node for p in state.jobs[job.id].parts] == ["n1"]
+    stored = state.store.load_job(job.id)
+    assert stored is not None
+    assert stored.parts == state.jobs[job.id].parts
+    restarted = ClusterState(Store(tmp_path / "s.db"), Clock())
+    restarted.load()
+    assert restarted.parts_by_node.as_dict() == state.parts_by_node.as_dict() == {"n1": {job.id}}

@@ -59,14 +59,18 @@ _JOB_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "parts")
 
 def job_write(live: JobRecord | None, copy: JobRecord) -> JobWrite:
     """What of `copy` differs from `live` (what is stored): its row if any field
-    changed, and its new or changed parts. A report on one part of a 250-part job
-    writes that part, not 250 (issue 15)."""
+    changed, its new or changed parts, and those it no longer has. A report on one
+    part of a 250-part job writes that part, not 250 (issue 15)."""
     if live is None:
         return JobWrite(copy, True, copy.parts)
     row = any(getattr(copy, f) != getattr(live, f) for f in _JOB_FIELDS)
     stored = {(p.attempt, p.node): p for p in live.parts}
     parts = [p for p in copy.parts if stored.get((p.attempt, p.node)) != p]
-    return JobWrite(copy, row, parts)
+    # A part of this attempt gone from the copy is gone (a requeue starts a new
+    # attempt: the old attempt's parts stay stored, as its history).
+    kept = {p.node for p in copy.parts if p.attempt == copy.attempt}
+    dropped = [p.node for p in live.parts if p.attempt == copy.attempt and p.node not in kept]
+    return JobWrite(copy, row, parts, dropped)
 
 
 def clone_node(n: NodeRecord) -> NodeRecord:
