@@ -64,8 +64,9 @@ def job_write(live: JobRecord | None, copy: JobRecord) -> JobWrite:
     if live is None:
         return JobWrite(copy, True, copy.parts)
     row = any(getattr(copy, f) != getattr(live, f) for f in _JOB_FIELDS)
-    stored = {(p.attempt, p.node): p for p in live.parts}
-    parts = [p for p in copy.parts if stored.get((p.attempt, p.node)) != p]
+    # By rank too: a node may hold a lost part and a later one of the same attempt.
+    stored = {(p.attempt, p.node, p.node_rank): p for p in live.parts}
+    parts = [p for p in copy.parts if stored.get((p.attempt, p.node, p.node_rank)) != p]
     # A part of this attempt gone from the copy is gone (a requeue starts a new
     # attempt: the old attempt's parts stay stored, as its history).
     kept = {p.node for p in copy.parts if p.attempt == copy.attempt}

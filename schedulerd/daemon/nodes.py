@@ -254,12 +254,15 @@ def forget(state: ClusterState, name: str) -> tuple[list[int], int, Outbox]:
 def _part(job: JobRecord | None, node: str, attempt: int) -> PartRecord | None:
     if job is None or job.attempt != attempt:
         return None
-    return next((p for p in job.parts if p.node == node), None)
+    # An elastic job that lost its part here and grew onto the node again has two parts
+    # here: the agent speaks of the live one (the lost one's end was acknowledged).
+    here = [p for p in job.parts if p.node == node]
+    return next((p for p in here if p.phase is not PartPhase.EXITED), here[0] if here else None)
 
 
 def _same(copy: JobRecord, part: PartRecord) -> PartRecord:
-    """The copy's record of `part` (same node)."""
-    return next(p for p in copy.parts if p.node == part.node)
+    """The copy's record of `part` (same node, same rank: a node may have two)."""
+    return next(p for p in copy.parts if p.node == part.node and p.node_rank == part.node_rank)
 
 
 def _default_message(phase: str, code: int | None) -> str:
