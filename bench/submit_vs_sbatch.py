@@ -113,6 +113,8 @@ def main() -> int:
             "1,4,8",
             "--batches",
             "100",
+            "--auth",
+            "tls-token",
         ],
     )
     run("schedulerd: a shell loop of schedctl submit, an array", ["bench/cli_loop_bench.py"])
