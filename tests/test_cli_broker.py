@@ -416,3 +416,28 @@ def test_the_bash_schedctl_never_runs_a_command_its_broker_may_have_run(
     assert done.returncode == 1 and "may or may not have been done" in done.stderr
     assert len(cluster.client.list_jobs()) == before
     assert _ran(broker_dir) == 1  # schedctl-py was not asked to do it again
+
+
+def test_a_broker_at_its_end_answers_the_callers_it_had_queued(tmp_path: Path) -> None:
+    """A caller whose connection the broker had not yet accepted when it ended (idle,
+    or its code replaced) is told to run the command itself: an end of file would read
+    as "may or may not have been done" for a command that never ran (the deployment
+    guide's test met it)."""
+    from schedulerd.cli.broker import Broker
+
+    path = str(tmp_path / "b.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    callers = []
+    for _ in range(3):  # queued, never accepted by the serving loop
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(path)
+        c.sendall(b"a request the broker will not read")
+        callers.append(c)
+    Broker(path, 60.0, None).turn_away(listener)
+    listener.close()
+    for c in callers:
+        c.settimeout(5)
+        with c:
+            assert c.recv(16) == b"f" + (0).to_bytes(4, "big")  # "run it yourself"

@@ -39,6 +39,9 @@ from schedulerd.client import Client
 MAX_ACTIVE = 32
 MAX_CHANNELS = 8
 READ_TIMEOUT_S = 10.0
+# At its end the broker waits this long for the commands it began (the longest a
+# served command takes: a call with the CLI's own deadline, and some).
+FINISH_S = 90.0
 FRAME = 1 << 20  # bytes of output per frame
 # Commands that end after a few unary calls; the others (logs, watches, --wait, file
 # readers) are run by the caller itself.
@@ -123,6 +126,28 @@ class Broker:
                 idle = not self._active and time.monotonic() - self._last > self.idle_s
             if idle:
                 return
+
+    def turn_away(self, listener: socket.socket) -> None:
+        """At the end, its name already gone: every caller still queued on the socket
+        is told to run the command itself (never left to read an end of file, which it
+        must take for "may or may not have been done"), and the commands begun are
+        finished before the process ends (its threads die with it)."""
+        listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # none left: nothing can queue any more, the name is gone
+                break
+            with conn:
+                conn.setblocking(True)
+                with contextlib.suppress(OSError):
+                    _reply(conn, [(b"f", b"")])
+        deadline = time.monotonic() + FINISH_S
+        while time.monotonic() < deadline:
+            with self._active_lock:
+                if not self._active:
+                    return
+            time.sleep(0.02)
 
     def _serve_door(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         assert self.door is not None
@@ -387,14 +412,19 @@ def main(argv: list[str] | None = None) -> None:
         door = None
     if door is not None and os.environ.get("SCHEDULERD_SH_NAME"):
         door.publish(os.environ["SCHEDULERD_SH_NAME"])
+    broker = Broker(args.path, idle_s, door)
     try:
-        Broker(args.path, idle_s, door).serve(sock)
+        broker.serve(sock)
     finally:
+        # The names go first, so that no caller finds this broker any more (a caller
+        # that does not runs the command itself), then the callers already queued are
+        # answered and the commands begun finished. Unlinked before the lock is let go:
+        # a new broker binds only once this one is gone.
         if door is not None:
-            door.close()
-        # Unlinked before the lock is let go: a new broker binds only once this is gone.
+            door.close()  # (a door caller sends nothing before the hello: it goes on)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.path)
+        broker.turn_away(sock)
         sock.close()
         os.close(lock)
 
