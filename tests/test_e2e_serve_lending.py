@@ -435,7 +435,10 @@ def test_service_takes_back_gpus_lent_to_training_and_lends_them_again(tmp_path:
         history = _history(svc)
         kinds = [k for k, _ in history]
         moves = [(e.kind, e.from_replicas, e.to_replicas) for e in svc.history]
-        assert ("scale-up", 1, 3) in moves, _explain(cluster, name)
+        # Up from 1 to 3: in one step, or in two when the first report caught only part
+        # of the load (how many requests were in flight then is the machine's timing).
+        ups = [(a, b) for k, a, b in moves if k == "scale-up"]
+        assert ups in ([(1, 3)], [(1, 2), (2, 3)]), _explain(cluster, name)
         assert ("scale-down", 3, 1) in moves, _explain(cluster, name)
         assert kinds.count("drain") == 2, _explain(cluster, name)
         stops = [m for k, m in history if k == "stop"]
