@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from reference_core.entitlement import Division
 from reference_core.placement import FreeGpus
+from schedulerd.core.entitlement import Division
 from schedulerd.core.model import ROOT, ConsumerPath, GpuSlot, Job, Policy
 
 _EPS = 1e-9

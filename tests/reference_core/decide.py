@@ -25,14 +25,12 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from reference_core.admission import Admission
-from reference_core.entitlement import divide
-from reference_core.ordering import queue_order
 from reference_core.placement import FreeGpus
 from reference_core.pools import decide_in_pools
 from reference_core.reasons import grow_reason, queue_place, start_reason, why_waiting
 from reference_core.reclaim import Planner
 from reference_core.reservation import Reservation, backfills, reserve
-from reference_core.windows import policy_at
+from schedulerd.core.entitlement import divide
 from schedulerd.core.model import (
     ROOT,
     ConsumerPath,
@@ -48,6 +46,8 @@ from schedulerd.core.model import (
     Snapshot,
     Start,
 )
+from schedulerd.core.ordering import queue_order
+from schedulerd.core.windows import policy_at
 
 
 def decide(snapshot: Snapshot, policy: Policy, now: float) -> Plan:
