@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import threading
 from pathlib import Path
+
+import pytest
 
 from schedulerd.auth.authorize import Action, Target
 from schedulerd.auth.identity import ANONYMOUS
 from schedulerd.daemon.audit import REFUSALS_PER_WINDOW, WINDOW_S, AuditTrail
 from schedulerd.daemon.links import AgentLinks
 from schedulerd.store import Store
+from schedulerd.store.group import GroupWriter
 from schedulerd.store.security import SecurityStore
 
 
@@ -79,3 +83,37 @@ def test_one_noisy_anonymous_client_does_not_hide_another(tmp_path: Path) -> Non
     records = SecurityStore(store).list_audit(10_000)
     assert any(r.detail == "the quiet one" for r in records)
     assert sum(1 for r in records if r.detail == "noise") == REFUSALS_PER_WINDOW
+
+
+def test_in_the_daemon_audit_batches_go_through_the_group_writer(tmp_path: Path) -> None:
+    """On the event loop a batch is handed to the writer's thread (never committed on the
+    loop); a batch whose commit fails is kept and written by the next flush; a reader
+    waits for what was recorded just now."""
+    store = Store(tmp_path / "s.db")
+    writer = GroupWriter(store)
+    failpoint = tmp_path / "fail"
+    writer.fail_when = failpoint
+    trail = AuditTrail(SecurityStore(store), Clock(), writer)
+    committing: list[str] = []
+    real_add = SecurityStore.add_audit
+
+    def add(self: SecurityStore, entries: list[object]) -> None:
+        committing.append(threading.current_thread().name)
+        real_add(self, entries)  # type: ignore[arg-type]
+
+    async def scenario() -> list[str]:
+        failpoint.touch()
+        trail.refused(ANONYMOUS, Action.LIST_JOBS, Target(), "UNAUTHENTICATED", "first")
+        await trail.written()  # its batch failed: kept, not lost
+        assert SecurityStore(store).list_audit(100) == []
+        failpoint.unlink()
+        trail.refused(ANONYMOUS, Action.GET_JOB, Target(), "UNAUTHENTICATED", "second")
+        await trail.written()
+        return [r.detail for r in SecurityStore(store).list_audit(100)]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SecurityStore, "add_audit", add)
+        details = asyncio.run(scenario())
+    writer.close()
+    assert sorted(details) == ["first", "second"]
+    assert committing and threading.main_thread().name not in committing

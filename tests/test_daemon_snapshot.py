@@ -16,6 +16,7 @@ from schedulerd import core
 from schedulerd.daemon.nodes import PartReport, register, report
 from schedulerd.daemon.plans import apply_plan
 from schedulerd.daemon.state import ClusterState, _core_job
+from schedulerd.daemon.status import summary
 from schedulerd.policy import load_policy
 from schedulerd.store import GpuRecord, JobRecord, JobState, NodeRecord, PartPhase, Store
 
@@ -92,7 +93,20 @@ class Seen:
         return snapshot
 
 
+def _summary_counted_one_by_one(state: ClusterState) -> str:
+    """systemd's STATUS line, every job and part looked at (the daemon counts faster)."""
+    up = [n for n in state.nodes.values() if state.schedulable(n)]
+    busy = sum(len(p.gpu_indices) for j in state.jobs.values() for p in j.parts)
+    waiting = sum(1 for j in state.jobs.values() if j.state.waiting)
+    running = sum(1 for j in state.jobs.values() if j.state is JobState.RUNNING)
+    return (
+        f"{len(up)} of {len(state.nodes)} nodes schedulable, {busy} of "
+        f"{sum(len(n.gpus) for n in up)} GPUs busy, {waiting} jobs waiting, {running} running"
+    )
+
+
 def _cycle(state: ClusterState, cache: core.DecideCache, seen: Seen) -> None:
+    assert summary(state) == _summary_counted_one_by_one(state)
     snapshot = seen.snapshot(state)
     assert snapshot.jobs == _fresh(state)
     # Usage accrues from the running jobs' kept views: the GPUs the records hold.

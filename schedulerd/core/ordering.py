@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from schedulerd.core.model import Job, Order
 
@@ -23,10 +23,9 @@ def queue_order(
       (so users take turns within one cycle), then their decayed GPU-seconds.
     """
     jobs = list(pending)
-    if order is Order.PRIORITY:
-        return sorted(jobs, key=lambda j: (-j.priority, j.submit_seq))
-    if order is Order.FIFO:
-        return sorted(jobs, key=lambda j: j.submit_seq)
+    key = static_key(order)
+    if key is not None:
+        return sorted(jobs, key=key)
     turns: Counter[str] = Counter()
     for j in running:
         turns[j.user] += len(j.held)
@@ -35,3 +34,22 @@ def queue_order(
         keyed.append(((turns[j.user], usage.get(j.user, 0.0), j.submit_seq), j))
         turns[j.user] += j.gpus
     return [j for _, j in sorted(keyed, key=lambda kj: kj[0])]
+
+
+def _by_priority(j: Job) -> tuple[int, int]:
+    return (-j.priority, j.submit_seq)
+
+
+def _by_submission(j: Job) -> tuple[int, int]:
+    return (0, j.submit_seq)
+
+
+def static_key(order: Order) -> Callable[[Job], tuple[int, int]] | None:
+    """The sort key of an order in which a job's place depends on the job alone (every
+    key distinct: submit_seq is unique), so that a job can be placed among the others
+    without sorting them again; None for fairshare (a place depends on the others)."""
+    if order is Order.PRIORITY:
+        return _by_priority
+    if order is Order.FIFO:
+        return _by_submission
+    return None

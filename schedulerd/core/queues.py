@@ -21,11 +21,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence, Set
-from itertools import compress, repeat
+from itertools import compress, count, repeat
 from operator import attrgetter, is_, not_
 
 from schedulerd.core.model import ConsumerPath, Job, JobId, JobPhase, Order, Policy
-from schedulerd.core.ordering import queue_order
+from schedulerd.core.ordering import queue_order, static_key
 
 
 class LeafQueue:
@@ -46,6 +46,25 @@ class LeafQueue:
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+    def extended(self, more: list[Job]) -> LeafQueue:
+        """This queue with `more` after its jobs, in that order: what building it from
+        all the jobs would give when each of `more` comes after every job here (a burst
+        of submissions). C-level copies: this queue stays as it was (the last plan's
+        reasons may still read it)."""
+        q = LeafQueue.__new__(LeafQueue)
+        first = len(self.jobs)
+        q.jobs = self.jobs + more
+        q.index = self.index.copy()
+        q.index.update(zip(map(_id, more), count(first)))
+        at = {size: places.copy() for size, places in self.at.items()}
+        for i, j in enumerate(more, first):
+            at.setdefault(j.gpus_min, []).append(i)
+        q.at = at
+        q.timed = self.timed + [j for j in more if j.time_limit_s is not None]
+        q.demand = self.demand + sum(j.gpus_max for j in more)
+        q.key = self.key
+        return q
 
     def next_at(self, start: int, refused: Set[int], skip: Container[JobId]) -> int | None:
         """The first place at or after `start` of a job whose size is not in `refused`
@@ -134,6 +153,11 @@ class PoolQueues:
         self._users: dict[ConsumerPath, tuple[str, ...]] = {}  # a fairshare leaf's users, sorted
         # Fairshare leaves with waiting jobs, and what their order was built from.
         self._fair: dict[ConsumerPath, Order] = {}
+        # Since the last update, per leaf: the waiting jobs that came, while none went
+        # (its queue may then be extended rather than built again: `_appended`), and
+        # the leaves where some went.
+        self._came: dict[ConsumerPath, list[Job]] = {}
+        self._rebuild: set[ConsumerPath] = set()
 
     def update(
         self,
@@ -152,13 +176,21 @@ class PoolQueues:
             self._fair = {}
             dirty.update(self._members)
         members_of = self._members
+        came_to = self._came
         for j, came in changes:
             c = j.consumer
             dirty.add(c)
             if came:
                 members_of.setdefault(c, {})[j.id] = j
+                more = came_to.get(c)
+                if more is not None:
+                    more.append(j)
+                elif c not in self._rebuild:
+                    came_to[c] = [j]
             else:
                 del members_of[c][j.id]
+                came_to.pop(c, None)
+                self._rebuild.add(c)
         for c in dirty:
             members = members_of.get(c)
             if not members:
@@ -167,7 +199,12 @@ class PoolQueues:
                 self.others.pop(c, None)
                 self._fair.pop(c, None)
             elif policy.is_leaf(c):
-                self.queues.pop(c, None)  # built below
+                q = self.queues.pop(c, None)  # built below
+                more = came_to.get(c)
+                if q is not None and more is not None:
+                    appended = _appended(q, more, policy.consumers[c].order)
+                    if appended is not None:
+                        self.queues[c] = appended
                 self._users.pop(c, None)
                 self.others.pop(c, None)
             else:
@@ -179,6 +216,8 @@ class PoolQueues:
         look = {c for c in dirty if c in members_of and policy.is_leaf(c)}
         look.update(self._fair)
         self._dirty = set()
+        self._came = {}
+        self._rebuild = set()
         for c in look:
             members = members_of[c]
             order = policy.consumers[c].order
@@ -198,6 +237,18 @@ class PoolQueues:
                 continue
             jobs = queue_order(order, members.values(), runs, used)
             self.queues[c] = LeafQueue(jobs, key)
+
+
+def _appended(q: LeafQueue, more: list[Job], order: Order) -> LeafQueue | None:
+    """`q` with the jobs that came since it was built, if its order places each job by
+    the job alone and every one of them goes after all of `q`; else None (build it)."""
+    key = static_key(order)
+    if key is None or q.key is not None:
+        return None
+    more = sorted(more, key=key)
+    if q.jobs and key(more[0]) <= key(q.jobs[-1]):
+        return None
+    return q.extended(more)
 
 
 def _fairshare_key(
@@ -222,3 +273,4 @@ def split_phases(jobs: Sequence[Job]) -> tuple[list[Job], list[Job]]:
 
 
 _phase = attrgetter("phase")
+_id = attrgetter("id")

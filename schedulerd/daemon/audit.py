@@ -8,12 +8,15 @@ The servicer's gate names the caller and the object; the result is only known wh
 the call ends, so the call wrapper (daemon/calls.py) finishes the record. Records
 are written in batches, one transaction every FLUSH_S, so that auditing does not
 double the commits of a submission storm; a crash of the machine may lose the last
-FLUSH_S of records (docs/security.md), never a change itself.
+FLUSH_S of records (docs/security.md), never a change itself. In the daemon a batch
+goes through the group writer (store/group.py), off the event loop: written on the
+loop, a batch held every call for tens of milliseconds under a submission storm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -23,7 +26,8 @@ from dataclasses import dataclass, field
 from schedulerd.auth.authorize import Action, Target
 from schedulerd.auth.identity import Identity, Kind
 from schedulerd.auth.peer import parse_peer
-from schedulerd.store import StoreUnavailable
+from schedulerd.store import Store, StoreUnavailable
+from schedulerd.store.group import GroupWriter
 from schedulerd.store.security import AuditEntry, SecurityStore
 
 log = logging.getLogger("schedulerd.audit")
@@ -77,9 +81,18 @@ _peer: contextvars.ContextVar[str] = contextvars.ContextVar("schedulerd_peer", d
 
 
 class AuditTrail:
-    def __init__(self, store: SecurityStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: SecurityStore,
+        clock: Callable[[], float] = time.time,
+        writer: GroupWriter | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        # Where batches are written when an event loop runs (the daemon's); without it,
+        # or outside a loop, they are written here and now.
+        self.writer = writer
+        self._last: asyncio.Future[None] | None = None  # the last batch given to the writer
         self._buffer: list[AuditEntry] = []
         self._window_start = clock()
         self._refusals: dict[str, int] = {}  # identity label -> refusals this window
@@ -168,20 +181,68 @@ class AuditTrail:
 
     def flush(self) -> None:
         entries, self._buffer = self._buffer, []
+        if not entries:
+            return
+        self._written += len(entries)
+        prune = self._written >= KEEP_RECORDS // 100
+        if prune:
+            self._written = 0
+        if self.writer is not None and _loop_running():
+            try:
+                future = self.writer.submit(lambda store: _write(store, entries, prune))
+            except StoreUnavailable as e:
+                self._keep(entries, e)
+                return
+            future.add_done_callback(lambda f: self._written_or_kept(f, entries))
+            self._last = future
+            return
         try:
-            self.store.add_audit(entries)
-            self._written += len(entries)
-            if self._written >= KEEP_RECORDS // 100:
-                self._written = 0
-                self.store.prune_audit(KEEP_RECORDS)
+            _write(self.store.store, entries, prune)
         except StoreUnavailable as e:
-            # Keep them for the next try, but bounded: the store being full must not
-            # grow the daemon's memory without end.
-            log.error("audit records not written (%d kept): %s", len(entries), e)
-            self._buffer = (entries + self._buffer)[-MAX_BUFFERED:]
+            self._keep(entries, e)
+
+    async def written(self) -> None:
+        """Every record so far in the store (or kept for a retry, if the store failed):
+        for a reader of the trail, to whom what happened just now is part of the answer.
+        Batches commit in the order given, so the last one's commit covers the others."""
+        self.flush()
+        last = self._last
+        if last is not None and not last.done():
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.shield(last)
+
+    def _written_or_kept(self, future: asyncio.Future[None], entries: list[AuditEntry]) -> None:
+        if future.cancelled():
+            return  # the daemon is stopping; the writer still writes what it was given
+        error = future.exception()
+        if isinstance(error, StoreUnavailable):
+            self._keep(entries, error)
+        elif error is not None:
+            log.error("audit records not written: %s", error)
+
+    def _keep(self, entries: list[AuditEntry], error: StoreUnavailable) -> None:
+        # Keep them for the next try, but bounded: the store being full must not grow
+        # the daemon's memory without end.
+        log.error("audit records not written (%d kept): %s", len(entries), error)
+        self._buffer = (entries + self._buffer)[-MAX_BUFFERED:]
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
             if self._buffer:
                 self.flush()
+
+
+def _write(store: Store, entries: list[AuditEntry], prune: bool) -> None:
+    security = SecurityStore(store)
+    security.add_audit(entries)
+    if prune:
+        security.prune_audit(KEEP_RECORDS)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -134,7 +134,7 @@ class Daemon:
             hang_when=Path(hang) if hang else None,
         )
         self.security = SecurityStore(self.store)
-        self.audit = AuditTrail(self.security, clock)
+        self.audit = AuditTrail(self.security, clock, self.state.writer)
         key_path = config.db_path.with_name(config.db_path.name + ".key")
         self.tokens = TokenBook(key_path, self.security)
         self.gate = Gate(

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from schedulerd.store.store import Store
 
 AUDIT_PAGE_CAP = 1000
+_INSERT_AUDIT = (
+    "INSERT INTO audit (time, identity, credential, action, object, result, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass
@@ -54,21 +58,15 @@ class SecurityStore:
         return [_token_from_row(r) for r in self.db.table("tokens").rows_where(order_by="rowid")]
 
     def add_audit(self, entries: Iterable[AuditEntry]) -> None:
+        # One prepared statement for the batch: the records of a burst of submissions
+        # come a few hundred at a time (sqlite-utils' insert_all builds each row's SQL).
         rows = [
-            {
-                "time": e.time,
-                "identity": e.identity,
-                "credential": e.credential,
-                "action": e.action,
-                "object": e.object,
-                "result": e.result,
-                "detail": e.detail,
-            }
+            (e.time, e.identity, e.credential, e.action, e.object, e.result, e.detail)
             for e in entries
         ]
         if rows:
             with self.store.transaction():
-                self.db.table("audit").insert_all(rows)
+                self.db.conn.executemany(_INSERT_AUDIT, rows)
 
     def prune_audit(self, keep: int) -> None:
         """Drop all but the newest `keep` records."""

@@ -108,7 +108,7 @@ class TokenService:
         self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditResponse:
         await self.gate.check(context, Action.LIST_AUDIT, NOTHING)
-        self.gate.audit.flush()  # what happened just now is part of the answer
+        await self.gate.audit.written()  # what happened just now is part of the answer
         entries = self.gate.audit.store.list_audit(
             min(request.limit or AUDIT_PAGE_CAP, AUDIT_PAGE_CAP),
             request.before_id,
