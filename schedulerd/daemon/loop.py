@@ -26,6 +26,10 @@ from schedulerd.store import JobRecord, StoreUnavailable
 log = logging.getLogger("schedulerd.loop")
 # The least rest between two cycles: at most 100 a second, however many wakes.
 MIN_REST_S = 0.010
+# A cycle is decided on the event loop (not in a worker thread) when the last one took
+# at most this long and at most INLINE_CHANGES jobs changed since (SchedulingLoop._cheap).
+INLINE_DECIDE_S = 0.002
+INLINE_CHANGES = 64
 
 
 class SchedulingLoop:
@@ -72,6 +76,8 @@ class SchedulingLoop:
         # What one cycle's decide() keeps for the next (core/cache.py): waiting queues
         # kept sorted, so that a cycle costs what changed. Used by one cycle at a time.
         self._decided = core.DecideCache()
+        # The policy the last decide() ran with, and how long it took (None before).
+        self._last_decided: tuple[core.Policy, float] | None = None
 
     def wake(self) -> None:
         """Something changed (a submission, a report, a node): decide soon."""
@@ -159,8 +165,12 @@ class SchedulingLoop:
         snapshot = self.state.snapshot()
         began = time.perf_counter()
         # decide() applies the policy's time windows at `now` (core/windows.py).
-        plan = await asyncio.to_thread(core.decide, snapshot, policy, now, self._decided)
+        if self._cheap(snapshot, policy):
+            plan = core.decide(snapshot, policy, now, self._decided)
+        else:
+            plan = await asyncio.to_thread(core.decide, snapshot, policy, now, self._decided)
         took = time.perf_counter() - began
+        self._last_decided = (policy, took)
         log.debug("decide() took %.1f ms", took * 1000)
         self.state.metrics.decide_time.observe(took)
         self.state.metrics.plan_sizes(plan)
@@ -184,6 +194,24 @@ class SchedulingLoop:
         self.links.send_all(commands)
         if len(started) < len(plan.starts):
             self.wake()  # some starts went stale: decide again with the new facts
+
+    def _cheap(self, snapshot: core.Snapshot, policy: core.Policy) -> bool:
+        """Whether to decide on the event loop rather than in a worker thread: when the
+        last cycle was quick, under the same policy (a new one sorts every queue again),
+        and few jobs changed since. A thread does not run the core beside the handlers
+        (the GIL), it only lets them in every switch interval; for a cycle of a fraction
+        of a millisecond (a submission storm: one cycle per few submissions) the hand-over
+        to the thread and back cost more than the cycle (issue 15: sequential SubmitJob
+        calls, ~0.1 ms each). A cycle that turns out long sends the next to the thread."""
+        changes = snapshot.changes
+        last = self._last_decided
+        return (
+            last is not None
+            and last[0] is policy
+            and last[1] <= INLINE_DECIDE_S
+            and changes is not None
+            and len(changes.jobs) <= INLINE_CHANGES
+        )
 
     def _stop_overdue(self) -> None:
         # Only jobs holding parts can be running: not the whole queue, every cycle.
