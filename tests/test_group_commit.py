@@ -228,3 +228,64 @@ def test_a_closed_writer_refuses_new_writes(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert {j.name for j in state.store.load_jobs()} >= {"before"}
+
+
+def test_changes_take_turns_first_come_first_served_one_woken_at_a_time(tmp_path: Path) -> None:
+    """Hundreds of callers waiting to build a change (500 nodes reporting): each gets its
+    turn in the order it came, one change is pending at a time, and a delivered change
+    wakes one waiter, not all of them. A waiter cancelled, woken or not, and one that
+    queues no change, pass the turn on."""
+    from schedulerd.store.group import GroupWriter
+
+    store = Store(tmp_path / "s.db")
+    writer = GroupWriter(store)
+    order: list[int] = []
+    futures = 0  # made on the loop: waking every waiter for each change makes O(n^2)
+    pending = most = 0
+
+    async def one(i: int) -> None:
+        nonlocal pending, most
+        await writer.changes_idle()
+        order.append(i)
+        if i % 50 == 7:
+            return  # this one writes nothing after all
+        pending += 1
+        most = max(most, pending)
+
+        def applied() -> None:
+            nonlocal pending
+            pending -= 1
+
+        await writer.submit(lambda store: None, applied, change=True)
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        make = loop.create_future
+
+        def counted() -> asyncio.Future[None]:
+            nonlocal futures
+            futures += 1
+            return make()
+
+        loop.create_future = counted  # type: ignore[method-assign]
+        tasks = [asyncio.create_task(one(i)) for i in range(300)]
+        await asyncio.sleep(0)  # all queued behind the first one's change
+        tasks[100].cancel()  # waiting: never served
+        await asyncio.wait_for(asyncio.gather(*tasks[:100]), 30)
+        # One woken, then cancelled before it runs: the turn goes on.
+        while writer._turn is None:
+            await asyncio.sleep(0)
+        nxt = min(i for i in range(300) if i not in order and not tasks[i].done())
+        tasks[nxt].cancel()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        return [i for i, t in enumerate(tasks) if t.cancelled()]
+
+    try:
+        cancelled = asyncio.run(scenario())
+    finally:
+        writer.close()
+        store.close()
+    assert len(cancelled) == 2 and cancelled[0] == 100
+    assert order == [i for i in range(300) if i not in cancelled]
+    assert most == 1
+    assert futures < 4 * 300
