@@ -42,6 +42,7 @@ from _nodesim_world import ProcStat, World
 from schedulerd.client import JobState, job_spec
 
 FOREVER = {"NODESIM_RUN_S": "inf"}
+SETTLE_S = 20.0  # after the fill runs, before the idle cost of running jobs is read
 
 
 def policy(owner_gpus: int) -> str:
@@ -110,7 +111,9 @@ def main() -> int:
         rows.append((f"fill: all {total} placed (KAI: 398 s)", f"{placed:.1f} s"))
         rows.append((f"fill: all {total} running on the nodes", f"{running:.1f} s"))
 
-        time.sleep(4)
+        # The nodes' 4,000 "running" reports are written one change at a time (about
+        # 10 s at this size): the cost of holding running jobs is read after them.
+        time.sleep(SETTLE_S)
         rss2 = daemon.rss_mib()
         cpu2 = daemon.cpu_share(args.cpu_window)
         per1000 = 1000 / total
