@@ -169,3 +169,30 @@ def test_an_audit_batch_left_by_a_closed_loop_does_not_hold_up_the_next_loops_wr
     finally:
         state.writer.close()
         store.close()
+
+
+def test_a_reader_in_the_next_loop_is_answered_and_sees_the_last_loops_records(
+    tmp_path: Path,
+) -> None:
+    """The last batch given to the writer belongs to a loop that closed before it was
+    written: a reader of the trail in the next loop (ListAudit: `written()`) must be
+    answered, with those records in the store, not fail on a future of another loop."""
+    store = Store(tmp_path / "s.db")
+    writer = GroupWriter(store)
+    trail = AuditTrail(SecurityStore(store), Clock(), writer)
+
+    async def first() -> None:
+        _refuse(trail, "at the end of the first loop")
+        trail.flush()
+
+    async def read() -> list[str]:
+        await asyncio.wait_for(trail.written(), 10)
+        return _stored(store)
+
+    try:
+        with writer._cond:  # written only once the first loop has closed
+            asyncio.run(first())
+        assert asyncio.run(read()) == ["at the end of the first loop"]
+    finally:
+        writer.close()
+        store.close()

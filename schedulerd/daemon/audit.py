@@ -213,6 +213,10 @@ class AuditTrail:
         last = self._last
         if last is not None and not last.done():
             with contextlib.suppress(StoreUnavailable):
+                if self.writer is not None and last.get_loop() is not asyncio.get_running_loop():
+                    # Given by an event loop that closed before it was written (one
+                    # asyncio.run after another): a write queued now commits after it.
+                    last = self._last = self.writer.submit(lambda store: None)
                 await asyncio.shield(last)
 
     def _written_or_kept(self, future: asyncio.Future[None], entries: list[AuditEntry]) -> None:
