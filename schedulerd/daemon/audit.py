@@ -95,6 +95,9 @@ class AuditTrail:
         self.writer = writer
         self._last: asyncio.Future[None] | None = None  # the last batch given to the writer
         self._buffer: list[AuditEntry] = []
+        # How many records at the head of _buffer came back from failed batches: older
+        # than every other one there (batches fail in the order they were given).
+        self._kept = 0
         self._window_start = clock()
         self._refusals: dict[str, int] = {}  # identity label -> refusals this window
         self._written = 0
@@ -181,6 +184,7 @@ class AuditTrail:
 
     def flush(self) -> None:
         entries, self._buffer = self._buffer, []
+        self._kept = 0
         if not entries:
             return
         self._written += len(entries)
@@ -209,6 +213,10 @@ class AuditTrail:
         last = self._last
         if last is not None and not last.done():
             with contextlib.suppress(StoreUnavailable):
+                if self.writer is not None and last.get_loop() is not asyncio.get_running_loop():
+                    # Given by an event loop that closed before it was written (one
+                    # asyncio.run after another): a write queued now commits after it.
+                    last = self._last = self.writer.submit(lambda store: None)
                 await asyncio.shield(last)
 
     def _written_or_kept(self, future: asyncio.Future[None], entries: list[AuditEntry]) -> None:
@@ -224,7 +232,14 @@ class AuditTrail:
         # Keep them for the next try, but bounded: the store being full must not grow
         # the daemon's memory without end.
         log.error("audit records not written (%d kept): %s", len(entries), error)
-        self._buffer = (entries + self._buffer)[-MAX_BUFFERED:]
+        # After the records of the batches that failed before this one, before those
+        # made since it was given (a later batch may be in the writer, failing too):
+        # the trail keeps the order things happened in, and the bound drops the oldest.
+        at = self._kept
+        buffer = self._buffer[:at] + entries + self._buffer[at:]
+        drop = max(0, len(buffer) - MAX_BUFFERED)
+        self._buffer = buffer[drop:]
+        self._kept = max(0, at + len(entries) - drop)
 
     async def run(self) -> None:
         while True:

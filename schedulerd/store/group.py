@@ -67,6 +67,11 @@ class GroupWriter:
         # first served, and the one woken whose coroutine has not run yet.
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._turn: asyncio.Future[None] | None = None
+        # The event loop that last queued a write or waited for a turn: it is told of
+        # every batch written too, so that writes of a loop that has closed since (a
+        # test's asyncio.run; a task cancelled as it shut down) are delivered there and
+        # their changes hold no later caller back.
+        self._home: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._wstore: Store | None = None
         self._closed = False
@@ -86,6 +91,7 @@ class GroupWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         item = _Write(write, apply, future, change)
+        self._home = loop
         with self._cond:
             if self._closed:
                 raise StoreUnavailable("the store is closing")
@@ -108,6 +114,11 @@ class GroupWriter:
         if not self._changes and not self._waiters and self._turn is None:
             return
         loop = asyncio.get_running_loop()
+        self._home = loop
+        if self._changes and self._done:
+            self.deliver()  # written for a loop that closed before it could deliver them
+            if not self._changes and not self._waiters and self._turn is None:
+                return
         again = False
         while True:
             turn: asyncio.Future[None] = loop.create_future()
@@ -175,7 +186,9 @@ class GroupWriter:
                     if not self._changes:
                         self._wake_next()
             future = item.future
-            if future is not None and not future.done():
+            # A closed loop's future cannot be resolved (its callbacks cannot be called):
+            # raising here would leave the writes after it undelivered.
+            if future is not None and not future.done() and not future.get_loop().is_closed():
                 if item.error is None:
                     future.set_result(None)
                 else:
@@ -225,6 +238,9 @@ class GroupWriter:
                 self.batches += 1
                 self.largest_batch = max(self.largest_batch, len(batch))
                 self._cond.notify_all()
+            home = self._home
+            if home is not None:
+                loops.add(home)
             for loop in loops:
                 with contextlib.suppress(RuntimeError):  # a closed loop: close() delivers
                     loop.call_soon_threadsafe(self.deliver)
