@@ -216,16 +216,9 @@ def test_a_part_dropped_after_a_shrink_is_dropped_from_the_store_too(tmp_path: P
     assert restarted.parts_by_node.as_dict() == state.parts_by_node.as_dict() == {"n1": {job.id}}
 
 
-def _storable(parts: list[Any]) -> list[Any]:
-    """The parts the store can hold: one per node (the newest), by rank (the xfail
-    test below: a lost part and a later one on the same node share a key)."""
-    newest = {p.node: p for p in sorted(parts, key=lambda p: p.node_rank)}
-    return sorted(newest.values(), key=lambda p: p.node_rank)
-
-
 def _check_memory_is_the_store(state: ClusterState, where: str) -> None:
     """What a restart would load equals memory, and the part index equals a rebuild."""
-    mem = {i: (j.state, j.attempt, _storable(j.parts)) for i, j in state.jobs.items()}
+    mem = {i: (j.state, j.attempt, j.parts) for i, j in state.jobs.items()}
     disk = {j.id: (j.state, j.attempt, j.parts) for j in state.store.load_jobs(active_only=True)}
     assert mem == disk, where
     from schedulerd.daemon.partindex import PartsByNode
@@ -397,15 +390,11 @@ def test_a_change_after_a_regrow_keeps_the_live_part_stored(tmp_path: Path) -> N
     state.cancel(job.id, "u")
     stored = state.store.load_job(job.id)
     assert stored is not None
-    assert [p.phase.value for p in stored.parts if p.node == "n2"] == ["running"]
+    # Both of n2's parts are stored, each as it is: the lost one EXITED, the live one
+    # running (its row never written over by the lost one's).
+    assert [p.phase.value for p in stored.parts if p.node == "n2"] == ["exited", "running"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="job_parts' key is (job_id, attempt, node): a job's lost part and the part it "
-    "grew later on the same node in the same attempt cannot both be stored; a restart "
-    "keeps the newer one only (the schema needs the part's rank in its key)",
-)
 def test_a_lost_part_and_its_regrown_successor_both_survive_a_restart(tmp_path: Path) -> None:
     state, job = _regrown(tmp_path)
     stored = state.store.load_job(job.id)

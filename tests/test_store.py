@@ -130,3 +130,38 @@ def test_a_jobs_preemptions_are_kept(tmp_path: Path) -> None:
     store.save_job(job)
     (again,) = Store(tmp_path / "s.db").load_jobs()
     assert again.preemptions == 2
+
+
+def test_migration_11_keys_parts_by_rank_and_keeps_every_stored_part(tmp_path: Path) -> None:
+    """A store of schema 10 (parts keyed by job, attempt and node) opened by this version:
+    its parts are kept as they were, and afterwards one node may hold two parts of one
+    attempt (a part lost with the node and the one grown there when it came back)."""
+    from schedulerd.store.schema import MIGRATIONS
+
+    path = tmp_path / "s.db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:10]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 10")
+    conn.execute(
+        "INSERT INTO jobs (id, consumer, user, name, command, env, working_dir, gpus_min, gpus_max,"
+        " priority, state, submit_time) VALUES (1, '/a', 'u', 'e', '[\"t\"]', '{}', '', 1, 3,"
+        " 0, 'RUNNING', 0.0)"
+    )
+    conn.execute(
+        "INSERT INTO job_parts (job_id, attempt, node, node_rank, gpu_indices, gpu_uuids,"
+        " phase, workers) VALUES (1, 0, 'n2', 1, '[0]', '[\"n2-0\"]', 'exited', '{\"0\": 1}')"
+    )
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    job = store.load_job(1)
+    assert job is not None
+    lost = PartRecord(1, 0, "n2", 1, [0], ["n2-0"], PartPhase.EXITED, workers={0: 1})
+    assert job.parts == [lost]
+    grown = PartRecord(1, 0, "n2", 2, [1], ["n2-1"], PartPhase.RUNNING, pid=9, workers={1: 2})
+    job.parts = [lost, grown]
+    store.save_job(job)
+    store.close()
+    again = Store(path).load_job(1)
+    assert again is not None and again.parts == [lost, grown]

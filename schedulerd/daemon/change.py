@@ -64,25 +64,23 @@ def job_write(live: JobRecord | None, copy: JobRecord) -> JobWrite:
     if live is None:
         return JobWrite(copy, True, copy.parts)
     row = any(getattr(copy, f) != getattr(live, f) for f in _JOB_FIELDS)
-    # By rank too: a node may hold a lost part and a later one of the same attempt. The
-    # store keeps one part per (attempt, node), the newest: an older one is never
-    # written over it (docs/store-writes.md).
-    stored = {(p.attempt, p.node, p.node_rank): p for p in live.parts}
-    newest: dict[tuple[int, str], PartRecord] = {}
-    for p in copy.parts:
-        held = newest.get((p.attempt, p.node))
-        if held is None or p.node_rank > held.node_rank:
-            newest[(p.attempt, p.node)] = p
-    parts = [
-        p
-        for p in copy.parts
-        if newest[(p.attempt, p.node)] is p and stored.get((p.attempt, p.node, p.node_rank)) != p
-    ]
+    # A part is (attempt, node, rank), as stored: a node may hold a part lost with it and
+    # the part the job grew there later, in the same attempt (docs/store-writes.md).
+    stored = {_part_key(p): p for p in live.parts}
+    parts = [p for p in copy.parts if stored.get(_part_key(p)) != p]
     # A part of this attempt gone from the copy is gone (a requeue starts a new
     # attempt: the old attempt's parts stay stored, as its history).
-    kept = {p.node for p in copy.parts if p.attempt == copy.attempt}
-    dropped = [p.node for p in live.parts if p.attempt == copy.attempt and p.node not in kept]
+    kept = {(p.node, p.node_rank) for p in copy.parts if p.attempt == copy.attempt}
+    dropped = [
+        (p.node, p.node_rank)
+        for p in live.parts
+        if p.attempt == copy.attempt and (p.node, p.node_rank) not in kept
+    ]
     return JobWrite(copy, row, parts, dropped)
+
+
+def _part_key(p: PartRecord) -> tuple[int, str, int]:
+    return (p.attempt, p.node, p.node_rank)
 
 
 def clone_node(n: NodeRecord) -> NodeRecord:

@@ -226,4 +226,32 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN array_index INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_by_array ON jobs(array_id, array_index) WHERE array_id != 0;
     """,
+    # 11: a part is keyed by its rank too (docs/store-writes.md): an elastic job may hold,
+    # on one node in one attempt, a part lost with the node and the part it grew there
+    # when the node came back; keyed by (job, attempt, node), only the newer could be
+    # stored and a restart forgot the lost one. SQLite cannot change a primary key in
+    # place: the table is copied.
+    """
+    CREATE TABLE job_parts_by_rank (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        node_rank INTEGER NOT NULL,
+        gpu_indices TEXT NOT NULL,
+        gpu_uuids TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        exit_code INTEGER,
+        pid INTEGER,
+        message TEXT NOT NULL DEFAULT '',
+        workers TEXT NOT NULL DEFAULT '{}',
+        releasing TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (job_id, attempt, node, node_rank)
+    );
+    INSERT INTO job_parts_by_rank (job_id, attempt, node, node_rank, gpu_indices, gpu_uuids,
+        phase, exit_code, pid, message, workers, releasing)
+    SELECT job_id, attempt, node, node_rank, gpu_indices, gpu_uuids, phase, exit_code, pid,
+        message, workers, releasing FROM job_parts;
+    DROP TABLE job_parts;
+    ALTER TABLE job_parts_by_rank RENAME TO job_parts;
+    """,
 ]

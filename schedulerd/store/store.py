@@ -161,7 +161,7 @@ class Store:
                 cursor = self.db.conn.executemany(_UPDATE_JOB, rows)
                 if cursor.rowcount != len(rows):  # as sqlite-utils' update() refused
                     raise ValueError(f"a job to update is not stored ({len(rows)} rows)")
-            dropped = [(w.job.id, w.job.attempt, n) for w in jobs for n in w.dropped]
+            dropped = [(w.job.id, w.job.attempt, n, r) for w in jobs for n, r in w.dropped]
             if dropped:
                 self.db.conn.executemany(_DELETE_PART, dropped)
             parts = [_part_values(p) for w in jobs for p in w.parts]
@@ -361,10 +361,10 @@ class JobWrite:
     job: JobRecord
     row: bool
     parts: Sequence[PartRecord]
-    # Nodes whose part of the job's current attempt left it (an elastic part whose
-    # workers all left: endings.released): their rows go too, or a restart brings back
-    # a part that no longer exists.
-    dropped: Sequence[str] = ()
+    # (node, node_rank) of each part of the job's current attempt that left it (an
+    # elastic part whose workers all left: endings.released): their rows go too, or a
+    # restart brings back a part that no longer exists.
+    dropped: Sequence[tuple[str, int]] = ()
 
 
 # Plain prepared statements, built once from the records' fields (which are the
@@ -395,10 +395,12 @@ def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 
 _PART_COLUMNS = tuple(f.name for f in fields(PartRecord))
-_UPSERT_PART = _upsert("job_parts", _PART_COLUMNS, ("job_id", "attempt", "node"))
+_UPSERT_PART = _upsert("job_parts", _PART_COLUMNS, ("job_id", "attempt", "node", "node_rank"))
 _NODE_COLUMNS = tuple(f.name for f in fields(NodeRecord))
 _UPSERT_NODE = _upsert("nodes", _NODE_COLUMNS, ("name",))
-_DELETE_PART = "DELETE FROM job_parts WHERE job_id = ? AND attempt = ? AND node = ?"
+_DELETE_PART = (
+    "DELETE FROM job_parts WHERE job_id = ? AND attempt = ? AND node = ? AND node_rank = ?"
+)
 _INSERT_EVENT = "INSERT INTO events (time, job_id, kind, message) VALUES (?, ?, ?, ?)"
 
 
