@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two Quick start commands (README.md):
-#   ./dev.sh run    install everything (if pyproject.toml or this file changed since),
-#                   then run the daemon with a local agent
+#   ./dev.sh run    install everything (if pyproject.toml, this file or scripts/schedctl
+#                   changed since), then run the daemon with a local agent
 #   ./dev.sh test   install everything (likewise), then lint, type-check and run the tests
 # Other uses: ./dev.sh install | ./dev.sh lint | ./dev.sh bench
 set -euo pipefail
@@ -11,11 +11,13 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 # What the environment was installed from: when it is unchanged, a start skips pip
-# (half a minute of it) and listens within seconds.
+# (half a minute of it) and listens within seconds. scripts/schedctl counts too: pip
+# copies it into the venv's bin (pyproject's script-files), so an edit to it reaches
+# `schedctl` only through an install.
 STAMP="$VENV/.installed-from"
 
 wanted() {
-  sha256sum pyproject.toml dev.sh | sha256sum | cut -d' ' -f1
+  sha256sum pyproject.toml dev.sh scripts/schedctl | sha256sum | cut -d' ' -f1
 }
 
 install() {
