@@ -3,6 +3,7 @@ slurmd's in the same run (issue 15, "lighter agents").
 
     .venv/bin/python bench/agent_idle_bench.py [--minutes 1] [--jobs 4] [--heartbeat 30]
         [--before /tmp/agent-before] [--slurm-peer shared/peers/slurm [--slurm-jobs 4]]
+        [--grpc-floor]
 
 Each agent is a real `python -m agent --fake-gpus 8`, registered to a real daemon (this
 checkout's) on 127.0.0.1, measured over the window from /proc/<pid>/task/*/schedstat (the
@@ -19,6 +20,11 @@ accounts`), measures every slurmd over the same window, with --slurm-jobs N then
 `sleep` jobs of its user alice on gpu01 (that slurmd and the jobs' slurmstepds), and stops
 it (`./setup_and_bench.sh stop`) whatever happens. Without it, slurmds already running (pid
 files under /tmp/slurm_peer_run/pids) are measured if there are any.
+
+--grpc-floor first measures the floor under any agent built on grpcio: a process that
+opens a grpc.aio channel to the daemon, makes one call and then sends nothing, thread by
+thread; then the same process with the channel closed (grpc still loaded); and, as the
+control, the same asyncio process without grpc (bench/_grpc_floor.py).
 
 Prints a table. Timings on a shared machine are noisy: say so next to the numbers.
 """
@@ -59,6 +65,29 @@ def cpu_ns(pid: int) -> int:
         except (OSError, ValueError, IndexError):
             continue  # a thread that ended meanwhile
     return total
+
+
+def threads_ms_per_minute(pid: int, seconds: float) -> dict[str, tuple[int, float]]:
+    """CPU ms per minute of a process's threads over `seconds`, by thread name (the kernel's
+    comm: gRPC names its own): {name: (how many threads, ms per minute)}."""
+
+    def sample() -> dict[str, tuple[str, int]]:
+        out = {}
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                name = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+                ns = int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+                out[task] = (name, ns)
+        return out
+
+    before = sample()
+    time.sleep(seconds)
+    by_name: dict[str, tuple[int, float]] = {}
+    for task, (name, ns) in sample().items():
+        count, ms = by_name.get(name, (0, 0.0))
+        spent = (ns - before.get(task, (name, 0))[1]) / 1e6 * 60.0 / seconds
+        by_name[name] = (count + 1, ms + spent)
+    return by_name
 
 
 def children(pid: int) -> list[int]:
@@ -192,6 +221,48 @@ def measure_agent(
     return rows
 
 
+def measure_grpc_floor(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """What holding gRPC costs a process that does nothing (bench/_grpc_floor.py): the
+    floor under any agent built on grpcio, next to the same asyncio process without it."""
+    rows = []
+    probe = [sys.executable, str(REPO / "bench" / "_grpc_floor.py")]
+    with tempfile.TemporaryDirectory(prefix="grpc-floor-") as tmp:
+        cluster = BenchCluster(Path(tmp), POLICY)
+        cluster.start_daemon()
+        try:
+            for label, argv in (
+                ("asyncio process, no grpc (control)", ["--no-grpc"]),
+                ("grpc.aio channel open, nothing sent", [cluster.address]),
+            ):
+                proc = subprocess.Popen(
+                    [*probe, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    env=dict(os.environ, PYTHONPATH=str(REPO)),
+                )  # fmt: skip
+                assert proc.stdin is not None and proc.stdout is not None
+                try:
+                    phases = [label] if argv == ["--no-grpc"] else [label, "grpc, channel closed"]
+                    for i, phase in enumerate(phases):
+                        if i:
+                            proc.stdin.write(b"close\n")
+                            proc.stdin.flush()
+                        word = proc.stdout.readline().decode().strip()
+                        if word not in ("open", "closed"):
+                            raise SystemExit(f"the floor probe said {word!r}")
+                        time.sleep(args.settle)
+                        threads = threads_ms_per_minute(proc.pid, args.minutes * 60)
+                        total = sum(ms for _, ms in threads.values()) / 1000
+                        rows.append((phase, f"{total:.4f}"))
+                        for name, (count, ms) in sorted(threads.items(), key=lambda t: -t[1][1]):
+                            if ms >= 0.05:
+                                rows.append((f"  {name} ({count} threads)", f"{ms / 1000:.4f}"))
+                finally:
+                    proc.stdin.close()
+                    proc.wait(30)
+        finally:
+            cluster.stop()
+    return rows
+
+
 def slurmd_pids() -> list[int]:
     pids = []
     for f in sorted(SLURM_PIDS.glob("slurmd.*.pid")):
@@ -298,8 +369,15 @@ def main() -> int:
         default=[],
         help="also measure this checkout's agent with the daemon's --heartbeat this (repeatable)",
     )
+    p.add_argument(
+        "--grpc-floor",
+        action="store_true",
+        help="also measure a process that holds an idle grpc.aio channel and does nothing",
+    )
     args = p.parse_args()
     rows: list[tuple[str, str]] = []
+    if args.grpc_floor:
+        rows += measure_grpc_floor(args)
     if args.before is not None:
         rows += measure_agent("before", args.before.resolve(), args)
     if not args.no_after:
