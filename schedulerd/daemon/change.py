@@ -147,8 +147,12 @@ class Change:
                 record.fences.append(FenceRecord(gpu, job_id, attempt, self.now, reason))
 
     def unfence(self, node: str, job_id: int, attempt: int) -> None:
-        live = self.state.nodes.get(node)
-        if live is None or not any((f.job_id, f.attempt) == (job_id, attempt) for f in live.fences):
+        # The node as this change has it: a fence set earlier in the same change (another
+        # report of a batch, daemon/reports.py) is lifted too.
+        current = self._current_node(node)
+        if current is None or not any(
+            (f.job_id, f.attempt) == (job_id, attempt) for f in current.fences
+        ):
             return
         record = self.node(node)
         record.fences = [f for f in record.fences if (f.job_id, f.attempt) != (job_id, attempt)]
