@@ -5,8 +5,9 @@ The gauges of the cluster's state are read at scrape time instead
 
 Hooks, and only these: `ClusterState.submit*` (submissions), `Change.commit` (starts,
 ends and requeues, as committed), `apply_plan` (preemptions, shrinks and grows sent),
-the scheduling loop (cycle and decide() times, plan sizes) and the API's CallWrapper
-(requests by method and status code).
+the scheduling loop (cycle and decide() times, plan sizes), the agents' reports as
+recorded (`daemon/reports.py`) and the API's CallWrapper (requests by method and status
+code).
 
 Labels are bounded: consumers (by the policy), methods (by the API), status codes,
 and the closed sets of kinds below; never a job id, a user or a command.
@@ -194,6 +195,16 @@ class DaemonMetrics:
             buckets=FAST_BUCKETS,
             registry=r,
         )
+        self.reports = Counter(
+            "schedulerd_agent_reports_total",
+            "Agents' reports of their jobs' parts recorded (committed), on their streams",
+            registry=r,
+        )
+        self.report_changes = Counter(
+            "schedulerd_agent_report_changes_total",
+            "Transactions those reports were recorded in (reports from many nodes share one)",
+            registry=r,
+        )
         self.streams = Gauge(
             "schedulerd_api_streams_open",
             "Streaming gRPC calls open now (agents' links, watches), by method",
@@ -206,6 +217,11 @@ class DaemonMetrics:
     def submitted_jobs(self, jobs: Iterable[JobRecord]) -> None:
         for job in jobs:
             self.submitted.labels(job.consumer).inc()
+
+    def reports_recorded(self, count: int) -> None:
+        """`count` agents' reports were committed in one change."""
+        self.reports.inc(count)
+        self.report_changes.inc()
 
     def committed(self, events: Iterable[EventRecord], jobs: Mapping[int, JobRecord]) -> None:
         """A Change was committed: its events say what happened to which job."""

@@ -59,7 +59,7 @@ def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -
 
     running = {r.key for r in reports if r.phase == "running"}
     for r in reports:
-        _report(ch, node.name, r)
+        add_report(ch, node.name, r)
         ch.out += _owed_resizes(ch, node.name, r)
     # Fences for parts the agent no longer runs: it persists every part it starts
     # and kills what it does not know, so not listed means gone.
@@ -90,7 +90,7 @@ def register(state: ClusterState, node: NodeRecord, reports: list[PartReport]) -
 
 def report(state: ClusterState, node: str, r: PartReport) -> Outbox:
     ch = Change(state)
-    _report(ch, node, r)
+    add_report(ch, node, r)
     return ch.commit()
 
 
@@ -98,11 +98,14 @@ async def report_async(state: ClusterState, node: str, r: PartReport) -> Outbox:
     """`report`, its commit shared with concurrent writes (store/group.py)."""
     await state.writer.changes_idle()
     ch = Change(state)
-    _report(ch, node, r)
+    add_report(ch, node, r)
     return await ch.commit_async()
 
 
-def _report(ch: Change, node: str, r: PartReport) -> None:
+def add_report(ch: Change, node: str, r: PartReport) -> None:
+    """Build an agent's report into `ch`, which may hold other reports (of this node at
+    its registration, of many nodes in daemon/reports.py): everything read goes through
+    what the change holds already."""
     state = ch.state
     live = state.jobs.get(r.job_id)
     job = None if live is None else (ch.touched_job(live.id) or live)
@@ -275,4 +278,12 @@ def _default_message(phase: str, code: int | None) -> str:
     return "could not start"
 
 
-__all__ = ["disconnect", "expire_nodes", "forget", "register", "report", "report_async"]
+__all__ = [
+    "add_report",
+    "disconnect",
+    "expire_nodes",
+    "forget",
+    "register",
+    "report",
+    "report_async",
+]

@@ -153,6 +153,7 @@ class Daemon:
         self.agent_port = 0
         self.ports: frozenset[int] = frozenset()
         self._audit_task: asyncio.Task[None] | None = None
+        self.agent_link: AgentLinkService | None = None  # set by start()
         self._loop_task: asyncio.Task[None] | None = None
         self._experiments_task: asyncio.Task[None] | None = None
         self.experiments: ExperimentController | None = None
@@ -244,17 +245,15 @@ class Daemon:
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(self.state, self.loop, self.links, self.gate), self.server
         )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentLinkService(
-                self.state,
-                self.links,
-                self.loop,
-                self.config.heartbeat_s,
-                self.lease_s(),
-                gate=self.gate,
-            ),
-            self.server,
+        self.agent_link = AgentLinkService(
+            self.state,
+            self.links,
+            self.loop,
+            self.config.heartbeat_s,
+            self.lease_s(),
+            gate=self.gate,
         )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_link, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         reflection.enable_server_reflection(
@@ -350,6 +349,8 @@ class Daemon:
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.stop_deciding()
         await self.server.stop(grace_s)
+        if self.agent_link is not None:
+            await self.agent_link.reports.stop()  # no stream is left to tell
         if self.http is not None:
             await self.http.stop()
         if self._audit_task is not None:

@@ -21,10 +21,12 @@ from schedulerd.api.v1 import agent_pb2, agent_pb2_grpc
 from schedulerd.auth.authorize import Action, Target
 from schedulerd.auth.identity import Identity
 from schedulerd.daemon import nodes
+from schedulerd.daemon.commands import Outbox
 from schedulerd.daemon.convert import command_to_pb, node_from_register, report_from_pb
 from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import HEARTBEAT, AgentLinks, HeartbeatAnswer, LinkQueue
 from schedulerd.daemon.loop import SchedulingLoop
+from schedulerd.daemon.reports import ReportBatcher
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState, Liveness
 from schedulerd.store import StoreUnavailable
@@ -52,6 +54,8 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         self.loop = loop
         self.heartbeat_s = heartbeat_s
         self.lease_s = lease_s
+        # Reports waiting at the same time are recorded in one change (daemon/reports.py).
+        self.reports = ReportBatcher(state, self._deliver)
 
     async def Connect(
         self,
@@ -149,17 +153,21 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         await abort(context, code, message)
 
     async def _report(self, name: str, report: nodes.PartReport) -> bool:
-        """Record an agent's report and send the commands it owes; False: not recorded."""
+        """Record an agent's report (its commands are sent once it is committed, by the
+        batcher, whoever waits for it); False: not recorded."""
         try:
-            out = await nodes.report_async(self.state, name, report)
+            await self.reports.record(name, report)
         except StoreUnavailable as e:
             # Nothing changed and no ack goes out: the agent keeps the report and sends
             # it again in its next Register.
             log.error("agent %s: report not recorded: %s; reconnecting", name, e)
             return False
+        return True
+
+    def _deliver(self, out: Outbox) -> None:
+        """A committed change's commands to the agents, and the loop told."""
         self.links.send_all(out)
         self.loop.wake()
-        return True
 
     async def _read(
         self,

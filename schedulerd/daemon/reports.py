@@ -1,0 +1,147 @@
+"""Agents' reports, recorded together: the reports of many nodes in one change, one
+transaction (docs/group-commit.md, "Reports from many nodes in one change").
+
+A report is a state change: it reads live records (the job, its parts, the node's
+fences), so it waits for its turn like every change (`GroupWriter.changes_idle`), and
+written one at a time, 500 nodes reporting 4,000 parts running after a fill took ~10 s of
+turns, one commit each. Here the reports that queue while a change is being written wait
+for one turn together: when it comes, all of them (at most MAX_REPORTS) are built into one
+`Change`, in the order they came, and committed as one write. A change holding several
+reports is built as a node's registration builds the reports it carries: each reads the
+records the reports before it changed (`Change.touched_job`), so the result is the one of
+writing them one after another (tests/test_daemon_reports.py checks it against that).
+
+What each caller is told is what it was told alone: recorded (and its commands sent), or
+`StoreUnavailable` when the batch's commit failed, so that its agent sends the report again
+when it registers. A report whose building raises (a bug, not the disk) must not take the
+reports of other nodes with it: the batch is then built again one report per change, and
+only that one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from schedulerd.daemon import nodes
+from schedulerd.daemon.change import Change
+from schedulerd.daemon.commands import Outbox
+from schedulerd.daemon.state import ClusterState
+
+log = logging.getLogger(__name__)
+
+# At most this many reports in one change: a bound on one transaction's size and on the
+# time the event loop spends building it (~40 µs a report).
+MAX_REPORTS = 512
+
+
+@dataclass
+class _Waiting:
+    node: str
+    report: nodes.PartReport
+    done: asyncio.Future[None]
+
+
+class ReportBatcher:
+    """Records agents' reports, those that wait at the same time in one change."""
+
+    def __init__(self, state: ClusterState, deliver: Callable[[Outbox], None]) -> None:
+        self.state = state
+        self.deliver = deliver  # sends a committed change's commands to the agents
+        self._queue: list[_Waiting] = []
+        self._task: asyncio.Task[None] | None = None
+        self.changes = 0  # changes committed (tests, benchmarks)
+        self.largest = 0  # most reports in one change
+
+    async def record(self, node: str, report: nodes.PartReport) -> None:
+        """Return once the report is committed and applied, and its commands delivered;
+        raise what its commit raised (StoreUnavailable), having changed nothing."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(node, report, loop.create_future())
+        self._queue.append(waiting)
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._task = loop.create_task(self._drain())
+        await waiting.done
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await self.state.writer.changes_idle()
+            batch = self._queue[:MAX_REPORTS]
+            del self._queue[: len(batch)]
+            # Callers of an event loop that has closed (tests run several) wait no more.
+            batch = [w for w in batch if not w.done.get_loop().is_closed()]
+            try:
+                await self._record(batch)
+            except Exception as e:  # a bug: still, no caller may wait forever
+                log.exception("recording %d agents' reports failed", len(batch))
+                for w in batch:
+                    _settle(w.done, e)
+
+    async def _record(self, batch: list[_Waiting]) -> None:
+        """Build the batch into one change and commit it, this caller holding the turn."""
+        try:
+            ch = self._build(batch)
+        except Exception:
+            log.exception("building %d reports in one change failed: one by one", len(batch))
+            await self._one_by_one(batch)
+            return
+        await self._commit(ch, batch)
+
+    async def stop(self) -> None:
+        """At shutdown, after the servers stop: no caller is left to tell."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._queue.clear()
+
+    def _build(self, batch: list[_Waiting]) -> Change:
+        ch = Change(self.state)
+        for w in batch:
+            nodes.add_report(ch, w.node, w.report)
+        return ch
+
+    async def _commit(self, ch: Change, batch: list[_Waiting]) -> None:
+        # Queued before this first yields: nothing else builds on the records meanwhile.
+        try:
+            out = await ch.commit_async()
+        except Exception as e:
+            for w in batch:
+                _settle(w.done, e)
+            return
+        self.changes += 1
+        self.largest = max(self.largest, len(batch))
+        self.state.metrics.reports_recorded(len(batch))
+        try:
+            self.deliver(out)
+        except Exception:  # committed and applied all the same: tell the callers so
+            log.exception("sending the commands of %d agents' reports failed", len(batch))
+        for w in batch:
+            _settle(w.done, None)
+
+    async def _one_by_one(self, batch: list[_Waiting]) -> None:
+        for i, w in enumerate(batch):
+            if i:
+                await self.state.writer.changes_idle()
+            try:
+                ch = self._build([w])
+            except Exception as e:
+                _settle(w.done, e)
+                continue
+            await self._commit(ch, [w])
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    """Tell one caller; one that went away (its stream cancelled) is not waiting."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+        # Retrieved here so that a caller that went away leaves no "never retrieved" log.
+        done.exception()

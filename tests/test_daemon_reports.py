@@ -1,0 +1,229 @@
+"""Agents' reports recorded together (daemon/reports.py): the reports of many nodes built
+into one change and one transaction leave memory, store and the commands sent exactly as
+recording them one after another does; a batch that fails to commit tells every caller and
+changes nothing; a report whose building raises fails alone. A real SQLite file in a real
+event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from schedulerd import core
+from schedulerd.core import GpuSlot, JobId, NodeName
+from schedulerd.daemon import nodes
+from schedulerd.daemon.commands import Outbox
+from schedulerd.daemon.nodes import PartReport
+from schedulerd.daemon.plans import apply_plan
+from schedulerd.daemon.reports import ReportBatcher
+from schedulerd.daemon.state import ClusterState
+from schedulerd.policy import load_policy
+from schedulerd.store import GpuRecord, JobRecord, JobState, NodeRecord, Store, StoreUnavailable
+
+POLICY = "version: 1\nconsumers:\n  a: {grace: 10s}\n"
+NODES = ("n1", "n2", "n3", "n4")
+GPUS = 2
+PHASES = ("running", "running", "exited", "lost", "refused", "start_failed")
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _job(name: str, gpus_min: int, gpus_max: int) -> JobRecord:
+    return JobRecord(
+        0, "/a", "u", name, ["x"], {}, "", gpus_min, gpus_max, 0, JobState.PENDING, 0.0
+    )
+
+
+def _cluster(path: Path, seed: int) -> tuple[ClusterState, list[tuple[str, PartReport]]]:
+    """A cluster with jobs on one node and on two, elastic and not, some reported
+    running, one being cancelled; and a batch of reports drawn from the same seed: for
+    live parts, unknown jobs, old attempts and ended ones, several from one node."""
+    rng = random.Random(seed)
+    store = Store(path / "s.db")
+    state = ClusterState(store, Clock())
+    state.set_policy(load_policy(POLICY, "p"), store.save_policy(POLICY, "p", 0.0))
+    for name in NODES:
+        gpus = [GpuRecord(i, f"{name}u{i}", "f", 0) for i in range(GPUS)]
+        nodes.register(state, NodeRecord(name, "default", gpus), [])
+    free = [GpuSlot(NodeName(n), i) for n in NODES for i in range(GPUS)]
+    rng.shuffle(free)
+    placed: list[tuple[int, tuple[GpuSlot, ...]]] = []
+    while free:
+        width = min(len(free), rng.choice((1, 1, 2, 3)))
+        slots, free = tuple(free[:width]), free[width:]
+        elastic = width > 1 and rng.random() < 0.4
+        job = state.submit(_job(f"j{len(placed)}", 1 if elastic else width, width))
+        apply_plan(state, core.Plan((core.Start(JobId(job.id), slots, "t"),), {}, {}))
+        placed.append((job.id, slots))
+    for job_id, slots in placed:
+        if rng.random() < 0.6:
+            for node in sorted({s.node for s in slots}):
+                held = tuple(s.index for s in slots if s.node == node)
+                nodes.report(state, node, PartReport(job_id, 0, "running", 7, gpu_indices=held))
+    if placed and rng.random() < 0.7:
+        state.cancel(rng.choice(placed)[0], "u")
+    batch: list[tuple[str, PartReport]] = []
+    for job_id, slots in placed:
+        for node in sorted({s.node for s in slots}):
+            if rng.random() < 0.3:
+                continue
+            held = tuple(s.index for s in slots if s.node == node)
+            phase = rng.choice(PHASES)
+            alive = held if rng.random() < 0.7 else held[:1]
+            code = rng.choice((0, 0, 1, 137))
+            batch.append((node, PartReport(job_id, 0, phase, code, 9, "", alive)))
+    for _ in range(rng.randint(0, 3)):  # never ours, an old attempt, an ended one
+        name = rng.choice(NODES)
+        job_id = rng.choice([9999, *(j for j, _ in placed)])
+        phase = rng.choice(("running", "exited"))
+        batch.append((name, PartReport(job_id, rng.choice((0, 5)), phase, 0, gpu_indices=(0,))))
+    rng.shuffle(batch)
+    return state, batch
+
+
+def _same_ports(text: str) -> str:
+    """A multi-node job's rendezvous address has a free port drawn at its start: the two
+    clusters differ there only."""
+    return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
+
+
+def _memory(state: ClusterState) -> str:
+    return _same_ports(repr(sorted(state.jobs.items())) + repr(sorted(state.nodes.items())))
+
+
+def _stored(state: ClusterState) -> str:
+    jobs = sorted(state.store.load_jobs(), key=lambda j: j.id)
+    nodes_ = sorted(state.store.load_nodes(), key=lambda n: n.name)
+    return _same_ports(repr(jobs) + repr(nodes_))
+
+
+async def _record_together(
+    batcher: ReportBatcher, batch: list[tuple[str, PartReport]]
+) -> list[BaseException | None]:
+    tasks = [asyncio.ensure_future(batcher.record(node, r)) for node, r in batch]
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_reports_in_one_change_equal_the_same_reports_one_by_one(tmp_path: Path, seed: int) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    alone, batch = _cluster(tmp_path / "one", seed)
+    together, same = _cluster(tmp_path / "many", seed)
+    assert batch == same and _memory(alone) == _memory(together)
+
+    sent_alone: Outbox = []
+    for node, r in batch:
+        sent_alone += nodes.report(alone, node, r)
+
+    sent_together: Outbox = []
+    batcher = ReportBatcher(together, sent_together.extend)
+    results = asyncio.run(_record_together(batcher, batch))
+
+    assert results == [None] * len(batch)
+    # One change for all of them, counted as such.
+    assert (batcher.changes, batcher.largest) == ((1, len(batch)) if batch else (0, 0))
+    metric = together.metrics.registry.get_sample_value
+    assert metric("schedulerd_agent_reports_total") == len(batch)
+    assert metric("schedulerd_agent_report_changes_total") == batcher.changes
+    assert _memory(together) == _memory(alone)
+    assert _stored(together) == _stored(alone)
+    assert _same_ports(repr(sent_together)) == _same_ports(repr(sent_alone))
+    # And what the store rebuilds is what memory holds.
+    fresh = ClusterState(together.store, together.clock)
+    fresh.load()
+    for job_id, job in fresh.jobs.items():
+        live = together.jobs[job_id]
+        assert (job.state, job.parts, job.attempt) == (live.state, live.parts, live.attempt)
+    assert {n: r.fences for n, r in fresh.nodes.items()} == {
+        n: r.fences for n, r in together.nodes.items()
+    }
+
+
+def test_a_batch_that_fails_to_commit_tells_every_caller_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    state, batch = _cluster(tmp_path, 3)
+    assert len(batch) > 2
+    failpoint = tmp_path / "fail"
+    state.writer.fail_when = failpoint
+    failpoint.touch()
+    before = _memory(state), _stored(state)
+    sent: Outbox = []
+    batcher = ReportBatcher(state, sent.extend)
+
+    results = asyncio.run(_record_together(batcher, batch))
+
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert (_memory(state), _stored(state)) == before
+    assert sent == [] and batcher.changes == 0
+
+
+def test_reports_that_wait_for_a_pending_change_go_in_one_change_after_it(
+    tmp_path: Path,
+) -> None:
+    """While one report's change is being written, reports from every node queue; they
+    are then recorded in one change, not one each."""
+    state, batch = _cluster(tmp_path, 5)
+    assert len(batch) > 2
+    sent: Outbox = []
+    batcher = ReportBatcher(state, sent.extend)
+
+    async def go() -> list[BaseException | None]:
+        with state.writer._cond:  # the writer takes nothing meanwhile
+            first = asyncio.ensure_future(batcher.record(*batch[0]))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert state.writer._changes == 1  # the first report's change is pending
+            rest = [asyncio.ensure_future(batcher.record(n, r)) for n, r in batch[1:]]
+            for _ in range(5):
+                await asyncio.sleep(0)
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert results == [None] * len(batch)
+    assert (batcher.changes, batcher.largest) == (2, len(batch) - 1)
+
+
+def test_a_report_whose_building_raises_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in building one report (not the disk) fails that report's caller; the
+    other nodes' reports are recorded one by one, as they would have been alone."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    state, batch = _cluster(tmp_path / "many", 7)
+    alone, same = _cluster(tmp_path / "one", 7)
+    assert batch == same and len(batch) > 2
+    bad = len(batch) // 2
+    real = nodes.add_report
+
+    def add_report(ch: object, node: str, r: PartReport) -> None:
+        if r is batch[bad][1]:
+            raise RuntimeError("a bug")
+        real(ch, node, r)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nodes, "add_report", add_report)
+    sent: Outbox = []
+    batcher = ReportBatcher(state, sent.extend)
+
+    results = asyncio.run(_record_together(batcher, batch))
+
+    failed = [i for i, r in enumerate(results) if r is not None]
+    assert failed == [bad]
+    assert isinstance(results[bad], RuntimeError)
+    expected: Outbox = []
+    for i, (node, r) in enumerate(batch):
+        if i != bad:
+            expected += nodes.report(alone, node, r)
+    assert _memory(state) == _memory(alone)
+    assert _same_ports(repr(sent)) == _same_ports(repr(expected))
