@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ class World:
         ca = init_ca(self.pki)
         issue_server(ca, ["127.0.0.1"], self.pki)
         (root / "policy.yaml").write_text(policy)
-        self.port, self.agent_port = free_port(), free_port()
+        self.port, self.agent_port, self.http_port = free_port(), free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.heartbeat_s = heartbeat_s
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -57,6 +58,7 @@ class World:
                 *("--tls-client-ca", str(self.pki / "ca.crt")),
                 *("--agent-listen", f"127.0.0.1:{self.agent_port}"),
                 *("--heartbeat", str(self.heartbeat_s)),
+                *("--http-listen", f"127.0.0.1:{self.http_port}"),
                 *extra,
                 *os.environ.get("SCHEDULERD_ARGS", "").split(),  # e.g. --log-level DEBUG
             ],
@@ -96,6 +98,15 @@ class World:
             cwd=self.root,
             env=self._env(),
         )
+
+    def metric(self, name: str) -> float:
+        """A series of the daemon's /metrics without labels (0 when absent)."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return 0.0
 
     def status(self) -> dict[str, Any]:
         try:
