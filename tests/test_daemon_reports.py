@@ -16,6 +16,7 @@ import pytest
 from schedulerd import core
 from schedulerd.core import GpuSlot, JobId, NodeName
 from schedulerd.daemon import nodes
+from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox
 from schedulerd.daemon.nodes import PartReport
 from schedulerd.daemon.plans import apply_plan
@@ -227,3 +228,16 @@ def test_a_report_whose_building_raises_fails_alone(
             expected += nodes.report(alone, node, r)
     assert _memory(state) == _memory(alone)
     assert _same_ports(repr(sent)) == _same_ports(repr(expected))
+
+
+def test_a_fence_set_and_lifted_in_one_change_is_gone(tmp_path: Path) -> None:
+    """Two reports of one batch: a part unknown to the daemon reported running (fenced),
+    then the same part reported gone (unfenced). The change must lift the fence it set
+    itself, not only those the live node had."""
+    state, _ = _cluster(tmp_path, 0)
+    ch = Change(state)
+    ch.fence("n1", [0], 9999, 0, "unknown")
+    ch.unfence("n1", 9999, 0)
+    ch.commit()
+    assert all(f.job_id != 9999 for f in state.nodes["n1"].fences)
+    assert all(f.job_id != 9999 for n in state.store.load_nodes() for f in n.fences)
