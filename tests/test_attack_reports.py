@@ -473,7 +473,7 @@ def test_stop_answers_every_caller_still_waiting(tmp_path: Path) -> None:
             assert state.writer._changes == 1
             queued = asyncio.ensure_future(batcher.record("n2", PartReport(b.id, 0, "exited", 0)))
             await asyncio.sleep(0)
-            await batcher.stop()
+            batcher.stop()
         state.writer.close()
         _, pending = await asyncio.wait({writing, queued}, timeout=5)
         for t in pending:
@@ -687,7 +687,7 @@ def test_a_report_after_stop_and_close_is_refused_not_left_waiting(tmp_path: Pat
     batcher = ReportBatcher(state, lambda out: None)
 
     async def go() -> list[BaseException | None]:
-        await batcher.stop()
+        batcher.stop()
         state.writer.close()
         return await _together(batcher, [("n1", PartReport(a.id, 0, "exited", 0))])
 

@@ -141,9 +141,11 @@ class Change:
         if self._current_node(node) is None or not gpus:
             return
         record = self.node(node)
-        have = record.fenced()
+        # One fence per GPU and part: a GPU fenced for two old parts (a lost attempt and
+        # a part unknown to the daemon) stays fenced until both are known gone.
+        have = {(f.gpu_index, f.job_id, f.attempt) for f in record.fences}
         for gpu in gpus:
-            if gpu not in have:
+            if (gpu, job_id, attempt) not in have:
                 record.fences.append(FenceRecord(gpu, job_id, attempt, self.now, reason))
 
     def unfence(self, node: str, job_id: int, attempt: int) -> None:

@@ -21,7 +21,6 @@ only that one fails.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +29,11 @@ from schedulerd.daemon import nodes
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox
 from schedulerd.daemon.state import ClusterState
+from schedulerd.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+STOPPING = "the daemon is stopping: the report is not recorded"
 
 # At most this many reports in one change: a bound on one transaction's size and on the
 # time the event loop spends building it (~40 µs a report).
@@ -53,12 +55,15 @@ class ReportBatcher:
         self.deliver = deliver  # sends a committed change's commands to the agents
         self._queue: list[_Waiting] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.changes = 0  # changes committed (tests, benchmarks)
         self.largest = 0  # most reports in one change
 
     async def record(self, node: str, report: nodes.PartReport) -> None:
         """Return once the report is committed and applied, and its commands delivered;
         raise what its commit raised (StoreUnavailable), having changed nothing."""
+        if self._stopping:
+            raise StoreUnavailable(STOPPING)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(node, report, loop.create_future())
         self._queue.append(waiting)
@@ -80,32 +85,42 @@ class ReportBatcher:
                 log.exception("recording %d agents' reports failed", len(batch))
                 for w in batch:
                     _settle(w.done, e)
+            except BaseException:  # cancelled: tell them all the same
+                for w in batch:
+                    _settle(w.done, StoreUnavailable(STOPPING))
+                raise
 
     async def _record(self, batch: list[_Waiting]) -> None:
         """Build the batch into one change and commit it, this caller holding the turn."""
         try:
-            ch = self._build(batch)
+            ch, ends = self._build(batch)
         except Exception:
             log.exception("building %d reports in one change failed: one by one", len(batch))
             await self._one_by_one(batch)
             return
-        await self._commit(ch, batch)
+        await self._commit(ch, batch, ends)
 
-    async def stop(self) -> None:
-        """At shutdown, after the servers stop: no caller is left to tell."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._queue.clear()
+    def stop(self) -> None:
+        """At shutdown, after the servers stop and before the writer closes: the reports
+        still waiting for their turn are refused (their agents send them again when they
+        register), and so is any that comes later. A batch being written is left to the
+        writer, which writes what is queued when it closes; its callers are told then."""
+        self._stopping = True
+        queued, self._queue = self._queue, []
+        for w in queued:
+            _settle(w.done, StoreUnavailable(STOPPING))
 
-    def _build(self, batch: list[_Waiting]) -> Change:
+    def _build(self, batch: list[_Waiting]) -> tuple[Change, list[int]]:
+        """The change, and where each report's commands end in its outbox (a report
+        appends its own and touches no other's)."""
         ch = Change(self.state)
+        ends = []
         for w in batch:
             nodes.add_report(ch, w.node, w.report)
-        return ch
+            ends.append(len(ch.out))
+        return ch, ends
 
-    async def _commit(self, ch: Change, batch: list[_Waiting]) -> None:
+    async def _commit(self, ch: Change, batch: list[_Waiting], ends: list[int]) -> None:
         # Queued before this first yields: nothing else builds on the records meanwhile.
         try:
             out = await ch.commit_async()
@@ -116,23 +131,30 @@ class ReportBatcher:
         self.changes += 1
         self.largest = max(self.largest, len(batch))
         self.state.metrics.reports_recorded(len(batch))
-        try:
-            self.deliver(out)
-        except Exception:  # committed and applied all the same: tell the callers so
-            log.exception("sending the commands of %d agents' reports failed", len(batch))
-        for w in batch:
-            _settle(w.done, None)
+        # Each report's commands are sent apart, as they were alone: a send that raises
+        # (a bug) fails that report's caller (its stream ends and its agent registers
+        # again), not the commands of the others.
+        start = 0
+        for w, end in zip(batch, ends, strict=True):
+            try:
+                self.deliver(out[start:end])
+            except Exception as e:
+                log.exception("sending the commands of a report of %s failed", w.node)
+                _settle(w.done, e)
+            else:
+                _settle(w.done, None)
+            start = end
 
     async def _one_by_one(self, batch: list[_Waiting]) -> None:
         for i, w in enumerate(batch):
             if i:
                 await self.state.writer.changes_idle()
             try:
-                ch = self._build([w])
+                ch, ends = self._build([w])
             except Exception as e:
                 _settle(w.done, e)
                 continue
-            await self._commit(ch, [w])
+            await self._commit(ch, [w], ends)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

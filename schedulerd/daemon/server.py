@@ -350,7 +350,7 @@ class Daemon:
         await self.stop_deciding()
         await self.server.stop(grace_s)
         if self.agent_link is not None:
-            await self.agent_link.reports.stop()  # no stream is left to tell
+            self.agent_link.reports.stop()  # no stream is left to tell
         if self.http is not None:
             await self.http.stop()
         if self._audit_task is not None:

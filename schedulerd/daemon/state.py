@@ -8,6 +8,7 @@ loop applies plans; servicers record facts (submissions, reports) here.
 from __future__ import annotations
 
 import enum
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
 from itertools import islice
@@ -32,6 +33,8 @@ from schedulerd.store import (
 )
 from schedulerd.store.group import GroupWriter
 from schedulerd.store.records import ARRAY_FIRST
+
+log = logging.getLogger(__name__)
 
 # Decayed usage is written to the store at most this often (and at shutdown): a SIGKILL
 # loses at most this much of it; a write per cycle would cost the loop.
@@ -462,7 +465,12 @@ class ClusterState:
         """`job` changed (committed) or came in: its core view is built again."""
         self._changed.add(job.id)
         for listener in list(self.listeners):
-            listener(job)
+            # A listener that raises (a bug in a watch or a controller) must not keep the
+            # jobs applied after this one in the same change from being seen anew.
+            try:
+                listener(job)
+            except Exception:
+                log.exception("a listener of job %d failed", job.id)
 
 
 def _offered(node: NodeRecord) -> tuple[int, ...]:
