@@ -241,3 +241,41 @@ def test_a_fence_set_and_lifted_in_one_change_is_gone(tmp_path: Path) -> None:
     ch.commit()
     assert all(f.job_id != 9999 for f in state.nodes["n1"].fences)
     assert all(f.job_id != 9999 for n in state.store.load_nodes() for f in n.fences)
+
+
+def test_a_report_whose_rows_cannot_be_written_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug turning one job's record into rows (after the batch was built): the other
+    reports are recorded one by one, as they would have been alone."""
+    import schedulerd.daemon.change as change_module
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    state, batch = _cluster(tmp_path / "many", 11)
+    alone, _ = _cluster(tmp_path / "one", 11)
+    live = [i for i, (_, r) in enumerate(batch) if r.job_id in state.jobs and r.attempt == 0]
+    assert len(batch) > 2 and live
+    bad_job = batch[live[0]][1].job_id
+    real = change_module.job_write
+
+    def job_write(before: JobRecord, after: JobRecord) -> object:
+        if after.id == bad_job:
+            raise RuntimeError("a bug")
+        return real(before, after)
+
+    monkeypatch.setattr(change_module, "job_write", job_write)
+    sent: Outbox = []
+    results = asyncio.run(_record_together(ReportBatcher(state, sent.extend), batch))
+    monkeypatch.undo()
+
+    failed = {i for i, r in enumerate(results) if r is not None}
+    touching = {i for i, (_, r) in enumerate(batch) if r.job_id == bad_job}
+    assert failed and failed <= touching  # only reports of that job, not of others
+    assert all(isinstance(results[i], RuntimeError) for i in failed)
+    expected: Outbox = []
+    for i, (node, r) in enumerate(batch):
+        if i not in failed:
+            expected += nodes.report(alone, node, r)
+    assert _memory(state) == _memory(alone)
+    assert _same_ports(repr(sent)) == _same_ports(repr(expected))
