@@ -20,7 +20,7 @@ from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox
 from schedulerd.daemon.nodes import PartReport
 from schedulerd.daemon.plans import apply_plan
-from schedulerd.daemon.reports import ReportBatcher
+from schedulerd.daemon.reports import ReportBatcher, SupersededReport
 from schedulerd.daemon.state import ClusterState
 from schedulerd.policy import load_policy
 from schedulerd.store import GpuRecord, JobRecord, JobState, NodeRecord, Store, StoreUnavailable
@@ -279,3 +279,50 @@ def test_a_report_whose_rows_cannot_be_written_fails_alone(
             expected += nodes.report(alone, node, r)
     assert _memory(state) == _memory(alone)
     assert _same_ports(repr(sent)) == _same_ports(repr(expected))
+
+
+def test_a_report_from_a_session_replaced_before_its_turn_is_dropped(tmp_path: Path) -> None:
+    """n1's agent sent "running" for job a, then its stream broke and it registered again
+    without a (the part had ended and was forgotten) while the report still waited for
+    its turn. Built after the registration, the stale report would fence n1's GPU for a
+    part that no longer exists, and send a stop the agent ignores: the GPU would stay
+    fenced until n1 next registers. It is dropped instead."""
+    store = Store(tmp_path / "s.db")
+    state = ClusterState(store, Clock())
+    state.set_policy(load_policy(POLICY, "p"), store.save_policy(POLICY, "p", 0.0))
+    for name in ("n1", "n2"):
+        nodes.register(state, NodeRecord(name, "default", [GpuRecord(0, f"{name}u0", "f", 0)]), [])
+    a = state.submit(_job("a", 1, 1))
+    b = state.submit(_job("b", 1, 1))
+    for job, name in ((a, "n1"), (b, "n2")):
+        slots = (GpuSlot(NodeName(name), 0),)
+        apply_plan(state, core.Plan((core.Start(JobId(job.id), slots, "t"),), {}, {}))
+        nodes.report(state, name, PartReport(job.id, 0, "running", 5, gpu_indices=(0,)))
+    old_session = state.nodes["n1"].epoch
+    sent: Outbox = []
+    batcher = ReportBatcher(state, sent.extend)
+
+    async def go() -> list[BaseException | None]:
+        with state.writer._cond:  # n2's change is pending; n1's report waits its turn
+            first = asyncio.ensure_future(
+                batcher.record("n2", PartReport(b.id, 0, "exited", 0), state.nodes["n2"].epoch)
+            )
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert state.writer._changes == 1
+            stale = asyncio.ensure_future(
+                batcher.record(
+                    "n1", PartReport(a.id, 0, "running", 5, gpu_indices=(0,)), old_session
+                )
+            )
+            await asyncio.sleep(0)
+        # The agent registers again, listing nothing (synchronous, as in Connect).
+        nodes.register(state, NodeRecord("n1", "default", [GpuRecord(0, "n1u0", "f", 0)]), [])
+        return await asyncio.gather(first, stale, return_exceptions=True)
+
+    first, stale = asyncio.run(go())
+    assert first is None
+    assert state.nodes["n1"].epoch == old_session + 1
+    assert state.nodes["n1"].fences == []  # the GPU is free for the next job
+    assert [n for n, _ in sent if n == "n1"] == []
+    assert isinstance(stale, SupersededReport)

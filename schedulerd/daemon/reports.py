@@ -41,11 +41,19 @@ STOPPING = "the daemon is stopping: the report is not recorded"
 MAX_REPORTS = 512
 
 
+class SupersededReport(Exception):
+    """The report came on a session its node has replaced since (the agent registered
+    again while the report waited): dropped, as that registration said what is true now.
+    Built after it, a stale "running" could fence GPUs for a part the agent has dropped
+    and been told to forget: fenced until the node next registers."""
+
+
 @dataclass
 class _Waiting:
     node: str
     report: nodes.PartReport
     done: asyncio.Future[None]
+    epoch: int | None  # the session it came on; None: whichever is current
 
 
 class ReportBatcher:
@@ -60,13 +68,14 @@ class ReportBatcher:
         self.changes = 0  # changes committed (tests, benchmarks)
         self.largest = 0  # most reports in one change
 
-    async def record(self, node: str, report: nodes.PartReport) -> None:
+    async def record(self, node: str, report: nodes.PartReport, epoch: int | None = None) -> None:
         """Return once the report is committed and applied, and its commands delivered;
-        raise what its commit raised (StoreUnavailable), having changed nothing."""
+        raise what its commit raised (StoreUnavailable), having changed nothing, or
+        SupersededReport if the node's session `epoch` was replaced before its turn."""
         if self._stopping:
             raise StoreUnavailable(STOPPING)
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(node, report, loop.create_future())
+        waiting = _Waiting(node, report, loop.create_future(), epoch)
         self._queue.append(waiting)
         task = self._task
         if task is None or task.done() or task.get_loop() is not loop:
@@ -94,12 +103,12 @@ class ReportBatcher:
     async def _record(self, batch: list[_Waiting]) -> None:
         """Build the batch into one change and commit it, this caller holding the turn."""
         try:
-            ch, ends = self._build(batch)
+            ch, ends, stale = self._build(batch)
         except Exception:
             log.exception("building %d reports in one change failed: one by one", len(batch))
             await self._one_by_one(batch)
             return
-        await self._commit(ch, batch, ends)
+        await self._commit(ch, batch, ends, stale)
 
     def stop(self) -> None:
         """At shutdown, after the servers stop and before the writer closes: the reports
@@ -111,17 +120,23 @@ class ReportBatcher:
         for w in queued:
             _settle(w.done, StoreUnavailable(STOPPING))
 
-    def _build(self, batch: list[_Waiting]) -> tuple[Change, list[int]]:
-        """The change, and where each report's commands end in its outbox (a report
-        appends its own and touches no other's)."""
+    def _build(self, batch: list[_Waiting]) -> tuple[Change, list[int], set[int]]:
+        """The change; where each report's commands end in its outbox (a report appends
+        its own and touches no other's); which reports came on a superseded session."""
         ch = Change(self.state)
-        ends = []
-        for w in batch:
-            nodes.add_report(ch, w.node, w.report)
+        ends, stale = [], set()
+        for i, w in enumerate(batch):
+            node = self.state.nodes.get(w.node)
+            if w.epoch is not None and (node is None or node.epoch != w.epoch):
+                stale.add(i)
+            else:
+                nodes.add_report(ch, w.node, w.report)
             ends.append(len(ch.out))
-        return ch, ends
+        return ch, ends, stale
 
-    async def _commit(self, ch: Change, batch: list[_Waiting], ends: list[int]) -> None:
+    async def _commit(
+        self, ch: Change, batch: list[_Waiting], ends: list[int], stale: set[int]
+    ) -> None:
         # Queued before this first yields: nothing else builds on the records meanwhile.
         try:
             out = await ch.commit_async()
@@ -136,14 +151,19 @@ class ReportBatcher:
             log.exception("writing %d reports in one change failed: one by one", len(batch))
             await self._one_by_one(batch, turn_held=False)
             return
+        recorded = len(batch) - len(stale)
         self.changes += 1
-        self.largest = max(self.largest, len(batch))
-        self.state.metrics.reports_recorded(len(batch))
+        self.largest = max(self.largest, recorded)
+        self.state.metrics.reports_recorded(recorded)
         # Each report's commands are sent apart, as they were alone: a send that raises
         # (a bug) fails that report's caller (its stream ends and its agent registers
         # again), not the commands of the others.
         start = 0
-        for w, end in zip(batch, ends, strict=True):
+        for i, (w, end) in enumerate(zip(batch, ends, strict=True)):
+            if i in stale:
+                _settle(w.done, SupersededReport(f"a report of {w.node} from session {w.epoch}"))
+                start = end
+                continue
             try:
                 self.deliver(out[start:end])
             except Exception as e:
@@ -158,11 +178,11 @@ class ReportBatcher:
             if i or not turn_held:
                 await self.state.writer.changes_idle()
             try:
-                ch, ends = self._build([w])
+                ch, ends, stale = self._build([w])
             except Exception as e:
                 _settle(w.done, e)
                 continue
-            await self._commit(ch, [w], ends)
+            await self._commit(ch, [w], ends, stale)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

@@ -26,7 +26,7 @@ from schedulerd.daemon.convert import command_to_pb, node_from_register, report_
 from schedulerd.daemon.gate import Gate
 from schedulerd.daemon.links import HEARTBEAT, AgentLinks, HeartbeatAnswer, LinkQueue
 from schedulerd.daemon.loop import SchedulingLoop
-from schedulerd.daemon.reports import ReportBatcher
+from schedulerd.daemon.reports import ReportBatcher, SupersededReport
 from schedulerd.daemon.services.errors import abort
 from schedulerd.daemon.state import ClusterState, Liveness
 from schedulerd.store import StoreUnavailable
@@ -109,7 +109,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         self.links.send_all(commands)
         self.loop.wake()
 
-        reader = asyncio.create_task(self._read(name, request_iterator, queue))
+        reader = asyncio.create_task(self._read(name, request_iterator, queue, epoch))
         try:
             yield agent_pb2.DaemonMessage(
                 registered=agent_pb2.Registered(
@@ -152,11 +152,14 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         context.set_trailing_metadata(((DAEMON_ANSWERED, "1"),))
         await abort(context, code, message)
 
-    async def _report(self, name: str, report: nodes.PartReport) -> bool:
+    async def _report(self, name: str, report: nodes.PartReport, epoch: int | None) -> bool:
         """Record an agent's report (its commands are sent once it is committed, by the
         batcher, whoever waits for it); False: not recorded."""
         try:
-            await self.reports.record(name, report)
+            await self.reports.record(name, report, epoch)
+        except SupersededReport:
+            log.info("agent %s: a report from session %s dropped: it registered again", name, epoch)
+            return False
         except StoreUnavailable as e:
             # Nothing changed and no ack goes out: the agent keeps the report and sends
             # it again in its next Register.
@@ -174,6 +177,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         name: str,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         queue: LinkQueue,
+        epoch: int | None = None,
     ) -> None:
         try:
             async for msg in request_iterator:
@@ -201,7 +205,7 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
                     # commands (the stops owed to the job's parts on other nodes) must go
                     # out all the same: nothing else sends them while those stay connected.
                     report = report_from_pb(msg.report)
-                    if not await asyncio.shield(self._report(name, report)):
+                    if not await asyncio.shield(self._report(name, report, epoch)):
                         break
                 elif which == "log_data":
                     d = msg.log_data
