@@ -15,7 +15,7 @@ import pytest
 
 from schedulerd import core
 from schedulerd.core import GpuSlot, JobId, NodeName
-from schedulerd.daemon import nodes
+from schedulerd.daemon import nodes, reports
 from schedulerd.daemon.change import Change
 from schedulerd.daemon.commands import Outbox
 from schedulerd.daemon.nodes import PartReport
@@ -122,6 +122,7 @@ def test_reports_in_one_change_equal_the_same_reports_one_by_one(tmp_path: Path,
     together, same = _cluster(tmp_path / "many", seed)
     assert batch == same and _memory(alone) == _memory(together)
 
+    before_stored = _stored(alone)
     sent_alone: Outbox = []
     for node, r in batch:
         sent_alone += nodes.report(alone, node, r)
@@ -135,7 +136,9 @@ def test_reports_in_one_change_equal_the_same_reports_one_by_one(tmp_path: Path,
     assert (batcher.changes, batcher.largest) == ((1, len(batch)) if batch else (0, 0))
     metric = together.metrics.registry.get_sample_value
     assert metric("schedulerd_agent_reports_total") == len(batch)
-    assert metric("schedulerd_agent_report_changes_total") == batcher.changes
+    # A transaction counted only when the change wrote something.
+    assert metric("schedulerd_agent_report_changes_total") == batcher.transactions
+    assert batcher.transactions == (1 if _stored(alone) != before_stored else 0)
     assert _memory(together) == _memory(alone)
     assert _stored(together) == _stored(alone)
     assert _same_ports(repr(sent_together)) == _same_ports(repr(sent_alone))
@@ -164,9 +167,17 @@ def test_a_batch_that_fails_to_commit_tells_every_caller_and_changes_nothing(
 
     results = asyncio.run(_record_together(batcher, batch))
 
-    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    # Tried again one by one, as each would have been alone: a report that writes
+    # nothing is recorded, one that writes is refused; after three refusals in a row
+    # the rest are refused at once.
+    assert all(r is None or isinstance(r, StoreUnavailable) for r in results), results
+    refused = [i for i, r in enumerate(results) if r is not None]
+    assert refused
     assert (_memory(state), _stored(state)) == before
-    assert sent == [] and batcher.changes == 0
+    assert batcher.transactions == 0
+    assert state.metrics.registry.get_sample_value("schedulerd_agent_reports_total") == len(
+        batch
+    ) - len(refused)
 
 
 def test_reports_that_wait_for_a_pending_change_go_in_one_change_after_it(
@@ -326,3 +337,31 @@ def test_a_report_from_a_session_replaced_before_its_turn_is_dropped(tmp_path: P
     assert state.nodes["n1"].fences == []  # the GPU is free for the next job
     assert [n for n, _ in sent if n == "n1"] == []
     assert isinstance(stale, SupersededReport)
+
+
+def test_reports_retried_one_by_one_stop_after_three_refusals_in_a_row(tmp_path: Path) -> None:
+    """The disk is down: a batch of reports that all write fails, is tried again one by
+    one, and after three refusals in a row the rest are refused without being tried
+    (each try would log the same failure)."""
+    store = Store(tmp_path / "s.db")
+    state = ClusterState(store, Clock())
+    state.set_policy(load_policy(POLICY, "p"), store.save_policy(POLICY, "p", 0.0))
+    names = [f"n{i}" for i in range(8)]
+    for name in names:
+        nodes.register(state, NodeRecord(name, "default", [GpuRecord(0, f"{name}u0", "f", 0)]), [])
+    batch = []
+    for name in names:
+        job = state.submit(_job(f"j{name}", 1, 1))
+        slots = (GpuSlot(NodeName(name), 0),)
+        apply_plan(state, core.Plan((core.Start(JobId(job.id), slots, "t"),), {}, {}))
+        batch.append((name, PartReport(job.id, 0, "running", 5, gpu_indices=(0,))))  # writes
+    failpoint = tmp_path / "fail"
+    state.writer.fail_when = failpoint
+    failpoint.touch()
+    tried_before = state.writer.batches
+
+    results = asyncio.run(_record_together(ReportBatcher(state, lambda out: None), batch))
+
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    # The batch, then three tried alone; the other five refused untried.
+    assert state.writer.batches - tried_before == 1 + reports.GIVE_UP_AFTER

@@ -163,7 +163,7 @@ class Change:
 
     def commit(self) -> Outbox:
         """Write on the event loop's connection, now; then apply."""
-        if self._writes():
+        if self.writes:
             self.state.store.save_change(*self._rows())
         self._apply()
         out, self.out = self.out, []
@@ -173,7 +173,7 @@ class Change:
         """Write through the group writer, then apply (in commit order, on the event
         loop, even if this caller is cancelled meanwhile). The write is queued before
         this coroutine first yields: await it right after building the change."""
-        if self._writes():
+        if self.writes:
             jobs, events, nodes, forget = self._rows()
             await self.state.writer.submit(
                 lambda store: store.save_change(jobs, events, nodes, forget),
@@ -185,7 +185,9 @@ class Change:
         out, self.out = self.out, []
         return out
 
-    def _writes(self) -> bool:
+    @property
+    def writes(self) -> bool:
+        """Something to write: committing it is a transaction."""
         return bool(self._jobs or self._nodes or self._forget or self._events)
 
     def _rows(self) -> tuple[list[JobWrite], list[EventRecord], list[NodeRecord], list[str]]:

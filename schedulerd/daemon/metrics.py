@@ -218,10 +218,12 @@ class DaemonMetrics:
         for job in jobs:
             self.submitted.labels(job.consumer).inc()
 
-    def reports_recorded(self, count: int) -> None:
-        """`count` agents' reports were committed in one change."""
+    def reports_recorded(self, count: int, *, transaction: bool) -> None:
+        """`count` agents' reports were recorded in one change; `transaction`: it wrote
+        something (a report that changes nothing commits no transaction)."""
         self.reports.inc(count)
-        self.report_changes.inc()
+        if transaction:
+            self.report_changes.inc()
 
     def committed(self, events: Iterable[EventRecord], jobs: Mapping[int, JobRecord]) -> None:
         """A Change was committed: its events say what happened to which job."""

@@ -249,7 +249,7 @@ def forget(state: ClusterState, name: str) -> tuple[list[int], int, Outbox]:
                 why = f"node {name} was forgotten by an admin (powered off)"
                 finish_parts(ch, copy, _same(copy, part), None, why, cause="lost")
                 requeued.append(live.id)
-    released_gpus = held + len(node.fences)
+    released_gpus = held + len({f.gpu_index for f in node.fences})  # a GPU may have two
     ch.forget_node(name)
     return sorted(set(requeued)), released_gpus, ch.commit()
 

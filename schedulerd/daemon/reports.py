@@ -35,6 +35,9 @@ from schedulerd.store import StoreUnavailable
 log = logging.getLogger(__name__)
 
 STOPPING = "the daemon is stopping: the report is not recorded"
+# Retried one by one after their batch failed, reports stop being tried after this many
+# refusals of the store in a row (the disk is down): the rest fail with the last one.
+GIVE_UP_AFTER = 3
 
 # At most this many reports in one change: a bound on one transaction's size and on the
 # time the event loop spends building it (~40 µs a report).
@@ -66,12 +69,15 @@ class ReportBatcher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.changes = 0  # changes committed (tests, benchmarks)
+        self.transactions = 0  # those of them that wrote something
         self.largest = 0  # most reports in one change
 
     async def record(self, node: str, report: nodes.PartReport, epoch: int | None = None) -> None:
-        """Return once the report is committed and applied, and its commands delivered;
-        raise what its commit raised (StoreUnavailable), having changed nothing, or
-        SupersededReport if the node's session `epoch` was replaced before its turn."""
+        """Return once the report is committed and applied, and its commands delivered.
+        Raise, having changed nothing: StoreUnavailable (the store, or the daemon
+        stopping), SupersededReport (the node's session `epoch` was replaced before its
+        turn), or what building or writing it raised (a bug); or, its change committed,
+        what sending its commands raised."""
         if self._stopping:
             raise StoreUnavailable(STOPPING)
         loop = asyncio.get_running_loop()
@@ -89,6 +95,8 @@ class ReportBatcher:
             del self._queue[: len(batch)]
             # Callers of an event loop that has closed (tests run several) wait no more.
             batch = [w for w in batch if not w.done.get_loop().is_closed()]
+            if not batch:  # stop() answered them while this waited for the turn
+                continue
             try:
                 await self._record(batch)
             except Exception as e:  # a bug: still, no caller may wait forever
@@ -114,7 +122,9 @@ class ReportBatcher:
         """At shutdown, after the servers stop and before the writer closes: the reports
         still waiting for their turn are refused (their agents send them again when they
         register), and so is any that comes later. A batch being written is left to the
-        writer, which writes what is queued when it closes; its callers are told then."""
+        writer, which writes what is queued when it closes; its callers, whose streams are
+        gone, may be told it was not recorded when the loop ends (harmless: an agent's
+        registration says again what its parts are)."""
         self._stopping = True
         queued, self._queue = self._queue, []
         for w in queued:
@@ -138,30 +148,33 @@ class ReportBatcher:
         self, ch: Change, batch: list[_Waiting], ends: list[int], stale: set[int]
     ) -> None:
         # Queued before this first yields: nothing else builds on the records meanwhile.
+        wrote = ch.writes
         try:
             out = await ch.commit_async()
-        except StoreUnavailable as e:  # the disk: nothing changed, every caller told
-            for w in batch:
-                _settle(w.done, e)
-            return
-        except Exception as e:  # a bug turning the change into rows: nothing was queued
+        except Exception as e:
+            # Nothing changed (a failed batch is rolled back whole). Alone, each report
+            # would have been a transaction of its own: so that one that cannot be
+            # written (a bug in its rows, in the writer's SQL) or a disk that failed once
+            # does not send every agent of the batch to register again, the reports are
+            # tried again one per change, each failing or not on its own.
             if len(batch) == 1:
                 _settle(batch[0].done, e)
                 return
-            log.exception("writing %d reports in one change failed: one by one", len(batch))
+            log.warning("%d reports in one change not recorded (%s): one by one", len(batch), e)
             await self._one_by_one(batch, turn_held=False)
             return
         recorded = len(batch) - len(stale)
         self.changes += 1
+        self.transactions += wrote
         self.largest = max(self.largest, recorded)
-        self.state.metrics.reports_recorded(recorded)
         # Each report's commands are sent apart, as they were alone: a send that raises
         # (a bug) fails that report's caller (its stream ends and its agent registers
         # again), not the commands of the others.
         start = 0
         for i, (w, end) in enumerate(zip(batch, ends, strict=True)):
             if i in stale:
-                _settle(w.done, SupersededReport(f"a report of {w.node} from session {w.epoch}"))
+                why = f"a report of {w.node} from session {w.epoch}, replaced since"
+                _settle(w.done, SupersededReport(why))
                 start = end
                 continue
             try:
@@ -172,9 +185,16 @@ class ReportBatcher:
             else:
                 _settle(w.done, None)
             start = end
+        self.state.metrics.reports_recorded(recorded, transaction=wrote)
 
     async def _one_by_one(self, batch: list[_Waiting], *, turn_held: bool = True) -> None:
+        failed: list[BaseException] = []  # the store's refusals in a row
         for i, w in enumerate(batch):
+            if len(failed) >= GIVE_UP_AFTER:
+                # The disk, not one report: the rest would fail the same way, each
+                # logging it; they fail now with the last refusal.
+                _settle(w.done, failed[-1])
+                continue
             if i or not turn_held:
                 await self.state.writer.changes_idle()
             try:
@@ -183,6 +203,8 @@ class ReportBatcher:
                 _settle(w.done, e)
                 continue
             await self._commit(ch, [w], ends, stale)
+            error = w.done.exception() if w.done.done() and not w.done.cancelled() else None
+            failed = [*failed, error] if isinstance(error, StoreUnavailable) else []
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

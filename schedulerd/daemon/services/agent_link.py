@@ -158,7 +158,12 @@ class AgentLinkService(agent_pb2_grpc.AgentServiceServicer):
         try:
             await self.reports.record(name, report, epoch)
         except SupersededReport:
-            log.info("agent %s: a report from session %s dropped: it registered again", name, epoch)
+            log.info(
+                "agent %s: a report from session %s dropped: the session was replaced "
+                "(the agent registered again, or the node was forgotten)",
+                name,
+                epoch,
+            )
             return False
         except StoreUnavailable as e:
             # Nothing changed and no ack goes out: the agent keeps the report and sends
