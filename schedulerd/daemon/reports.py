@@ -188,12 +188,12 @@ class ReportBatcher:
         self.state.metrics.reports_recorded(recorded, transaction=wrote)
 
     async def _one_by_one(self, batch: list[_Waiting], *, turn_held: bool = True) -> None:
-        failed: list[BaseException] = []  # the store's refusals in a row
+        refusals: list[StoreUnavailable] = []  # the store's, in a row
         for i, w in enumerate(batch):
-            if len(failed) >= GIVE_UP_AFTER:
+            if len(refusals) >= GIVE_UP_AFTER:
                 # The disk, not one report: the rest would fail the same way, each
                 # logging it; they fail now with the last refusal.
-                _settle(w.done, failed[-1])
+                _settle(w.done, refusals[-1])
                 continue
             if i or not turn_held:
                 await self.state.writer.changes_idle()
@@ -204,7 +204,7 @@ class ReportBatcher:
                 continue
             await self._commit(ch, [w], ends, stale)
             error = w.done.exception() if w.done.done() and not w.done.cancelled() else None
-            failed = [*failed, error] if isinstance(error, StoreUnavailable) else []
+            refusals = [*refusals, error] if isinstance(error, StoreUnavailable) else []
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
